@@ -1,0 +1,201 @@
+"""Input validation shared by every public entry point.
+
+Every public function of the package validates its inputs here, at the
+boundary, and raises :class:`ValueError` naming what was expected and what
+came. Nothing downstream has to defend against NaN, ``inf``, object arrays or
+wrong shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "as_index_array",
+    "check_positive",
+    "check_nonnegative",
+    "check_int",
+    "check_choice",
+    "check_rng",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:200]
+
+
+def as_float_array(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | None = None,
+    shape: tuple[int | None, ...] | None = None,
+    dtype: np.dtype | type | None = None,
+    allow_empty: bool = False,
+    finite: bool = True,
+) -> np.ndarray:
+    """Convert ``x`` to a real floating array, or raise ``ValueError``.
+
+    Parameters
+    ----------
+    x : array_like
+        The input. Real integer and boolean arrays are converted to float64;
+        float32 and float64 are kept as they are unless ``dtype`` is given.
+        Object, complex, string and other dtypes are rejected.
+    name : str
+        The name used in error messages (the caller's parameter name).
+    ndim : int, optional
+        Required number of dimensions.
+    shape : tuple of (int or None), optional
+        Required shape; ``None`` entries are free. Implies ``ndim``.
+    dtype : numpy dtype, optional
+        Cast to this floating dtype (float32 or float64).
+    allow_empty : bool, default False
+        Whether an array with zero elements is acceptable.
+    finite : bool, default True
+        Whether to reject NaN and infinite entries.
+
+    Returns
+    -------
+    numpy.ndarray
+        A floating array. It may share memory with ``x`` (memory-mapped input
+        stays memory-mapped); callers that store it must copy it.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:  # ragged nested sequences
+            raise ValueError(f"{name}: expected a numeric array, got {_describe(x)} ({exc})") from None
+    kind = arr.dtype.kind
+    if kind in "biu":
+        arr = arr.astype(np.float64)
+    elif kind == "f":
+        if arr.dtype not in _FLOAT_DTYPES:
+            arr = arr.astype(np.float64)
+    else:
+        raise ValueError(
+            f"{name}: expected a real numeric array (float32, float64, int or bool), "
+            f"got dtype {arr.dtype}"
+        )
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt not in _FLOAT_DTYPES:
+            raise ValueError(f"dtype: expected float32 or float64, got {dt}")
+        if arr.dtype != dt:
+            arr = arr.astype(dt)
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got {_describe(arr)}")
+    if shape is not None:
+        for axis, (want, got) in enumerate(zip(shape, arr.shape)):
+            if want is not None and want != got:
+                raise ValueError(
+                    f"{name}: expected shape {tuple('*' if s is None else s for s in shape)}, "
+                    f"got {arr.shape} (axis {axis} should be {want})"
+                )
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got {_describe(arr)}")
+    if finite and arr.size and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
+    return arr
+
+
+def as_index_array(
+    x: Any,
+    name: str,
+    *,
+    upper: int | None = None,
+    ndim: int = 1,
+    allow_empty: bool = False,
+    unique: bool = False,
+) -> np.ndarray:
+    """Convert ``x`` to an int64 index array in ``[0, upper)``, or raise ``ValueError``.
+
+    Floats are accepted only when every entry is integral; booleans are
+    rejected (a boolean mask is not a list of ids).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: expected an integer array of ids, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise ValueError(f"{name}: expected integer ids, got non-integral floats")
+    arr = arr.astype(np.int64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array of ids, got {_describe(arr)}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name}: expected at least one id, got an empty array")
+    if arr.size:
+        if arr.min() < 0:
+            raise ValueError(f"{name}: expected ids >= 0, got {int(arr.min())}")
+        if upper is not None and arr.max() >= upper:
+            raise ValueError(f"{name}: expected ids < {upper}, got {int(arr.max())}")
+        if unique and np.unique(arr).size != arr.size:
+            raise ValueError(f"{name}: expected distinct ids, got repeated ones")
+    return arr
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is finite and > 0, else raise ``ValueError``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number, got {_describe(value)}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return v
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is finite and >= 0, else raise ``ValueError``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a non-negative number, got {_describe(value)}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an int in ``[low, high]``, else raise ``ValueError``.
+
+    Booleans and non-integral floats are rejected.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {_describe(value)}")
+    v = int(value)
+    if low is not None and v < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: expected an integer <= {high}, got {v}")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_rng(rng: Any) -> np.random.Generator:
+    """Require an explicit ``numpy.random.Generator`` (no global random state)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"rng: expected a numpy.random.Generator (e.g. np.random.default_rng(0)), got {_describe(rng)}"
+        )
+    return rng
