@@ -1,0 +1,357 @@
+"""Seeded synthetic retrieval datasets with hierarchical cluster structure.
+
+SPEC section 7. Targets come from a hierarchical Gaussian mixture; each query
+is a fixed non-linear map of its positive target's features plus Gaussian
+noise, so that a dual encoder has something real to learn (the map) and
+hard negatives exist (the target's cluster-mates).
+
+Generative model (all scales per coordinate are divided by sqrt(dim), so
+squared norms are O(1) whatever the dimension):
+
+* Targets, :func:`make_targets`. A tree of cluster centres with ``depth``
+  levels and ``branching`` children per centre. Level-1 centres are
+  N(0, I/dim); a level-l centre (l = 2..depth) is its parent plus
+  N(0, spread^(2(l-1)) I/dim); a target is its leaf centre plus
+  N(0, spread^(2 depth) I/dim). Each target picks its leaf uniformly, so
+  ``clusters[y, l]`` in [0, branching^(l+1)) is the id of its level-(l+1)
+  centre. With spread < 1 the spread shrinks geometrically down the tree:
+  targets sharing a deeper centre are closer.
+* Queries, :func:`make_dataset`. A fixed random two-layer tanh map
+  x_clean = tanh(y A + c) B (A, c, B drawn from the dataset seed, A scaled so
+  the pre-activations have unit variance), then x = x_clean + noise * s * N(0, I)
+  where s is the root-mean-square coordinate of x_clean over all targets.
+  ``queries_per_target`` queries per target are drawn; they are shuffled and
+  split into train and test, so test queries' targets are among the N targets
+  (and mostly also have training queries).
+
+Reproducibility: the same ``seed`` gives bit-identical arrays; ``dtype=float32``
+gives the float64 arrays rounded to float32 (random numbers are always drawn in
+float64, in fixed-size row chunks, and written into the output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reference._validation import check_int, check_nonnegative, check_positive
+
+__all__ = ["RetrievalData", "make_targets", "make_isotropic", "make_dataset"]
+
+# Rows generated per chunk: bounds the float64 temporaries to ~16 MiB per
+# 32 columns whatever N is (memory stays proportional to the output).
+_CHUNK = 1 << 16
+# Refuse trees whose centre table alone would be absurdly large.
+_MAX_LEAF_CLUSTERS = 1 << 22
+
+SeedLike = int | np.random.Generator | None
+
+
+@dataclass
+class RetrievalData:
+    """A synthetic retrieval dataset (SPEC section 7).
+
+    Attributes
+    ----------
+    targets : numpy.ndarray, shape (N, dim)
+        Target features y (input of the target tower).
+    train_x : numpy.ndarray, shape (n_train, query_dim)
+        Training query features x (input of the query tower).
+    train_pos : numpy.ndarray of int64, shape (n_train,)
+        Positive target id of each training query.
+    test_x : numpy.ndarray, shape (n_test, query_dim)
+        Test query features.
+    test_pos : numpy.ndarray of int64, shape (n_test,)
+        Positive target id of each test query.
+    clusters : numpy.ndarray of int64, shape (N, depth)
+        ``clusters[y, l]`` is the id of target y's level-(l+1) centre, in
+        [0, branching^(l+1)); column ``depth - 1`` is the leaf cluster.
+    config : dict
+        Every argument of :func:`make_dataset` plus derived quantities
+        (``noise_std``, ``map_hidden``, ``n_train``, ``n_test``).
+    """
+
+    targets: np.ndarray
+    train_x: np.ndarray
+    train_pos: np.ndarray
+    test_x: np.ndarray
+    test_pos: np.ndarray
+    clusters: np.ndarray
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_targets(self) -> int:
+        """Number of targets N."""
+        return int(self.targets.shape[0])
+
+
+def _resolve_rng(seed: SeedLike, rng: np.random.Generator | None) -> np.random.Generator:
+    """One source of randomness: an int seed (default 0) or a Generator, not both."""
+    if rng is not None and seed is not None:
+        raise ValueError("seed, rng: expected at most one of them, got both")
+    if rng is None:
+        rng = 0 if seed is None else seed
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)) or int(rng) < 0:
+        raise ValueError(
+            f"seed: expected a non-negative integer or a numpy.random.Generator, got {type(rng).__name__} {rng!r}"
+        )
+    return np.random.default_rng(int(rng))
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _check_tree_shape(depth: Any, branching: Any, spread: Any) -> tuple[int, int, float]:
+    depth = check_int(depth, "depth", low=1)
+    branching = check_int(branching, "branching", low=1)
+    spread = check_positive(spread, "spread")
+    if branching**depth > _MAX_LEAF_CLUSTERS:
+        raise ValueError(
+            f"depth, branching: expected branching**depth <= {_MAX_LEAF_CLUSTERS} leaf clusters, "
+            f"got {branching}**{depth} = {branching**depth}"
+        )
+    return depth, branching, spread
+
+
+def _gaussian_rows(out: np.ndarray, rng: np.random.Generator, scale: float, offsets: np.ndarray | None = None,
+                   index: np.ndarray | None = None) -> np.ndarray:
+    """Fill ``out`` (N, dim) with ``offsets[index] + scale * N(0, I)``, chunk by chunk.
+
+    Random numbers are drawn in float64 row chunks (the stream is the same as
+    one big draw), so float32 output is the float64 output rounded.
+    """
+    N, dim = out.shape
+    for lo in range(0, N, _CHUNK):
+        hi = min(lo + _CHUNK, N)
+        block = rng.standard_normal((hi - lo, dim))
+        block *= scale
+        if offsets is not None:
+            block += offsets[index[lo:hi]]
+        out[lo:hi] = block
+    return out
+
+
+def make_targets(
+    n: int,
+    dim: int,
+    *,
+    depth: int = 3,
+    branching: int = 8,
+    spread: float = 0.5,
+    seed: SeedLike = None,
+    rng: np.random.Generator | None = None,
+    dtype: Any = np.float64,
+    return_clusters: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Targets from a hierarchical Gaussian mixture (SPEC section 7).
+
+    Level-1 centres ~ N(0, I/dim); each level-l centre = parent +
+    N(0, spread^(2(l-1)) I/dim); each target = a uniformly chosen leaf centre +
+    N(0, spread^(2 depth) I/dim). E||y||^2 = sum_{l=0}^{depth} spread^(2l).
+
+    Cost: O(branching^depth * dim) for the centres plus O(n * dim) for the
+    targets, generated in chunks: ``make_targets(1_000_000, 32)`` takes about a
+    second and holds no (n x clusters) temporaries.
+
+    Parameters
+    ----------
+    n : int
+        Number of targets N >= 1.
+    dim : int
+        Feature dimension >= 1.
+    depth : int, default 3
+        Number of centre levels (>= 1).
+    branching : int, default 8
+        Children per centre (>= 1); branching**depth leaf clusters (at most 2**22).
+    spread : float, default 0.5
+        Ratio (> 0) by which the per-level standard deviation shrinks; < 1
+        gives visibly nested clusters.
+    seed : int or numpy.random.Generator, optional
+        Seed (default 0) or a Generator to draw from; give ``seed`` or ``rng``.
+    rng : numpy.random.Generator, optional
+        Alternative to ``seed``.
+    dtype : float32 or float64, default float64
+        Output dtype.
+    return_clusters : bool, default False
+        Also return the (N, depth) cluster labels.
+
+    Returns
+    -------
+    targets : numpy.ndarray, shape (n, dim)
+    clusters : numpy.ndarray of int64, shape (n, depth)
+        Only if ``return_clusters``: ``clusters[y, l]`` in [0, branching^(l+1))
+        is the id of y's level-(l+1) centre.
+    """
+    n = check_int(n, "n", low=1)
+    dim = check_int(dim, "dim", low=1)
+    depth, branching, spread = _check_tree_shape(depth, branching, spread)
+    dt = _check_dtype(dtype)
+    gen = _resolve_rng(seed, rng)
+
+    sd = 1.0 / np.sqrt(dim)
+    # Centres level by level (a loop over levels, not over centres): the
+    # children of centre j at the next level are rows j*b .. j*b + b - 1.
+    centres = gen.standard_normal((branching, dim)) * sd
+    for level in range(1, depth):
+        parents = np.repeat(centres, branching, axis=0)
+        centres = parents + gen.standard_normal(parents.shape) * (sd * spread**level)
+    leaf = gen.integers(0, branching**depth, size=n)  # uniform leaf cluster per target
+    out = np.empty((n, dim), dtype=dt)
+    _gaussian_rows(out, gen, sd * spread**depth, centres, leaf)
+    if not return_clusters:
+        return out
+    # Leaf id in base `branching` has one digit per level: the level-(l+1)
+    # ancestor is leaf // branching^(depth-1-l).
+    divisors = branching ** np.arange(depth - 1, -1, -1, dtype=np.int64)
+    clusters = leaf[:, None] // divisors[None, :]
+    return out, clusters.astype(np.int64, copy=False)
+
+
+def make_isotropic(
+    n: int,
+    dim: int,
+    *,
+    seed: SeedLike = None,
+    rng: np.random.Generator | None = None,
+    dtype: Any = np.float64,
+) -> np.ndarray:
+    """Unclustered targets y ~ N(0, I/dim) (E||y||^2 = 1): the worst case for a tree index.
+
+    Parameters
+    ----------
+    n, dim : int
+        Number of targets (>= 1) and dimension (>= 1).
+    seed : int or numpy.random.Generator, optional
+        Seed (default 0) or a Generator; give ``seed`` or ``rng``.
+    rng : numpy.random.Generator, optional
+        Alternative to ``seed``.
+    dtype : float32 or float64, default float64
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, dim)
+    """
+    n = check_int(n, "n", low=1)
+    dim = check_int(dim, "dim", low=1)
+    dt = _check_dtype(dtype)
+    gen = _resolve_rng(seed, rng)
+    return _gaussian_rows(np.empty((n, dim), dtype=dt), gen, 1.0 / np.sqrt(dim))
+
+
+def make_dataset(
+    n_targets: int = 2000,
+    *,
+    dim: int = 32,
+    query_dim: int | None = None,
+    queries_per_target: int = 3,
+    test_fraction: float = 0.2,
+    depth: int = 3,
+    branching: int = 8,
+    spread: float = 0.5,
+    noise: float = 0.2,
+    seed: SeedLike = None,
+    rng: np.random.Generator | None = None,
+    dtype: Any = np.float64,
+) -> RetrievalData:
+    """A seeded retrieval dataset: clustered targets and noisy non-linear queries.
+
+    Targets are :func:`make_targets` (``clusters`` returned too). Each query of
+    target y is x = tanh(y A + c) B + noise * s * eps, eps ~ N(0, I), where
+    A (dim, h), c (h,), B (h, query_dim) are fixed random weights drawn from
+    the dataset seed (h = 2 * max(dim, query_dim); A scaled so every
+    pre-activation has unit variance over the target distribution, B ~ N(0, 1/h))
+    and s is the root-mean-square coordinate of the clean queries. The map is
+    smooth, so an MLP dual encoder can learn it; ``noise`` makes retrieval
+    imperfect even for the true map (cluster-mates become hard negatives).
+
+    Parameters
+    ----------
+    n_targets : int, default 2000
+        Number of targets N >= 1.
+    dim : int, default 32
+        Target feature dimension.
+    query_dim : int, optional
+        Query feature dimension (default ``dim``).
+    queries_per_target : int, default 3
+        Queries generated per target (>= 1) before the split.
+    test_fraction : float, default 0.2
+        Fraction of queries held out for test, in (0, 1); both splits are
+        non-empty.
+    depth, branching, spread : see :func:`make_targets`.
+    noise : float, default 0.2
+        Query noise relative to the clean queries' RMS coordinate (>= 0).
+    seed : int or numpy.random.Generator, optional
+        Seed (default 0) or a Generator; give ``seed`` or ``rng``.
+    rng : numpy.random.Generator, optional
+        Alternative to ``seed``.
+    dtype : float32 or float64, default float64
+        Dtype of the feature arrays.
+
+    Returns
+    -------
+    RetrievalData
+    """
+    n_targets = check_int(n_targets, "n_targets", low=1)
+    dim = check_int(dim, "dim", low=1)
+    query_dim = dim if query_dim is None else check_int(query_dim, "query_dim", low=1)
+    queries_per_target = check_int(queries_per_target, "queries_per_target", low=1)
+    test_fraction = check_positive(test_fraction, "test_fraction")
+    if not test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    depth, branching, spread = _check_tree_shape(depth, branching, spread)
+    noise = check_nonnegative(noise, "noise")
+    dt = _check_dtype(dtype)
+    n_queries = n_targets * queries_per_target
+    n_test = int(round(test_fraction * n_queries))
+    if not 1 <= n_test <= n_queries - 1:
+        raise ValueError(
+            f"test_fraction: {test_fraction!r} of {n_queries} queries leaves an empty split; "
+            "expected at least one train and one test query"
+        )
+    gen = _resolve_rng(seed, rng)
+
+    targets64, clusters = make_targets(
+        n_targets, dim, depth=depth, branching=branching, spread=spread, rng=gen, return_clusters=True
+    )
+    hidden = 2 * max(dim, query_dim)
+    # Per-coordinate variance of the targets: sum_{l=0}^{depth} spread^(2l) / dim.
+    var_y = float(np.sum(spread ** (2.0 * np.arange(depth + 1)))) / dim
+    A = gen.standard_normal((dim, hidden)) / np.sqrt(dim * var_y)  # unit-variance pre-activations
+    c = gen.standard_normal(hidden) * 0.5
+    Bm = gen.standard_normal((hidden, query_dim)) / np.sqrt(hidden)
+    clean = np.tanh(targets64 @ A + c) @ Bm  # (N, query_dim): clean query of every target
+    s = float(np.sqrt(np.mean(clean**2)))
+    noise_std = noise * s
+
+    pos = np.repeat(np.arange(n_targets, dtype=np.int64), queries_per_target)
+    x = np.empty((n_queries, query_dim), dtype=np.float64)
+    _gaussian_rows(x, gen, noise_std, clean, pos)
+    perm = gen.permutation(n_queries)
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    config = dict(
+        n_targets=n_targets, dim=dim, query_dim=query_dim, queries_per_target=queries_per_target,
+        test_fraction=test_fraction, depth=depth, branching=branching, spread=spread, noise=noise,
+        seed="generator" if rng is not None or isinstance(seed, np.random.Generator) else (0 if seed is None else seed),
+        dtype=dt.name, noise_std=noise_std, map_hidden=hidden,
+        n_train=int(train_idx.size), n_test=int(test_idx.size),
+    )
+    return RetrievalData(
+        targets=targets64.astype(dt, copy=False),
+        train_x=x[train_idx].astype(dt, copy=False),
+        train_pos=pos[train_idx],
+        test_x=x[test_idx].astype(dt, copy=False),
+        test_pos=pos[test_idx],
+        clusters=clusters,
+        config=config,
+    )
