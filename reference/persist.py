@@ -1,0 +1,646 @@
+"""Saving and loading: a checked, versioned container on top of ``.npz``.
+
+Every object this package saves (a :class:`~reference.tree.Tree`, a
+:class:`~reference.nystrom.NystromMap`, a :class:`~reference.dynamic.DynamicIndex`,
+a training checkpoint) is written through :func:`save_arrays` and read back
+through :func:`load_arrays`. The file is an ordinary ``.npz`` archive (a zip of
+``.npy`` members, readable by ``numpy.load(path, allow_pickle=False)``) plus one
+extra member, ``__header__.npy``: a ``uint8`` array holding UTF-8 JSON ::
+
+    {"format": "reference.persist", "version": 1, "kind": "tree",
+     "meta": {...}, "arrays": {"points": ["<f8", [1000, 32]], ...},
+     "sha256": "..."}
+
+Guarantees
+----------
+Loading never executes code
+    Members are read with ``allow_pickle=False``; object arrays are refused on
+    save and reported as corruption on load. Only plain numeric, boolean and
+    fixed-width string dtypes are stored.
+Writes are atomic
+    The archive is written to a temporary file in the destination directory,
+    flushed, ``fsync``-ed, moved over the destination with :func:`os.replace`
+    (atomic on POSIX and Windows), and the directory is ``fsync``-ed. A crash
+    or ``SIGKILL`` at any point leaves either the previous file or the new
+    one, never a mixture (at worst a stray ``.<name>.*.tmp`` file next to it).
+Damage is detected and named
+    A missing, truncated, bit-flipped, foreign (no header), wrong-kind or
+    wrong-version file raises a :class:`PersistError` (a ``ValueError``) whose
+    message starts with the path and says what is wrong. Detection layers:
+    the zip central directory (truncation), the CRC-32 of every member (any
+    flipped byte in member data), the ``.npy`` headers checked against the
+    shapes and dtypes recorded in our header (before anything is allocated),
+    and a SHA-256 over a canonical serialisation of kind, meta and arrays
+    (:func:`checksum`), which also catches consistent tampering.
+
+Random generators
+-----------------
+:func:`rng_to_array` / :func:`rng_from_array` serialise a
+``numpy.random.Generator`` exactly (bit-generator state, including PCG64's
+128-bit integers, and its ``SeedSequence`` so that ``spawn`` also continues
+identically), so a run resumed from a checkpoint draws the same stream bitwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PersistError",
+    "MissingFileError",
+    "CorruptFileError",
+    "ForeignFileError",
+    "WrongKindError",
+    "UnsupportedVersionError",
+    "save_arrays",
+    "load_arrays",
+    "read_header",
+    "checksum",
+    "atomic_write",
+    "rng_to_array",
+    "rng_from_array",
+    "restore_rng",
+]
+
+FORMAT = "reference.persist"
+"""The ``format`` field of every header: identifies files written by this module."""
+
+FORMAT_VERSION = 1
+"""Version of the container layout and of the per-kind layouts built on it."""
+
+_HEADER = "__header__"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Plain data only: bool, signed/unsigned int, float, complex, fixed-width bytes and str.
+_ALLOWED_DTYPE_KINDS = "biufcSU"
+_MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class PersistError(ValueError):
+    """A file could not be loaded. ``str(err)`` is ``"<path>: <problem>"``.
+
+    Attributes
+    ----------
+    path : str
+        The file that was being read.
+    problem : str
+        What is wrong with it, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __str__(self) -> str:  # OSError subclasses would otherwise reformat the message
+        return f"{self.path}: {self.problem}"
+
+    def __reduce__(self):  # picklable across processes despite the two-argument __init__
+        return (type(self), (self.path, self.problem))
+
+
+class MissingFileError(PersistError, FileNotFoundError):
+    """The path does not exist or is not a regular file."""
+
+
+class CorruptFileError(PersistError):
+    """Truncated, not a zip archive, failed CRC / checksum, malformed or object members."""
+
+
+class ForeignFileError(PersistError):
+    """A readable archive that was not written by :mod:`reference.persist` (no header)."""
+
+
+class WrongKindError(PersistError):
+    """A valid file holding another kind of object (e.g. a tree where a checkpoint was expected)."""
+
+
+class UnsupportedVersionError(PersistError):
+    """A valid file written with a format version this code does not read."""
+
+
+# --------------------------------------------------------------------------- checksum
+
+
+def _canonical_meta(meta: Mapping[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+
+
+def _frame(h: Any, data: bytes | memoryview) -> None:
+    """Feed ``len(data)`` (8 bytes, little-endian) then ``data``: framing makes the stream unambiguous."""
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
+
+
+def checksum(kind: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) over a canonical serialisation of ``kind``, ``meta`` and ``arrays``.
+
+    The stream is, each field length-prefixed: the format name and version,
+    ``kind``, the canonical JSON of ``meta`` (sorted keys, no whitespace), then
+    for every array in sorted name order its name, ``dtype.str`` (which includes
+    the byte order), its shape and its bytes in C order. Two calls agree iff
+    kind, meta and every array agree bitwise (up to SHA-256 collisions).
+
+    Parameters
+    ----------
+    kind : str
+        The object kind stored in the header.
+    arrays : mapping of str to numpy.ndarray
+        The arrays (not copied unless non-contiguous).
+    meta : mapping
+        JSON-serialisable metadata.
+
+    Returns
+    -------
+    str
+        64 hexadecimal characters.
+    """
+    h = hashlib.sha256()
+    _frame(h, f"{FORMAT}/{FORMAT_VERSION}".encode())
+    _frame(h, kind.encode())
+    _frame(h, _canonical_meta(meta).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        _frame(h, name.encode())
+        _frame(h, a.dtype.str.encode())
+        _frame(h, json.dumps(list(a.shape)).encode())
+        _frame(h, memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- atomic write
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable. Not every platform/filesystem allows it; then it is skipped."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that readers see either the old content or the new one, never a mix.
+
+    ``write(f)`` writes to a temporary file ``.<name>.<random>.tmp`` in the
+    destination directory; the file is flushed and ``fsync``-ed, then renamed
+    over ``path`` with :func:`os.replace`, and the directory is ``fsync``-ed.
+    If ``write`` (or anything before the rename) raises, the temporary file is
+    removed and ``path`` is untouched. If the process is killed, ``path`` is
+    untouched or already complete; a stray temporary file may remain.
+
+    Parameters
+    ----------
+    path : path-like
+        The destination. Its directory must exist.
+    write : callable
+        Called once with a binary file object open for writing.
+    """
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    mode = os.stat(path).st_mode & 0o777 if os.path.isfile(path) else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _check_kind(kind: Any) -> str:
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        raise ValueError(f"kind: expected a lower-case identifier such as 'tree', got {kind!r}")
+    return kind
+
+
+def _check_arrays(arrays: Any) -> dict[str, np.ndarray]:
+    if not isinstance(arrays, Mapping):
+        raise ValueError(f"arrays: expected a dict of name -> numpy array, got {type(arrays).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"arrays: names must match {_NAME_RE.pattern} (letters, digits, '_', '.', '-'; "
+                f"not starting with '_'), got {name!r}"
+            )
+        if not isinstance(value, (np.ndarray, np.generic)):
+            raise ValueError(f"arrays[{name!r}]: expected a numpy array, got {type(value).__name__}")
+        a = np.asarray(value)
+        if a.dtype.kind not in _ALLOWED_DTYPE_KINDS or a.dtype.fields is not None:
+            raise ValueError(
+                f"arrays[{name!r}]: expected a plain numeric, boolean or fixed-width string dtype, "
+                f"got {a.dtype} (object and structured arrays would need pickle)"
+            )
+        out[name] = a
+    return out
+
+
+def _check_meta(meta: Any) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+        raise ValueError(f"meta: expected a dict with str keys, got {type(meta).__name__}")
+    try:
+        text = _canonical_meta(meta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta: expected JSON-serialisable values (no NaN/inf), got an error: {exc}") from None
+    return json.loads(text)
+
+
+def save_arrays(
+    path: str | os.PathLike[str],
+    kind: str,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+    *,
+    compress: bool = False,
+) -> None:
+    """Atomically write ``arrays`` and ``meta`` as a checked ``.npz`` file.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination, written exactly as given (no ``.npz`` is appended). Its
+        directory must exist. An existing file is replaced atomically.
+    kind : str
+        What the file holds, a lower-case identifier ("tree", "nystrom",
+        "dynamic_index", "checkpoint", ...). :func:`load_arrays` checks it.
+    arrays : dict of str to numpy.ndarray
+        Names match ``[A-Za-z0-9][A-Za-z0-9_.-]*``. Dtypes: bool, integers,
+        floats, complex, fixed-width bytes/str. Object arrays are rejected.
+    meta : dict, optional
+        JSON-serialisable metadata (str keys; no NaN/inf). It comes back as
+        ``json.loads`` returns it: tuples become lists. Python ints of any
+        size (e.g. 128-bit generator states) round-trip exactly.
+    compress : bool, default False
+        Deflate the members (smaller, slower).
+
+    Raises
+    ------
+    ValueError
+        Before anything is written, for a bad ``kind``, name, dtype or ``meta``.
+    OSError
+        If the file system refuses the write; ``path`` is then untouched.
+    """
+    kind = _check_kind(kind)
+    arrays = _check_arrays(arrays)
+    meta = _check_meta(meta)
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "meta": meta,
+        "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())},
+        "sha256": checksum(kind, arrays, meta),
+    }
+    header_bytes = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+
+    def write(f: IO[bytes]) -> None:
+        with zipfile.ZipFile(f, mode="w", compression=compression, allowZip64=True) as zf:
+            for name, a in [(_HEADER, header_bytes), *sorted(arrays.items())]:
+                with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _open_archive(path: str) -> zipfile.ZipFile:
+    if not os.path.exists(path):
+        raise MissingFileError(path, "no such file")
+    if not os.path.isfile(path):
+        raise MissingFileError(path, "not a regular file")
+    try:
+        zf = zipfile.ZipFile(path, mode="r")
+    except zipfile.BadZipFile as exc:
+        size = os.path.getsize(path)
+        raise CorruptFileError(
+            path, f"not a readable .npz/zip archive ({exc}; {size} bytes): truncated or not written by reference.persist"
+        ) from None
+    except Exception as exc:  # zipfile raises many types on damaged input; all mean the same here
+        raise CorruptFileError(path, f"not a readable .npz/zip archive ({type(exc).__name__}: {exc})") from None
+    return zf
+
+
+def _read_member_header(zf: zipfile.ZipFile, path: str, member: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Parse one ``.npy`` header without reading the data; return (dtype, shape, fortran, data bytes)."""
+    with zf.open(member) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+        header_len = fp.tell()
+    return dtype, shape, fortran, zf.getinfo(member).file_size - header_len
+
+
+def _read_member(zf: zipfile.ZipFile, path: str, member: str, want: tuple[str, list[int]] | None) -> np.ndarray:
+    """Read one member, checking its ``.npy`` header (and ``want``) before allocating anything."""
+    label = member[: -len(".npy")]
+    try:
+        dtype, shape, _, data_bytes = _read_member_header(zf, path, member)
+    except Exception as exc:  # damaged zip entries raise BadZipFile, zlib.error, NotImplementedError, ...
+        raise CorruptFileError(path, f"member {label!r} has a malformed .npy header ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject or dtype.kind not in _ALLOWED_DTYPE_KINDS or dtype.fields is not None:
+        raise CorruptFileError(
+            path, f"member {label!r} has dtype {dtype}: object/structured arrays are refused (loading them would unpickle)"
+        )
+    if want is not None and (dtype.str != want[0] or list(shape) != list(want[1])):
+        raise CorruptFileError(
+            path, f"member {label!r} is {dtype.str} {tuple(shape)}, the header says {want[0]} {tuple(want[1])}"
+        )
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if data_bytes != expected:
+        raise CorruptFileError(
+            path, f"member {label!r} holds {data_bytes} data bytes, its shape {tuple(shape)} and dtype {dtype} need {expected}"
+        )
+    try:
+        with zf.open(member) as fp:
+            return np.lib.format.read_array(fp, allow_pickle=False)
+    except Exception as exc:
+        raise CorruptFileError(path, f"member {label!r} could not be read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_header_from(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
+    names = zf.namelist()
+    if _HEADER + ".npy" not in names:
+        shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ForeignFileError(
+            path, f"no {_HEADER!r} member, so not written by reference.persist (members: {shown or 'none'})"
+        )
+    raw = _read_member(zf, path, _HEADER + ".npy", None)
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_HEADER_BYTES:
+        raise ForeignFileError(path, f"the {_HEADER!r} member is {raw.dtype} {raw.shape}, expected 1-D uint8 JSON")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(path, f"the header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ForeignFileError(path, f"header format is {got!r}, expected {FORMAT!r}")
+    version = header.get("version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            path, f"format version {version!r}, this code reads version {FORMAT_VERSION} only"
+        )
+    ok = (
+        isinstance(header.get("kind"), str)
+        and isinstance(header.get("meta"), dict)
+        and isinstance(header.get("sha256"), str)
+        and isinstance(header.get("arrays"), dict)
+        and all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], list)
+            and all(isinstance(s, int) and s >= 0 for s in v[1])
+            for v in header["arrays"].values()
+        )
+    )
+    if not ok:
+        raise CorruptFileError(path, "the header lacks or mistypes one of 'kind', 'meta', 'arrays', 'sha256'")
+    return header
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the JSON header of a file (format, version, kind, meta, arrays, sha256).
+
+    Cheap: reads only the header member; does not verify the arrays. Raises the
+    same :class:`PersistError` subclasses as :func:`load_arrays` for missing,
+    unreadable, foreign or wrong-version files.
+    """
+    path = os.fspath(path)
+    with _open_archive(path) as zf:
+        try:
+            return _read_header_from(zf, path)
+        except PersistError:
+            raise
+        except Exception as exc:
+            raise CorruptFileError(path, f"the archive is damaged ({type(exc).__name__}: {exc})") from None
+
+
+def load_arrays(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and verify a file written by :func:`save_arrays`; never executes code.
+
+    Checks, in order: the file exists; it is a zip archive (truncation destroys
+    the central directory at its end); every member passes its CRC-32; it has
+    our header with the right format and version; it holds ``kind``; its members
+    are exactly the arrays the header lists, with the listed dtypes and shapes
+    (checked on the ``.npy`` headers, before any allocation); the SHA-256 of
+    kind, meta and arrays matches. Members are read with ``allow_pickle=False``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    kind : str
+        The kind the caller expects ("tree", "checkpoint", ...).
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+        Fresh, writeable arrays, bitwise equal to those saved.
+    meta : dict
+        The metadata, as ``json.loads`` returns it.
+
+    Raises
+    ------
+    MissingFileError, CorruptFileError, ForeignFileError, WrongKindError, UnsupportedVersionError
+        All subclasses of :class:`PersistError` (a ``ValueError``); the message
+        is ``"<path>: <problem>"``.
+    """
+    kind = _check_kind(kind)
+    path = os.fspath(path)
+    with _open_archive(path) as zf:
+        try:
+            bad = zf.testzip()
+        except Exception as exc:  # BadZipFile, zlib.error, NotImplementedError (flag bits), RuntimeError (encrypted)
+            raise CorruptFileError(path, f"the archive is damaged ({type(exc).__name__}: {exc})") from None
+        if bad is not None:
+            raise CorruptFileError(path, f"member {bad!r} fails its CRC-32 check (the file is corrupted)")
+        try:
+            header = _read_header_from(zf, path)
+            if header["kind"] != kind:
+                raise WrongKindError(path, f"holds a {header['kind']!r}, expected a {kind!r}")
+            listed = header["arrays"]
+            present = {n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")} - {_HEADER}
+            extra = sorted(set(zf.namelist()) - {n + ".npy" for n in present} - {_HEADER + ".npy"})
+            if present != set(listed) or extra:
+                missing = sorted(set(listed) - present)
+                unlisted = sorted(present - set(listed)) + extra
+                raise CorruptFileError(
+                    path, f"members do not match the header (missing: {missing}, not listed: {unlisted})"
+                )
+            arrays = {name: _read_member(zf, path, name + ".npy", listed[name]) for name in sorted(listed)}
+        except PersistError:
+            raise
+        except Exception as exc:
+            raise CorruptFileError(path, f"the archive is damaged ({type(exc).__name__}: {exc})") from None
+    meta = header["meta"]
+    if checksum(kind, arrays, meta) != header["sha256"]:
+        raise CorruptFileError(path, "SHA-256 checksum mismatch: the content was altered after it was written")
+    return arrays, meta
+
+
+# --------------------------------------------------------------------------- random generators
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _to_json(value: Any) -> Any:
+    """Encode a bit-generator state (nested dicts of str / int / uint arrays) as exact JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "data": value.ravel().tolist()}
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)  # JSON integers are unbounded: 128-bit PCG64 words stay exact
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    raise ValueError(f"rng: cannot serialise a state entry of type {type(value).__name__}")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return np.asarray(value["data"], dtype=np.dtype(value["__ndarray__"])).reshape(value["shape"])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def rng_to_array(rng: np.random.Generator) -> np.ndarray:
+    """Serialise a generator's complete state into a 0-d unicode array (JSON text).
+
+    Stores the bit generator's name and ``state`` (PCG64: two 128-bit integers
+    plus the buffered 32-bit half-word) and its ``SeedSequence`` (entropy,
+    spawn key, pool size, number of children spawned), all exactly.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Backed by PCG64, PCG64DXSM, MT19937, Philox or SFC64.
+
+    Returns
+    -------
+    numpy.ndarray
+        0-d ``<U`` array; store it with :func:`save_arrays`.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    bg = rng.bit_generator
+    name = type(bg).__name__
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"rng: bit generator {name} is not supported (expected one of {_BIT_GENERATORS})")
+    doc: dict[str, Any] = {"bit_generator": name, "state": _to_json(bg.state), "seed_seq": None}
+    ss = getattr(bg, "seed_seq", None)
+    if isinstance(ss, np.random.SeedSequence):
+        doc["seed_seq"] = {
+            "entropy": _to_json(ss.entropy),
+            "spawn_key": [int(k) for k in ss.spawn_key],
+            "pool_size": int(ss.pool_size),
+            "n_children_spawned": int(ss.n_children_spawned),
+        }
+    return np.array(json.dumps(doc, sort_keys=True))
+
+
+def _decode_rng(array: Any) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    a = np.asarray(array)
+    if a.dtype.kind != "U" or a.ndim != 0:
+        raise ValueError(f"rng state: expected the 0-d str array from rng_to_array, got {a.dtype} {a.shape}")
+    try:
+        doc = json.loads(str(a[()]))
+        name, state, ss = doc["bit_generator"], doc["state"], doc["seed_seq"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"rng state: not produced by rng_to_array ({exc})") from None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"rng state: bit generator {name!r} is not supported (expected one of {_BIT_GENERATORS})")
+    return name, _from_json(state), ss
+
+
+def rng_from_array(array: np.ndarray) -> np.random.Generator:
+    """Rebuild a generator from :func:`rng_to_array`: it continues the saved stream bitwise.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        The 0-d str array returned by :func:`rng_to_array`.
+
+    Returns
+    -------
+    numpy.random.Generator
+        A new generator whose next draws, and whose ``spawn`` children, equal
+        those the saved generator would have produced.
+    """
+    name, state, ss = _decode_rng(array)
+    cls = getattr(np.random, name)  # name is from the whitelist above
+    if ss is not None:
+        entropy = ss["entropy"]
+        entropy = _from_json(entropy) if isinstance(entropy, dict) else entropy
+        seed = np.random.SeedSequence(
+            entropy,
+            spawn_key=tuple(ss["spawn_key"]),
+            pool_size=ss["pool_size"],
+            n_children_spawned=ss["n_children_spawned"],
+        )
+        bg = cls(seed)
+    else:
+        bg = cls()
+    try:
+        bg.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"rng state: the saved {name} state is malformed ({exc})") from None
+    return np.random.Generator(bg)
+
+
+def restore_rng(rng: np.random.Generator, array: np.ndarray) -> None:
+    """Set ``rng``'s bit-generator state in place from :func:`rng_to_array`.
+
+    Use this when other objects hold a reference to ``rng``. The bit generator
+    types must match; the ``SeedSequence`` of ``rng`` is not changed (use
+    :func:`rng_from_array` when ``spawn`` must continue identically too).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    name, state, _ = _decode_rng(array)
+    if type(rng.bit_generator).__name__ != name:
+        raise ValueError(f"rng: saved state is for {name}, the generator uses {type(rng.bit_generator).__name__}")
+    rng.bit_generator.state = state
