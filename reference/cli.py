@@ -18,6 +18,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("reference.demo", "train the NumPy dual-encoder oracle with full softmax on a small synthetic dataset"),
     "figures": ("figures.run", "regenerate every figure (PNG) and the CSV behind it"),
+    "conformance": ("reference.conformance", "check another implementation (module:object) against the reference; golden vectors"),
 }
 
 DESCRIPTION = """\
