@@ -78,6 +78,9 @@ _BLOCK = 1 << 15
 #: larger nodes; the final assignment always uses all targets).
 _KMEANS_SAMPLE = 1024
 
+#: Targets per node on which the k-means++ seeding runs.
+_SEED_SAMPLE = 128
+
 #: Depth below which nodes are split by index instead of k-means, so that a
 #: pathological point set cannot produce a tree of depth ~N.
 _MAX_KMEANS_DEPTH = 48
@@ -109,24 +112,45 @@ def _segment_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, lens)
 
 
-def _blocked_sqdist_to_centers(
-    points: np.ndarray, rows: np.ndarray, group: np.ndarray, centers: np.ndarray
+def _sqdist_to_centers(
+    points: np.ndarray,
+    rows: np.ndarray,
+    starts: np.ndarray,
+    lens: np.ndarray,
+    centers: np.ndarray,
 ) -> np.ndarray:
-    """Squared distances of ``points[rows[i]]`` to each center of its group.
+    """Squared distances, up to ``||z||^2``, of each target to its segment's centers.
 
-    Returns an array (n, b): entry (i, j) is ``||z - c_{group[i], j}||^2`` up to
-    the constant ``||z||^2`` (which does not change an argmin), computed in
-    blocks so that memory stays bounded.
+    Segment g holds ``points[rows[starts[g]:starts[g] + lens[g]]]`` and has the
+    centers ``centers[g]`` (b, k). Returns (n, b) with entry
+    ``||c_{g,j}||^2 - 2 <z, c_{g,j}>`` (adding ``||z||^2`` would not change an
+    argmin). Segments are batched by size class (powers of two) and padded, so
+    that each batch is one stacked matrix product (``np.matmul``); memory stays
+    at about ``_BLOCK`` rows per batch.
     """
     n = rows.shape[0]
     b = centers.shape[1]
     cn = np.einsum("gbk,gbk->gb", centers, centers)
     out = np.empty((n, b))
-    for lo in range(0, n, _BLOCK):
-        hi = min(n, lo + _BLOCK)
-        x = points[rows[lo:hi]]
-        g = group[lo:hi]
-        out[lo:hi] = cn[g] - 2.0 * np.einsum("nk,nbk->nb", x, centers[g])
+    big = np.flatnonzero(lens > _BLOCK)
+    for g in big:  # at most n / _BLOCK segments: row blocks of one large segment
+        for lo in range(int(starts[g]), int(starts[g] + lens[g]), _BLOCK):
+            hi = min(int(starts[g] + lens[g]), lo + _BLOCK)
+            out[lo:hi] = cn[g] - 2.0 * (points[rows[lo:hi]] @ np.ascontiguousarray(centers[g].T))
+    small = np.flatnonzero(lens <= _BLOCK)
+    size_class = np.ceil(np.log2(np.maximum(lens[small], 1))).astype(np.int64)
+    for c in np.unique(size_class):
+        segs = small[size_class == c]
+        L = int(lens[segs].max())
+        per = max(1, _BLOCK // L)
+        col = np.arange(L, dtype=np.int64)
+        for lo in range(0, segs.shape[0], per):
+            s = segs[lo : lo + per]
+            pos = starts[s][:, None] + np.minimum(col, lens[s][:, None] - 1)  # pad: repeat the last row
+            ct = np.ascontiguousarray(centers[s].transpose(0, 2, 1))  # (|s|, k, b); contiguous for BLAS
+            dots = np.matmul(points[rows[pos]], ct)  # (|s|, L, b)
+            valid = col < lens[s][:, None]
+            out[pos[valid]] = (cn[s][:, None, :] - 2.0 * dots)[valid]
     return out
 
 
@@ -151,48 +175,60 @@ def _kmeans_labels(
     n = work.shape[0]
     G = lens.shape[0]
     k = points.shape[1]
-    # A random order inside each segment: sort by (segment, uniform key).
+    # A random order inside each segment: sort by (segment, uniform key). The
+    # first S entries of a segment in that order are its random subsample;
+    # sorting the chosen positions back keeps ids ascending (memory locality).
     perm = np.lexsort((rng.random(n), group))
     rank = np.arange(n, dtype=np.int64) - np.repeat(starts, lens)
-    sub = perm[rank < _KMEANS_SAMPLE]  # positions of the subsample, grouped by segment
-    s_lens = np.minimum(lens, _KMEANS_SAMPLE)
-    s_starts = np.cumsum(s_lens) - s_lens
-    gs = group[sub]
-    xs = points[work[sub]].astype(np.float64, copy=False)
 
-    # k-means++ seeding (Arthur & Vassilvitskii 2007), one center per round for
-    # every segment at once. Squared distances are normalised by their segment
-    # total so that one global cumsum serves every segment exactly.
+    def subsample(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.sort(perm[rank < size])
+        sl = np.minimum(lens, size)
+        return work[pos], group[pos], np.cumsum(sl) - sl, sl
+
+    # k-means++ seeding (Arthur & Vassilvitskii 2007) on at most _SEED_SAMPLE
+    # targets per segment, one center per round for every segment at once.
+    # Squared distances are normalised by their segment total so that one
+    # global cumsum serves every segment exactly.
+    rows, gs, s_starts, s_lens = subsample(_SEED_SAMPLE)
     centers = np.empty((G, b, k))
-    centers[:, 0] = xs[s_starts]
-    d2 = np.einsum("ij,ij->i", xs - centers[gs, 0], xs - centers[gs, 0])
-    for j in range(1, b):
+    first = s_starts + (rng.random(G) * s_lens).astype(np.int64)
+    centers[:, 0] = points[rows[first]]
+    d2 = np.empty(rows.shape[0])
+    for j in range(1, b + 1):
+        for lo in range(0, rows.shape[0], _BLOCK):
+            d = points[rows[lo : lo + _BLOCK]] - centers[gs[lo : lo + _BLOCK], j - 1]
+            dd = np.einsum("ij,ij->i", d, d)
+            d2[lo : lo + _BLOCK] = dd if j == 1 else np.minimum(d2[lo : lo + _BLOCK], dd)
+        if j == b:
+            break
         tot = np.add.reduceat(d2, s_starts)
         ok = tot > 0
         w = d2 / np.where(ok, tot, 1.0)[gs]
         cs = np.cumsum(w)
         base = cs[s_starts] - w[s_starts]
         u = base + rng.random(G) * np.where(ok, 1.0, 0.0)
-        pick = np.searchsorted(cs, u, side="right")
-        pick = np.clip(pick, s_starts, s_starts + s_lens - 1)
+        pick = np.clip(np.searchsorted(cs, u, side="right"), s_starts, s_starts + s_lens - 1)
         # Segments whose points all coincide with the chosen centers: any point.
         pick = np.where(ok, pick, s_starts + (j % s_lens))
-        centers[:, j] = xs[pick]
-        diff = xs - centers[gs, j]
-        np.minimum(d2, np.einsum("ij,ij->i", diff, diff), out=d2)
+        centers[:, j] = points[rows[pick]]
 
-    ident = np.arange(sub.shape[0], dtype=np.int64)
+    rows, gs, s_starts, s_lens = subsample(_KMEANS_SAMPLE)
+    ns = rows.shape[0]
+    # Lloyd iterations on the subsample; empty clusters keep their center.
     for _ in range(iters):
-        lab = np.argmin(_blocked_sqdist_to_centers(xs, ident, gs, centers), axis=1)
+        lab = np.argmin(_sqdist_to_centers(points, rows, s_starts, s_lens, centers), axis=1)
         key = gs * b + lab
+        # Cluster sums as a sparse (cluster x target id) one-hot product: reads
+        # the rows of ``points`` in place, no gathered copy.
         onehot = scipy.sparse.csr_matrix(
-            (np.ones(key.shape[0]), (key, ident)), shape=(G * b, key.shape[0])
+            (np.ones(ns), (key, rows)), shape=(G * b, points.shape[0])
         )
-        sums = np.asarray(onehot @ xs).reshape(G, b, k)
+        sums = np.asarray(onehot @ points)
         cnt = np.bincount(key, minlength=G * b).reshape(G, b)
         filled = cnt > 0
-        centers[filled] = sums[filled] / cnt[filled][:, None]  # empty clusters keep their center
-    return np.argmin(_blocked_sqdist_to_centers(points, work, group, centers), axis=1)
+        centers[filled] = sums.reshape(G, b, k)[filled] / cnt[filled][:, None]
+    return np.argmin(_sqdist_to_centers(points, work, starts, lens, centers), axis=1)
 
 
 def _grow(
@@ -555,6 +591,182 @@ class Tree:
         Empty nodes keep their representative and get radius 0. The node
         structure is unchanged. Vectorised level by level.
         """
+        self._refresh_all()
+
+    # -------------------------------------------------------------- dynamic
+    def _check_ids(self, ids: Any, name: str = "ids") -> np.ndarray:
+        """Distinct ids of live targets, or ``ValueError``."""
+        ids = as_index_array(ids, name, upper=self.points.shape[0], unique=True)
+        dead = ids[~self.alive[ids]]
+        if dead.shape[0]:
+            raise ValueError(
+                f"{name}: expected ids of live targets, got {dead.shape[0]} deleted one(s), e.g. {int(dead[0])}"
+            )
+        return ids
+
+    def _descend(self, z: np.ndarray) -> np.ndarray:
+        """Leaf reached by greedy descent to the nearest child representative, per row of z."""
+        P = z.shape[0]
+        cur = np.zeros(P, dtype=np.int64)
+        while True:
+            idx = np.flatnonzero(~self.is_leaf[cur])
+            if idx.shape[0] == 0:
+                return cur
+            v = cur[idx]
+            first, last = self.child_ptr[v], self.child_ptr[v + 1] - 1
+            width = int((last - first).max()) + 1
+            slot = np.minimum(first[:, None] + np.arange(width), last[:, None])  # pad: repeat the last child
+            ch = self.child_idx[slot]
+            best = np.empty(idx.shape[0], dtype=np.int64)
+            step = max(1, _BLOCK // width)
+            for lo in range(0, idx.shape[0], step):
+                d = z[idx[lo : lo + step], None, :] - self.rep[ch[lo : lo + step]]
+                best[lo : lo + step] = np.argmin(np.einsum("pbk,pbk->pb", d, d), axis=1)
+            cur[idx] = ch[np.arange(idx.shape[0]), best]
+
+    def _enlarged_radii(self, ids: np.ndarray, z: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+        """Radii after enlarging every ancestor of each target to cover it (I3).
+
+        ``radius[v] <- max(radius[v], ||z_y - r_v||)`` for every ancestor v of
+        ``leaves[i]`` (including the leaf), where z_y = ``z[i]``; vectorised
+        over the targets, one tree level per step. Returns a new array.
+        """
+        radius = self.radius.copy()
+        row = np.arange(ids.shape[0])
+        anc = leaves.copy()
+        while anc.shape[0]:
+            for lo in range(0, anc.shape[0], _BLOCK):
+                a = anc[lo : lo + _BLOCK]
+                np.maximum.at(radius, a, row_distances(z[row[lo : lo + _BLOCK]], self.rep[a]))
+            keep = self.parent[anc] >= 0
+            anc, row = self.parent[anc[keep]], row[keep]
+        return radius
+
+    def insert(self, points: Any) -> np.ndarray:
+        """Insert new targets; return their ids (SPEC section 3).
+
+        Each point descends greedily from the root to the child with the
+        nearest representative and is appended to the leaf it reaches. Counts
+        and the order are recomputed (I1, I2) and every radius on its path is
+        enlarged to cover it (I3). Representatives do not move, so I4 may
+        fail until the next :meth:`refresh` or :meth:`rebuild`
+        (:attr:`nested` becomes False). Leaves are not split: a leaf may
+        exceed ``leaf_size`` until the next :meth:`rebuild`.
+
+        Parameters
+        ----------
+        points : array_like (P, k)
+            New target vectors (P >= 1; k must equal :attr:`dim`).
+
+        Returns
+        -------
+        ids : (P,) int64
+            The new ids, ``capacity .. capacity + P - 1`` (ids are never reused).
+        """
+        z = _copy_points(points, "points", self.dim)
+        leaves = self._descend(z)
+        cap = self.points.shape[0]
+        ids = np.arange(cap, cap + z.shape[0], dtype=np.int64)
+        radius = self._enlarged_radii(ids, z, leaves)
+        self.points = np.concatenate([self.points, z])
+        self.alive = np.concatenate([self.alive, np.ones(z.shape[0], dtype=bool)])
+        self.leaf_of = np.concatenate([self.leaf_of, leaves])
+        self.radius = radius
+        self.nested = False
+        self._reindex()
+        return ids
+
+    def delete(self, ids: Any) -> None:
+        """Delete live targets (SPEC section 3).
+
+        Their rows of ``points`` are kept but marked dead; counts and the
+        order are recomputed (I1, I2). Representatives and radii do not
+        change, so I3 holds (a subset of a covered set is covered) and I4 is
+        kept (it only constrains non-empty children, of which there are now
+        fewer). Nodes may become empty (count 0).
+
+        Parameters
+        ----------
+        ids : array_like of int
+            Distinct ids of live targets. Deleting every live target is
+            refused with ``ValueError``: a tree always holds at least one.
+        """
+        ids = self._check_ids(ids)
+        if ids.shape[0] >= self.n_live:
+            raise ValueError(
+                f"ids: cannot delete all {self.n_live} live targets (a tree must keep at least one; "
+                "build a new tree instead)"
+            )
+        self.alive[ids] = False
+        self.leaf_of[ids] = -1
+        self._reindex()
+
+    def update(self, ids: Any, points: Any) -> None:
+        """Move live targets to new vectors, re-certifying I3 cheaply (SPEC section 3).
+
+        Target y keeps its leaf; every radius on its path is enlarged to
+        ``max(radius[v], ||z_y_new - r_v||)`` (vectorised over the moved ids,
+        one level per step), so I1-I3 hold. Representatives do not move, so
+        :attr:`nested` becomes False until :meth:`refresh` / :meth:`rebuild`.
+
+        Parameters
+        ----------
+        ids : array_like of int (P,)
+            Distinct ids of live targets.
+        points : array_like (P, k)
+            Their new vectors.
+        """
+        ids = self._check_ids(ids)
+        z = _copy_points(points, "points", self.dim)
+        if z.shape[0] != ids.shape[0]:
+            raise ValueError(f"points: expected {ids.shape[0]} rows (one per id), got {z.shape[0]}")
+        radius = self._enlarged_radii(ids, z, self.leaf_of[ids])
+        self.points[ids] = z
+        self.radius = radius
+        self.nested = False
+
+    def rebuild(self, depth: int) -> None:
+        """Re-cluster every subtree rooted at ``depth`` from its current points.
+
+        The partial rebuild of SPEC section 3. The frontier is every non-empty
+        node at ``depth`` plus every non-empty leaf above it; each frontier
+        subtree is regrown by the same vectorised hierarchical k-means as
+        :meth:`build` (all subtrees at once, drawing from the tree's
+        generator). Internal nodes above ``depth`` keep their place; empty
+        nodes are dropped and all nodes are renumbered breadth-first. Then
+        every representative and nested radius is recomputed (as
+        :meth:`refresh`), so I1-I4 hold. ``rebuild(0)`` is a full rebuild.
+
+        Parameters
+        ----------
+        depth : int
+            0 <= depth <= height (the largest node depth).
+        """
+        height = int(self.depth.max())
+        depth = check_int(depth, "depth", low=0, high=height)
+        live = self.count > 0
+        frontier = np.flatnonzero(live & ((self.depth == depth) | (self.is_leaf & (self.depth < depth))))
+        frontier = frontier[np.argsort(self.start[frontier], kind="stable")]
+        top = np.flatnonzero(live & ~self.is_leaf & (self.depth < depth))
+        T = top.shape[0]
+        new_of_top = np.full(self.parent.shape[0], -1, dtype=np.int64)
+        new_of_top[top] = np.arange(T)
+        # Frontier ranges partition order in DFS order, so order is the work list.
+        g_parent, g_depth, g_leaf, leaf_ids, leaf_nodes = _grow(
+            self.points, self.order.copy(), self.count[frontier], self.depth[frontier],
+            self.branching, self.leaf_size, self.kmeans_iters, self._rng,
+        )
+        G = frontier.shape[0]
+        fp = self.parent[frontier]
+        root_parent = np.where(fp >= 0, new_of_top[np.maximum(fp, 0)], -1)
+        parent = np.concatenate([
+            np.where(self.parent[top] >= 0, new_of_top[np.maximum(self.parent[top], 0)], -1),
+            np.where(g_parent >= 0, g_parent + T, np.concatenate([root_parent, np.zeros(g_parent.shape[0] - G, dtype=np.int64)])),
+        ])
+        depth_all = np.concatenate([self.depth[top], g_depth])
+        is_leaf = np.concatenate([np.zeros(T, dtype=bool), g_leaf])
+        rep = np.zeros((parent.shape[0], self.dim))
+        self._install(parent, depth_all, is_leaf, leaf_ids, leaf_nodes + T, rep)
         self._refresh_all()
 
     # -------------------------------------------------------------- checking
