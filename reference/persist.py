@@ -33,6 +33,23 @@ Damage is detected and named
     and a SHA-256 over a canonical serialisation of kind, meta and arrays
     (:func:`checksum`), which also catches consistent tampering.
 
+Objects
+-------
+:func:`save_tree` / :func:`load_tree`, :func:`save_nystrom` / :func:`load_nystrom`,
+:func:`save_dynamic_index` / :func:`load_dynamic_index` and
+:func:`save_checkpoint` / :func:`load_checkpoint` store a whole object graph:
+every instance attribute (public or not) of the object and of the objects it
+owns, so that the loaded object behaves identically (same arrays bitwise,
+same query results, same future random draws). The graph is described in the
+header's ``meta`` as JSON and its arrays are members named by their attribute
+path (``tree.points``, ``index.nmap.inv_sqrt``, ...). Only the classes listed
+in :data:`OBJECT_CLASSES` can be created on load, without calling their
+``__init__`` (frozen dataclasses, the kernels, are built through their
+validating constructor); everything else is plain data: arrays, Python
+scalars (floats stored exactly as ``float.hex``), numpy scalars, generators,
+and dicts / lists / tuples of those. Shared references (one array or object
+reachable twice) are stored once and come back shared.
+
 Random generators
 -----------------
 :func:`rng_to_array` / :func:`rng_from_array` serialise a
@@ -43,7 +60,9 @@ identically), so a run resumed from a checkpoint draws the same stream bitwise.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -54,6 +73,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from reference._validation import check_int
 
 __all__ = [
     "FORMAT",
@@ -72,6 +93,17 @@ __all__ = [
     "rng_to_array",
     "rng_from_array",
     "restore_rng",
+    "OBJECT_CLASSES",
+    "save_object",
+    "load_object",
+    "save_tree",
+    "load_tree",
+    "save_nystrom",
+    "load_nystrom",
+    "save_dynamic_index",
+    "load_dynamic_index",
+    "save_checkpoint",
+    "load_checkpoint",
 ]
 
 FORMAT = "reference.persist"
@@ -644,3 +676,373 @@ def restore_rng(rng: np.random.Generator, array: np.ndarray) -> None:
     if type(rng.bit_generator).__name__ != name:
         raise ValueError(f"rng: saved state is for {name}, the generator uses {type(rng.bit_generator).__name__}")
     rng.bit_generator.state = state
+
+
+# --------------------------------------------------------------------------- object graphs
+
+#: The only classes :func:`load_object` may instantiate: name -> (module, attribute).
+#: Modules are imported lazily, from this fixed list only.
+OBJECT_CLASSES: dict[str, tuple[str, str]] = {
+    "Tree": ("reference.tree", "Tree"),
+    "NystromMap": ("reference.nystrom", "NystromMap"),
+    "LinearKernel": ("reference.nystrom", "LinearKernel"),
+    "RBFKernel": ("reference.nystrom", "RBFKernel"),
+    "PolynomialKernel": ("reference.nystrom", "PolynomialKernel"),
+    "DynamicIndex": ("reference.dynamic", "DynamicIndex"),
+}
+
+_GRAPH = "graph"  # meta key holding the encoded object graph
+_PART_RE = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+
+
+def _class(name: str) -> type:
+    module, attr = OBJECT_CLASSES[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def _class_name(obj: Any) -> str | None:
+    """The :data:`OBJECT_CLASSES` name of ``obj``'s exact class, or None."""
+    for name, (module, attr) in OBJECT_CLASSES.items():
+        if type(obj).__name__ == attr and type(obj).__module__ == module:
+            return name
+    return None
+
+
+class _Encoder:
+    """Object graph -> (JSON spec, arrays). Arrays are named by their attribute path."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.seen: dict[int, Any] = {}  # id(value) -> spec of its first occurrence (arrays, rngs, objects)
+        self.keep: list[Any] = []  # keeps encoded values alive so ids stay unique
+        self.n_objects = 0
+
+    def _name(self, path: str) -> str:
+        name, i = path, 1
+        while name in self.arrays:
+            i += 1
+            name = f"{path}-{i}"
+        return name
+
+    def encode(self, value: Any, path: str) -> Any:
+        if isinstance(value, np.generic):  # first: np.float64 is also a Python float
+            a = np.asarray(value)
+            if a.dtype.kind not in _ALLOWED_DTYPE_KINDS:
+                raise ValueError(f"{path}: cannot save a numpy scalar of dtype {a.dtype}")
+            name = self._name(path)
+            self.arrays[name] = a
+            return {"t": "scalar", "a": name}
+        if value is None or type(value) in (bool, str, int):
+            return {"t": "json", "v": value}
+        if type(value) is float:
+            return {"t": "float", "v": value.hex()}  # exact, and allows inf / nan
+        if id(value) in self.seen:
+            return self.seen[id(value)]
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in _ALLOWED_DTYPE_KINDS or value.dtype.fields is not None:
+                raise ValueError(f"{path}: cannot save an array of dtype {value.dtype} (object/structured)")
+            name = self._name(path)
+            self.arrays[name] = np.asarray(value)
+            spec = {"t": "ref_array", "a": name}
+            self._remember(value, spec)
+            return {"t": "array", "a": name, "ro": not value.flags.writeable}
+        if isinstance(value, np.random.Generator):
+            name = self._name(path)
+            self.arrays[name] = rng_to_array(value)
+            spec = {"t": "ref_rng", "a": name}
+            self._remember(value, spec)
+            return {"t": "rng", "a": name}
+        if isinstance(value, Mapping):
+            if not all(isinstance(k, str) for k in value):
+                raise ValueError(f"{path}: cannot save a dict with non-str keys")
+            return {"t": "dict", "v": [[k, self.encode(v, self._child(path, k, i))] for i, (k, v) in enumerate(value.items())]}
+        if isinstance(value, (list, tuple)):
+            t = "list" if isinstance(value, list) else "tuple"
+            return {"t": t, "v": [self.encode(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        cname = _class_name(value)
+        if cname is None:
+            raise ValueError(
+                f"{path}: cannot save a {type(value).__module__}.{type(value).__name__} "
+                f"(only arrays, scalars, generators, dicts/lists/tuples and {sorted(OBJECT_CLASSES)})"
+            )
+        oid = self.n_objects
+        self.n_objects += 1
+        self._remember(value, {"t": "ref_object", "id": oid})
+        if dataclasses.is_dataclass(value):
+            fields = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.init]
+            kind = "dataclass"
+        else:
+            fields = list(vars(value).items())
+            kind = "object"
+        return {
+            "t": kind, "c": cname, "id": oid,
+            "v": [[k, self.encode(v, self._child(path, k, i))] for i, (k, v) in enumerate(fields)],
+        }
+
+    def _remember(self, value: Any, spec: dict[str, Any]) -> None:
+        self.seen[id(value)] = spec
+        self.keep.append(value)
+
+    @staticmethod
+    def _child(path: str, key: str, i: int) -> str:
+        part = key.lstrip("_")
+        return f"{path}.{part if _PART_RE.match(part) else f'k{i}'}"
+
+
+class _Decoder:
+    """(JSON spec, arrays) -> object graph; only :data:`OBJECT_CLASSES` are instantiated."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.shared: dict[Any, Any] = {}
+
+    def decode(self, spec: Any) -> Any:
+        t = spec["t"]
+        if t == "json":
+            return spec["v"]
+        if t == "float":
+            return float.fromhex(spec["v"])
+        if t == "scalar":
+            return self.arrays[spec["a"]][()]
+        if t == "array":
+            a = self.arrays[spec["a"]]
+            if spec.get("ro"):
+                a.flags.writeable = False
+            self.shared[("a", spec["a"])] = a
+            return a
+        if t == "ref_array":
+            return self.shared[("a", spec["a"])]
+        if t == "rng":
+            g = rng_from_array(self.arrays[spec["a"]])
+            self.shared[("g", spec["a"])] = g
+            return g
+        if t == "ref_rng":
+            return self.shared[("g", spec["a"])]
+        if t == "dict":
+            return {k: self.decode(v) for k, v in spec["v"]}
+        if t == "list":
+            return [self.decode(v) for v in spec["v"]]
+        if t == "tuple":
+            return tuple(self.decode(v) for v in spec["v"])
+        if t == "ref_object":
+            return self.shared[("o", spec["id"])]
+        if t in ("object", "dataclass"):
+            cls = _class(spec["c"])  # KeyError for a class outside the whitelist
+            if t == "dataclass":
+                obj = cls(**{k: self.decode(v) for k, v in spec["v"]})
+                self.shared[("o", spec["id"])] = obj
+                return obj
+            obj = cls.__new__(cls)
+            self.shared[("o", spec["id"])] = obj  # before the attributes: cycles resolve
+            for k, v in spec["v"]:
+                setattr(obj, k, self.decode(v))
+            return obj
+        raise ValueError(f"unknown entry type {t!r}")
+
+
+def save_object(path: str | os.PathLike[str], kind: str, obj: Any, meta: Mapping[str, Any] | None = None) -> None:
+    """Atomically save an object graph (see "Objects" in the module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination (written atomically by :func:`save_arrays`).
+    kind : str
+        Recorded in the header and checked by :func:`load_object`.
+    obj : object
+        An instance of a class in :data:`OBJECT_CLASSES`, or a dict / list /
+        tuple of plain data and such instances.
+    meta : dict, optional
+        Extra JSON metadata stored next to the graph (returned by
+        :func:`read_header` under ``meta["user"]``).
+
+    Raises
+    ------
+    ValueError
+        Before anything is written, naming the attribute path of the first
+        value that cannot be saved (e.g. ``tree.cache: cannot save a ...``).
+    """
+    kind = _check_kind(kind)
+    enc = _Encoder()
+    graph = enc.encode(obj, kind)
+    save_arrays(path, kind, enc.arrays, {_GRAPH: graph, "user": _check_meta(meta)})
+
+
+def _load_graph(path: str | os.PathLike[str], kind: str, expected: type | tuple[type, ...] | None) -> tuple[Any, dict[str, Any]]:
+    arrays, meta = load_arrays(path, kind)
+    if _GRAPH not in meta:
+        raise CorruptFileError(
+            os.fspath(path), f"a {kind!r} file without an object graph (written by save_arrays, not save_object?)"
+        )
+    try:
+        obj = _Decoder(arrays).decode(meta[_GRAPH])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CorruptFileError(
+            os.fspath(path), f"the object graph does not decode ({type(exc).__name__}: {exc})"
+        ) from None
+    if expected is not None and not isinstance(obj, expected):
+        raise CorruptFileError(os.fspath(path), f"holds a {type(obj).__name__}, expected {expected}")
+    return obj, meta.get("user", {})
+
+
+def load_object(path: str | os.PathLike[str], kind: str, expected: type | tuple[type, ...] | None = None) -> Any:
+    """Load an object graph written by :func:`save_object`; never executes code from the file.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    kind : str
+        The kind it must hold.
+    expected : type or tuple of types, optional
+        The type the top-level object must have.
+
+    Returns
+    -------
+    object
+        A new object graph equal to the saved one (arrays bitwise; shared
+        references shared; read-only arrays read-only).
+
+    Raises
+    ------
+    PersistError
+        As :func:`load_arrays`, and :class:`CorruptFileError` when the graph
+        does not decode (e.g. written by an incompatible version of a class,
+        or naming a class outside :data:`OBJECT_CLASSES`), or when the
+        top-level object is not ``expected``.
+    """
+    return _load_graph(path, kind, expected)[0]
+
+
+def _require(obj: Any, name: str, what: str) -> None:
+    cls = _class(name)
+    if not isinstance(obj, cls):
+        raise ValueError(f"{what}: expected a {cls.__module__}.{cls.__name__}, got {type(obj).__name__}")
+
+
+def save_tree(path: str | os.PathLike[str], tree: Any) -> None:
+    """Save a :class:`reference.tree.Tree` (all arrays, build parameters, its generator).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination, written atomically.
+    tree : reference.tree.Tree
+    """
+    _require(tree, "Tree", "tree")
+    save_object(path, "tree", tree)
+
+
+def load_tree(path: str | os.PathLike[str], *, check: bool = False) -> Any:
+    """Load a tree saved by :func:`save_tree`.
+
+    Parameters
+    ----------
+    path : path-like
+    check : bool, default False
+        Also run ``Tree.check_invariants()`` (O(N depth); the checksum already
+        proves the arrays are the ones saved). A violation raises
+        :class:`CorruptFileError`.
+
+    Returns
+    -------
+    reference.tree.Tree
+        Same arrays bitwise, so the same bounds, samples (for the same
+        generator) and top-k; later ``rebuild`` calls draw the same random
+        numbers as the saved tree would have.
+    """
+    tree = load_object(path, "tree", _class("Tree"))
+    if check:
+        try:
+            tree.check_invariants()
+        except AssertionError as exc:
+            raise CorruptFileError(os.fspath(path), f"the tree violates its invariants: {exc}") from None
+    return tree
+
+
+def save_nystrom(path: str | os.PathLike[str], nmap: Any) -> None:
+    """Save a :class:`reference.nystrom.NystromMap` (kernel, landmarks, anchor, K_LL^{-1/2}, record)."""
+    _require(nmap, "NystromMap", "nmap")
+    save_object(path, "nystrom", nmap)
+
+
+def load_nystrom(path: str | os.PathLike[str]) -> Any:
+    """Load a map saved by :func:`save_nystrom`; ``features``/``project`` agree bitwise with the saved one."""
+    return load_object(path, "nystrom", _class("NystromMap"))
+
+
+def save_dynamic_index(path: str | os.PathLike[str], index: Any) -> None:
+    """Save a :class:`reference.dynamic.DynamicIndex`: cache, map, tree over phi, W_t, W_0 and counters."""
+    _require(index, "DynamicIndex", "index")
+    save_object(path, "dynamic_index", index)
+
+
+def load_dynamic_index(path: str | os.PathLike[str]) -> Any:
+    """Load an index saved by :func:`save_dynamic_index`; queries, samples and refreshes continue identically."""
+    return load_object(path, "dynamic_index", _class("DynamicIndex"))
+
+
+_CHECKPOINT_KEYS = ("step", "params", "optimizer", "rngs", "miner", "extra")
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    step: int,
+    params: Mapping[str, np.ndarray],
+    optimizer: Mapping[str, Any] | None = None,
+    rngs: Mapping[str, np.random.Generator] | None = None,
+    miner: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically save a training checkpoint.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; a crash while writing leaves the previous checkpoint.
+    step : int
+        Number of completed training steps (>= 0).
+    params : dict of str to numpy.ndarray
+        Model parameters (e.g. ``model.params``), in their iteration order.
+    optimizer : dict, optional
+        Optimiser state, e.g. ``Adam.state_dict()`` (arrays and ints).
+    rngs : dict of str to numpy.random.Generator, optional
+        Every generator the run draws from, restored exactly.
+    miner : dict, optional
+        Miner state, e.g. ``Miner.state_dict()``; may also hold a Tree,
+        NystromMap or DynamicIndex.
+    extra : optional
+        Anything else made of plain data (history lists, counters).
+    meta : dict, optional
+        JSON metadata (e.g. the run's configuration), returned as ``"meta"``.
+    """
+    step = check_int(step, "step", low=0)
+    if not isinstance(params, Mapping) or not all(isinstance(v, np.ndarray) for v in params.values()):
+        raise ValueError(f"params: expected a dict name -> numpy array, got {type(params).__name__}")
+    if rngs is not None and (
+        not isinstance(rngs, Mapping) or not all(isinstance(g, np.random.Generator) for g in rngs.values())
+    ):
+        raise ValueError("rngs: expected a dict name -> numpy.random.Generator")
+    state = {"step": step, "params": dict(params), "optimizer": optimizer, "rngs": rngs, "miner": miner, "extra": extra}
+    save_object(path, "checkpoint", state, meta)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint saved by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    dict
+        ``step``, ``params``, ``optimizer``, ``rngs``, ``miner``, ``extra``
+        (as saved; absent parts are None) and ``meta``. Arrays are fresh
+        copies: restore them with ``model.set_params``,
+        ``Adam.load_state_dict`` and ``Miner.load_state_dict``; the generators
+        continue their streams bitwise.
+    """
+    state, meta = _load_graph(path, "checkpoint", dict)
+    if sorted(state) != sorted(_CHECKPOINT_KEYS):
+        raise CorruptFileError(os.fspath(path), f"a checkpoint must hold {list(_CHECKPOINT_KEYS)}, got {sorted(state)}")
+    state["meta"] = meta
+    return state

@@ -12,7 +12,12 @@ What is proved here:
   of a write and a ``SIGKILL`` at a random moment all leave the previous file
   intact and loadable;
 - a ``numpy.random.Generator`` is restored exactly (the next draws and the
-  ``spawn`` children agree bitwise).
+  ``spawn`` children agree bitwise);
+- a Tree, NystromMap, DynamicIndex and a training checkpoint come back with
+  every attribute bitwise equal, and then *behave* identically: the same
+  queries, samples (same generator), mutations, rebuilds and training steps
+  give bitwise equal results on the original and on the loaded copy;
+- loading an object graph instantiates only whitelisted classes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +79,41 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         assert x.dtype == y.dtype and x.dtype.str == y.dtype.str, name
         assert x.shape == y.shape, name
         assert np.ascontiguousarray(x).tobytes() == np.ascontiguousarray(y).tobytes(), name
+
+
+def assert_same_state(a, b, path: str = "obj") -> None:
+    """Recursive bitwise equality of two object graphs (every instance attribute).
+
+    Arrays: same dtype (with byte order), shape, bytes and writeable flag.
+    Generators: same bit-generator state. Floats: same bits (NaN equal to NaN).
+    Objects: same class, then the same attributes compared recursively.
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), path
+        assert a.dtype.str == b.dtype.str and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), f"{path}: values differ"
+        assert a.flags.writeable == b.flags.writeable, f"{path}: writeable flag differs"
+        return
+    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, np.random.Generator):
+        assert json.dumps(a.bit_generator.state, default=lambda x: x.tolist(), sort_keys=True) == \
+            json.dumps(b.bit_generator.state, default=lambda x: x.tolist(), sort_keys=True), f"{path}: generator state"
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{path}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert np.float64(a).tobytes() == np.float64(b).tobytes(), f"{path}: {a!r} vs {b!r}"
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"{path}: {a!r} vs {b!r}"
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        assert_same_state(vars(a), vars(b), path)
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
 
 
 def _members(path: Path) -> dict[str, bytes]:
@@ -567,3 +608,206 @@ def test_rng_state_rejects_bad_input() -> None:
         persist.rng_from_array(np.array('{"bit_generator": "os.system", "state": {}, "seed_seq": null}'))
     with pytest.raises(ValueError, match="saved state is for PCG64"):
         persist.restore_rng(np.random.Generator(np.random.MT19937(0)), persist.rng_to_array(np.random.default_rng(0)))
+
+
+# --------------------------------------------------------------------------- objects
+
+from reference.nystrom import NystromMap, linear, polynomial, rbf  # noqa: E402
+from reference.tree import Tree  # noqa: E402
+
+
+def _tree_after_mutations(seed: int = 0) -> Tree:
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((300, 4))
+    z[10:20] = z[0]  # duplicates
+    t = Tree.build(z, branching=4, leaf_size=8, seed=seed)
+    t.insert(rng.standard_normal((7, 4)))
+    t.delete(np.array([3, 5, 200]))
+    t.update(np.array([0, 1]), rng.standard_normal((2, 4)) * 3)
+    return t
+
+
+def test_tree_round_trip_and_identical_behaviour(tmp_path: Path) -> None:
+    sampling = pytest.importorskip("reference.sampling")
+    tree = _tree_after_mutations()
+    path = tmp_path / "tree.npz"
+    persist.save_tree(path, tree)
+    loaded = persist.load_tree(path, check=True)
+    assert_same_state(tree, loaded, "tree")
+    assert persist.read_header(path)["kind"] == "tree"
+    # identical behaviour: queries, samples with the same generator ...
+    q = np.random.default_rng(1).standard_normal((3, 4)) * 5
+    a = sampling.topk(tree, q, 5)
+    b = sampling.topk(loaded, q, 5)
+    assert_same_state(a, b, "topk")
+    a = sampling.cut_sample(tree, q, 20, np.random.default_rng(2))
+    b = sampling.cut_sample(loaded, q, 20, np.random.default_rng(2))
+    assert_same_state(a, b, "cut_sample")
+    # ... and further mutations, including a rebuild that draws from the tree's own generator
+    for t in (tree, loaded):
+        t.rebuild(1)
+        t.insert(np.ones((2, 4)))
+        t.refresh()
+    assert_same_state(tree, loaded, "tree after rebuild")
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=hnp.arrays(np.float64, st.tuples(st.integers(1, 60), st.integers(1, 4)),
+                         elements=st.floats(-1e3, 1e3, allow_subnormal=False) | st.just(0.0)),
+       branching=st.integers(2, 5), leaf_size=st.integers(1, 10), seed=st.integers(0, 2**32))
+def test_tree_round_trip_any_points(tmp_path: Path, points, branching, leaf_size, seed) -> None:
+    tree = Tree.build(points, branching=branching, leaf_size=leaf_size, seed=seed)
+    persist.save_tree(tmp_path / "t.npz", tree)
+    assert_same_state(tree, persist.load_tree(tmp_path / "t.npz", check=True))
+
+
+@pytest.mark.parametrize("kernel", [linear(), linear(0.5), rbf(0.7), polynomial(3, 1.0)], ids=repr)
+def test_nystrom_round_trip(tmp_path: Path, kernel) -> None:
+    rng = np.random.default_rng(3)
+    G0 = rng.standard_normal((60, 5))
+    nmap = NystromMap(kernel, cutoff=1e-8, ridge=1e-6).fit(G0, rng.choice(60, 12, replace=False))
+    path = tmp_path / "nmap.npz"
+    persist.save_nystrom(path, nmap)
+    loaded = persist.load_nystrom(path)
+    assert_same_state(nmap, loaded, "nmap")
+    G_L = rng.standard_normal((12, 3))
+    assert loaded.features(G0).tobytes() == nmap.features(G0).tobytes()
+    assert loaded.project(G_L).tobytes() == nmap.project(G_L).tobytes()
+    # an unfitted map too
+    persist.save_nystrom(path, NystromMap("rbf"))
+    assert_same_state(NystromMap("rbf"), persist.load_nystrom(path))
+
+
+def test_dynamic_index_round_trip_and_identical_behaviour(tmp_path: Path) -> None:
+    dynamic = pytest.importorskip("reference.dynamic")
+    rng = np.random.default_rng(4)
+    G = rng.standard_normal((300, 6))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    index = dynamic.DynamicIndex(G, np.arange(0, 300, 20), beta=4.0, leaf_size=8)
+    index.step(G[index.landmarks] * 1.2)
+    index.add(rng.standard_normal((4, 6)))
+    index.remove([1, 2])
+    index.refresh(G[index.landmarks], ids=index.landmarks)
+    index.step(G[index.landmarks] + 0.01)
+    path = tmp_path / "index.npz"
+    persist.save_dynamic_index(path, index)
+    loaded = persist.load_dynamic_index(path)
+    assert_same_state(index, loaded, "index")
+    F = rng.standard_normal((4, 6))
+    for method in ("topk",):
+        assert_same_state(getattr(index, method)(F, 3), getattr(loaded, method)(F, 3), method)
+    a = index.rejection_sample(F, 6, np.random.default_rng(5))
+    b = loaded.rejection_sample(F, 6, np.random.default_rng(5))
+    assert_same_state(a, b, "rejection_sample")
+    G2 = G + 0.05 * rng.standard_normal(G.shape)
+    for idx in (index, loaded):
+        idx.step(G2[idx.landmarks])
+        idx.refresh(G2[idx.ids[: 50]], ids=idx.ids[:50])
+    assert_same_state(index, loaded, "index after refresh")
+
+
+def test_checkpoint_resumes_training_bitwise(tmp_path: Path) -> None:
+    """Train 3 steps, checkpoint, train 4 more; a model restored from the checkpoint ends bitwise equal."""
+    from reference.encoder import DualEncoder, EncoderConfig
+    from reference.optim import Adam
+
+    cfg = EncoderConfig(query_dim=5, target_dim=4, hidden=(8,), out_dim=6, beta=5.0)
+    data_rng = np.random.default_rng(7)
+    Y = data_rng.standard_normal((40, 4))
+    X = data_rng.standard_normal((200, 5))
+    pos = data_rng.integers(0, 40, 200)
+
+    def run(model, opt, rng, steps):
+        for _ in range(steps):
+            idx = rng.integers(0, 200, 8)
+            neg = rng.integers(0, 40, (8, 5))
+            _, grads = model.sampled_softmax_loss(X[idx], pos[idx], Y, neg, np.full((8, 5), -np.log(40.0)))
+            opt.step(grads)
+
+    model = DualEncoder(cfg, seed=1)
+    opt = Adam(model.params, lr=1e-2)
+    rng = np.random.default_rng(11)
+    run(model, opt, rng, 3)
+    path = tmp_path / "ckpt.npz"
+    persist.save_checkpoint(path, step=3, params=model.params, optimizer=opt.state_dict(), rngs={"batch": rng},
+                            miner={"cache": Y[:5].copy()}, extra={"losses": [1.5, float("inf")]},
+                            meta={"config": {"lr": 1e-2}})
+    run(model, opt, rng, 4)
+
+    ck = persist.load_checkpoint(path)
+    assert ck["step"] == 3 and ck["meta"] == {"config": {"lr": 0.01}}
+    assert ck["extra"] == {"losses": [1.5, float("inf")]}
+    assert_same_state(ck["miner"], {"cache": Y[:5].copy()})
+    model2 = DualEncoder(cfg, seed=99)  # different init: everything must come from the checkpoint
+    model2.set_params(ck["params"])
+    opt2 = Adam(model2.params, lr=1e-2)
+    opt2.load_state_dict(ck["optimizer"])
+    run(model2, opt2, ck["rngs"]["batch"], 4)
+    assert_same_state(model.params, model2.params, "params")
+    assert_same_state(opt.state_dict(), opt2.state_dict(), "adam")
+
+
+def test_object_graph_features(tmp_path: Path) -> None:
+    shared = np.arange(5.0)
+    ro = np.arange(3)
+    ro.flags.writeable = False
+    g = np.random.default_rng(0)
+    obj = {
+        "a": shared, "again": shared, "ro": ro, "f": -0.0, "nan": float("nan"), "inf": float("-inf"),
+        "np": np.float32(1.5), "npi": np.int64(7), "t": (1, "x", None, True), "l": [2**100],
+        "gen": g, "gen2": g, "odd key!": np.zeros(2), "kernel": rbf(2.0),
+        "big": np.zeros(3, dtype=">i4"), "F": np.asfortranarray(np.ones((2, 3))),
+    }
+    path = tmp_path / "g.npz"
+    persist.save_object(path, "bag", obj)
+    back = persist.load_object(path, "bag", dict)
+    assert_same_state(obj, back)
+    assert back["a"] is back["again"] and back["gen"] is back["gen2"]  # shared references stay shared
+    assert not back["ro"].flags.writeable and back["a"].flags.writeable
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"fn": len}, "bag.fn"),
+    ({"deep": {"x": [1, object()]}}, "bag.deep.x.1"),
+    ({"obj": np.array([None], dtype=object)}, "bag.obj"),
+    ({1: 2}, "non-str keys"),
+])
+def test_unsavable_graph_is_refused_before_writing(tmp_path: Path, bad, where) -> None:
+    path = tmp_path / "g.npz"
+    with pytest.raises(ValueError, match=re.escape(where)):
+        persist.save_object(path, "bag", bad)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_loading_instantiates_only_whitelisted_classes(tmp_path: Path) -> None:
+    """A (validly checksummed) graph naming any other class is refused, nothing imported."""
+    path = tmp_path / "evil.npz"
+    for cls in ("subprocess.Popen", "Popen", "os.system"):
+        graph = {"t": "object", "c": cls, "id": 0, "v": [["args", {"t": "json", "v": "touch pwned"}]]}
+        save_arrays(path, "tree", {}, {"graph": graph, "user": {}})
+        with pytest.raises(CorruptFileError, match="object graph does not decode"):
+            persist.load_tree(path)
+    assert not (tmp_path / "pwned").exists()
+    graph = {"t": "mystery"}
+    save_arrays(path, "tree", {}, {"graph": graph, "user": {}})
+    with pytest.raises(CorruptFileError, match="unknown entry type 'mystery'"):
+        persist.load_tree(path)
+
+
+def test_object_loaders_check_kind_and_type(tmp_path: Path) -> None:
+    path = tmp_path / "t.npz"
+    persist.save_tree(path, Tree.build(np.eye(3)))
+    with pytest.raises(WrongKindError, match="holds a 'tree', expected a 'nystrom'"):
+        persist.load_nystrom(path)
+    with pytest.raises(ValueError, match="tree: expected a reference.tree.Tree, got NystromMap"):
+        persist.save_tree(path, NystromMap())
+    persist.save_object(path, "tree", {"not": "a tree"})
+    with pytest.raises(CorruptFileError, match="holds a dict"):
+        persist.load_tree(path)
+    save_arrays(path, "checkpoint", {"x": np.zeros(1)})
+    with pytest.raises(CorruptFileError, match="without an object graph"):
+        persist.load_checkpoint(path)
+    with pytest.raises(ValueError, match="step: expected an integer >= 0"):
+        persist.save_checkpoint(path, step=-1, params={})
+    with pytest.raises(ValueError, match="rngs"):
+        persist.save_checkpoint(path, step=0, params={}, rngs={"a": 1})
