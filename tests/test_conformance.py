@@ -1,0 +1,335 @@
+"""Tests of the conformance kit (reference/conformance.py, SPEC section 9).
+
+Three groups:
+
+1. the statistics: bin merging, the G-test's calibration under H0, the
+   power statement of ``detectable_tv``, the sample-size search;
+2. the kit on backends: the reference and an independent NumPy port pass,
+   every deliberately wrong backend of ``tests/wrong_backends.py`` fails in
+   exactly the scenarios that expose its bug, with a report naming it;
+3. the command line and input validation.
+
+False alarms. The kit's sampler check has a stated false-alarm rate of 1e-6
+per run; each run here is at a fixed seed, so the outcome is deterministic.
+The Monte-Carlo tests of the statistics below state their own rate.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import cli, conformance
+from reference.conformance import (
+    REFERENCE_BACKEND,
+    check_encoder,
+    check_sampler,
+    detectable_tv,
+    g_test,
+    load_backend,
+    merge_small_bins,
+    run_conformance,
+    sample_size_for_tv,
+)
+from tests import wrong_backends as wb
+
+# ----------------------------------------------------------------------------
+# 1. Statistics
+# ----------------------------------------------------------------------------
+
+
+@given(
+    expected=st.lists(st.floats(0.0, 60.0, allow_nan=False), min_size=1, max_size=80),
+    m=st.sampled_from([5.0, 20.0]),
+)
+def test_merge_small_bins_every_group_reaches_the_minimum(expected, m):
+    """Groups partition the bins, each expects >= m draws (if the total does), and no
+    two bins that were large enough on their own are merged together."""
+    e = np.array(expected)
+    labels = merge_small_bins(e, m)
+    G = labels.max() + 1
+    assert labels.shape == e.shape
+    assert set(labels.tolist()) == set(range(G))  # contiguous labels 0..G-1
+    totals = np.bincount(labels, weights=e, minlength=G)
+    if e.sum() >= m:
+        assert totals.min() >= m * (1 - 1e-12)
+    else:
+        assert G == 1
+    large_per_group = np.bincount(labels[e >= m], minlength=G)
+    assert large_per_group.max(initial=0) <= 1
+
+
+def test_merge_small_bins_keeps_large_bins_alone():
+    e = np.array([100.0, 3.0, 30.0, 4.0, 2.0, 25.0, 1.0])
+    labels = merge_small_bins(e, 20.0)
+    # 1 + 2 + 3 + 4 = 10 < 20: the small bins form one short group, merged into the
+    # smallest large bin (25); 30 and 100 stay alone.
+    assert labels[0] != labels[2] and labels[0] != labels[5] and labels[2] != labels[5]
+    assert len({labels[i] for i in (1, 3, 4, 6, 5)}) == 1
+
+
+def test_g_test_perfect_fit_and_gross_misfit():
+    p = np.full(10, 0.1)
+    fit = g_test(np.full(10, 100), p)
+    assert fit.statistic == pytest.approx(0.0, abs=1e-12) and fit.p_value == pytest.approx(1.0)
+    assert fit.df == 9
+    bad = g_test(np.array([1000] + [0] * 9), p)
+    assert bad.p_value < 1e-100
+
+
+def test_g_test_is_calibrated_under_h0():
+    """Under H0 (multinomial counts from p, with many small-expected bins merged), the
+    rate of p < 0.05 over 4000 simulations lies in [0.03, 0.07] and of p < 0.01 below
+    0.02. For a calibrated test these are 5.8 and 7 standard deviations from the mean:
+    false-alarm rate < 1e-7. Dropping the factor 2 of G makes the rate ~0 and fails."""
+    rng = np.random.default_rng(123)
+    p = 0.8 ** np.arange(40)
+    p /= p.sum()
+    counts = rng.multinomial(400, p, size=4000)
+    pvals = np.array([g_test(c, p).p_value for c in counts])
+    assert 0.03 <= (pvals < 0.05).mean() <= 0.07
+    assert (pvals < 0.01).mean() <= 0.02
+
+
+def _shift_alternative(p: np.ndarray, labels: np.ndarray, delta: float, rng: np.random.Generator) -> np.ndarray:
+    """Q at TV delta from p that moves mass between two halves of the merged groups,
+    proportionally within each half: the least detectable kind of alternative (its
+    chi-square divergence is delta^2 (1/p(S+) + 1/p(S-)), close to the minimum 4 delta^2)."""
+    G = labels.max() + 1
+    pg = np.bincount(labels, weights=p, minlength=G)
+    order = rng.permutation(G)
+    plus = np.zeros(G, bool)
+    plus[order[np.cumsum(pg[order]) <= 0.5]] = True
+    p_plus, p_minus = pg[plus].sum(), pg[~plus].sum()
+    assert delta < p_minus
+    scale = np.where(plus, 1 + delta / p_plus, 1 - delta / p_minus)
+    q = p * scale[labels]
+    assert 0.5 * np.abs(q - p).sum() == pytest.approx(delta)
+    return q
+
+
+def test_detectable_tv_is_detected_with_the_stated_power():
+    """At TV = detectable_tv(p, n, alpha) an alternative is detected with probability
+    >= 0.9 (stated): over 500 simulations the detection rate must be >= 0.8
+    (6.7 standard deviations below 0.9 if exact: false-alarm rate < 1e-10). At a
+    third of that TV the rate must be < 0.5, so the statement is not vacuous."""
+    rng = np.random.default_rng(7)
+    p = 0.9 ** np.arange(30)
+    p /= p.sum()
+    n, alpha = 2000, 1e-4
+    delta = detectable_tv(p, n, alpha, power=0.9)
+    assert 0 < delta < 0.5
+    labels = g_test(np.round(n * p).astype(int), p).labels  # the grouping the test will use
+
+    def detection_rate(d: float) -> float:
+        q = _shift_alternative(p, labels, d, rng)
+        counts = rng.multinomial(n, q / q.sum(), size=500)
+        return float(np.mean([g_test(c, p).p_value < alpha for c in counts]))
+
+    assert detection_rate(delta) >= 0.8
+    assert detection_rate(delta / 3) < 0.5
+
+
+def test_sample_size_for_tv_is_sufficient_and_not_wasteful():
+    P = np.stack([np.full(50, 0.02), 0.85 ** np.arange(50) / (0.85 ** np.arange(50)).sum()])
+    n = sample_size_for_tv(P, 0.05, 1e-7)
+    assert max(detectable_tv(p, n, 1e-7) for p in P) <= 0.05
+    assert max(detectable_tv(p, int(n / 1.5), 1e-7) for p in P) > 0.05
+
+
+def test_sample_size_for_tv_refuses_degenerate_distributions():
+    with pytest.raises(ValueError, match="max_n"):
+        sample_size_for_tv(np.array([1.0, 0.0, 0.0]), 0.05, 1e-6, max_n=10_000)
+    with pytest.raises(ValueError, match="tv"):
+        sample_size_for_tv(np.full(4, 0.25), 1.5, 1e-6)
+
+
+# ----------------------------------------------------------------------------
+# 2. Backends through the kit
+# ----------------------------------------------------------------------------
+
+
+def test_the_reference_passes_its_own_kit():
+    report = run_conformance(REFERENCE_BACKEND, name="reference")
+    assert report.passed, report.format()
+    assert [c.name for c in report.ran] == ["sampler", "encoder", "bracket", "topk", "nystrom"]
+    text = report.format()
+    assert "RESULT: PASS" in text and "False-alarm rate of this run: 1e-06" in text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_independent_numpy_port_passes(seed):
+    """No reference code in the backend: its own sampler, kernels and solves."""
+    report = run_conformance(wb.CORRECT_NUMPY, seed=seed, name="numpy port")
+    assert report.passed, report.format()
+    assert {c.name for c in report.ran} == {"sampler", "bracket", "topk", "nystrom"}
+    assert [c.name for c in report.checks if c.skipped] == ["encoder"]
+
+
+@pytest.mark.parametrize("bug", list(wb.BUGS))
+def test_a_wrong_backend_fails_where_its_bug_shows(bug):
+    """Each deliberately wrong backend fails in exactly the scenarios that expose its
+    bug (the others pass), and the report says what is wrong."""
+    backend, check, must_fail, phrase = wb.BUGS[bug]
+    report = run_conformance(backend, [check], name=bug)
+    assert not report.passed
+    (result,) = report.checks
+    assert {c.scenario for c in result.failures} == must_fail, report.format()
+    text = report.format()
+    assert phrase in text and "RESULT: FAIL" in text and f"FAIL  {check}" in text
+    for case in result.failures:
+        assert case.worst, f"{case.scenario}: a failure must say what is wrong"
+
+
+def test_sampler_report_states_threshold_and_power():
+    report = check_sampler(wb.numpy_sample, tv=0.1)
+    n_queries = sum(sc.queries.shape[0] for sc in conformance.sampler_scenarios())
+    for case in report.cases[1:]:
+        assert case.threshold == pytest.approx(1e-6 / n_queries)
+        assert "detects any TV error >=" in case.note
+        # the detectable TV stated in the note is at most the requested 0.1
+        stated = float(case.note.split("detects any TV error >= ")[1].split(" ")[0])
+        assert stated <= 0.1
+
+
+def test_a_backend_that_raises_is_a_finding_not_a_crash():
+    def broken(points, queries, n, seed):
+        raise RuntimeError("index not built")
+
+    report = check_sampler(broken, tv=0.2)
+    assert not report.passed
+    assert all("backend raised RuntimeError: index not built" in c.worst for c in report.failures)
+
+
+def test_declined_scenarios_are_skipped_not_failed():
+    report = check_encoder(wb.encoder_full_only)
+    assert report.passed, report.format()
+    skipped = {c.scenario for c in report.cases if c.skipped}
+    assert skipped == {"relu-sampled-logq", "softplus-sampled-no-logq", "float32-sampled-logq"}
+    assert "SKIP" in report.format()
+
+
+def test_backend_may_be_a_mapping_and_missing_checks_are_skipped():
+    report = run_conformance({"topk": wb.numpy_topk}, name="dict")
+    assert report.passed
+    assert [c.name for c in report.ran] == ["topk"]
+    assert all(c.skipped for c in report.checks if c.name != "topk")
+
+
+def test_a_requested_check_the_backend_lacks_fails():
+    report = run_conformance({"topk": wb.numpy_topk}, ["topk", "bracket"])
+    assert not report.passed
+    assert "no callable `bracket`" in report.format()
+
+
+def test_a_backend_with_nothing_fails():
+    report = run_conformance(SimpleNamespace())
+    assert not report.passed and "provides none of" in report.format()
+
+
+def test_sampler_that_modifies_its_inputs_fails_the_format_case():
+    def scribbles(points, queries, n, seed):
+        ids = wb.numpy_sample(points, queries, n, seed)
+        queries *= 2.0
+        return ids
+
+    report = check_sampler(scribbles, tv=0.2)
+    assert report.cases[0].scenario == "format" and not report.cases[0].passed
+    assert "modified its input arrays" in report.cases[0].worst
+
+
+def test_impossible_draw_is_reported_with_its_probability():
+    def sometimes_impossible(points, queries, n, seed):
+        ids = wb.numpy_sample(points, queries, n, seed)
+        a = queries @ points.T
+        ids[:, 0] = np.argmin(a, axis=1)  # the least likely target, once per query
+        return ids
+
+    report = check_sampler(sometimes_impossible)
+    text = report.format()
+    assert not report.passed
+    assert "whose probability is" in text  # e.g. the peaked or huge-logits scenario
+
+
+# ----------------------------------------------------------------------------
+# 3. Command line and validation
+# ----------------------------------------------------------------------------
+
+
+def test_cli_passes_the_reference(capsys):
+    status = cli.main(["conformance", "reference.conformance:REFERENCE_BACKEND", "--checks", "topk,bracket,nystrom"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "RESULT: PASS: all 3 checks passed" in out
+
+
+def test_cli_fails_a_wrong_backend_with_a_readable_report(capsys):
+    status = cli.main(["conformance", "tests.wrong_backends:WRONG_TOPK_TIE_RULE"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "FAIL  integer-ties" in out and "an exact tie must go to the smaller id" in out
+    assert "SKIP  sampler" in out
+
+
+def test_cli_accepts_a_bare_sampler_function(capsys):
+    status = cli.main(["conformance", "tests.wrong_backends:numpy_sample", "--tv", "0.2"])
+    out = capsys.readouterr().out
+    assert status == 0 and "checking it as a sampler" in out
+    status = cli.main(["conformance", "tests.wrong_backends:numpy_topk", "--as", "topk"])
+    assert status == 0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon", "expected 'module:object'"),
+        ("no_such_module_xyz:B", "cannot import module"),
+        ("tests.wrong_backends:NOPE", "has no attribute"),
+    ],
+)
+def test_cli_bad_backend_exits_1_with_a_message(capsys, spec, message):
+    assert cli.main(["conformance", spec]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_options_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["conformance", "reference.conformance:REFERENCE_BACKEND", "--alpha", "2"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["conformance"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["conformance", "reference.conformance:REFERENCE_BACKEND", "--checks", "nope"])
+    assert exc.value.code == 2
+    assert "checks" in capsys.readouterr().err
+
+
+def test_validation_of_the_check_functions():
+    with pytest.raises(ValueError, match="callable"):
+        check_sampler(42)
+    with pytest.raises(ValueError, match="alpha"):
+        check_sampler(wb.numpy_sample, alpha=1.5)
+    with pytest.raises(ValueError, match="callable"):
+        conformance.check_topk(None)
+    with pytest.raises(ValueError, match="checks"):
+        run_conformance(wb.CORRECT_NUMPY, ["sampler", "bogus"])
+    with pytest.raises(ValueError, match="observed"):
+        g_test(np.array([1.5, 2.0]), np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="probabilities"):
+        g_test(np.array([1, 2]), np.array([0.5, 0.6]))
+    with pytest.raises(ValueError, match="expected"):
+        merge_small_bins(np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="power"):
+        detectable_tv(np.full(4, 0.25), 100, 0.5, power=0.4)
+
+
+def test_load_backend_resolves_dotted_objects():
+    fn = load_backend("tests.wrong_backends:WRONG_TOPK_TIE_RULE.topk")
+    assert fn is wb.topk_wrong_tie_rule
+    assert math.isfinite(conformance.DEFAULT_ALPHA)
