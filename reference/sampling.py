@@ -1,0 +1,428 @@
+"""Sampling from the softmax and exact top-k through the tree index.
+
+SPEC section 4, propositions P4, P6 and P8 (SPEC section 6). Notation as in
+:mod:`reference.bounds`: logits ``a_y = <q, z_y>``, node ``v`` with
+representative ``r_v``, count ``n_v``, radius ``rho_v`` and
+``eps_v = ||q|| rho_v``, so that ``|a_y - <q, r_v>| <= eps_v`` for ``y`` in
+``D(v)`` (P1).
+
+- :func:`cut_sample` draws from the *cut distribution* ``Phat_C`` (approximate,
+  P4) and returns ``log Phat_C`` of each draw for the logQ correction (P13).
+- :func:`rejection_sample` draws *exactly* from ``P(y) = exp(a_y) / Z`` (P6)
+  by rejection from the envelope ``U_v = n_v exp(<q, r_v> + eps_v)``.
+- :func:`topk` returns the exact maximum-inner-product top-k (P8) by branch
+  and bound on ``<q, r_v> + eps_v``.
+
+All three take a batch of queries and work on flat arrays of (query, node)
+pairs: the Python loops are over rounds (tree levels, refinement rounds,
+rejection rounds), never over queries or targets, and the cost scales with the
+number of pairs touched rather than with N. Descendants are drawn exactly
+uniformly: ``D(v) = tree.order[tree.start[v]:tree.stop[v]]`` is a contiguous
+range, and an offset is drawn with ``rng.integers(0, n_v)``.
+
+References
+----------
+Monath, Zaheer, Allen, McCallum, "Improving Dual-Encoder Training through
+Dynamic Indexes for Negative Mining", AISTATS 2023 (section 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from reference._validation import check_int, check_positive, check_rng
+from reference.bounds import (
+    _ROUNDING,
+    DEFAULT_TOL,
+    Cut,
+    _as_queries,
+    _ptr,
+    _rowdot,
+    _ranges,
+    _refine,
+    _segment_logsumexp,
+    _terms,
+    validate_cut,
+)
+
+__all__ = ["cut_sample", "rejection_sample", "topk"]
+
+# Queries processed together by the samplers and top-k: bounds the size of the
+# flat (query, node) arrays; a loop over blocks of queries is a batching loop.
+_QUERY_BLOCK = 256
+
+# Beam width of the greedy descent that seeds top-k's pruning threshold.
+_TOPK_BEAM = 4
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: Cut | None = None,
+               *, tol: float = DEFAULT_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` i.i.d. targets per query from the cut distribution ``Phat_C`` (P4, SPEC section 4).
+
+    An entry ``v`` of the cut is drawn with probability ``n_v exp(<q,r_v>) / Zhat_C``,
+    then a uniform descendant ``y`` in ``D(v)``, so
+    ``Phat_C(y) = exp(<q, r_v(y)>) / Zhat_C``. It is within ``2 eps_C`` of the
+    softmax in log space (P4); its bias on expectations obeys P5.
+
+    Parameters
+    ----------
+    tree : Tree
+    queries : array_like, shape (k,) or (B, k)
+        Query vectors, temperature folded in.
+    n : int >= 1
+        Draws per query (with replacement).
+    rng : numpy.random.Generator
+    cut : Cut, optional
+        One cut per query. Default: ``adaptive_cut(tree, queries, tol)``.
+    tol : float > 0, default DEFAULT_TOL
+        Bracket width of the default cut (ignored when ``cut`` is given).
+
+    Returns
+    -------
+    ids : numpy.ndarray of int64, shape (n,) or (B, n)
+    log_q : numpy.ndarray of float64, same shape
+        ``log Phat_C(ids)``, for the logQ correction of the sampled softmax (P13).
+    """
+    Q, single = _as_queries(tree, queries, "queries")
+    n = check_int(n, "n", low=1)
+    rng = check_rng(rng)
+    tol = check_positive(tol, "tol")
+    B = Q.shape[0]
+    if cut is not None:
+        validate_cut(tree, cut, n_queries=B)
+    ids = np.empty((B, n), np.int64)
+    log_q = np.empty((B, n))
+    for b0 in range(0, B, _QUERY_BLOCK):
+        b1 = min(b0 + _QUERY_BLOCK, B)
+        if cut is None:
+            st = _refine(tree, Q[b0:b1], tol=tol)
+            query, node, target, t = st.query, st.node, st.target, st.terms
+        else:
+            p = cut.ptr
+            sl = slice(p[b0], p[b1])
+            query, node, target = cut.query[sl] - b0, cut.node[sl], cut.target[sl]
+            t = _terms(tree, Q[b0:b1], query, node, target)
+        live = np.isfinite(t.log_n)  # skip entries with n_v == 0 (emptied by deletes)
+        query, node, target = query[live], node[live], target[live]
+        s, log_w = t.s[live], (t.log_n + t.s)[live]
+        ptr = _ptr(query, b1 - b0)
+        log_z_hat = _segment_logsumexp(log_w, ptr)
+        qb = np.repeat(np.arange(b1 - b0), n)
+        e = _draw_entries(log_w, log_z_hat, ptr, qb, rng)
+        ids[b0:b1] = _uniform_descendant(tree, node[e], target[e], rng).reshape(-1, n)
+        log_q[b0:b1] = (s[e] - log_z_hat[qb]).reshape(-1, n)
+    if single:
+        return ids[0], log_q[0]
+    return ids, log_q
+
+
+def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, tol: float | None = None
+                     ) -> tuple[np.ndarray, dict[str, int]]:
+    """Draw ``n`` i.i.d. targets per query exactly from the softmax ``P`` (P6, SPEC section 4).
+
+    Refine a cut (below); propose an entry ``v`` with probability ``U_v / U``,
+    ``U_v = n_v exp(<q,r_v> + eps_v)``, ``U = sum_v U_v = exp(hi)``; propose
+    ``y`` uniform in ``D(v)``; accept with probability
+    ``exp(a_y - <q,r_v> - eps_v)`` (<= 1 by P1). Then
+    ``Pr[propose y and accept] = exp(a_y) / U``, so accepted draws are exact
+    i.i.d. draws from ``P`` whatever the cut, and the acceptance rate per
+    proposal is ``Z / U = exp(log Z - hi) >= exp(-(hi - lo))``. Proposals are
+    made in rounds for the slots still empty (all queries and slots at once);
+    each query keeps its first ``n`` accepted proposals.
+
+    Parameters
+    ----------
+    tree : Tree
+    queries : array_like, shape (k,) or (B, k)
+    n : int >= 1
+        Draws per query (with replacement).
+    rng : numpy.random.Generator
+    tol : float > 0, optional
+        If given, the envelope's cut is ``adaptive_cut(tree, queries, tol)``
+        (SPEC section 4), so the acceptance rate is ``>= exp(-tol)``. If
+        ``None`` (default), the cut balances refinement against proposals for
+        ``n`` draws (see ``reference.bounds._refine``): fewer logits in
+        total, at a lower acceptance rate. Exactness does not depend on it.
+
+    Returns
+    -------
+    ids : numpy.ndarray of int64, shape (n,) or (B, n)
+    counters : dict
+        ``proposals`` (made, all queries), ``accepted`` (among them; may exceed
+        ``B n`` because a round can overshoot), ``target_logits`` (``a_y``
+        evaluated: proposals from node entries plus single-target cut
+        entries), ``node_logits`` (``<q, r_v>`` evaluated while refining the
+        cut), ``cut_entries`` (final cut size, all queries), ``rounds``
+        (refinement plus proposal rounds, summed over query blocks).
+
+    Raises
+    ------
+    ValueError
+        On invalid input, or if a proposal's acceptance probability exceeds 1
+        beyond rounding, i.e. a target lies outside its node's radius
+        (invariant I3 violated; run ``tree.check_invariants()``).
+    """
+    Q, single = _as_queries(tree, queries, "queries")
+    n = check_int(n, "n", low=1)
+    rng = check_rng(rng)
+    if tol is not None:
+        tol = check_positive(tol, "tol")
+    B = Q.shape[0]
+    ids = np.empty((B, n), np.int64)
+    counters = dict(proposals=0, accepted=0, target_logits=0, node_logits=0, cut_entries=0, rounds=0)
+    for b0 in range(0, B, _QUERY_BLOCK):
+        b1 = min(b0 + _QUERY_BLOCK, B)
+        ids[b0:b1] = _rejection_block(tree, Q[b0:b1], n, rng, tol, counters)
+    if single:
+        return ids[0], counters
+    return ids, counters
+
+
+def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
+    """Exact maximum-inner-product top-k by branch and bound (P8, SPEC section 4).
+
+    Every target ``y`` under node ``v`` has ``a_y <= ub_v = <q,r_v> + eps_v``
+    (P1). With ``tau`` the k-th best logit among targets already evaluated,
+    a node with ``ub_v < tau`` cannot hold a member of the top-k and is pruned.
+    The search is vectorised over (query, node) pairs: a greedy beam descent
+    (width 4 per query, by ``ub``) reaches a few leaves to set a first ``tau``;
+    then the tree is swept level by level from the root, pruning against the
+    current ``tau`` and raising ``tau`` as leaves are evaluated. The result is
+    the brute-force top-k, ordered by decreasing logit, ties by smaller id.
+
+    Parameters
+    ----------
+    tree : Tree
+    queries : array_like, shape (dim,) or (B, dim)
+    k : int, 1 <= k <= tree.n_live
+    return_counters : bool, default False
+        Also return ``{"node_logits", "target_logits", "rounds"}``.
+
+    Returns
+    -------
+    ids : numpy.ndarray of int64, shape (k,) or (B, k)
+    logits : numpy.ndarray of float64, same shape
+        ``a_y = <q, z_y>`` of the returned ids, non-increasing along each row.
+    counters : dict, only if ``return_counters``
+    """
+    Q, single = _as_queries(tree, queries, "queries")
+    n_live = int(tree.n_live)
+    if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > n_live:
+        raise ValueError(f"k: expected at most the number of live targets ({n_live}), got {k}")
+    k = check_int(k, "k", low=1, high=n_live)
+    B = Q.shape[0]
+    ids = np.empty((B, k), np.int64)
+    logits = np.empty((B, k))
+    counters = dict(node_logits=0, target_logits=0, rounds=0)
+    rep_norm = np.linalg.norm(tree.rep, axis=1)
+    for b0 in range(0, B, _QUERY_BLOCK):
+        b1 = min(b0 + _QUERY_BLOCK, B)
+        ids[b0:b1], logits[b0:b1] = _topk_block(tree, Q[b0:b1], k, rep_norm, counters)
+    out = (ids[0], logits[0]) if single else (ids, logits)
+    return (*out, counters) if return_counters else out
+
+
+# --------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------
+
+def _draw_entries(log_w: np.ndarray, log_total: np.ndarray, ptr: np.ndarray, qb: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Inverse-CDF draw of one entry per element of ``qb`` from its query's segment.
+
+    Entry ``e`` of query ``b`` is drawn with probability
+    ``exp(log_w[e] - log_total[b])`` (``log_total`` = segment logsumexp).
+    The cumulative weights of all segments are one ``cumsum``; the rounding of
+    that sum is ~1e-16 times the number of queries, far below any testable
+    probability.
+    """
+    query = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    p = np.exp(log_w - log_total[query])
+    cs = np.cumsum(p)
+    cs0 = np.concatenate([[0.0], cs])
+    base, end = cs0[ptr[:-1]], cs0[ptr[1:]]
+    u = rng.random(qb.size)
+    e = np.searchsorted(cs, base[qb] + u * (end[qb] - base[qb]), side="right")
+    return np.clip(e, ptr[qb], ptr[qb + 1] - 1)
+
+
+def _uniform_descendant(tree: Any, node: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For node entries, a target uniform in D(v) = order[start[v]:stop[v]]; single targets as they are."""
+    y = target.copy()
+    isn = node >= 0
+    v = node[isn]
+    offset = rng.integers(0, tree.stop[v] - tree.start[v])  # exact: probability 1/n_v each
+    y[isn] = tree.order[tree.start[v] + offset]
+    return y
+
+
+def _i3_violation(what: str, v: np.ndarray, y: np.ndarray, excess: np.ndarray) -> ValueError:
+    j = int(np.argmax(excess))
+    return ValueError(
+        f"tree: invariant I3 violated ({what}): target {int(y[j])} has a_y - <q, r_v> - eps_v = "
+        f"{excess[j]:.3g} > 0 for node {int(v[j])}, i.e. it lies outside the node's radius; "
+        "run tree.check_invariants()"
+    )
+
+
+def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator, tol: float | None,
+                     counters: dict[str, int]) -> np.ndarray:
+    """Rejection sampling (P6) for one block of queries; updates ``counters`` in place."""
+    B = Q.shape[0]
+    st = _refine(tree, Q, tol=tol) if tol is not None else _refine(tree, Q, n_draws=n)
+    t = st.terms
+    ptr = st.ptr
+    log_u = t.log_n + t.s + t.eps                  # log U_v, the envelope
+    hi = _segment_logsumexp(log_u, ptr)            # log U = hi
+    log_z_hat = _segment_logsumexp(t.log_n + t.s, ptr)
+    # Guess of the acceptance rate exp(log Z - hi) (log_z_hat <= log Z for centroid
+    # representatives, by Jensen), only used to size the rounds; refined from the
+    # observed acceptances after the first round.
+    rate = np.clip(np.exp(log_z_hat - hi), 1e-9, 1.0)
+    made = np.zeros(B)
+    got = np.zeros(B)
+    qnorm = np.linalg.norm(Q, axis=1)
+    counters["node_logits"] += st.node_logits
+    counters["target_logits"] += st.target_logits
+    counters["cut_entries"] += st.query.size
+    counters["rounds"] += st.rounds
+    ids = np.full((B, n), -1, np.int64)
+    filled = np.zeros(B, np.int64)
+    while True:
+        need = n - filled
+        if not need.any():
+            break
+        counters["rounds"] += 1
+        m = np.where(need > 0, np.ceil(need / rate * 1.2).astype(np.int64) + 2, 0)
+        m = np.minimum(m, (1 << 22) // B + 4 * n)  # memory cap per round
+        qb = np.repeat(np.arange(B), m)
+        e = _draw_entries(log_u, hi, ptr, qb, rng)
+        v, y0 = st.node[e], st.target[e]
+        y = _uniform_descendant(tree, v, y0, rng)
+        isn = v >= 0
+        # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
+        log_acc = np.zeros(qb.size)
+        a = _rowdot(tree.points, y[isn], Q, qb[isn])
+        log_acc[isn] = a - t.s[e[isn]] - t.eps[e[isn]]
+        counters["target_logits"] += int(isn.sum())
+        scale = qnorm[qb[isn]] * (np.linalg.norm(tree.rep[v[isn]], axis=1) + tree.radius[v[isn]])
+        excess = log_acc[isn] - _ROUNDING * (1.0 + scale)
+        if np.any(excess > 0):
+            raise _i3_violation("rejection_sample", v[isn], y[isn], excess)
+        accept = rng.random(qb.size) < np.exp(np.minimum(log_acc, 0.0))
+        counters["proposals"] += int(qb.size)
+        counters["accepted"] += int(accept.sum())
+        made += m
+        got += np.bincount(qb[accept], minlength=B)
+        rate = np.maximum(rate, (got + 1.0) / (made + 2.0))
+        aq, ay = qb[accept], y[accept]                  # sorted by query, proposal order kept
+        rank = np.arange(aq.size) - np.searchsorted(aq, aq, side="left")
+        take = rank < need[aq]
+        ids[aq[take], filled[aq[take]] + rank[take]] = ay[take]
+        filled += np.bincount(aq[take], minlength=B)
+    return ids
+
+
+def _merge_topk(best_a: np.ndarray, best_y: np.ndarray, cq: np.ndarray, cy: np.ndarray, ca: np.ndarray):
+    """Merge candidates (query, id, logit) into the running top-k, ordered by (-logit, id)."""
+    B, k = best_a.shape
+    all_q = np.concatenate([np.repeat(np.arange(B), k), cq])
+    all_a = np.concatenate([best_a.ravel(), ca])
+    all_y = np.concatenate([best_y.ravel(), cy])
+    o = np.lexsort((all_y, -all_a, all_q))
+    all_q, all_a, all_y = all_q[o], all_a[o], all_y[o]
+    rank = np.arange(all_q.size) - _ptr(all_q, B)[all_q]
+    take = rank < k                                 # every query has >= k rows (the running top-k)
+    return all_a[take].reshape(B, k), all_y[take].reshape(B, k)
+
+
+def _node_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarray,
+                 q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ub = <q,r_v> + ||q|| rho_v`` and the rounding margin of that bound, per (query, node) pair."""
+    s = _rowdot(tree.rep, v, Q, q)
+    ub = s + qnorm[q] * tree.radius[v]
+    margin = _ROUNDING * (1.0 + qnorm[q] * (rep_norm[v] + tree.radius[v]))
+    return ub, margin
+
+
+def _children(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    deg = tree.child_ptr[v + 1] - tree.child_ptr[v]
+    c = tree.child_idx[_ranges(tree.child_ptr[v], deg)]
+    qc = np.repeat(q, deg)
+    keep = tree.count[c] > 0
+    return qc[keep], c[keep]
+
+
+def _leaf_targets(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = tree.stop[v] - tree.start[v]
+    idx = np.repeat(np.arange(v.size), n)
+    return q[idx], tree.order[_ranges(tree.start[v], n)], idx
+
+
+def _evaluate_leaves(tree, Q, q, v, ub, margin, counters):
+    """Target logits of the leaves ``v`` (for queries ``q``), with the I3 sanity check ``a_y <= ub_v``."""
+    tq, ty, owner = _leaf_targets(tree, q, v)
+    a = _rowdot(tree.points, ty, Q, tq)
+    counters["target_logits"] += int(ty.size)
+    excess = a - ub[owner] - margin[owner]
+    if np.any(excess > 0):
+        raise _i3_violation("topk", v[owner], ty, excess)
+    return tq, ty, a, margin[owner]
+
+
+def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters: dict[str, int]):
+    """Branch and bound top-k (P8) for one block of queries."""
+    B = Q.shape[0]
+    qnorm = np.linalg.norm(Q, axis=1)
+    best_a = np.full((B, k), -np.inf)
+    best_y = np.full((B, k), np.iinfo(np.int64).max)
+    root_q, root_v = np.arange(B), np.zeros(B, np.int64)
+
+    # Phase 1: greedy beam descent to a few leaves per query, to seed tau.
+    q, v = root_q, root_v
+    ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
+    counters["node_logits"] += B
+    while True:
+        leaf = tree.is_leaf[v]
+        if leaf.all():
+            break
+        counters["rounds"] += 1
+        cq, cv = _children(tree, q[~leaf], v[~leaf])
+        cub, cmargin = _node_bounds(tree, Q, qnorm, rep_norm, cq, cv)
+        counters["node_logits"] += int(cv.size)
+        q = np.concatenate([q[leaf], cq])
+        v = np.concatenate([v[leaf], cv])
+        ub = np.concatenate([ub[leaf], cub])
+        margin = np.concatenate([margin[leaf], cmargin])
+        o = np.lexsort((-ub, q))
+        q, v, ub, margin = q[o], v[o], ub[o], margin[o]
+        keep = (np.arange(q.size) - _ptr(q, B)[q]) < _TOPK_BEAM
+        q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
+    tq, ty, a, _ = _evaluate_leaves(tree, Q, q, v, ub, margin, counters)
+    seed_a, _ = _merge_topk(best_a, best_y, tq, ty, a)
+    tau = seed_a[:, k - 1]                           # a valid lower bound on the final k-th logit
+
+    # Phase 2: level-synchronous sweep from the root, pruning ub_v + margin < tau.
+    q, v = root_q, root_v
+    ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
+    counters["node_logits"] += B
+    while q.size:
+        counters["rounds"] += 1
+        keep = ub + margin >= tau[q]
+        q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
+        leaf = tree.is_leaf[v]
+        if leaf.any():
+            tq, ty, a, m = _evaluate_leaves(tree, Q, q[leaf], v[leaf], ub[leaf], margin[leaf], counters)
+            keep = a + m >= tau[tq]                # a_y < tau: k better targets exist already
+            best_a, best_y = _merge_topk(best_a, best_y, tq[keep], ty[keep], a[keep])
+            tau = np.maximum(tau, best_a[:, k - 1])
+        q, v = _children(tree, q[~leaf], v[~leaf])
+        ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
+        counters["node_logits"] += int(v.size)
+    return best_y, best_a
