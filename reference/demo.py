@@ -1,0 +1,160 @@
+"""Train the NumPy dual-encoder oracle with the exact (full) softmax on a small synthetic dataset.
+
+A hierarchical-cluster retrieval dataset (reference.data.make_dataset) is
+generated, a two-tower MLP (reference.encoder.DualEncoder) is trained with the
+full-softmax loss over all N targets and Adam, and test recall@1 / recall@10
+(exact, over all N targets) are printed as training goes. Recall@k of a model
+that ranks at random is k/N ("chance"); the final line states it next to the
+achieved recall. The defaults take about 10 s on an idle 2-core CPU
+(recall@1 ~0.49 against a chance level of 1/N = 0.0005; the query noise
+caps it well below 1). On a busy machine, start Python with
+OPENBLAS_NUM_THREADS=1: these matrices are too small to gain from BLAS
+threads, and oversubscribed cores can make threaded BLAS several times slower.
+
+Example:
+    python -m reference demo --targets 2000 --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from reference._validation import check_int, check_positive
+from reference.data import make_dataset
+from reference.encoder import ACTIVATIONS, DTYPES, DualEncoder, EncoderConfig
+from reference.metrics import evaluate
+from reference.optim import Adam
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of the ``demo`` command on ``parser``."""
+    d = parser.add_argument_group("data")
+    d.add_argument("--targets", type=int, default=2000, help="number of targets N (default: %(default)s)")
+    d.add_argument("--dim", type=int, default=32, help="feature dimension of targets and queries (default: %(default)s)")
+    d.add_argument(
+        "--queries-per-target", type=int, default=3,
+        help="queries generated per target before the train/test split (default: %(default)s)",
+    )  # fmt: skip
+    d.add_argument(
+        "--noise", type=float, default=0.2,
+        help="query noise relative to the clean queries' scale; caps the achievable recall (default: %(default)s)",
+    )  # fmt: skip
+    m = parser.add_argument_group("model")
+    m.add_argument(
+        "--hidden", type=int, nargs="*", default=[64], metavar="W",
+        help="hidden widths of each tower, e.g. --hidden 64 64; none for a linear tower (default: 64)",
+    )  # fmt: skip
+    m.add_argument("--out-dim", type=int, default=32, help="embedding dimension d (default: %(default)s)")
+    m.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="hidden activation (default: %(default)s)")
+    m.add_argument(
+        "--no-normalize", dest="normalize", action="store_false",
+        help="do not L2-normalise the tower outputs (default: normalise)",
+    )  # fmt: skip
+    m.add_argument("--beta", type=float, default=20.0, help="softmax temperature beta in a = beta <f, g> (default: %(default)s)")
+    m.add_argument("--dtype", choices=DTYPES, default="float64", help="parameter and data dtype (default: %(default)s)")
+    t = parser.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=400, help="Adam steps (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=128, help="training queries per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
+    t.add_argument(
+        "--eval-every", type=int, default=50,
+        help="print a progress line every this many steps (default: %(default)s)",
+    )  # fmt: skip
+    t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default: %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="print only the final summary line")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Check every option before any work is done (ValueError names the option)."""
+    check_int(args.targets, "--targets", low=2)
+    check_int(args.dim, "--dim", low=1)
+    check_int(args.queries_per_target, "--queries-per-target", low=1)
+    if not np.isfinite(args.noise) or args.noise < 0:
+        raise ValueError(f"--noise: expected a finite number >= 0, got {args.noise!r}")
+    for w in args.hidden:
+        check_int(w, "--hidden", low=1)
+    check_int(args.out_dim, "--out-dim", low=1)
+    check_positive(args.beta, "--beta")
+    check_int(args.steps, "--steps", low=1)
+    check_int(args.batch_size, "--batch-size", low=1)
+    check_positive(args.lr, "--lr")
+    check_int(args.eval_every, "--eval-every", low=1)
+    check_int(args.seed, "--seed", low=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo: generate data, train with full softmax, print progress and a summary.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+    """
+    _validate(args)
+    start = time.perf_counter()
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    # Independent streams for data, initialisation and batch sampling.
+    data_rng, init_rng, batch_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(3))
+    data = make_dataset(
+        args.targets,
+        dim=args.dim,
+        queries_per_target=args.queries_per_target,
+        noise=args.noise,
+        rng=data_rng,
+        dtype=np.dtype(args.dtype),
+    )
+    config = EncoderConfig(
+        query_dim=data.train_x.shape[1],
+        target_dim=data.targets.shape[1],
+        hidden=tuple(args.hidden),
+        out_dim=args.out_dim,
+        activation=args.activation,
+        normalize=args.normalize,
+        beta=args.beta,
+        dtype=args.dtype,
+    )
+    model = DualEncoder(config, seed=init_rng)
+    opt = Adam(model.params, lr=args.lr)
+    N = data.targets.shape[0]
+    n_train = data.train_x.shape[0]
+    widths = "-".join(map(str, config.widths("query")))
+    say(
+        f"demo: N={N} targets, {n_train} train / {data.test_x.shape[0]} test queries, dim {args.dim}; "
+        f"towers {widths} {config.activation}{' + L2 norm' if config.normalize else ''}, beta={config.beta:g}, "
+        f"{config.dtype}; full softmax, Adam lr={args.lr:g}, batch {args.batch_size}, {args.steps} steps"
+    )
+
+    def progress(step: int, train_loss: float | None) -> dict[str, float]:
+        ev = evaluate(model, data.test_x, data.test_pos, data.targets, ks=(1, 10))
+        shown = "      -" if train_loss is None else f"{train_loss:7.4f}"
+        say(
+            f"step {step:6d}  train loss {shown}  test loss {ev['loss']:7.4f}  "
+            f"test recall@1 {ev['recall@1']:.4f}  recall@10 {ev['recall@10']:.4f}  "
+            f"elapsed {time.perf_counter() - start:6.1f}s"
+        )
+        return ev
+
+    ev = progress(0, None)
+    losses: list[float] = []
+    for step in range(1, args.steps + 1):
+        batch = batch_rng.integers(0, n_train, args.batch_size)  # uniform, with replacement
+        loss, grads = model.full_softmax_loss(data.train_x[batch], data.train_pos[batch], data.targets)
+        opt.step(grads)
+        losses.append(loss)
+        if step % args.eval_every == 0 or step == args.steps:
+            ev = progress(step, float(np.mean(losses)))  # mean training loss since the last line
+            losses = []
+    r1, r10 = ev["recall@1"], ev["recall@10"]
+    print(
+        f"final: test recall@1 {r1:.4f} (chance 1/N = {1 / N:.4g}, {r1 * N:.0f}x chance)  "
+        f"recall@10 {r10:.4f} (chance 10/N = {min(1.0, 10 / N):.4g})  "
+        f"test loss {ev['loss']:.4f} (uniform log N = {np.log(N):.4f})  "
+        f"target rows encoded {model.target_rows_encoded}  elapsed {time.perf_counter() - start:.1f}s",
+        flush=True,
+    )
+    return 0
