@@ -51,7 +51,8 @@ Protocols
     ``a = beta f(X) g(Y)^T``; called with ``neg=`` (B, n) int64 and ``log_q=``
     (B, n) float or None it must return the sampled-softmax loss of
     :func:`reference.softmax.sampled_softmax_loss`. ``loss`` is a float,
-    ``grads`` a dict with exactly the names of ``params``, each of its shape.
+    ``grads`` a dict with exactly the names of ``params``, each of its shape
+    (returning ``{"loss": loss, "grads": grads}`` is accepted too).
     Parameters and inputs are float32 when ``config["dtype"] == "float32"``.
     A backend without the sampled loss may raise ``NotImplementedError``
     for those calls (reported as skipped). Checked by :func:`check_encoder`
@@ -584,12 +585,22 @@ class ConformanceReport:
         return "\n".join(lines)
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
-    """Call a backend; return (result, None) or (None, a one-line description of the exception)."""
+class _Declined(Exception):
+    """The backend raised NotImplementedError where declining is allowed."""
+
+
+def _call(fn: Callable[..., Any], *args: Any, may_decline: bool = False, **kwargs: Any) -> tuple[Any, str | None]:
+    """Call a backend; return (result, None) or (None, a one-line description of the exception).
+
+    With ``may_decline``, ``NotImplementedError`` is re-raised as :class:`_Declined`
+    (the scenario is skipped); otherwise it is a failure like any other exception.
+    """
     try:
         return fn(*args, **kwargs), None
-    except NotImplementedError:
-        raise
+    except NotImplementedError as exc:
+        if may_decline:
+            raise _Declined(str(exc)) from None
+        return None, f"backend raised NotImplementedError: {str(exc)[:300]}"
     except Exception as exc:  # a backend bug is a finding, not a crash of the kit
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return None, (
@@ -960,9 +971,13 @@ def _compare_encoder(
     sc: EncoderScenario, result: Any, ref_loss: float, ref_grads: dict[str, np.ndarray]
 ) -> tuple[float, str]:
     """Largest relative error over the loss and every gradient tensor, and where it is."""
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        return math.nan, f"expected (loss, grads), got {type(result).__name__}"
-    loss, grads = result
+    if isinstance(result, Mapping) and "loss" in result and "grads" in result:
+        loss, grads = result["loss"], result["grads"]
+    elif isinstance(result, (tuple, list)) and len(result) == 2:
+        loss, grads = result
+    else:
+        return math.nan, f'expected (loss, grads) or {{"loss": ..., "grads": ...}}, got {type(result).__name__}'
+
     try:
         loss = float(np.asarray(loss))
     except Exception:
@@ -1046,8 +1061,8 @@ def check_encoder(
                 result, err = _call(encoder, *args)
             else:
                 log_q = None if sc.log_q is None else sc.log_q.copy()
-                result, err = _call(encoder, *args, neg=sc.neg.copy(), log_q=log_q)
-        except NotImplementedError as exc:
+                result, err = _call(encoder, *args, may_decline=True, neg=sc.neg.copy(), log_q=log_q)
+        except _Declined as exc:
             report.cases.append(
                 Case(sc.name, statistic, math.nan, tol, "<=", True,
                      f"skipped: the backend raised NotImplementedError ({exc})", skipped=True)

@@ -206,6 +206,22 @@ def test_a_backend_that_raises_is_a_finding_not_a_crash():
     assert all("backend raised RuntimeError: index not built" in c.worst for c in report.failures)
 
 
+def test_not_implemented_in_a_sampler_is_a_failure_not_a_crash():
+    def unfinished(points, queries, n, seed):
+        raise NotImplementedError("todo")
+
+    report = check_sampler(unfinished, tv=0.2)
+    assert not report.passed and "backend raised NotImplementedError: todo" in report.format()
+
+
+def test_encoder_may_return_a_dict():
+    def as_dict(*args, **kwargs):
+        loss, grads = REFERENCE_BACKEND.encoder(*args, **kwargs)
+        return {"loss": loss, "grads": grads}
+
+    assert check_encoder(as_dict).passed
+
+
 def test_declined_scenarios_are_skipped_not_failed():
     report = check_encoder(wb.encoder_full_only)
     assert report.passed, report.format()
