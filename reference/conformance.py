@@ -90,11 +90,13 @@ Only the sampler check is random; its false-alarm rate is ``alpha`` for the
 whole run: a correct exact sampler fails with probability at most ``alpha``,
 up to the chi-square approximation of the G statistic's tail. That
 approximation is kept honest by merging bins until every group expects at
-least 20 draws and by Williams' correction: simulating the scenarios'
-multinomials (10^6 draws of the counts each), the rate of p < 1e-3, 1e-4,
-1e-5 was within 0.8x-1.3x of nominal (with the textbook minimum of 5
-expected per group it was up to 2.1x at 1e-5, growing into the tail). Every
-other check compares deterministic numbers with a stated rounding tolerance.
+least 20 draws and by Williams' correction: simulating 10^6 exact count
+vectors for each of three scenario queries (moderate, peaked, duplicates),
+the rates of p < 1e-3, 1e-4, 1e-5 were within 0.8x-1.3x of nominal (with the
+textbook minimum of 5 expected per group they reached 2.1x at 1e-5, growing
+into the tail); ``tests/test_conformance.py`` repeats this (marked slow).
+Every other check compares deterministic numbers with a stated rounding
+tolerance.
 
 Golden vectors
 --------------
