@@ -1,0 +1,92 @@
+"""P2 (SPEC section 6): lo <= log Z <= hi, hi - lo <= 2 eps_C, |log_z_hat - log Z| <= eps_C.
+
+Proof: ``proofs/p02_bracket.md``.
+
+Tolerance: FP_RTOL = 1e-9 (SPEC section 6) times ``fp_scale`` = the largest
+term magnitude 1 + ||q|| (max ||z|| + max ||r_v|| + rho_root) + log N; the
+float64 logsumexp of such terms is exact to a few 1e-16 of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proofs.strategies_bounds import (
+    FP_RTOL,
+    brute_log_z,
+    fp_scale,
+    line_pair_tree,
+    random_cut,
+    seeds,
+    trees_with_queries,
+)
+from reference.bounds import Cut, cut_eps, log_partition_bracket, validate_cut
+from reference.tree import Tree
+
+
+def _check_p2(tree, Q, cut):
+    lo, hi, hat = log_partition_bracket(tree, Q, cut)
+    eps_c = cut_eps(tree, Q, cut)
+    log_z = brute_log_z(tree, Q)
+    tol = FP_RTOL * fp_scale(tree, Q)
+    for name, x in (("lo", lo), ("hi", hi), ("log_z_hat", hat)):
+        assert np.isfinite(x).all(), f"{name} not finite: {x}"
+    assert (lo <= log_z + tol).all(), f"lo > log Z: {lo - log_z}"
+    assert (log_z <= hi + tol).all(), f"log Z > hi: {log_z - hi}"
+    assert (hi - lo <= 2 * eps_c + tol).all(), f"hi - lo > 2 eps_C: {hi - lo} vs {2 * eps_c}"
+    assert (np.abs(hat - log_z) <= eps_c + tol).all(), f"|log_z_hat - log Z| > eps_C: {hat - log_z} vs {eps_c}"
+
+
+@given(trees_with_queries(n_queries=4), st.integers(0, 60))
+def test_p2_random_cuts(data, n_expand):
+    """P2 for a batch of queries, each with its own random cut (validated as a partition)."""
+    tree, Q, seed = data
+    rng = np.random.default_rng(seed)
+    cut = Cut.stack([random_cut(tree, rng, int(rng.integers(0, n_expand + 1))) for _ in range(Q.shape[0])])
+    validate_cut(tree, cut, full=True)
+    _check_p2(tree, Q, cut)
+
+
+@given(trees_with_queries(n_queries=3, kinds=("uniform", "clustered", "duplicates", "grid", "huge")),
+       st.integers(0, 30))
+def test_p2_after_deletes(data, n_expand):
+    """Cuts over a tree with emptied nodes (n_v = 0): those entries are skipped, P2 still holds."""
+    tree, Q, seed = data
+    rng = np.random.default_rng(seed)
+    live = np.flatnonzero(tree.alive)
+    if live.size > 1:
+        tree.delete(rng.choice(live, size=int(rng.integers(1, live.size)), replace=False))
+    cut = Cut.stack([random_cut(tree, rng, n_expand) for _ in range(Q.shape[0])])
+    _check_p2(tree, Q, cut)
+
+
+def test_p2_root_cut_single_query_scalars():
+    """A single query (k,) gives scalar results; the root cut brackets log Z."""
+    tree = line_pair_tree()
+    lo, hi, hat = log_partition_bracket(tree, np.array([0.5]), Cut.root())
+    assert np.ndim(lo) == np.ndim(hi) == np.ndim(hat) == 0
+    assert lo <= brute_log_z(tree, np.array([0.5])) <= hi
+
+
+def test_p2_line_pair_tight():
+    """{-1, +1}, root cut, q = 100: hi - log Z = log 2 - 1e-87 (tight up to log 2)."""
+    tree = line_pair_tree()
+    q = np.array([100.0])
+    lo, hi, hat = log_partition_bracket(tree, q, Cut.root())
+    log_z = 100.0 + np.log1p(np.exp(-200.0))
+    assert abs(brute_log_z(tree, q) - log_z) <= 1e-12
+    np.testing.assert_allclose([lo, hi, hat], [np.log(2) - 100.0, np.log(2) + 100.0, np.log(2)], rtol=1e-14)
+    assert hi >= log_z and hi - log_z < np.log(2) + 1e-12
+
+
+@given(seeds)
+def test_p2_large_logits_finite(seed):
+    """||q|| max ||z|| = 1e4 (SPEC section 2): everything finite and the bracket holds."""
+    rng = np.random.default_rng(seed)
+    tree = Tree.build(rng.normal(size=(200, 3)), branching=3, leaf_size=4)
+    Q = rng.normal(size=(3, 3))
+    Q *= 1e4 / (np.linalg.norm(Q, axis=1, keepdims=True) * np.linalg.norm(tree.points, axis=1).max())
+    cut = Cut.stack([random_cut(tree, rng, 20) for _ in range(3)])
+    _check_p2(tree, Q, cut)
