@@ -108,6 +108,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
+from reference import bounds, sampling
 from reference._validation import (
     as_float_array,
     as_index_array,
@@ -116,6 +117,8 @@ from reference._validation import (
     check_positive,
     check_rng,
 )
+from reference.nystrom import LANDMARK_METHODS, make_kernel, select_landmarks
+from reference.tree import Tree
 
 __all__ = [
     "MINERS",
@@ -661,21 +664,16 @@ class TreeStale(_StaleCache):
         self.tree: Any = None
 
     def _rebuild(self) -> None:
-        from reference.tree import Tree
-
         self.tree = Tree.build(self.cache, branching=self.branching, leaf_size=self.leaf_size, seed=self.seed)
 
     def mine(self, model, targets, x, pos, step, rng) -> Negatives:
-        from reference.bounds import adaptive_cut
-        from reference.sampling import cut_sample
-
         Y, X, _ = _check_batch(model, targets, x, pos)
         rng = check_rng(rng)
         if self._refresh_if_due(model, Y, step):
             self._rebuild()
         q = model.beta * model.encode_queries(X).astype(np.float64)
-        cut = adaptive_cut(self.tree, q, self.tol)
-        ids, log_q = cut_sample(self.tree, q, self.n, rng, cut=cut)
+        cut = bounds.adaptive_cut(self.tree, q, self.tol)
+        ids, log_q = sampling.cut_sample(self.tree, q, self.n, rng, cut=cut)
         return Negatives(ids=ids, log_q=log_q, logits=_cut_logits(self.tree, cut))
 
     @staticmethod
@@ -708,8 +706,6 @@ class TreeNystrom(Miner):
     samples = True
 
     def __init__(self, config: MinerConfig) -> None:
-        from reference.nystrom import LANDMARK_METHODS, make_kernel
-
         self.n, self.R, self.m = config.negatives, config.refresh_every, config.landmarks
         self.kernel = make_kernel(config.kernel)  # validates the name
         self.method = check_choice(config.landmark_method, "landmark_method", LANDMARK_METHODS)
@@ -726,10 +722,6 @@ class TreeNystrom(Miner):
                                   branching=self.branching, leaf_size=self.leaf_size, seed=self.seed)
 
     def mine(self, model, targets, x, pos, step, rng) -> Negatives:
-        from reference.bounds import adaptive_cut
-        from reference.nystrom import select_landmarks
-        from reference.sampling import cut_sample
-
         Y, X, _ = _check_batch(model, targets, x, pos)
         rng = check_rng(rng)
         step = check_int(step, "step", low=0)
@@ -746,8 +738,8 @@ class TreeNystrom(Miner):
             G_L = model.encode_targets(Y[self.landmarks])
         self.index.step(G_L)
         psi = self.index.queries(model.beta * model.encode_queries(X))  # psi_t(x) = beta W_t f_t(x)
-        cut = adaptive_cut(self.index.tree, psi, self.tol)
-        ids, log_q = cut_sample(self.index.tree, psi, self.n, rng, cut=cut)
+        cut = bounds.adaptive_cut(self.index.tree, psi, self.tol)
+        ids, log_q = sampling.cut_sample(self.index.tree, psi, self.n, rng, cut=cut)
         return Negatives(ids=ids, log_q=log_q, logits=_cut_logits(self.index.tree, cut))
 
     def state_dict(self) -> dict[str, np.ndarray]:
