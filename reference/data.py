@@ -18,11 +18,21 @@ squared norms are O(1) whatever the dimension):
   targets sharing a deeper centre are closer.
 * Queries, :func:`make_dataset`. A fixed random two-layer tanh map
   x_clean = tanh(y A + c) B (A, c, B drawn from the dataset seed, A scaled so
-  the pre-activations have unit variance), then x = x_clean + noise * s * N(0, I)
-  where s is the root-mean-square coordinate of x_clean over all targets.
-  ``queries_per_target`` queries per target are drawn; they are shuffled and
-  split into train and test, so test queries' targets are among the N targets
-  (and mostly also have training queries).
+  the pre-activations have standard deviation 2: tanh saturates noticeably),
+  then x = x_clean + noise * s * N(0, I) where s is the root-mean-square
+  coordinate of x_clean over all targets. ``queries_per_target`` queries per
+  target are drawn; they are shuffled and split into train and test, so test
+  queries' targets are among the N targets (and mostly also have training
+  queries).
+
+How hard the default task is (N = 1000, seed 0, test recall@1; chance 0.001;
+pinned by ``tests/test_data.py``): nearest target to the raw query 0.002 (the
+map is non-linear, the spaces unrelated); nearest clean query under the *true*
+map 0.95 (noise = 0 gives 1.0: the noise, not the map, makes cluster-mates
+hard negatives); least squares x -> y then nearest target 0.31; ridge
+regression on 1024 random Fourier features of x 0.48. At N = 2000 a small MLP dual
+encoder trained with the full softmax reaches ~0.5 within a few hundred Adam
+steps, against 0.88 for the true map and 0.21 for least squares.
 
 Reproducibility: the same ``seed`` gives bit-identical arrays; ``dtype=float32``
 gives the float64 arrays rounded to float32 (random numbers are always drawn in
@@ -45,6 +55,8 @@ __all__ = ["RetrievalData", "make_targets", "make_isotropic", "make_dataset"]
 _CHUNK = 1 << 16
 # Refuse trees whose centre table alone would be absurdly large.
 _MAX_LEAF_CLUSTERS = 1 << 22
+# Standard deviation of the query map's pre-activations (see make_dataset).
+_MAP_GAIN = 2.0
 
 SeedLike = int | np.random.Generator | None
 
@@ -259,7 +271,7 @@ def make_dataset(
     depth: int = 3,
     branching: int = 8,
     spread: float = 0.5,
-    noise: float = 0.2,
+    noise: float = 0.25,
     seed: SeedLike = None,
     rng: np.random.Generator | None = None,
     dtype: Any = np.float64,
@@ -270,7 +282,8 @@ def make_dataset(
     target y is x = tanh(y A + c) B + noise * s * eps, eps ~ N(0, I), where
     A (dim, h), c (h,), B (h, query_dim) are fixed random weights drawn from
     the dataset seed (h = 2 * max(dim, query_dim); A scaled so every
-    pre-activation has unit variance over the target distribution, B ~ N(0, 1/h))
+    pre-activation has standard deviation 2 over the target distribution,
+    c ~ N(0, 1/4), B ~ N(0, 1/h))
     and s is the root-mean-square coordinate of the clean queries. The map is
     smooth, so an MLP dual encoder can learn it; ``noise`` makes retrieval
     imperfect even for the true map (cluster-mates become hard negatives).
@@ -289,7 +302,7 @@ def make_dataset(
         Fraction of queries held out for test, in (0, 1); both splits are
         non-empty.
     depth, branching, spread : see :func:`make_targets`.
-    noise : float, default 0.2
+    noise : float, default 0.25
         Query noise relative to the clean queries' RMS coordinate (>= 0).
     seed : int or numpy.random.Generator, optional
         Seed (default 0) or a Generator; give ``seed`` or ``rng``.
@@ -327,7 +340,9 @@ def make_dataset(
     hidden = 2 * max(dim, query_dim)
     # Per-coordinate variance of the targets: sum_{l=0}^{depth} spread^(2l) / dim.
     var_y = float(np.sum(spread ** (2.0 * np.arange(depth + 1)))) / dim
-    A = gen.standard_normal((dim, hidden)) / np.sqrt(dim * var_y)  # unit-variance pre-activations
+    # Pre-activations y A have standard deviation _MAP_GAIN over the target
+    # distribution: tanh is then clearly non-linear (saturating) but smooth.
+    A = gen.standard_normal((dim, hidden)) * (_MAP_GAIN / np.sqrt(dim * var_y))
     c = gen.standard_normal(hidden) * 0.5
     Bm = gen.standard_normal((hidden, query_dim)) / np.sqrt(hidden)
     clean = np.tanh(targets64 @ A + c) @ Bm  # (N, query_dim): clean query of every target
