@@ -658,7 +658,7 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         else:
             v = pool["node"]
             cost = np.where(tree.is_leaf[v], tree.count[v], n_child[v])
-            gain = log_draws + log_n + s + np.log(np.expm1(eps)) - tot["hat"][query]
+            gain = log_draws + log_n + s + eps + np.log(-np.expm1(-eps)) - tot["hat"][query]  # log(e^eps - 1)
             marked = gain > np.log(np.maximum(cost, 1))
             keep = np.zeros(query.size, bool)  # not worth expanding now, nor later (Zhat only grows)
         freeze({f: a[~marked & ~keep] for f, a in pool.items()})

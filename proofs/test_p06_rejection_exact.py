@@ -1,0 +1,122 @@
+"""P6 (SPEC section 6): rejection_sample draws exactly from P; acceptance = exp(log Z - hi) >= exp(-(hi - lo)).
+
+Proof: ``proofs/p06_rejection_exact.md``.
+
+Statistical tests: fixed seeds; goodness of fit by a G-test with bins of
+expected count < 5 merged, acceptance rates by a two-sided exact binomial
+test; both fail at p < 1e-6, the false-alarm rate of each test. Deterministic
+inequalities: 1e-9 of the term magnitude (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from scipy.stats import binomtest
+
+from proofs.strategies_bounds import (
+    FP_RTOL,
+    brute_log_p,
+    brute_log_z,
+    fp_scale,
+    gof_pvalue,
+    make_point_set,
+    make_queries,
+    trees_with_queries,
+)
+from reference.bounds import _refine, adaptive_cut, log_partition_bracket
+from reference.sampling import rejection_sample
+from reference.tree import Tree
+
+ALPHA = 1e-6
+N_DRAWS = 20000
+
+CASES = [  # kind, n, dim, logit scale, seed
+    ("clustered", 200, 3, 8.0, 0),
+    ("uniform", 150, 2, 5.0, 1),
+    ("duplicates", 120, 4, 6.0, 2),
+    ("collinear", 100, 1, 10.0, 3),
+    ("huge", 150, 3, 5.0, 4),
+    ("grid", 150, 3, 4.0, 5),
+]
+
+
+def _tree_and_queries(kind, n, dim, scale, seed, n_queries=2):
+    rng = np.random.default_rng(seed)
+    tree = Tree.build(make_point_set(kind, n, dim, seed), branching=3, leaf_size=4, seed=seed)
+    return tree, make_queries(tree, rng, n_queries, scale, aligned=bool(seed % 2)), rng
+
+
+def _assert_fits_softmax(tree, Q, ids, label):
+    p = np.exp(brute_log_p(tree, Q))
+    for b in range(Q.shape[0]):
+        counts = np.bincount(ids[b], minlength=tree.points.shape[0])
+        pv = gof_pvalue(counts, p[b])
+        assert pv >= ALPHA, f"{label}: draws of query {b} do not follow the softmax (G-test p = {pv:.2e})"
+
+
+@pytest.mark.parametrize("tol", [None, 0.5])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_p6_goodness_of_fit(case, tol):
+    """20000 draws per query follow the exact softmax (G-test, fail at p < 1e-6)."""
+    tree, Q, rng = _tree_and_queries(*case)
+    ids, counters = rejection_sample(tree, Q, N_DRAWS, rng, tol=tol)
+    assert ids.shape == (Q.shape[0], N_DRAWS) and tree.alive[ids].all()
+    assert counters["accepted"] >= Q.shape[0] * N_DRAWS and counters["proposals"] >= counters["accepted"]
+    _assert_fits_softmax(tree, Q, ids, f"{case[0]}, tol={tol}")
+
+
+@pytest.mark.parametrize("op", ["delete", "update"])
+def test_p6_after_dynamic_operations(op):
+    """Exact after deletes (empty nodes in the tree) and after updates with no refresh (I3 only, no I4)."""
+    tree, _, rng = _tree_and_queries("clustered", 200, 3, 8.0, 7)
+    live = np.flatnonzero(tree.alive)
+    ids = rng.choice(live, size=80, replace=False)
+    if op == "delete":
+        tree.delete(ids)
+    else:
+        tree.update(ids, tree.points[ids] + rng.normal(scale=1.0, size=(80, 3)))
+        assert not tree.nested
+    Q = make_queries(tree, rng, 2, 8.0)
+    for tol in (None, 0.5):
+        draws, _ = rejection_sample(tree, Q, N_DRAWS, rng, tol=tol)
+        _assert_fits_softmax(tree, Q, draws, f"after {op}, tol={tol}")
+
+
+@pytest.mark.parametrize("tol", [0.2, 1.0, 3.0, None])
+@pytest.mark.parametrize("case", CASES[:4], ids=[c[0] for c in CASES[:4]])
+def test_p6_acceptance_rate(case, tol):
+    """accepted / proposals ~ exp(log Z - hi) (binomial test), and exp(log Z - hi) >= exp(-(hi - lo))."""
+    tree, Q, rng = _tree_and_queries(*case, n_queries=1)
+    q = Q[0]
+    n = 4000
+    if tol is None:  # the default cut of rejection_sample (cost-balanced for n draws)
+        st = _refine(tree, Q, n_draws=n)
+        cut = st.cut()
+    else:
+        cut = adaptive_cut(tree, Q, tol)
+    lo, hi, _ = log_partition_bracket(tree, Q, cut)
+    lo, hi = lo[0], hi[0]
+    log_z = brute_log_z(tree, q)
+    rate = np.exp(log_z - hi)
+    tol_fp = FP_RTOL * fp_scale(tree, q)
+    assert log_z - hi >= lo - hi - tol_fp          # rate >= exp(-(hi - lo))
+    if tol is not None:
+        assert hi - lo <= tol + tol_fp                 # P7, so rate >= exp(-tol)
+    _, counters = rejection_sample(tree, q, n, rng, tol=tol)
+    assert counters["cut_entries"] == len(cut)     # the same (deterministic) cut was used
+    pv = binomtest(counters["accepted"], counters["proposals"], min(rate, 1.0)).pvalue
+    assert pv >= ALPHA, (f"acceptance {counters['accepted']}/{counters['proposals']} vs exp(log Z - hi) = "
+                         f"{rate:.4f}: binomial p = {pv:.2e}")
+
+
+@given(trees_with_queries(n_queries=2))
+def test_p6_never_raises_on_valid_trees_and_returns_live_ids(data):
+    """On adversarial valid trees (aligned queries, scales up to 1e4) no acceptance probability exceeds 1."""
+    tree, Q, seed = data
+    rng = np.random.default_rng(seed)
+    for tol in (None, 1.0):
+        ids, c = rejection_sample(tree, Q, 30, rng, tol=tol)
+        assert ids.shape == (2, 30) and tree.alive[ids].all()
+        assert c["proposals"] >= c["accepted"] >= 60
