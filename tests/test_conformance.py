@@ -16,7 +16,6 @@ The Monte-Carlo tests of the statistics below state their own rate.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -374,4 +373,5 @@ def test_validation_of_the_check_functions():
 def test_load_backend_resolves_dotted_objects():
     fn = load_backend("tests.wrong_backends:WRONG_TOPK_TIE_RULE.topk")
     assert fn is wb.topk_wrong_tie_rule
-    assert math.isfinite(conformance.DEFAULT_ALPHA)
+    with pytest.raises(ValueError, match="missing 'nope'"):
+        load_backend("tests.wrong_backends:WRONG_TOPK_TIE_RULE.nope")
