@@ -1095,11 +1095,19 @@ class BracketScenario:
 
 def bracket_scenarios() -> list[BracketScenario]:
     """The fixed scenarios of :func:`check_bracket`: loose, tight and large-logit brackets,
-    duplicates, and a single target (where lo = hi = log Z is forced)."""
+    duplicates, a single target (where lo = hi = log Z is forced) and one-sided
+    clusters (tight for indexes whose representatives are data points)."""
     rng = np.random.default_rng(SCENARIO_SEED + 3)
     pts = _clustered(rng, 400, 6, 10, 0.4)
     qs = _directions(rng, 6, 6, np.linspace(0.5, 4.0, 6))
     huge = np.hstack([np.full((100, 1), 100.0), rng.standard_normal((100, 3))])
+    # One-sided clusters: a centre point and 39 points all displaced by 0.5 along u.
+    # An index whose representative is a data point (cover-tree style) is nearly
+    # tight here for queries along u, so radii 1% too small break containment.
+    u = np.eye(5)[0]
+    centres = 3.0 * rng.standard_normal((10, 5))
+    offsets = np.vstack([np.zeros(5), 0.5 * u + 1e-4 * rng.standard_normal((39, 5))])
+    one_sided = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 5)
     return [
         BracketScenario("loose", pts, qs, 2.0, "400 clustered targets, tol 2"),
         BracketScenario("medium", pts, qs, 0.3, "same targets, tol 0.3"),
@@ -1111,6 +1119,8 @@ def bracket_scenarios() -> list[BracketScenario]:
                         0.5, "log Z near +1e4, -1e4 and 6e3, tol 0.5"),
         BracketScenario("single-target", rng.standard_normal((1, 4)), rng.standard_normal((3, 4)), 1.0,
                         "N = 1: log Z is the one logit"),
+        BracketScenario("one-sided", one_sided, 8.0 * u + 0.01 * rng.standard_normal((3, 5)), 10.0,
+                        "10 clusters of a centre and 39 points displaced along u, queries along u, tol 10"),
     ]
 
 

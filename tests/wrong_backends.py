@@ -204,6 +204,23 @@ def bracket_ignores_tol(points, queries, tol):
     return _cluster_bracket(points, queries, with_eps=True)
 
 
+def bracket_shrunk_radii(points, queries, tol):
+    """Bug: radii 1% too small (e.g. rounded down, or the farthest point missed), in an
+    index whose representatives are data points (groups of 40 consecutive ids, the
+    first one representing the group); falls back to the exact log Z when wider than tol."""
+    N = points.shape[0]
+    labels = np.arange(N) // 40
+    reps = points[::40]
+    rho = np.zeros(reps.shape[0])
+    np.maximum.at(rho, labels, np.linalg.norm(points - reps[labels], axis=1))
+    s = queries @ reps.T + np.log(np.bincount(labels))
+    eps = np.linalg.norm(queries, axis=1)[:, None] * (0.99 * rho)
+    lo, hi = logsumexp(s - eps, axis=1), logsumexp(s + eps, axis=1)
+    exact = logsumexp(queries @ points.T, axis=1)
+    wide = hi - lo > tol
+    return np.where(wide, exact, lo), np.where(wide, exact, hi)
+
+
 def nystrom_forgets_const(G0, landmarks, G_L, kernel):
     """Bug: the linear kernel without its constant feature c^2 (so offsets b are not carried, P11)."""
     A = G0[landmarks]
@@ -228,6 +245,7 @@ WRONG_TOPK_TIE_RULE = _one("topk", topk_wrong_tie_rule)
 WRONG_TOPK_UNSORTED = _one("topk", topk_unsorted)
 WRONG_BRACKET_NO_EPS = _one("bracket", bracket_forgets_eps)
 WRONG_BRACKET_IGNORES_TOL = _one("bracket", bracket_ignores_tol)
+WRONG_BRACKET_SHRUNK_RADII = _one("bracket", bracket_shrunk_radii)
 WRONG_NYSTROM_NO_CONST = _one("nystrom", nystrom_forgets_const)
 
 #: name -> (backend, check, scenarios that must fail, phrase the report must contain).
@@ -261,8 +279,10 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
     "top-k not sorted by logit": (
         WRONG_TOPK_UNSORTED, "topk", {"integer-ties", "duplicates", "random", "k-equals-N", "huge-logits"}, "expected id"),
     "bracket forgets eps": (
-        WRONG_BRACKET_NO_EPS, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits"}, "log Z"),
+        WRONG_BRACKET_NO_EPS, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"}, "log Z"),
     "bracket ignores tol": (
-        WRONG_BRACKET_IGNORES_TOL, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits"}, "wider than tol"),
+        WRONG_BRACKET_IGNORES_TOL, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"},
+        "wider than tol"),
+    "bracket radii 1% too small": (WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided"}, "upper bound below log Z"),
     "Nystrom forgets the constant feature": (WRONG_NYSTROM_NO_CONST, "nystrom", {"linear-const"}, "backend"),
 }
