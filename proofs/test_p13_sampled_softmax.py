@@ -198,7 +198,10 @@ def test_c_bias_with_perturbed_proposal_obeys_p5(N: int, k: int, n: int, eps: fl
     T, _ = _weighted_gradient(a, z, log_q, ids)
     mean_p = P @ z
     bias = float(np.linalg.norm(T.mean(axis=0) - mean_p))
-    assert b_n <= tv + 1e-15  # (6), deterministic
+    # Deterministic checks in floating point: P, Q, rho each carry a few ulp of
+    # relative error and the sums have N <= 30 terms of size <= 1, so 1e-13
+    # absolute covers the rounding (B_n = TV exactly when n = 1).
+    assert b_n <= tv + 1e-13  # (6)
     assert bias <= 2 * b_n * H + slack, f"bias {bias} > 2 B_n H + slack = {2 * b_n * H} + {slack}"
     assert bias <= 2 * tv * H + slack, f"bias {bias} > 2 TV H + slack = {2 * tv * H} + {slack}"
     # Control: the draws really come from Q (the uncorrected average estimates
@@ -206,7 +209,7 @@ def test_c_bias_with_perturbed_proposal_obeys_p5(N: int, k: int, n: int, eps: fl
     mean_q = Q @ z
     uncorrected = z[ids].mean(axis=1).mean(axis=0)
     assert np.linalg.norm(uncorrected - mean_q) <= slack
-    assert np.linalg.norm(mean_q - mean_p) <= 2 * tv * H * (1 + 1e-12)
+    assert np.linalg.norm((Q - P) @ z) <= 2 * tv * H + 1e-13 * (1 + H)  # P5 itself, same rounding budget
 
 
 # ---------------------------------------------------------------------------
