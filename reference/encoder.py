@@ -437,9 +437,9 @@ class DualEncoder:
         y = as_float_array(y_all, "Y_all", dtype=self.dtype)
         F, cache_q = self._forward(x, "query")
         G, cache_t = self._forward(y, "target")
-        self.target_rows_encoded += y.shape[0]
         a = self.beta * (F @ G.T)
         loss, d_a = _softmax.full_softmax_loss(a, p)
+        self.target_rows_encoded += y.shape[0]  # counted once nothing can fail any more
         # a = beta F G^T  =>  dF = beta dA G,  dG = beta dA^T F
         grads = self.backward_queries(cache_q, self.beta * (d_a @ G))
         grads.update(self.backward_targets(cache_t, self.beta * (d_a.T @ F)))
@@ -499,12 +499,12 @@ class DualEncoder:
         y = as_float_array(y_all[uniq], "Y_all (rows used)", dtype=self.dtype)
         F, cache_q = self._forward(x, "query")
         G, cache_t = self._forward(y, "target")
-        self.target_rows_encoded += y.shape[0]
         inv_pos, inv_neg = inv[:B], inv[B:].reshape(ng.shape)
         G_pos, G_neg = G[inv_pos], G[inv_neg]  # (B, d), (B, n, d)
         a_pos = self.beta * np.einsum("bd,bd->b", F, G_pos)
         a_neg = self.beta * np.einsum("bd,bnd->bn", F, G_neg)
-        loss, d_pos, d_neg = _softmax.sampled_softmax_loss(a_pos, a_neg, lq)
+        loss, d_pos, d_neg = _softmax.sampled_softmax_loss(a_pos, a_neg, lq)  # validates log_q <= 0
+        self.target_rows_encoded += y.shape[0]  # counted once nothing can fail any more
         dF = self.beta * (d_pos[:, None] * G_pos + np.einsum("bn,bnd->bd", d_neg, G_neg))
         # scatter-add the per-(query, target) contributions onto the unique rows
         dG = np.zeros_like(G)

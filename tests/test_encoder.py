@@ -113,9 +113,14 @@ def assert_grads_match(grads: dict[str, np.ndarray], fd: dict[str, np.ndarray]) 
 
 
 # --------------------------------------------------------------------------- gradients
-@given(small_cases())
-def test_full_softmax_gradient_matches_finite_differences(case: Case) -> None:
-    """Every parameter's hand-written gradient of the full-softmax loss equals finite differences."""
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@given(data=st.data())
+def test_full_softmax_gradient_matches_finite_differences(activation: str, data: st.DataObject) -> None:
+    """Every parameter's hand-written gradient of the full-softmax loss equals finite differences.
+
+    Parametrised over the activation so that each one is covered by the fixed CI examples.
+    """
+    case = data.draw(small_cases((activation,)))
     assume_smooth(case)
     m = case.model
     loss, grads = m.full_softmax_loss(case.X, case.pos, case.Y)
@@ -124,9 +129,11 @@ def test_full_softmax_gradient_matches_finite_differences(case: Case) -> None:
     assert np.isfinite(loss)
 
 
-@given(small_cases())
-def test_sampled_softmax_gradient_matches_finite_differences(case: Case) -> None:
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@given(data=st.data())
+def test_sampled_softmax_gradient_matches_finite_differences(activation: str, data: st.DataObject) -> None:
     """Same for the sampled softmax (with and without log Q; repeated ids and the positive among negatives)."""
+    case = data.draw(small_cases((activation,)))
     assume_smooth(case)
     m = case.model
     args = (case.X, case.pos, case.Y, case.neg, case.log_q)
@@ -398,6 +405,19 @@ def test_bad_inputs_raise_value_error(call, match: str) -> None:
     m = _model()
     with pytest.raises(ValueError, match=match):
         call(m)
+
+
+def test_rejected_loss_call_leaves_counter_and_params_unchanged() -> None:
+    """log_q > 0 is rejected inside reference.softmax, after encoding: nothing may change."""
+    m = _model()
+    before = m.get_params()
+    with pytest.raises(ValueError, match="log_q"):
+        m.sampled_softmax_loss(X_OK, [0, 1], Y_OK, [[1], [2]], [[0.5], [-1.0]])
+    with pytest.raises(ValueError, match="pos"):
+        m.full_softmax_loss(X_OK, [0, 9], Y_OK)
+    assert m.target_rows_encoded == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(m.params[k], v)
 
 
 def test_bad_model_arguments_raise() -> None:
