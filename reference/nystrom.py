@@ -254,7 +254,8 @@ def ridge_leverage_scores(
         Ridge lambda > 0. Default trace(K) / p, which makes the scores sum to
         at most p (the effective dimension at that ridge).
     pilot : int, optional
-        Pilot sample size for non-linear kernels, default min(N, 256).
+        Pilot sample size for non-linear kernels, default min(N, 256)
+        (:func:`select_landmarks` passes min(N, max(64, 2 m))).
     rng : numpy.random.Generator
 
     Returns
@@ -319,7 +320,8 @@ def select_landmarks(
     kernel : str or kernel object, default "linear"
         Kernel used by ``kmeans++`` and ``rls`` (ignored by ``uniform``).
     ridge, pilot : optional
-        Passed to :func:`ridge_leverage_scores` (``rls`` only).
+        Passed to :func:`ridge_leverage_scores` (``rls`` only); the default
+        pilot is min(N, max(64, 2 m)) targets.
 
     Returns
     -------
@@ -337,6 +339,8 @@ def select_landmarks(
     if method == "uniform":
         return rng.choice(N, size=m, replace=False).astype(np.int64)
     if method == "rls":
+        if pilot is None:
+            pilot = min(N, max(64, 2 * m))
         scores = ridge_leverage_scores(G0, kern, ridge=ridge, pilot=pilot, rng=rng)
         # A strictly positive floor keeps choice() valid when fewer than m
         # targets have a positive score (e.g. duplicated embeddings).

@@ -1,0 +1,141 @@
+"""P12 logit error (SPEC section 6; proof in p12_logit_error.md).
+
+|<f, ghat(y)> - <f, g(y)>| <= ||f|| ||ghat(y) - g(y)||, and a tree over phi(y)
+certifies P1-P8 for the approximate softmax at every step without being touched.
+
+Tolerances: 1e-9 relative to the logits' magnitude (SPEC float64 tolerance;
+the two sides are computed along different paths, ~1e-15 apart). Statistical
+tests: G-test, failure at p < 1e-6 per test (bins with expected < 5 merged).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.special import logsumexp
+
+from proofs.strategies_nystrom import kernels, seeds
+from reference.dynamic import DynamicIndex
+from reference.nystrom import linear, rbf
+
+REL_TOL = 1e-9
+P_FAIL = 1e-6
+
+
+def _unit(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _drift(G, rng, size):
+    d = G.shape[1]
+    A = np.eye(d) + size * rng.normal(size=(d, d)) / np.sqrt(d)
+    return _unit(np.tanh(G @ A.T + size * rng.normal(size=d)))
+
+
+def _ghat_reference(kernel, G0, L, G_L, cutoff=1e-10):
+    """ghat = k(y)^T K_LL^+ G_t(L), computed without the index (numpy pseudo-inverse)."""
+    K = kernel(G0[L], G0[L])
+    return kernel(G0, G0[L]) @ np.linalg.pinv(K, rcond=cutoff, hermitian=True) @ G_L
+
+
+@given(kernels(), seeds, st.integers(2, 20), st.sampled_from([0.1, 0.5, 1.5]),
+       st.sampled_from([0.1, 1.0, 10.0]), st.sampled_from([1.0, 10.0]))
+def test_p12_logit_and_partition_errors_are_bounded(kernel, seed, m, drift, fnorm, beta):
+    """P12 (first part) and its consequences for log Z and log P."""
+    rng = np.random.default_rng(seed)
+    G0 = _unit(rng.normal(size=(80, 5)))
+    L = rng.choice(80, size=m, replace=False)
+    G = _drift(G0, rng, drift)
+    index = DynamicIndex(G0, L, kernel=kernel, beta=beta, leaf_size=8)
+    index.step(G[L])
+    F = rng.normal(size=(6, 5)) * fnorm
+    a_hat = index.logits(F)
+    a = beta * F @ G.T
+    ghat = index.approximate()
+    e = beta * np.linalg.norm(F, axis=1)[:, None] * np.linalg.norm(ghat - G, axis=1)[None, :]
+    slack = REL_TOL * (1.0 + np.abs(a).max() + np.abs(a_hat).max())
+    assert np.all(np.abs(a_hat - a) <= e + slack)
+    delta = e.max(axis=1)
+    logz_hat, logz = logsumexp(a_hat, axis=1), logsumexp(a, axis=1)
+    assert np.all(np.abs(logz_hat - logz) <= delta + slack)
+    log_p_err = np.abs((a_hat - logz_hat[:, None]) - (a - logz[:, None]))
+    assert np.all(log_p_err <= 2 * delta[:, None] + 2 * slack)
+
+
+def _simulation(seed=3, N=400, d=6, m=16, steps=25, beta=6.0):
+    rng = np.random.default_rng(seed)
+    G0 = _unit(rng.normal(size=(N, d)))
+    L = rng.choice(N, size=m, replace=False)
+    index = DynamicIndex(G0, L, kernel=rbf(1.0), beta=beta, leaf_size=8)
+    Gs, G = [], G0
+    for _ in range(steps):
+        G = _drift(G, rng, 0.08)
+        Gs.append(G)
+    return rng, G0, L, index, Gs
+
+
+def test_p12_tree_certifies_the_approximate_softmax_at_every_step_untouched():
+    """P12 (second part): bracket and top-k valid for ahat_t at every step; tree unchanged."""
+    rng, G0, L, index, Gs = _simulation()
+    tree = index.tree
+    snap = {k: getattr(tree, k).copy() for k in ("points", "rep", "radius", "count", "order", "start",
+                                                    "stop", "parent", "alive")}
+    beta, tol = index.beta, 0.4
+    worst_true_gap = 0.0
+    for t, G in enumerate(Gs):
+        index.step(G[L])
+        F = _unit(rng.normal(size=(8, G0.shape[1])))
+        ghat = _ghat_reference(rbf(1.0), G0, L, G[L])
+        a_hat = beta * F @ ghat.T          # approximate logits, not through the index
+        a = beta * F @ G.T                 # true logits
+        logz_hat, logz = logsumexp(a_hat, axis=1), logsumexp(a, axis=1)
+        slack = REL_TOL * (1.0 + np.abs(a_hat).max())
+        lo, hi, _ = index.bracket(F, tol=tol)
+        assert np.all(lo <= logz_hat + slack) and np.all(logz_hat <= hi + slack), f"step {t}"
+        assert np.all(hi - lo <= tol + slack)
+        ids, vals = index.topk(F, 5)
+        want = np.lexsort((np.broadcast_to(np.arange(a_hat.shape[1]), a_hat.shape), -a_hat), axis=1)[:, :5]
+        np.testing.assert_array_equal(ids, want, err_msg=f"top-k at step {t}")
+        delta = (beta * np.linalg.norm(F, axis=1)[:, None] * np.linalg.norm(ghat - G, axis=1)[None, :]).max(1)
+        assert np.all(lo - delta <= logz + slack) and np.all(logz <= hi + delta + slack)
+        worst_true_gap = max(worst_true_gap, float(np.abs(logz - logz_hat).max()))
+    assert worst_true_gap > 1e-3  # the approximate softmax really differs from the true one
+    for k, v in snap.items():
+        np.testing.assert_array_equal(getattr(tree, k), v, err_msg=f"tree.{k} changed")
+    tree.check_invariants()
+
+
+def _g_test(ids: np.ndarray, p: np.ndarray) -> float:
+    """p-value of the G-test of the draws ids against p; expected counts < 5 merged."""
+    n = ids.size
+    obs = np.bincount(ids, minlength=p.size).astype(float)
+    exp = n * p
+    order = np.argsort(exp)
+    small = exp[order] < 5
+    merged_obs = np.r_[obs[order][~small], obs[order][small].sum()]
+    merged_exp = np.r_[exp[order][~small], exp[order][small].sum()]
+    if merged_exp[-1] == 0:
+        merged_obs, merged_exp = merged_obs[:-1], merged_exp[:-1]
+    return float(scipy.stats.power_divergence(merged_obs, merged_exp, lambda_="log-likelihood").pvalue)
+
+
+def test_p12_rejection_sampler_is_exact_for_the_approximate_softmax_across_steps():
+    """P12 + P6: at three steps the rejection sampler draws from Phat_t (not from P_t)."""
+    rng, G0, L, index, Gs = _simulation(N=150, steps=24, beta=5.0)
+    f = _unit(rng.normal(size=(1, G0.shape[1])))
+    n = 20000
+    for t, G in enumerate(Gs):
+        index.step(G[L])
+        if t not in (3, 12, 23):
+            continue
+        ghat = _ghat_reference(rbf(1.0), G0, L, G[L])
+        a_hat = index.beta * (f @ ghat.T)[0]
+        p_hat = np.exp(a_hat - logsumexp(a_hat))
+        ids, counters = index.rejection_sample(f, n, np.random.default_rng(100 + t), tol=0.5)
+        assert _g_test(ids[0], p_hat) > P_FAIL, f"rejection sampler is not Phat_t at step {t}"
+        if t == 23:
+            a = index.beta * (f @ G.T)[0]
+            p = np.exp(a - logsumexp(a))
+            assert _g_test(ids[0], p) < P_FAIL  # the drift is visible: the test has power
