@@ -102,7 +102,7 @@ neural probabilistic language model", IEEE TNN 2008 (the logQ correction).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
