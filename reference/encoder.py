@@ -20,7 +20,7 @@ layers with widths ``in_dim -> hidden[0] -> ... -> hidden[-1] -> out_dim``::
     h_0 = x                                    (B, in_dim)
     h_{l+1} = act(h_l @ W_l + b_l)             l = 0 .. L-2   (hidden layers)
     u = h_{L-1} @ W_{L-1} + b_{L-1}            (no activation on the last layer)
-    out = u / ||u||_2  if normalize  else  u   (row-wise)
+    out = u / max(||u||_2, NORM_EPS)  if normalize  else  u   (row-wise, NORM_EPS = 1e-12)
 
 stored as ``params["<t>.W<l>"]`` of shape ``(width_l, width_{l+1})`` and
 ``params["<t>.b<l>"]`` of shape ``(width_{l+1},)``; see :func:`param_shapes`.
@@ -53,6 +53,7 @@ from reference._validation import (
 __all__ = [
     "ACTIVATIONS",
     "DTYPES",
+    "NORM_EPS",
     "EncoderConfig",
     "TowerCache",
     "DualEncoder",
@@ -63,6 +64,11 @@ __all__ = [
 ACTIVATIONS = ("tanh", "relu", "gelu", "softplus", "identity")
 #: Supported parameter / activation dtypes.
 DTYPES = ("float64", "float32")
+#: Floor on ||u|| in the L2 normalisation out = u / max(||u||, NORM_EPS) (the
+#: convention of torch.nn.functional.normalize). A row with ||u|| < NORM_EPS
+#: (e.g. u = 0 exactly, as for a zero input row with zero biases) is scaled by
+#: 1/NORM_EPS and its Jacobian is I / NORM_EPS: finite, never NaN or inf.
+NORM_EPS = 1e-12
 TOWERS = ("query", "target")
 
 # gelu uses the tanh approximation (Hendrycks & Gimpel 2016):
@@ -194,7 +200,10 @@ class TowerCache:
     z : list of ndarray
         Pre-activations z_l = h_l @ W_l + b_l (z_{L-1} = u, the unnormalised output).
     norm : ndarray or None
-        Row norms ||u|| (B, 1) when the tower normalises, else None.
+        Clamped row norms max(||u||, NORM_EPS), shape (B, 1), when the tower
+        normalises, else None.
+    small : ndarray or None
+        Rows with ||u|| < NORM_EPS (B, 1) bool, when the tower normalises.
     out : ndarray
         The tower output (f or g), (B, out_dim).
     """
@@ -203,6 +212,7 @@ class TowerCache:
     h: list[np.ndarray] = field(default_factory=list)
     z: list[np.ndarray] = field(default_factory=list)
     norm: np.ndarray | None = None
+    small: np.ndarray | None = None
     out: np.ndarray | None = None
 
 
@@ -303,10 +313,10 @@ class DualEncoder:
             cache.z.append(z)
             h = _activate(cfg.activation, z) if layer < n_layers - 1 else z
         if cfg.normalize:
-            # A zero row stays zero (its norm is clamped to the smallest normal number).
-            norm = np.maximum(np.linalg.norm(h, axis=1, keepdims=True), np.finfo(self.dtype).tiny)
-            h = h / norm
-            cache.norm = norm
+            raw = np.linalg.norm(h, axis=1, keepdims=True)
+            cache.small = raw < NORM_EPS
+            cache.norm = np.maximum(raw, NORM_EPS).astype(self.dtype, copy=False)
+            h = h / cache.norm
         cache.out = h
         return h, cache
 
@@ -317,9 +327,11 @@ class DualEncoder:
         cfg = self.config
         d_out = as_float_array(d_out, "dF" if tower == "query" else "dG", shape=cache.out.shape, dtype=self.dtype)
         if cfg.normalize:
-            # out = u / ||u||:  du = (d_out - out <out, d_out>) / ||u||  (Jacobian (I - out out^T)/||u||)
+            # out = u / ||u||:  du = (d_out - out <out, d_out>) / ||u||  (Jacobian (I - out out^T)/||u||);
+            # rows with ||u|| < NORM_EPS: out = u / NORM_EPS, so du = d_out / NORM_EPS.
             out = cache.out
-            dz = (d_out - out * np.sum(out * d_out, axis=1, keepdims=True)) / cache.norm
+            proj = np.where(cache.small, 0, out * np.sum(out * d_out, axis=1, keepdims=True))
+            dz = (d_out - proj) / cache.norm
         else:
             dz = d_out
         grads: dict[str, np.ndarray] = {}

@@ -23,7 +23,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from reference import softmax as sm
-from reference.encoder import ACTIVATIONS, DualEncoder, EncoderConfig, TowerCache, param_shapes
+from reference.encoder import ACTIVATIONS, NORM_EPS, DualEncoder, EncoderConfig, TowerCache, param_shapes
 
 RTOL = 1e-6
 ATOL = 1e-9
@@ -271,6 +271,24 @@ def test_normalize_gives_unit_rows_and_logits_bounded_by_beta(normalize: bool) -
         assert np.abs(m.logits(F, G)).max() <= 7.0 * (1 + 1e-14)
     else:
         assert np.abs(norms - 1).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_zero_output_rows_are_finite(dtype: str) -> None:
+    """u = 0 (zero input, zero biases) is normalised by NORM_EPS: output 0, Jacobian I / NORM_EPS.
+
+    A zero row must give finite loss and gradients; its last-bias gradient is
+    exactly dF / NORM_EPS (rounding only: 1e-6 relative covers float32).
+    """
+    m = DualEncoder(EncoderConfig(3, 2, hidden=(4,), out_dim=3, dtype=dtype), seed=0)
+    X = np.zeros((4, 3))
+    F, cache = m.forward_queries(X)
+    np.testing.assert_array_equal(F, 0.0)
+    dF = np.random.default_rng(0).standard_normal(F.shape)
+    grads = m.backward_queries(cache, dF)
+    np.testing.assert_allclose(grads["query.b1"], dF.sum(axis=0) / NORM_EPS, rtol=1e-6)
+    loss, grads = m.full_softmax_loss(X, np.zeros(4, dtype=np.int64), np.random.default_rng(3).standard_normal((10, 2)))
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
 
 
 def test_large_temperature_stays_finite() -> None:
