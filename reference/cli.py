@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("reference.train", "train with every negative miner under one budget; table, JSON, claims (SPEC section 8)"),
     "figures": ("figures.run", "regenerate every figure (PNG) and the CSV behind it"),
     "conformance": ("reference.conformance", "check another implementation (module:object) against the reference; golden vectors"),
+    "bench": ("reference.bench", "tree vs brute force at N = 1e4..1e6: build time/memory, exact sampling and top-k speed, logits per query; targets PASS/MISS"),
 }
 
 DESCRIPTION = """\

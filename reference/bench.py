@@ -1,0 +1,947 @@
+"""Scale and speed of the tree index against brute force (SPEC sections 3-4).
+
+For each N (default 1e4, 1e5, 1e6) and each data set (hierarchical clusters
+from :func:`reference.data.make_targets`, and unclustered points from
+:func:`reference.data.make_isotropic`, the honest worst case), with k = 64
+index dimensions, the benchmark
+
+1. builds the tree (:meth:`reference.tree.Tree.build`) and measures its time
+   and peak memory;
+2. calibrates the temperature beta so that the softmax over the N targets has
+   a mean perplexity ``exp(H)`` near ``--perplexity`` (default 300, within
+   the 100-1000 range of interest), by bisection on ``log beta`` over a
+   sample of the queries; queries are ``q = beta u`` with ``u`` a unit
+   vector in the direction of a held-out draw from the same distribution as
+   the targets;
+3. times, best of ``--repeats``: exact rejection sampling of ``--negatives``
+   targets per query (:func:`reference.sampling.rejection_sample`, P6) and
+   exact top-10 (:func:`reference.sampling.topk`, P8) for ``--queries``
+   queries, and the same two operations by brute force in NumPy (one matrix
+   product per block of queries, then inverse-CDF sampling /
+   ``argpartition``), in the same process, one after the other;
+4. reports the speed-ups, the logits the tree evaluated per query (node
+   inner products ``<q, r_v>`` plus target inner products ``<q, z_y>``, from
+   the samplers' counters) as a fraction of N, and the exponent of a
+   least-squares fit of log(logits per query) against log N;
+5. verifies, on the very queries it timed, that the tree's top-k equals the
+   brute-force top-k and that every sampled id is a valid target id, and
+   compares the mean ``log P`` of the tree's and the brute-force samples (both
+   exact: their difference should be noise).
+
+Then it prints each target of the benchmark issue (at the largest clustered
+N, normally 1e6) beside the measured figure, with PASS or MISS. Timings are
+wall-clock on whatever else the machine is doing: the load average is
+recorded next to every phase.
+
+Peak memory of the build is measured two ways: the process's peak resident
+set size during the build (Linux ``VmHWM``, reset at the start of the phase
+through ``/proc/self/clear_refs``) above the resident size before the data
+of that N was generated, and the peak of :mod:`tracemalloc` (which tracks
+NumPy's allocations) during the build, counting the input points array. The
+larger of the two is compared with the target (with ``--memmap`` only the
+traced figure: the points then live in the page cache, not in the process's
+own memory).
+
+Example::
+
+    python -m reference bench                       # the full run (~10 minutes)
+    python -m reference bench --quick               # smoke test, a few seconds
+    python -m reference bench --sizes 1e6 --data clustered --memmap /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+
+from reference import persist
+from reference._validation import as_float_array, check_choice, check_int, check_positive, check_rng
+from reference.data import make_isotropic, make_targets
+from reference.sampling import rejection_sample, topk
+from reference.tree import Tree
+
+__all__ = [
+    "BenchConfig",
+    "DATASETS",
+    "TARGETS",
+    "add_arguments",
+    "brute_force_sample",
+    "brute_force_topk",
+    "calibrate_beta",
+    "format_report",
+    "make_queries",
+    "perplexity",
+    "run",
+    "run_bench",
+]
+
+#: Data sets: name -> generator of (n, dim) points (``seed`` keyword).
+DATASETS: dict[str, Callable[..., np.ndarray]] = {
+    "clustered": make_targets,
+    "isotropic": make_isotropic,
+}
+
+#: Bytes of logits held at once by the brute-force baselines (one block of
+#: queries times N). 256 MiB gives 32 queries per block at N = 1e6: large
+#: enough that the matrix product runs at BLAS speed and the N x k points are
+#: streamed only B / 32 times; smaller blocks were slower on the test machine.
+BRUTE_BLOCK_BYTES = 1 << 28
+
+#: Queries of the pilot run that sizes the timed run of a tree operation.
+PILOT_QUERIES = 8
+
+#: Largest number of (query, cut entry) pairs a block of queries may hold in
+#: a timed tree operation (~150 bytes each at the peak of the samplers'
+#: refinement: ~1.5 GB); see ``_time_tree_op``.
+ENTRY_CAP = 10_000_000
+
+#: Wall-clock budget (s) of one timed run of a tree operation; see ``_time_tree_op``.
+BUDGET_SECONDS = 60.0
+
+# Queries per block inside reference.sampling (its _QUERY_BLOCK).
+_SAMPLER_BLOCK = 256
+
+#: Sizes, queries and repeats of ``--quick`` (a smoke test of a few seconds).
+QUICK = dict(sizes=(1000, 3000, 10000), queries=100, repeats=1, calibration_queries=16)
+
+#: The benchmark issue's targets, checked at the largest N on the clustered data.
+#: name -> (description, comparison, threshold).
+TARGETS: dict[str, tuple[str, str, float]] = {
+    "sample_speedup": ("exact sampling speed-up over brute force", ">=", 5.0),
+    "topk_speedup": ("exact top-10 speed-up over brute force", ">=", 10.0),
+    "sample_fraction": ("logits evaluated per query, sampling (fraction of N)", "<=", 0.02),
+    "topk_fraction": ("logits evaluated per query, top-10 (fraction of N)", "<=", 0.02),
+    "build_seconds": ("tree build time (s)", "<=", 60.0),
+    "build_memory": ("build peak memory / (3 x points + 1 GiB)", "<=", 1.0),
+    "sample_exponent": ("exponent of logits per query vs N, sampling", "<=", 0.5),
+    "topk_exponent": ("exponent of logits per query vs N, top-10", "<=", 0.5),
+}
+
+#: The N at which the targets are stated.
+TARGET_N = 1_000_000
+
+_GIB = 1 << 30
+_MIB = 1 << 20
+
+
+@dataclass
+class BenchConfig:
+    """Options of one benchmark run (the CLI options; see ``add_arguments``)."""
+
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    data: tuple[str, ...] = ("clustered", "isotropic")
+    k: int = 64
+    queries: int = 1000
+    negatives: int = 16
+    topk: int = 10
+    perplexity: float = 300.0
+    calibration_queries: int = 64
+    repeats: int = 3
+    seed: int = 0
+    branching: int = 8
+    leaf_size: int = 32
+    memmap: str | None = None
+    quick: bool = False
+
+    def validated(self) -> "BenchConfig":
+        """Return a checked copy, or raise ``ValueError`` naming the bad option."""
+        if isinstance(self.sizes, (int, np.integer)) or not len(self.sizes):
+            raise ValueError(f"sizes: expected a non-empty list of N, got {self.sizes!r}")
+        sizes = tuple(sorted({check_int(n, "sizes", low=2) for n in self.sizes}))
+        data = tuple(dict.fromkeys(check_choice(d, "data", DATASETS) for d in self.data))
+        if not data:
+            raise ValueError("data: expected at least one data set")
+        k = check_int(self.k, "k", low=1)
+        queries = check_int(self.queries, "queries", low=1)
+        negatives = check_int(self.negatives, "negatives", low=1)
+        top = check_int(self.topk, "topk", low=1, high=sizes[0])
+        ppl = check_positive(self.perplexity, "perplexity")
+        if not 1.0 < ppl < sizes[0]:
+            raise ValueError(
+                f"perplexity: expected a value in (1, smallest N = {sizes[0]}) (a softmax over N targets "
+                f"has perplexity between 1 and N), got {ppl}"
+            )
+        cal = check_int(self.calibration_queries, "calibration_queries", low=1)
+        repeats = check_int(self.repeats, "repeats", low=1)
+        seed = check_int(self.seed, "seed", low=0)
+        branching = check_int(self.branching, "branching", low=2)
+        leaf_size = check_int(self.leaf_size, "leaf_size", low=1)
+        if self.memmap is not None and not isinstance(self.memmap, (str, os.PathLike)):
+            raise ValueError(f"memmap: expected a directory path, got {self.memmap!r}")
+        return BenchConfig(sizes, data, k, queries, negatives, top, ppl, min(cal, queries), repeats, seed,
+                           branching, leaf_size, None if self.memmap is None else os.fspath(self.memmap),
+                           bool(self.quick))
+
+
+# --------------------------------------------------------------------------
+# Brute force (the baseline) and the perplexity calibration
+# --------------------------------------------------------------------------
+
+def _query_block(n: int, block_bytes: int = BRUTE_BLOCK_BYTES) -> int:
+    """Queries per block so that a block of logits (block x n float64) fits in ``block_bytes``."""
+    return max(1, block_bytes // (8 * n))
+
+
+def _check_points_queries(points: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
+    Z = as_float_array(points, "points", ndim=2, finite=False)  # memmaps stay memmaps; no full scan
+    Q = as_float_array(queries, "queries", ndim=2)
+    if Q.shape[1] != Z.shape[1]:
+        raise ValueError(f"queries: expected shape (B, {Z.shape[1]}) to match points, got {Q.shape}")
+    return Z, Q
+
+
+def _row_search(cdf: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """First column j with ``cdf[r, j] > t[r, i]`` for every (row r, draw i), by vectorised bisection.
+
+    ``cdf`` (R, N) is non-decreasing along rows; ``t`` (R, n). ``ceil(log2 N)``
+    rounds of gather-and-compare over all (row, draw) pairs at once. A ``t``
+    that rounding pushed to the row total returns N - 1.
+    """
+    R, N = cdf.shape
+    flat = cdf.reshape(-1)
+    base = (np.arange(R, dtype=np.int64) * N)[:, None]
+    lo = np.zeros(t.shape, np.int64)
+    hi = np.full(t.shape, N - 1, np.int64)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        right = flat[base + mid] <= t
+        lo = np.where(active & right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+
+
+def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generator, *,
+                       block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact softmax samples by brute force: all N logits, then inverse CDF (the baseline).
+
+    For each block of queries: ``A = Q_b Z^T`` (one matrix product), then in
+    place ``w = exp(A - max)``, cumulative sums ``W``, and for each draw the
+    first ``j`` with ``W_j > u W_{N-1}`` (``u`` uniform in [0, 1)), so
+    ``Pr(j) = exp(a_j) / Z`` up to float64 rounding of the sums (SPEC
+    section 2). Also returns ``log Z = max + log W_{N-1}``.
+
+    Parameters
+    ----------
+    points : array_like (N, k)
+        Target vectors z_y (an ``np.memmap`` is read in place).
+    queries : array_like (B, k)
+        Query vectors q (temperature folded in).
+    n : int >= 1
+        Draws per query (i.i.d., with replacement).
+    rng : numpy.random.Generator
+    block : int, optional
+        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits.
+
+    Returns
+    -------
+    ids : (B, n) int64
+    log_z : (B,) float64
+    """
+    Z, Q = _check_points_queries(points, queries)
+    n = check_int(n, "n", low=1)
+    rng = check_rng(rng)
+    N = Z.shape[0]
+    bq = _query_block(N) if block is None else check_int(block, "block", low=1)
+    ids = np.empty((Q.shape[0], n), np.int64)
+    log_z = np.empty(Q.shape[0])
+    for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
+        b1 = min(b0 + bq, Q.shape[0])
+        A = Q[b0:b1] @ Z.T
+        m = A.max(axis=1, keepdims=True)
+        A -= m
+        np.exp(A, out=A)
+        np.cumsum(A, axis=1, out=A)
+        total = A[:, -1].copy()
+        log_z[b0:b1] = m[:, 0] + np.log(total)
+        ids[b0:b1] = _row_search(A, rng.random((b1 - b0, n)) * total[:, None])
+    return ids, log_z
+
+
+def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by brute force: all N logits, then ``argpartition`` (the baseline).
+
+    Rows are ordered by decreasing logit, ties by smaller id (the order of
+    :func:`reference.sampling.topk`); which of several targets tied at the
+    k-th logit is kept is up to ``argpartition``.
+
+    Parameters
+    ----------
+    points : array_like (N, k_dim)
+    queries : array_like (B, k_dim)
+    k : int, 1 <= k <= N
+    block : int, optional
+        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits.
+
+    Returns
+    -------
+    ids : (B, k) int64
+    logits : (B, k) float64
+    """
+    Z, Q = _check_points_queries(points, queries)
+    N = Z.shape[0]
+    k = check_int(k, "k", low=1, high=N)
+    bq = _query_block(N) if block is None else check_int(block, "block", low=1)
+    ids = np.empty((Q.shape[0], k), np.int64)
+    vals = np.empty((Q.shape[0], k))
+    for b0 in range(0, Q.shape[0], bq):
+        b1 = min(b0 + bq, Q.shape[0])
+        A = Q[b0:b1] @ Z.T
+        part = np.argpartition(A, N - k, axis=1)[:, N - k:]
+        a = np.take_along_axis(A, part, axis=1)
+        o = np.lexsort((part, -a), axis=-1)
+        ids[b0:b1] = np.take_along_axis(part, o, axis=1)
+        vals[b0:b1] = np.take_along_axis(a, o, axis=1)
+    return ids, vals
+
+
+def perplexity(logits: Any) -> np.ndarray:
+    """Perplexity ``exp(H)`` of the softmax of each row, ``H = log Z - sum_y P(y) a_y``.
+
+    Parameters
+    ----------
+    logits : array_like (B, N)
+
+    Returns
+    -------
+    (B,) float64, in [1, N].
+    """
+    a = as_float_array(logits, "logits", ndim=2)
+    lse = logsumexp(a, axis=1)
+    p = np.exp(a - lse[:, None])
+    h = lse - np.einsum("bn,bn->b", p, a)
+    return np.exp(np.clip(h, 0.0, np.log(a.shape[1])))
+
+
+def _raw_logits(Z: np.ndarray, U: np.ndarray) -> np.ndarray:
+    out = np.empty((U.shape[0], Z.shape[0]))
+    bq = _query_block(Z.shape[0])
+    for b0 in range(0, U.shape[0], bq):
+        out[b0:b0 + bq] = U[b0:b0 + bq] @ Z.T
+    return out
+
+
+def calibrate_beta(points: Any, directions: Any, target: float, *, rtol: float = 0.01,
+                   max_iter: int = 100) -> tuple[float, float]:
+    """Temperature beta with mean perplexity of ``softmax(beta <u, z_y>)`` equal to ``target``.
+
+    The mean over the rows ``u`` of ``directions`` of ``exp(H(beta))`` is
+    non-increasing in beta (``dH/dbeta = -beta Var_P(a) <= 0``), from N at
+    beta = 0 towards the number of tied maxima as beta grows, so bisection on
+    ``log beta`` finds it: first double beta until the mean perplexity falls
+    below ``target``, then bisect until it is within ``rtol`` (relative).
+
+    Parameters
+    ----------
+    points : array_like (N, k)
+    directions : array_like (B, k)
+        Query directions (usually unit vectors); the queries are ``beta u``.
+    target : float, 1 < target < N
+    rtol : float > 0, default 0.01
+    max_iter : int, default 100
+
+    Returns
+    -------
+    beta : float
+    measured : float
+        The mean perplexity at ``beta`` (within ``rtol`` of ``target``
+        unless ``max_iter`` bisection steps did not get there).
+    """
+    Z, U = _check_points_queries(points, directions)
+    target = check_positive(target, "target")
+    if not 1.0 < target < Z.shape[0]:
+        raise ValueError(f"target: expected a perplexity in (1, N = {Z.shape[0]}), got {target}")
+    rtol = check_positive(rtol, "rtol")
+    A = _raw_logits(Z, U)
+    rows = max(1, (1 << 24) // Z.shape[0])  # rows per chunk: bounds the temporaries to ~128 MiB each
+
+    def ppl(beta: float) -> float:
+        return float(np.concatenate([perplexity(beta * A[i:i + rows]) for i in range(0, A.shape[0], rows)]).mean())
+
+    lo, hi = 0.0, 1.0
+    p_hi = ppl(hi)
+    it = 0
+    while p_hi > target:
+        if it >= max_iter:
+            raise ValueError(f"target: perplexity {target} not reached (still {p_hi:.4g} at beta = {hi:.4g})")
+        lo, hi, it = hi, 2.0 * hi, it + 1
+        p_hi = ppl(hi)
+    beta, measured = hi, p_hi
+    for _ in range(max_iter):
+        if abs(measured / target - 1.0) <= rtol:
+            break
+        beta = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
+        measured = ppl(beta)
+        if measured > target:
+            lo = beta
+        else:
+            hi = beta
+    return beta, measured
+
+
+def make_queries(directions: np.ndarray, beta: float) -> np.ndarray:
+    """Queries ``q = beta u / ||u||`` (temperature folded in, SPEC section 2)."""
+    U = as_float_array(directions, "directions", ndim=2)
+    beta = check_positive(beta, "beta")
+    norm = np.linalg.norm(U, axis=1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError("directions: expected non-zero rows, got a zero vector")
+    return beta * U / norm
+
+
+# --------------------------------------------------------------------------
+# Measurement helpers
+# --------------------------------------------------------------------------
+
+def _proc_status() -> dict[str, int] | None:
+    """``VmRSS`` and ``VmHWM`` of this process in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out if len(out) == 2 else None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the peak resident set size (Linux >= 4.0, ``clear_refs`` 5); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Peak:
+    """Peak memory of a phase: peak RSS above a baseline, and the tracemalloc peak if tracing."""
+
+    def __init__(self, baseline_rss: int | None) -> None:
+        self.baseline = baseline_rss
+        self.rss_peak: int | None = None
+        self.traced_peak: int | None = None
+
+    def __enter__(self) -> "_Peak":
+        self._rss_ok = _reset_rss_peak() and self.baseline is not None
+        if tracemalloc.is_tracing():
+            tracemalloc.reset_peak()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        st = _proc_status()
+        if self._rss_ok and st is not None:
+            self.rss_peak = max(0, st["VmHWM"] - self.baseline)
+        if tracemalloc.is_tracing():
+            self.traced_peak = tracemalloc.get_traced_memory()[1]
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
+    """Run ``fn`` ``repeats`` times; return the wall times and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def _machine() -> dict[str, Any]:
+    env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+                numpy=np.__version__, thread_env={k: v for k, v in env.items() if v is not None})
+
+
+# --------------------------------------------------------------------------
+# Timing the tree operations
+# --------------------------------------------------------------------------
+
+@dataclass
+class _OpRun:
+    """Timed runs of one tree operation on the first ``queries`` queries."""
+
+    times: list[float]
+    out: Any
+    queries: int
+    limited_by: str | None
+    peak_rss: int | None
+
+
+def _rss_now() -> int | None:
+    st = _proc_status()
+    return None if st is None else st["VmRSS"]
+
+
+def _time_tree_op(op: Callable[[np.ndarray], Any], Q: np.ndarray, cfg: BenchConfig,
+                  counters_of: Callable[[Any], dict[str, int]]) -> _OpRun:
+    """Time ``op`` (best of ``cfg.repeats``) on as many of the queries ``Q`` as is reasonable.
+
+    A pilot on ``PILOT_QUERIES`` queries measures the logits per query ``L``
+    and the time per query. Where the tree prunes little (unclustered data at
+    large N: ``L`` ~ N) the samplers' flat (query, entry) arrays would hold
+    ~``256 L`` entries per block of queries and the run would take hours, so
+    the timed queries are then cut to the first ``ENTRY_CAP / L`` (memory) or
+    the first ``budget / (time per query)`` ones (``BUDGET_SECONDS``); the
+    report says how many were timed and why. Costs are compared per query.
+    """
+    B = Q.shape[0]
+    pilot = min(B, PILOT_QUERIES)
+    t0 = time.perf_counter()
+    out = op(Q[:pilot])
+    per_query = (time.perf_counter() - t0) / pilot
+    c = counters_of(out)
+    L = max(1.0, (c["node_logits"] + c["target_logits"]) / pilot)
+    m, why = B, None
+    if min(B, _SAMPLER_BLOCK) * L > ENTRY_CAP:
+        m, why = max(pilot, int(ENTRY_CAP // L)), "memory"
+    if m * per_query > BUDGET_SECONDS:
+        m, why = max(pilot, int(BUDGET_SECONDS / per_query)), "time"
+    m = min(m, B)
+    if m == B:
+        why = None
+    with _Peak(_rss_now()) as peak:
+        times, out = _timed(lambda: op(Q[:m]), cfg.repeats)
+    return _OpRun(times, out, m, why, peak.rss_peak)
+
+
+# --------------------------------------------------------------------------
+# One data set at one N
+# --------------------------------------------------------------------------
+
+def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(targets (n, k), held-out query directions (queries, k)) of one data set.
+
+    ``n + queries`` points are drawn from the data set's distribution; the
+    last ``queries`` rows are held out as query directions. With ``--memmap``
+    the targets are written to ``<dir>/targets_<data>_n<N>_k<k>_seed<seed>.npy``
+    and returned as a read-only ``np.memmap``.
+    """
+    allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed)
+    directions = allp[n:].copy()
+    if cfg.memmap is None:
+        targets = allp[:n].copy()
+        del allp
+        return targets, directions
+    path = Path(cfg.memmap) / f"targets_{data}_n{n}_k{cfg.k}_seed{cfg.seed}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, cfg.k))
+    step = 1 << 16
+    for lo in range(0, n, step):
+        mm[lo:lo + step] = allp[lo:min(lo + step, n)]
+    mm.flush()
+    del mm, allp
+    return np.load(path, mmap_mode="r"), directions
+
+
+def _fraction_logits(counters: dict[str, int], B: int, n: int) -> tuple[float, float]:
+    per_query = (int(counters["node_logits"]) + int(counters["target_logits"])) / B
+    return per_query, per_query / n
+
+
+def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None] = lambda s: None
+              ) -> dict[str, Any]:
+    """Benchmark one data set at one N; return the JSON record (see the module docstring)."""
+    gc.collect()
+    st = _proc_status()
+    baseline = None if st is None else st["VmRSS"]
+    rec: dict[str, Any] = dict(data=data, n=n, load_start=_load())
+    # ---- data and build (traced: tracemalloc counts the points and the tree's allocations)
+    tracing_before = tracemalloc.is_tracing()
+    if not tracing_before:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    points, directions = _make_points(cfg, data, n)
+    rec["data_seconds"] = time.perf_counter() - t0
+    points_bytes = n * cfg.k * 8
+    log(f"[bench] {data} N={n}: data {rec['data_seconds']:.1f}s; building (load {_load()})")
+    build_kw = dict(branching=cfg.branching, leaf_size=cfg.leaf_size, seed=cfg.seed)
+    with _Peak(baseline) as peak:
+        t0 = time.perf_counter()
+        tree = Tree.build(points, **build_kw)
+        build_times = [time.perf_counter() - t0]
+    if not tracing_before:
+        tracemalloc.stop()
+    # Further (untraced) builds while they are cheap: best of up to `repeats`, <= ~30 s in total.
+    while len(build_times) < cfg.repeats and sum(build_times) < 30.0:
+        del tree
+        gc.collect()
+        t0 = time.perf_counter()
+        tree = Tree.build(points, **build_kw)
+        build_times.append(time.perf_counter() - t0)
+    on_disk = cfg.memmap is not None
+    measured = [m for m in (None if on_disk else peak.rss_peak, peak.traced_peak) if m is not None]
+    peak_bytes = max(measured) if measured else None
+    rec["build"] = dict(
+        seconds=min(build_times), runs=build_times, points_bytes=points_bytes,
+        peak_rss_bytes=peak.rss_peak, peak_traced_bytes=peak.traced_peak, peak_bytes=peak_bytes,
+        memory_budget_bytes=3 * points_bytes + _GIB, memmap=on_disk,
+        n_nodes=int(tree.radius.shape[0]), height=int(tree.depth.max()),
+        n_leaves=int(tree.is_leaf.sum()), load=_load(),
+    )
+    # ---- temperature and queries
+    cal = directions[: cfg.calibration_queries]
+    unit = make_queries(directions, 1.0)
+    t0 = time.perf_counter()
+    beta, ppl_cal = calibrate_beta(points, unit[: cfg.calibration_queries], cfg.perplexity)
+    rec.update(beta=beta, perplexity_calibration=ppl_cal, calibration_queries=int(cal.shape[0]),
+               calibration_seconds=time.perf_counter() - t0)
+    Q = beta * unit
+    B = Q.shape[0]
+    log(f"[bench] {data} N={n}: build {min(build_times):.1f}s, beta {beta:.4g} (perplexity {ppl_cal:.0f}); "
+        f"timing queries (load {_load()})")
+    # ---- tree operations (best of `repeats`; the same random stream each time)
+    rec["load_queries"] = _load()
+    s_run = _time_tree_op(partial(_tree_sample, tree, cfg.negatives, cfg.seed), Q, cfg, lambda out: out[1])
+    t_run = _time_tree_op(partial(topk, tree, k=cfg.topk, return_counters=True), Q, cfg, lambda out: out[2])
+    # ---- brute force: all queries, same process, right after
+    with _Peak(_rss_now()) as bs_peak:
+        bs_times, (b_ids, log_z) = _timed(partial(_brute_sample, points, Q, cfg.negatives, cfg.seed), cfg.repeats)
+    with _Peak(_rss_now()) as bt_peak:
+        bt_times, (bt_ids, bt_logits) = _timed(partial(brute_force_topk, points, Q, cfg.topk), cfg.repeats)
+    rec["load_end"] = _load()
+    # ---- records and checks on the timed outputs
+    s_ids, s_counters = s_run.out
+    t_ids, t_logits, t_counters = t_run.out
+    m = s_run.queries
+    rec["sample"] = _sample_record(tree, Q[:m], n, cfg, s_ids, s_counters, b_ids[:m], log_z[:m])
+    m = t_run.queries
+    rec["topk"] = _topk_record(tree, Q[:m], n, t_ids, t_logits, t_counters, bt_ids[:m], bt_logits[:m])
+    for key, tr, b_times, b_peak in (("sample", s_run, bs_times, bs_peak), ("topk", t_run, bt_times, bt_peak)):
+        tree_pq = min(tr.times) / tr.queries
+        brute_pq = min(b_times) / B
+        rec[key].update(
+            queries_timed=tr.queries, queries_limited_by=tr.limited_by, tree_seconds=min(tr.times),
+            tree_runs=tr.times, tree_per_query=tree_pq, tree_peak_rss_bytes=tr.peak_rss,
+            brute_queries=B, brute_seconds=min(b_times), brute_runs=b_times, brute_per_query=brute_pq,
+            brute_peak_rss_bytes=b_peak.rss_peak, speedup=brute_pq / tree_pq,
+        )
+    ppl_q = _query_perplexities(points, Q)
+    rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
+                                     p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
+    return rec
+
+
+def _tree_sample(tree: Tree, n: int, seed: int, Q: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """The timed tree sampler: the same random stream on every repeat."""
+    return rejection_sample(tree, Q, n, np.random.default_rng([seed, 1]))
+
+
+def _brute_sample(points: np.ndarray, Q: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The timed brute-force sampler: the same random stream on every repeat."""
+    return brute_force_sample(points, Q, n, np.random.default_rng([seed, 2]))
+
+
+def _query_perplexities(points: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    out = np.empty(Q.shape[0])
+    bq = _query_block(points.shape[0])
+    for b0 in range(0, Q.shape[0], bq):
+        out[b0:b0 + bq] = perplexity(Q[b0:b0 + bq] @ points.T)
+    return out
+
+
+def _gathered_logits(points: np.ndarray, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``<q_b, z_{ids[b, i]}>`` for every (b, i)."""
+    return np.einsum("bik,bk->bi", np.asarray(points[ids.reshape(-1)]).reshape(*ids.shape, -1), Q)
+
+
+def _sample_record(tree: Tree, Q: np.ndarray, n: int, cfg: BenchConfig, ids: np.ndarray,
+                   counters: dict[str, int], b_ids: np.ndarray, log_z: np.ndarray) -> dict[str, Any]:
+    """Counters and checks of the tree's samples ``ids`` against the brute-force ones ``b_ids``."""
+    B = Q.shape[0]
+    per_query, frac = _fraction_logits(counters, B, n)
+    valid = bool(ids.shape == (B, cfg.negatives) and ids.dtype.kind == "i" and ids.min() >= 0 and ids.max() < n)
+    # Both samplers are exact: the mean of log P(y) over their draws differs by noise only.
+    lp_t = (_gathered_logits(tree.points, Q, ids) - log_z[:, None]).ravel() if valid else np.zeros(1)
+    lp_b = (_gathered_logits(tree.points, Q, b_ids) - log_z[:, None]).ravel()
+    se = math.sqrt(lp_t.var() / lp_t.size + lp_b.var() / lp_b.size)
+    z = float((lp_t.mean() - lp_b.mean()) / se) if se > 0 else 0.0
+    return dict(
+        logits_per_query=per_query, fraction=frac, counters={key: int(v) for key, v in counters.items()},
+        acceptance=counters["accepted"] / max(counters["proposals"], 1),
+        ids_valid=valid, mean_log_p_tree=float(lp_t.mean()), mean_log_p_brute=float(lp_b.mean()), z=z,
+        # |z| > 5 would be a false alarm with probability ~6e-7 if both are exact.
+        distribution_ok=bool(abs(z) <= 5.0),
+    )
+
+
+def _topk_record(tree: Tree, Q: np.ndarray, n: int, ids: np.ndarray, logits: np.ndarray,
+                 counters: dict[str, int], b_ids: np.ndarray, b_logits: np.ndarray) -> dict[str, Any]:
+    """Counters of the tree's top-k and its agreement with the brute-force top-k."""
+    B = Q.shape[0]
+    per_query, frac = _fraction_logits(counters, B, n)
+    rows_equal = int(np.all(ids == b_ids, axis=1).sum())
+    # Rows that differ only among targets whose logits tie up to rounding (the two sides
+    # compute <q, z> by different BLAS kernels: relative rounding ~ k * 1e-16) still agree.
+    scale = np.linalg.norm(Q, axis=1)[:, None] * np.linalg.norm(tree.points[b_ids], axis=2)
+    same_values = np.abs(logits - b_logits) <= 1e-9 * (1.0 + scale)
+    recomputed = np.abs(_gathered_logits(tree.points, Q, ids) - logits) <= 1e-9 * (1.0 + scale)
+    agree = bool(np.all(same_values) and np.all(recomputed))
+    return dict(
+        logits_per_query=per_query, fraction=frac, counters={key: int(v) for key, v in counters.items()},
+        rows_equal=rows_equal, rows=B, agree=agree,
+    )
+
+
+# --------------------------------------------------------------------------
+# The whole run, the fits, the targets and the report
+# --------------------------------------------------------------------------
+
+def _fit_exponent(ns: Sequence[int], ys: Sequence[float]) -> float | None:
+    """Least-squares slope of log y against log N (None with fewer than two sizes)."""
+    if len(ns) < 2:
+        return None
+    return float(np.polyfit(np.log(np.asarray(ns, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = [r for r in result["runs"] if r["data"] == "clustered"]
+    if not runs:
+        return []
+    last = max(runs, key=lambda r: r["n"])
+    fits = result["fits"]["clustered"]
+    b = last["build"]
+    measured = dict(
+        sample_speedup=last["sample"]["speedup"], topk_speedup=last["topk"]["speedup"],
+        sample_fraction=last["sample"]["fraction"], topk_fraction=last["topk"]["fraction"],
+        build_seconds=b["seconds"],
+        build_memory=None if b["peak_bytes"] is None else b["peak_bytes"] / b["memory_budget_bytes"],
+        sample_exponent=fits["sample"], topk_exponent=fits["topk"],
+    )
+    rows = []
+    for name, (desc, cmp, thr) in TARGETS.items():
+        m = measured[name]
+        if m is None:
+            status = "N/A"
+        else:
+            status = "PASS" if (m >= thr if cmp == ">=" else m <= thr) else "MISS"
+        rows.append(dict(name=name, description=desc, comparison=cmp, threshold=thr, measured=m,
+                         status=status, n=last["n"], data="clustered"))
+    return rows
+
+
+def run_bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the benchmark described by ``cfg``; return the JSON-ready result.
+
+    Parameters
+    ----------
+    cfg : BenchConfig
+    log : callable, optional
+        Receives one progress line per phase (the CLI prints them to stderr).
+
+    Returns
+    -------
+    dict
+        ``config``, ``machine`` (CPUs, versions, load averages), ``runs`` (one
+        record per data set and N: ``build``, ``sample``, ``topk``, ``beta``,
+        perplexities), ``fits`` (exponents of logits per query against N),
+        ``targets`` (measured figure, threshold, PASS / MISS) and ``verified``
+        (every top-k agreed with brute force and every sampled id was valid).
+    """
+    cfg = cfg.validated()
+    if cfg.memmap is not None:
+        Path(cfg.memmap).mkdir(parents=True, exist_ok=True)
+    machine = _machine()
+    machine["load_start"] = _load()
+    t0 = time.perf_counter()
+    runs = []
+    for data in cfg.data:
+        for n in cfg.sizes:
+            runs.append(bench_one(cfg, data, n, log=log))
+    machine["load_end"] = _load()
+    fits = {}
+    for data in cfg.data:
+        rr = [r for r in runs if r["data"] == data]
+        ns = [r["n"] for r in rr]
+        fits[data] = {op: _fit_exponent(ns, [r[op]["logits_per_query"] for r in rr]) for op in ("sample", "topk")}
+        fits[data].update({f"{op}_seconds": _fit_exponent(ns, [r[op]["tree_per_query"] for r in rr])
+                           for op in ("sample", "topk")})
+    result = dict(config=asdict(cfg), machine=machine, seconds=time.perf_counter() - t0, runs=runs, fits=fits)
+    result["targets"] = _targets(result)
+    result["target_n"] = TARGET_N
+    result["verified"] = bool(all(r["topk"]["agree"] and r["sample"]["ids_valid"] for r in runs))
+    result["distribution_ok"] = bool(all(r["sample"]["distribution_ok"] for r in runs))
+    return result
+
+
+def _fmt_bytes(b: int | None) -> str:
+    return "-" if b is None else f"{b / _MIB:,.0f}"
+
+
+def _fmt_measured(name: str, m: float | None) -> str:
+    if m is None:
+        return "n/a"
+    if name.endswith("speedup"):
+        return f"{m:.2f}x"
+    if name.endswith("fraction"):
+        return f"{100 * m:.3f}%"
+    if name == "build_seconds":
+        return f"{m:.1f} s"
+    return f"{m:.3f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable table of a :func:`run_bench` result."""
+    cfg, mach = result["config"], result["machine"]
+    lines = [
+        f"bench: k={cfg['k']}  queries={cfg['queries']}  negatives={cfg['negatives']}  top-{cfg['topk']}  "
+        f"perplexity target {cfg['perplexity']:g}  repeats={cfg['repeats']} (best of)  seed={cfg['seed']}  "
+        f"tree branching={cfg['branching']} leaf_size={cfg['leaf_size']}"
+        + (f"  memmap={cfg['memmap']}" if cfg["memmap"] else ""),
+        f"machine: {mach['cpus']} CPUs, load average {mach['load_start']} at start, {mach['load_end']} at end"
+        + (f", {mach['thread_env']}" if mach["thread_env"] else "") + f"; numpy {mach['numpy']}",
+    ]
+    for data in cfg["data"]:
+        rr = [r for r in result["runs"] if r["data"] == data]
+        lines += ["", f"== {data} ==",
+                  f"{'N':>9} {'beta':>8} {'ppl cal':>7} {'ppl q10/50/90':>15} {'build s':>8} {'peak MiB':>9} "
+                  f"{'(x pts)':>7} {'nodes':>7} {'height':>6} {'load':>5}"]
+        for r in rr:
+            b, pq = r["build"], r["perplexity_queries"]
+            ratio = "-" if b["peak_bytes"] is None else f"{b['peak_bytes'] / b['points_bytes']:.2f}"
+            lines.append(
+                f"{r['n']:>9} {r['beta']:>8.4g} {r['perplexity_calibration']:>7.0f} "
+                f"{pq['p10']:>5.0f}/{pq['median']:>4.0f}/{pq['p90']:>4.0f} {b['seconds']:>8.2f} "
+                f"{_fmt_bytes(b['peak_bytes']):>9} {ratio:>7} {b['n_nodes']:>7} {b['height']:>6} {b['load']!s:>5}")
+        lines.append(f"{'N':>9} {'op':<7} {'tree ms/q':>9} {'brute ms/q':>10} {'speed-up':>8} {'logits/q':>10} "
+                     f"{'% of N':>8} {'tree MiB':>8} {'brute MiB':>9}  check")
+        for r in rr:
+            s, t = r["sample"], r["topk"]
+            s_check = (f"ids valid: {'yes' if s['ids_valid'] else 'NO'}; mean log P tree {s['mean_log_p_tree']:.3f} "
+                       f"vs brute {s['mean_log_p_brute']:.3f} (z = {s['z']:+.1f}); acceptance {s['acceptance']:.2f}")
+            t_check = (f"top-{cfg['topk']} == brute force: {t['rows_equal']}/{t['rows']} rows identical, "
+                       f"{'agree' if t['agree'] else 'DISAGREE'}")
+            for op, o, chk in (("sample", s, s_check), (f"top-{cfg['topk']}", t, t_check)):
+                sub = ("" if o["queries_limited_by"] is None else
+                       f" [tree timed on {o['queries_timed']} of {o['brute_queries']} queries "
+                       f"({o['queries_limited_by']})]")
+                lines.append(f"{r['n']:>9} {op:<7} {1e3 * o['tree_per_query']:>9.3f} "
+                             f"{1e3 * o['brute_per_query']:>10.3f} {o['speedup']:>7.2f}x "
+                             f"{o['logits_per_query']:>10.0f} {100 * o['fraction']:>7.3f}% "
+                             f"{_fmt_bytes(o['tree_peak_rss_bytes']):>8} {_fmt_bytes(o['brute_peak_rss_bytes']):>9}  "
+                             f"{chk}{sub}")
+        f = result["fits"][data]
+        if f["sample"] is not None:
+            lines.append(f"fit over N: logits per query ~ N^{f['sample']:.2f} (sample), N^{f['topk']:.2f} "
+                         f"(top-{cfg['topk']}); tree time per query ~ N^{f['sample_seconds']:.2f} (sample), "
+                         f"N^{f['topk_seconds']:.2f} (top-{cfg['topk']})")
+    if result["targets"]:
+        n = result["targets"][0]["n"]
+        note = "" if n == result["target_n"] else f"  [the targets are stated for N = {result['target_n']:.0e}]"
+        lines += ["", f"== targets (clustered data, N = {n}; exponents over all sizes){note} =="]
+        for t in result["targets"]:
+            lines.append(f"  {t['description']:<55} {t['comparison']} {t['threshold']:<6g} "
+                         f"measured {_fmt_measured(t['name'], t['measured']):>10}   {t['status']}")
+    lines += ["", f"verification: tree top-k == brute-force top-k and sampled ids valid on every run: "
+                  f"{'yes' if result['verified'] else 'NO'}; sample means consistent (|z| <= 5): "
+                  f"{'yes' if result['distribution_ok'] else 'NO'}; total {result['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def _size(text: str) -> int:
+    """Parse a size such as ``10000`` or ``1e6`` (must be an integer >= 2)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 1e5, got {text!r}") from None
+    if not math.isfinite(v) or v != int(v) or v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 such as 1e5, got {text!r}")
+    return int(v)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of the ``bench`` command on ``parser``."""
+    d = BenchConfig()
+    parser.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="N",
+                        help="numbers of targets N (default: 1e4 1e5 1e6; with --quick: 1000 3000 10000)")
+    parser.add_argument("--data", choices=(*DATASETS, "both"), default="both",
+                        help="clustered (make_targets), isotropic (make_isotropic) or both (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=d.k, help="index dimension k (default: %(default)s)")
+    parser.add_argument("--queries", type=int, default=None,
+                        help=f"queries timed per N (default: {d.queries}; with --quick: {QUICK['queries']})")
+    parser.add_argument("--negatives", type=int, default=d.negatives,
+                        help="exact samples per query (default: %(default)s)")
+    parser.add_argument("--topk", type=int, default=d.topk, help="k of the exact top-k (default: %(default)s)")
+    parser.add_argument("--perplexity", type=float, default=d.perplexity,
+                        help="mean softmax perplexity the temperature is calibrated to (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats, best taken (default: {d.repeats}; with --quick: {QUICK['repeats']})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, tree and samplers (default: 0)")
+    parser.add_argument("--branching", type=int, default=d.branching, help="tree branching (default: %(default)s)")
+    parser.add_argument("--leaf-size", type=int, default=d.leaf_size, help="tree leaf size (default: %(default)s)")
+    parser.add_argument("--memmap", type=str, default=None, metavar="DIR",
+                        help="write the targets to DIR/*.npy and benchmark from a read-only np.memmap")
+    parser.add_argument("--json", type=str, default=None, metavar="PATH",
+                        help="write the results as JSON (default: figures/out/bench.json, where the scaling "
+                             "figure looks for it; none with --quick; '-' for none)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of a few seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` of parsed CLI options (``--quick`` fills unset ones)."""
+    d = BenchConfig()
+    quick = bool(args.quick)
+    return BenchConfig(
+        sizes=tuple(args.sizes) if args.sizes else (QUICK["sizes"] if quick else d.sizes),
+        data=tuple(DATASETS) if args.data == "both" else (args.data,),
+        k=args.k,
+        queries=args.queries if args.queries is not None else (QUICK["queries"] if quick else d.queries),
+        negatives=args.negatives, topk=args.topk, perplexity=args.perplexity,
+        calibration_queries=QUICK["calibration_queries"] if quick else d.calibration_queries,
+        repeats=args.repeats if args.repeats is not None else (QUICK["repeats"] if quick else d.repeats),
+        seed=args.seed, branching=args.branching, leaf_size=args.leaf_size, memmap=args.memmap, quick=quick,
+    )
+
+
+def write_json(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON (atomically; the directory is created)."""
+    text = json.dumps(result, indent=1, allow_nan=False).encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    persist.atomic_write(path, lambda f: f.write(text))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``bench`` command: table on stdout, progress on stderr, JSON to ``--json``."""
+    cfg = config_from_args(args).validated()
+    json_path = args.json if args.json is not None else (None if cfg.quick else "figures/out/bench.json")
+    if json_path == "-":
+        json_path = None
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    result = run_bench(cfg, log=log)
+    print(format_report(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        print(f"results written to {json_path}")
+    return 0
