@@ -317,7 +317,8 @@ class DynamicIndex:
             New landmark ids (distinct, live, same number m: the tree's
             dimension is m). Default: keep the landmarks.
         depth : int, optional
-            Depth of ``Tree.rebuild`` (default :attr:`rebuild_depth`).
+            Depth of ``Tree.rebuild`` (default :attr:`rebuild_depth`), capped
+            at the tree's height.
 
         Returns
         -------
@@ -343,6 +344,7 @@ class DynamicIndex:
                     f"needs a new DynamicIndex), got {L.size}"
                 )
         depth = self.rebuild_depth if depth is None else check_int(depth, "depth", low=0)
+        depth = min(depth, int(self.tree.depth.max()))  # a shallow tree: rebuild from its deepest level
         # New cache: carried approximations, then the refreshed rows.
         new_cache = self.cache.copy()
         new_cache[live] = self.tree.points[live] @ self.W
