@@ -25,8 +25,8 @@ from proofs.strategies_bounds import (
     make_queries,
     trees_with_queries,
 )
-from reference.bounds import _refine, adaptive_cut, log_partition_bracket
-from reference.sampling import rejection_sample
+from reference.bounds import adaptive_cut, log_partition_bracket
+from reference.sampling import _envelope_cut, rejection_sample
 from reference.tree import Tree
 
 ALPHA = 1e-6
@@ -92,8 +92,7 @@ def test_p6_acceptance_rate(case, tol):
     q = Q[0]
     n = 4000
     if tol is None:  # the default cut of rejection_sample (cost-balanced for n draws)
-        st = _refine(tree, Q, n_draws=n)
-        cut = st.cut()
+        cut = _envelope_cut(tree, Q, n, None).cut()
     else:
         cut = adaptive_cut(tree, Q, tol)
     lo, hi, _ = log_partition_bracket(tree, Q, cut)

@@ -578,7 +578,9 @@ def _entry_logs(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | None = None) -> _CutState:
     """Refine the root cut for all queries at once; the only loop is over rounds.
 
-    Two stopping rules (exactly one of ``tol``, ``n_draws`` is given):
+    Two marking rules; at least one of ``tol``, ``n_draws`` is given (with
+    both, the ``tol`` rule acts on a query only in rounds where the cost rule
+    marks nothing for it, i.e. as a safety net):
 
     ``tol`` (:func:`adaptive_cut`, P7)
         Refine while ``hi - lo > tol``. Each round, for every such query, the
@@ -594,8 +596,10 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         children (or its ``n_v`` targets, for a leaf). Expand ``v`` when
         ``n (U_v - n_v exp(s_v)) / Zhat > cost_v``, with ``Zhat`` the
         ``log_z_hat`` estimate (``<= Z`` when representatives are centroids,
-        by Jensen, so this errs towards refining). The cut only affects speed,
-        never exactness.
+        by Jensen, so this errs towards refining). Entries not marked are not
+        worth expanding later either (``Zhat`` only grows under refinement)
+        and are frozen, unless their query's bracket is still wider than
+        ``tol``. The cut only affects speed, never exactness.
 
     Entries of finished queries are set aside, so a round costs O(entries of
     unfinished queries); entries stay unsorted until the end (per-query sums
@@ -627,7 +631,7 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     pool = split_zero_eps(root)
     if tol is not None:
         log_allow = np.log(np.expm1(tol))
-    else:
+    if n_draws is not None:
         log_draws = np.log(float(n_draws))
         n_child = np.diff(tree.child_ptr)
     max_rounds = int(tree.radius.shape[0]) + 2  # each round expands >= 1 node per unfinished query
@@ -636,10 +640,19 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         logs = _entry_logs(pool)
         tot = {key: np.logaddexp(acc[key], _group_logsumexp(val, query, B)) for key, val in logs.items()}
         marked = np.zeros(query.size, bool)
+        if n_draws is not None:
+            v = pool["node"]
+            cost = np.where(tree.is_leaf[v], tree.count[v], n_child[v])
+            log_gain = log_draws + log_n + s + eps + np.log(-np.expm1(-eps)) - tot["hat"][query]  # e^eps - 1
+            marked = log_gain > np.log(np.maximum(cost, 1))
+        wide = np.zeros(B, bool)
         if tol is not None:
             with np.errstate(invalid="ignore"):
                 wide = (tot["hi"] - tot["lo"]) > tol
-            ci = np.flatnonzero(wide[query])
+            # With both rules, the bracket rule only acts once the cost rule is done with a query.
+            busy = np.zeros(B, bool)
+            busy[query[marked]] = True
+            ci = np.flatnonzero((wide & ~busy)[query])
             if ci.size:
                 cq, e = query[ci], eps[ci]
                 log_slack = log_n[ci] + s[ci] + e + np.log(-np.expm1(-2.0 * e))
@@ -654,15 +667,9 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
                 before = cs[:-1] - cs[first[cq_o]]
                 is_first = np.arange(cq_o.size) == first[cq_o]
                 marked[ci[o[(before < excess[cq_o]) | is_first]]] = True
-            keep = wide[query] & ~marked        # stays in the pool; narrow queries are final
-        else:
-            v = pool["node"]
-            cost = np.where(tree.is_leaf[v], tree.count[v], n_child[v])
-            gain = log_draws + log_n + s + eps + np.log(-np.expm1(-eps)) - tot["hat"][query]  # log(e^eps - 1)
-            marked = gain > np.log(np.maximum(cost, 1))
-            keep = np.zeros(query.size, bool)  # not worth expanding now, nor later (Zhat only grows)
+        keep = wide[query] & ~marked   # stays in the pool; other unmarked entries are final
         freeze({f: a[~marked & ~keep] for f, a in pool.items()})
-        if not marked.any():           # then no query is wide, and keep is all False
+        if not marked.any():           # then no query is wide (they always mark), keep is all False
             pool = {f: a[keep] for f, a in pool.items()}
             break
         rounds += 1

@@ -147,8 +147,12 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         If given, the envelope's cut is ``adaptive_cut(tree, queries, tol)``
         (SPEC section 4), so the acceptance rate is ``>= exp(-tol)``. If
         ``None`` (default), the cut balances refinement against proposals for
-        ``n`` draws (see ``reference.bounds._refine``): fewer logits in
-        total, at a lower acceptance rate. Exactness does not depend on it.
+        ``n`` draws (see ``reference.bounds._refine``), and is refined further
+        where needed so that ``hi - lo <= max(1, log(N_live / n))``: the
+        acceptance rate is then ``>= min(1/e, n / N_live)``, so the expected
+        number of proposals never exceeds about the brute-force cost
+        ``N_live``. Fewer logits in total than a small ``tol``, at a lower
+        acceptance rate. Exactness does not depend on the cut.
 
     Returns
     -------
@@ -167,6 +171,9 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         On invalid input, or if a proposal's acceptance probability exceeds 1
         beyond rounding, i.e. a target lies outside its node's radius
         (invariant I3 violated; run ``tree.check_invariants()``).
+    RuntimeError
+        If a query needs more than ``100 (n + 10) exp(hi - lo)`` proposals
+        (probability < e^-100 for a valid tree): the tree is corrupt.
     """
     Q, single = _as_queries(tree, queries, "queries")
     n = check_int(n, "n", low=1)
@@ -271,15 +278,28 @@ def _i3_violation(what: str, v: np.ndarray, y: np.ndarray, excess: np.ndarray) -
     )
 
 
+def _envelope_cut(tree: Any, Q: np.ndarray, n: int, tol: float | None):
+    """The cut of the rejection envelope: ``adaptive_cut`` with ``tol``, or (``tol=None``) the
+    cost-balanced cut for ``n`` draws with ``hi - lo <= max(1, log(N_live / n))`` as a safety net."""
+    if tol is None:
+        return _refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n)
+    return _refine(tree, Q, tol=tol)
+
+
 def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator, tol: float | None,
                      counters: dict[str, int]) -> np.ndarray:
     """Rejection sampling (P6) for one block of queries; updates ``counters`` in place."""
     B = Q.shape[0]
-    st = _refine(tree, Q, tol=tol) if tol is not None else _refine(tree, Q, n_draws=n)
+    st = _envelope_cut(tree, Q, n, tol)
     t = st.terms
     ptr = st.ptr
     log_u = t.log_n + t.s + t.eps                  # log U_v, the envelope
     hi = _segment_logsumexp(log_u, ptr)            # log U = hi
+    lo = _segment_logsumexp(t.log_n + t.s - t.eps, ptr)
+    # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
+    # 100 (n + 10) / exp(lo - hi) proposals for n acceptances has probability < e^-100
+    # under a valid tree, so it signals a broken invariant rather than bad luck.
+    limit = 100.0 * (n + 10) * np.exp(np.minimum(hi - lo, 700.0))
     log_z_hat = _segment_logsumexp(t.log_n + t.s, ptr)
     # Guess of the acceptance rate exp(log Z - hi) (log_z_hat <= log Z for centroid
     # representatives, by Jensen), only used to size the rounds; refined from the
@@ -321,6 +341,11 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         made += m
         got += np.bincount(qb[accept], minlength=B)
         rate = np.maximum(rate, (got + 1.0) / (made + 2.0))
+        if np.any((made > limit) & (got < n)):
+            raise RuntimeError(
+                "rejection_sample: acceptance rate far below its certified lower bound exp(-(hi - lo)); "
+                "the tree's radii do not cover its targets (run tree.check_invariants())"
+            )
         aq, ay = qb[accept], y[accept]                  # sorted by query, proposal order kept
         rank = np.arange(aq.size) - np.searchsorted(aq, aq, side="left")
         take = rank < need[aq]
