@@ -77,14 +77,16 @@ Nystrom coordinates, k the tree's point dimension, M tree nodes:
     stale_topk     0 (the index is served off-device) N d
     neg_cache      C (d + 1) + B C                   0
     tree_stale     0 (the tree is served off-device)  N d + tree(k = d)
-    tree_nystrom   m d_y + m d + m' m + m' d          N m' + tree(k = m')
-                   (landmark features and encodings G_t(L), K_LL^{-1/2}, W_t)
+    tree_nystrom   m d_y + m d + m' m + m' d          N d + N m' + tree(k = m')
+                   (accelerator: landmark features and encodings G_t(L),
+                   K_LL^{-1/2}, W_t; host: the cache g_s, phi, the tree)
     tree(k)        = M (k + 6) + N   (rep, radius, count, parent, start, stop; the DFS order)
 
-Activations of hidden layers are not counted (they only add to the full-softmax
-and brute-force rows, which encode N targets per step), so the brute-force
-figure is a lower bound and the ratio brute_topk / tree_nystrom is
-conservative. At N = 1e6 the brute-force state N (d_y + d) + B N grows with N
+Hidden-layer activations are not counted: they cost the same per encoded row
+for every miner, and the full-softmax and brute-force miners encode N rows per
+step where the others encode at most B (n + 1) + m, so counting them would only
+widen the gap; the brute-force figure is a lower bound and the ratio
+brute_topk / tree_nystrom is conservative. At N = 1e6 the brute-force state N (d_y + d) + B N grows with N
 while the method's is independent of N.
 
 References
@@ -117,6 +119,7 @@ from reference._validation import (
     check_positive,
     check_rng,
 )
+from reference.dynamic import DynamicIndex
 from reference.nystrom import LANDMARK_METHODS, make_kernel, select_landmarks
 from reference.tree import Tree
 
@@ -699,7 +702,13 @@ class TreeNystrom(Miner):
 
     State: the cache and the landmarks; the index is rebuilt from them
     (deterministically) on ``load_state_dict``, and W_t is recomputed from
-    fresh landmark encodings before every use.
+    fresh landmark encodings before every use. For that reason a refresh
+    builds a new index instead of repairing the old one
+    (``DynamicIndex.refresh``: update + partial rebuild): a repaired tree
+    depends on its whole history and on the tree's own k-means generator,
+    which :class:`reference.tree.Tree` cannot yet save, so a resumed run could
+    not reproduce it bitwise. Both give a valid tree; only the cuts, not the
+    correctness of log Q, depend on which.
     """
 
     name = "tree_nystrom"
@@ -716,8 +725,6 @@ class TreeNystrom(Miner):
         self.index: Any = None
 
     def _rebuild(self) -> None:
-        from reference.dynamic import DynamicIndex
-
         self.index = DynamicIndex(self.cache, self.landmarks, kernel=self.kernel, beta=1.0,
                                   branching=self.branching, leaf_size=self.leaf_size, seed=self.seed)
 
@@ -763,7 +770,8 @@ class TreeNystrom(Miner):
         m = s.landmarks
         k = s.nystrom_dim or m
         accelerator = m * s.target_dim + m * s.out_dim + k * m + k * s.out_dim
-        return accelerator, s.n_targets * k + _tree_memory(s.n_targets, k, s.estimated_tree_nodes())
+        host = s.n_targets * (s.out_dim + k) + _tree_memory(s.n_targets, k, s.estimated_tree_nodes())
+        return accelerator, host
 
 
 #: name -> miner class, in the order of the comparison table.

@@ -227,11 +227,11 @@ def gradient_error(model: DualEncoder, grads: dict[str, np.ndarray], x: np.ndarr
     return float(np.linalg.norm(g - g_star) / np.linalg.norm(g_star))
 
 
-def sizes_for(config: TrainConfig, data: RetrievalData, model: DualEncoder, n_targets: int | None = None) -> Sizes:
-    """The :class:`Sizes` of a run (optionally at another N, for extrapolation)."""
+def sizes_for(config: TrainConfig, data: RetrievalData, model: DualEncoder) -> Sizes:
+    """The :class:`Sizes` of a run, for the memory accounting (tree nodes estimated)."""
     mc = config.miner_config()
     return Sizes(
-        n_targets=config.n_targets if n_targets is None else n_targets, out_dim=config.out_dim,
+        n_targets=config.n_targets, out_dim=config.out_dim,
         query_dim=data.train_x.shape[1], target_dim=data.targets.shape[1], batch_size=config.batch_size,
         negatives=config.negatives, n_params=model.n_params, cache_size=config.cache_size,
         landmarks=config.landmarks, branching=mc.branching, leaf_size=mc.leaf_size,

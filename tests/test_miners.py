@@ -400,6 +400,10 @@ def test_memory_accounting_formulas():
     for name in ("uniform", "in_batch", "stale_topk", "tree_stale"):
         assert memory_accounting(name, SIZES)["accelerator_state"] == 0
     assert memory_accounting("stale_topk", SIZES)["host"] == N * d
+    M = SIZES.estimated_tree_nodes()
+    assert M == int(np.ceil(-(-N // 16) * 8 / 7))
+    assert method["host"] == N * d + N * m + M * (m + 6) + N
+    assert memory_accounting("tree_stale", SIZES)["host"] == N * d + M * (d + 6) + N
 
 
 def test_memory_grows_with_n_for_brute_force_only():
