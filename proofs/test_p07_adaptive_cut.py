@@ -13,8 +13,16 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proofs.strategies_bounds import FP_RTOL, brute_log_z, fp_scale, make_point_set, make_queries, trees_with_queries
-from reference.bounds import _refine, adaptive_cut, cut_eps, log_partition_bracket, validate_cut
+from proofs.strategies_bounds import (
+    FP_RTOL,
+    brute_log_z,
+    fp_scale,
+    line_pair_tree,
+    make_point_set,
+    make_queries,
+    trees_with_queries,
+)
+from reference.bounds import Cut, _refine, adaptive_cut, cut_eps, log_partition_bracket, validate_cut
 from reference.tree import Tree
 
 TOLS = (1e-3, 0.1, 1.0, 5.0)
@@ -81,3 +89,13 @@ def test_p7_zero_query_needs_no_refinement():
     assert len(cut) == 1 and cut.node[0] == 0
     lo, hi, _ = log_partition_bracket(tree, np.zeros(2), cut)
     assert lo == hi == np.log(50)
+
+
+def test_p7_line_pair_wide_tol_keeps_the_root():
+    """{-1, +1}, q = 100, tol = 250 > hi - lo = 200: the root cut is returned, and it brackets log Z
+    (hi = 100 + log 2 >= log Z = 100 + log(1 + e^-200)); a radius 1% too small would give hi < log Z."""
+    tree = line_pair_tree()
+    q = np.array([100.0])
+    cut = adaptive_cut(tree, q, 250.0)
+    assert len(cut) == 1 and cut.node[0] == 0
+    _check_p7(tree, q[None, :], 250.0, Cut.root())
