@@ -569,6 +569,22 @@ def _expand(tree: Any, query: np.ndarray, node: np.ndarray):
 _FIELDS = ("query", "node", "target", "s", "log_n", "eps")
 
 
+def _slack_before(r: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums of ``r`` within each run of equal ``group`` (sorted).
+
+    Computed row by row on a padded 2-D array, so that each query's sums do not
+    depend on the other queries of the batch (a batch and single-query calls
+    refine identically).
+    """
+    rows, row = np.unique(group, return_inverse=True)
+    first = np.searchsorted(group, rows)
+    rank = np.arange(group.size) - first[row]
+    pad = np.zeros((rows.size, int(rank.max()) + 1))
+    pad[row, rank] = r
+    cs = np.cumsum(pad, axis=1)
+    return np.where(rank > 0, cs[row, np.maximum(rank - 1, 0)], 0.0)
+
+
 def _entry_logs(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-entry terms of lo, hi and log_z_hat (P2)."""
     base = part["log_n"] + part["s"]
@@ -662,11 +678,8 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
                     excess = -np.expm1(np.minimum(log_allow + tot["lo"] - log_S, 0.0))
                 o = np.lexsort((-log_slack, cq))
                 cq_o = cq[o]
-                cs = np.concatenate([[0.0], np.cumsum(np.exp(log_slack[o] - log_S[cq_o]))])
-                first = np.searchsorted(cq_o, np.arange(B))
-                before = cs[:-1] - cs[first[cq_o]]
-                is_first = np.arange(cq_o.size) == first[cq_o]
-                marked[ci[o[(before < excess[cq_o]) | is_first]]] = True
+                before = _slack_before(np.exp(log_slack[o] - log_S[cq_o]), cq_o)
+                marked[ci[o[before < excess[cq_o]]]] = True   # before == 0 for the largest: always marked
         keep = wide[query] & ~marked   # stays in the pool; other unmarked entries are final
         freeze({f: a[~marked & ~keep] for f, a in pool.items()})
         if not marked.any():           # then no query is wide (they always mark), keep is all False
