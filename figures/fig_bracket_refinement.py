@@ -60,7 +60,8 @@ def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
     pos = rng.integers(0, n, n_queries)
     beta = 30.0
     Q = beta * (z[pos] + 0.1 * rng.normal(size=(n_queries, dim)) / np.sqrt(dim))
-    rows = {k: [] for k in ("query", "step", "cut_size", "lo", "hi", "log_z_hat", "log_z", "eps_c", "n_targets")}
+    rows = {k: [] for k in ("query", "step", "cut_size", "lo", "hi", "log_z_hat", "log_z", "eps_c", "n_targets",
+                            "fp_tol")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for b, q in enumerate(Q):
         log_z = float(logsumexp(z @ q))
@@ -75,7 +76,7 @@ def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
             assert lo <= log_z + tol and log_z <= hi + tol, f"P2 violated at step {step}: {lo} {log_z} {hi}"
             assert hi - lo <= 2 * eps_c + tol, f"P2 width violated at step {step}"
             assert lo >= prev_lo - tol and hi <= prev_hi + tol, f"P3 violated at step {step}"
-            for k, v in zip(rows, (b, step, len(cut), lo, hi, hat, log_z, eps_c, int(cut.is_target.sum()))):
+            for k, v in zip(rows, (b, step, len(cut), lo, hi, hat, log_z, eps_c, int(cut.is_target.sum()), tol)):
                 rows[k].append(v)
             if eps_c == 0:
                 assert abs(hi - lo) <= tol and abs(lo - log_z) <= tol, "fully refined cut must give log Z"
