@@ -64,9 +64,9 @@ __all__ = [
 #: The rejection sampler's acceptance rate per proposal is >= exp(-DEFAULT_TOL).
 DEFAULT_TOL = 1.0
 
-# Entries scored per chunk when gathering rows (bounds temporary memory to
-# about _CHUNK * k * 16 bytes).
-_CHUNK = 1 << 15
+# Rows gathered per chunk when scoring entries: two buffers of _CHUNK * k
+# float64 that stay in cache (2048 x 64 x 8 B = 1 MiB each).
+_CHUNK = 2048
 
 # Relative slack allowed for floating-point rounding when a computed logit is
 # checked against its certified bound <q, r_v> + eps_v: the rounding error of an
@@ -440,11 +440,23 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _rowdot(X: np.ndarray, xi: np.ndarray, Q: np.ndarray, qi: np.ndarray) -> np.ndarray:
-    """``out[j] = <X[xi[j]], Q[qi[j]]>``, gathered in chunks of ``_CHUNK`` rows (bounded temporaries)."""
+    """``out[j] = <X[xi[j]], Q[qi[j]]>``, gathered in chunks of ``_CHUNK`` rows.
+
+    The gathered rows go into two small preallocated buffers that stay in
+    cache (``np.take(..., out=)``), which is several times faster than
+    allocating a fresh ``X[xi]`` temporary for large gathers.
+    """
     out = np.empty(xi.size)
-    for lo in range(0, xi.size, _CHUNK):
-        hi = min(lo + _CHUNK, xi.size)
-        out[lo:hi] = np.einsum("ij,ij->i", X[xi[lo:hi]], Q[qi[lo:hi]])
+    if xi.size == 0:
+        return out
+    c = min(_CHUNK, xi.size)
+    bx = np.empty((c, X.shape[1]), dtype=np.result_type(X.dtype, np.float64))
+    bq = np.empty((c, Q.shape[1]))
+    for lo in range(0, xi.size, c):
+        m = min(c, xi.size - lo)
+        np.take(X, xi[lo:lo + m], axis=0, out=bx[:m])
+        np.take(Q, qi[lo:lo + m], axis=0, out=bq[:m])
+        np.einsum("ij,ij->i", bx[:m], bq[:m], out=out[lo:lo + m])
     return out
 
 
