@@ -284,13 +284,14 @@ def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL) -> Cut:
     """Refine the root cut until the bracket is narrower than ``tol`` (P7, SPEC section 4).
 
     SPEC states the sequential rule: expand the entry of largest slack until
-    ``hi - lo <= tol``. Here all queries are refined together, level by level:
-    in each round, for every query whose bracket is still wider than ``tol``,
-    every entry whose slack exceeds its equal share of the allowed slack is
+    ``hi - lo <= tol``. Here all queries are refined together, in rounds: in
+    each round, for every query whose bracket is still wider than ``tol``,
+    the largest-slack entries that together carry the excess slack are
     expanded (see Notes). This always includes the entry of largest slack, so
     the argument of P7 applies unchanged. A node expands into its children
     with ``n_c > 0``; a leaf into its targets (radius 0), so a cut refined to
-    the end gives ``lo == hi == log Z``.
+    the end gives ``lo == hi == log Z``. A batch and per-query calls give the
+    same cuts.
 
     Parameters
     ----------
@@ -309,16 +310,18 @@ def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL) -> Cut:
     Notes
     -----
     The slack of entry ``v`` is its share of ``exp(hi) - exp(lo)``:
-    ``n_v exp(<q,r_v>) (exp(eps_v) - exp(-eps_v))``. The bracket is wide,
-    ``hi - lo > tol``, exactly when the total slack exceeds
-    ``(exp(tol) - 1) exp(lo)``; entries whose slack exceeds that budget divided
-    by the cut size are expanded, and the largest one always does. The loop
-    is over rounds only; each round costs O(entries of unfinished queries).
+    ``S_v = n_v exp(<q,r_v>) (exp(eps_v) - exp(-eps_v))``. The bracket is wide,
+    ``hi - lo > tol``, exactly when ``S = sum_v S_v`` exceeds
+    ``(exp(tol) - 1) exp(lo)``. Each round marks, per wide query, the
+    smallest set of largest-slack entries whose slack covers the excess
+    ``S - (exp(tol) - 1) exp(lo)`` (bulk marking, as in adaptive finite
+    elements) and expands them. Entries with ``eps_v == 0`` and queries
+    already narrow are set aside, so a round costs O(entries of unfinished
+    queries); the number of rounds is about the tree height plus a few.
     """
-    Q, single = _as_queries(tree, q)
+    Q, _ = _as_queries(tree, q)
     tol = check_positive(tol, "tol")
-    state = _refine(tree, Q, tol)
-    return state.cut()
+    return _refine(tree, Q, tol=tol).cut()
 
 
 # --------------------------------------------------------------------------
