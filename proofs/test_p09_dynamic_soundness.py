@@ -238,6 +238,10 @@ class DynamicTreeMachine(RuleBasedStateMachine):
         live = np.flatnonzero(t.alive)
         assert live.tolist() == sorted(self.shadow), "live ids differ from the shadow model"
         assert t.n_live == len(self.shadow)
+        # The tree's own view of the live set: what order lists and what the root counts.
+        assert sorted(t.order.tolist()) == sorted(self.shadow), "order does not list the shadow's live ids"
+        assert t.count[0] == len(self.shadow), f"root count {t.count[0]} != {len(self.shadow)} live targets"
+        assert t.stop[0] - t.start[0] == len(self.shadow), "the root's range of order is not all live targets"
         want = np.array([self.shadow[i] for i in live.tolist()])
         assert np.array_equal(t.points[live], want), "a live target's vector differs from the shadow model"
 

@@ -820,7 +820,7 @@ class Tree:
             fail(f"layout: n_live = {self.n_live} but {int(self.alive.sum())} targets are alive")
         if not (np.isfinite(self.rep).all() and np.isfinite(self.radius).all() and (self.radius >= 0).all()):
             bad = int(np.flatnonzero(~(np.isfinite(self.radius) & (self.radius >= 0)) | ~np.isfinite(self.rep).all(1))[0])
-            fail(f"layout: node {bad} has a non-finite representative or a negative/non-finite radius {self.radius[bad]}")
+            fail(f"layout: node {bad} has a non-finite representative or a negative/non-finite radius {float(self.radius[bad])}")
         # ---- structure (parent / children / depth)
         nodes = np.arange(m)
         for v in np.flatnonzero((self.parent[1:] < 0) | (self.parent[1:] >= nodes[1:]))[:1] + 1:
@@ -884,8 +884,8 @@ class Tree:
                 bad = np.flatnonzero(d > self.radius[a] + tol[a])
                 if bad.shape[0]:
                     i = bad[0]
-                    fail(f"I3: target {ys[i]} is at distance {d[i]!r} from node {a[i]}'s representative, "
-                         f"radius {self.radius[a[i]]!r} (excess {d[i] - self.radius[a[i]]:.3e}, tol {tol[a[i]]:.3e})")
+                    fail(f"I3: target {ys[i]} is at distance {float(d[i])!r} from node {a[i]}'s representative, "
+                         f"radius {float(self.radius[a[i]])!r} (excess {d[i] - self.radius[a[i]]:.3e}, tol {tol[a[i]]:.3e})")
             keep = self.parent[anc] >= 0
             anc = self.parent[anc[keep]]
             live = live[keep]
@@ -897,5 +897,5 @@ class Tree:
             bad = np.flatnonzero(reach > self.radius[p] + tol[p])
             if bad.shape[0]:
                 i = bad[0]
-                fail(f"I4: node {p[i]} has radius {self.radius[p[i]]!r} < ||r_c - r_v|| + radius[c] = {reach[i]!r} "
+                fail(f"I4: node {p[i]} has radius {float(self.radius[p[i]])!r} < ||r_c - r_v|| + radius[c] = {float(reach[i])!r} "
                      f"for child {ch[i]} (tol {tol[p[i]]:.3e})")
