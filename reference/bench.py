@@ -18,7 +18,8 @@ index dimensions, the benchmark
    exact top-10 (:func:`reference.sampling.topk`, P8) for ``--queries``
    queries, and the same two operations by brute force in NumPy (one matrix
    product per block of queries, then inverse-CDF sampling /
-   ``argpartition``), in the same process, one after the other;
+   ``argpartition``), in the same process; each repeat runs the four in
+   turn, so that tree and brute force see the same machine load;
 4. reports the speed-ups, the logits the tree evaluated per query (node
    inner products ``<q, r_v>`` plus target inner products ``<q, z_y>``, from
    the samplers' counters) as a fraction of N, and the exponent of a
@@ -464,16 +465,6 @@ def _load() -> float | None:
         return None
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
-    """Run ``fn`` ``repeats`` times; return the wall times and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return times, out
-
-
 def _machine() -> dict[str, Any]:
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
@@ -484,33 +475,18 @@ def _machine() -> dict[str, Any]:
 # Timing the tree operations
 # --------------------------------------------------------------------------
 
-@dataclass
-class _OpRun:
-    """Timed runs of one tree operation on the first ``queries`` queries."""
+def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
+                     counters_of: Callable[[Any], dict[str, int]]) -> tuple[int, str | None]:
+    """How many of the queries ``Q`` a tree operation is timed on, and why not all.
 
-    times: list[float]
-    out: Any
-    queries: int
-    limited_by: str | None
-    peak_rss: int | None
-
-
-def _rss_now() -> int | None:
-    st = _proc_status()
-    return None if st is None else st["VmRSS"]
-
-
-def _time_tree_op(op: Callable[[np.ndarray], Any], Q: np.ndarray, cfg: BenchConfig,
-                  counters_of: Callable[[Any], dict[str, int]]) -> _OpRun:
-    """Time ``op`` (best of ``cfg.repeats``) on as many of the queries ``Q`` as is reasonable.
-
-    A pilot on ``PILOT_QUERIES`` queries measures the logits per query ``L``
-    and the time per query. Where the tree prunes little (unclustered data at
-    large N: ``L`` ~ N) the samplers' flat (query, entry) arrays would hold
-    ~``256 L`` entries per block of queries and the run would take hours, so
-    the timed queries are then cut to the first ``ENTRY_CAP / L`` (memory) or
-    the first ``budget / (time per query)`` ones (``BUDGET_SECONDS``); the
-    report says how many were timed and why. Costs are compared per query.
+    A pilot on ``PILOT_QUERIES`` queries (which also warms the caches)
+    measures the logits per query ``L`` and the time per query. Where the tree
+    prunes little (unclustered data at large N: ``L`` ~ N) the samplers' flat
+    (query, entry) arrays would hold ~``256 L`` entries per block of queries
+    and the run would take hours, so the timed queries are then cut to the
+    first ``ENTRY_CAP / L`` ("memory") or ``BUDGET_SECONDS / (time per
+    query)`` ("time") ones. The report says how many were timed and why;
+    costs are compared per query.
     """
     B = Q.shape[0]
     pilot = min(B, PILOT_QUERIES)
@@ -524,12 +500,33 @@ def _time_tree_op(op: Callable[[np.ndarray], Any], Q: np.ndarray, cfg: BenchConf
         m, why = max(pilot, int(ENTRY_CAP // L)), "memory"
     if m * per_query > BUDGET_SECONDS:
         m, why = max(pilot, int(BUDGET_SECONDS / per_query)), "time"
-    m = min(m, B)
-    if m == B:
-        why = None
-    with _Peak(_rss_now()) as peak:
-        times, out = _timed(lambda: op(Q[:m]), cfg.repeats)
-    return _OpRun(times, out, m, why, peak.rss_peak)
+    return (B, None) if m >= B else (m, why)
+
+
+def _time_interleaved(ops: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+    """Run every operation once per repeat, in turn (so that all see the same machine load).
+
+    Returns, per operation, the wall times of all repeats, the last output,
+    and the peak resident memory of its first run above the resident size
+    just before it.
+    """
+    res: dict[str, dict[str, Any]] = {name: dict(times=[], out=None, peak_rss=None) for name in ops}
+    for r in range(repeats):
+        for name, fn in ops.items():
+            with _Peak(_rss_now()) as peak:
+                t0 = time.perf_counter()
+                out = fn()
+                res[name]["times"].append(time.perf_counter() - t0)
+            res[name]["out"] = out
+            if r == 0:
+                res[name]["peak_rss"] = peak.rss_peak
+            del out
+    return res
+
+
+def _rss_now() -> int | None:
+    st = _proc_status()
+    return None if st is None else st["VmRSS"]
 
 
 # --------------------------------------------------------------------------
@@ -617,31 +614,36 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     B = Q.shape[0]
     log(f"[bench] {data} N={n}: build {min(build_times):.1f}s, beta {beta:.4g} (perplexity {ppl_cal:.0f}); "
         f"timing queries (load {_load()})")
-    # ---- tree operations (best of `repeats`; the same random stream each time)
+    # ---- tree operations and brute force (best of `repeats`; the same random streams each time)
     rec["load_queries"] = _load()
-    s_run = _time_tree_op(partial(_tree_sample, tree, cfg.negatives, cfg.seed), Q, cfg, lambda out: out[1])
-    t_run = _time_tree_op(partial(topk, tree, k=cfg.topk, return_counters=True), Q, cfg, lambda out: out[2])
-    # ---- brute force: all queries, same process, right after
-    with _Peak(_rss_now()) as bs_peak:
-        bs_times, (b_ids, log_z) = _timed(partial(_brute_sample, points, Q, cfg.negatives, cfg.seed), cfg.repeats)
-    with _Peak(_rss_now()) as bt_peak:
-        bt_times, (bt_ids, bt_logits) = _timed(partial(brute_force_topk, points, Q, cfg.topk), cfg.repeats)
+    tree_sample = partial(_tree_sample, tree, cfg.negatives, cfg.seed)
+    tree_topk = partial(topk, tree, k=cfg.topk, return_counters=True)
+    m_s, why_s = _queries_to_time(tree_sample, Q, lambda out: out[1])
+    m_t, why_t = _queries_to_time(tree_topk, Q, lambda out: out[2])
+    # Tree and brute force (all queries) in turn, `repeats` times: the same load for both.
+    runs = _time_interleaved({
+        "tree_sample": partial(tree_sample, Q[:m_s]),
+        "brute_sample": partial(_brute_sample, points, Q, cfg.negatives, cfg.seed),
+        "tree_topk": partial(tree_topk, Q[:m_t]),
+        "brute_topk": partial(brute_force_topk, points, Q, cfg.topk),
+    }, cfg.repeats)
     rec["load_end"] = _load()
     # ---- records and checks on the timed outputs
-    s_ids, s_counters = s_run.out
-    t_ids, t_logits, t_counters = t_run.out
-    m = s_run.queries
-    rec["sample"] = _sample_record(tree, Q[:m], n, cfg, s_ids, s_counters, b_ids[:m], log_z[:m])
-    m = t_run.queries
-    rec["topk"] = _topk_record(tree, Q[:m], n, t_ids, t_logits, t_counters, bt_ids[:m], bt_logits[:m])
-    for key, tr, b_times, b_peak in (("sample", s_run, bs_times, bs_peak), ("topk", t_run, bt_times, bt_peak)):
-        tree_pq = min(tr.times) / tr.queries
-        brute_pq = min(b_times) / B
+    s_ids, s_counters = runs["tree_sample"]["out"]
+    t_ids, t_logits, t_counters = runs["tree_topk"]["out"]
+    b_ids, log_z = runs["brute_sample"]["out"]
+    bt_ids, bt_logits = runs["brute_topk"]["out"]
+    rec["sample"] = _sample_record(tree, Q[:m_s], n, cfg, s_ids, s_counters, b_ids[:m_s], log_z[:m_s])
+    rec["topk"] = _topk_record(tree, Q[:m_t], n, t_ids, t_logits, t_counters, bt_ids[:m_t], bt_logits[:m_t])
+    for key, m, why in (("sample", m_s, why_s), ("topk", m_t, why_t)):
+        tr, br = runs[f"tree_{key}"], runs[f"brute_{key}"]
+        tree_pq = min(tr["times"]) / m
+        brute_pq = min(br["times"]) / B
         rec[key].update(
-            queries_timed=tr.queries, queries_limited_by=tr.limited_by, tree_seconds=min(tr.times),
-            tree_runs=tr.times, tree_per_query=tree_pq, tree_peak_rss_bytes=tr.peak_rss,
-            brute_queries=B, brute_seconds=min(b_times), brute_runs=b_times, brute_per_query=brute_pq,
-            brute_peak_rss_bytes=b_peak.rss_peak, speedup=brute_pq / tree_pq,
+            queries_timed=m, queries_limited_by=why, tree_seconds=min(tr["times"]),
+            tree_runs=tr["times"], tree_per_query=tree_pq, tree_peak_rss_bytes=tr["peak_rss"],
+            brute_queries=B, brute_seconds=min(br["times"]), brute_runs=br["times"], brute_per_query=brute_pq,
+            brute_peak_rss_bytes=br["peak_rss"], speedup=brute_pq / tree_pq,
         )
     ppl_q = _query_perplexities(points, Q)
     rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
