@@ -33,13 +33,13 @@ import numpy as np
 from hypothesis import strategies as st
 
 __all__ = [
-    "KINDS",
     "DTYPES",
-    "seeds",
+    "KINDS",
     "make_point_set",
     "point_sets",
-    "tree_params",
     "query_for",
+    "seeds",
+    "tree_params",
 ]
 
 KINDS = ("uniform", "clustered", "duplicates", "all_equal", "collinear", "single", "huge", "huge_spread", "grid")

@@ -41,7 +41,13 @@ import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 from scipy.special import logsumexp
 
 from proofs.strategies_tree import point_sets, query_for, seeds, tree_params
@@ -303,7 +309,11 @@ class DynamicTreeMachine(RuleBasedStateMachine):
         assert np.array_equal(got_ids[clear], live[o][clear]), f"P8: top-k ids {got_ids} != brute force {live[o]}"
 
 
-DynamicTreeMachine.TestCase.settings = settings(stateful_step_count=15)
+# The machine is cheap (~0.1 s per example), so it runs more examples and longer
+# sequences than the profile's default (the `thorough` profile's count still wins).
+DynamicTreeMachine.TestCase.settings = settings(
+    max_examples=max(settings.default.max_examples, 60), stateful_step_count=30
+)
 TestP9DynamicSoundness = DynamicTreeMachine.TestCase
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from proofs.strategies_tree import make_point_set, point_sets, tree_params
 from reference.tree import InvariantError, Tree
