@@ -541,22 +541,50 @@ def _ptr(query: np.ndarray, n_queries: int) -> np.ndarray:
     return np.searchsorted(query, np.arange(n_queries + 1)).astype(np.int64)
 
 
-@dataclass
 class _CutState:
-    """A refined batch of cuts (entries sorted by query) with its entry terms (internal)."""
+    """A refined batch of cuts with its entry terms (internal).
 
-    query: np.ndarray
-    node: np.ndarray
-    target: np.ndarray
-    terms: _Terms
-    n_queries: int
-    node_logits: int
-    target_logits: int
-    rounds: int
+    The entry arrays ``raw[f]`` (f in ``_FIELDS``) are kept in the order the
+    refinement produced them; ``order`` sorts them by query. Sorted views are
+    computed on demand, so a caller that only needs a few of them (the
+    rejection sampler) does not pay for permuting all of them.
+    """
+
+    def __init__(self, raw: dict[str, np.ndarray], order: np.ndarray, n_queries: int,
+                 node_logits: int, target_logits: int, rounds: int) -> None:
+        self.raw, self.order, self.n_queries = raw, order, n_queries
+        self.node_logits, self.target_logits, self.rounds = node_logits, target_logits, rounds
+        self._sorted: dict[str, np.ndarray] = {}
+
+    def sorted(self, field: str) -> np.ndarray:
+        if field not in self._sorted:
+            self._sorted[field] = self.raw[field][self.order]
+        return self._sorted[field]
+
+    @property
+    def size(self) -> int:
+        return int(self.order.size)
 
     @property
     def ptr(self) -> np.ndarray:
-        return _ptr(self.query, self.n_queries)
+        counts = np.bincount(self.raw["query"], minlength=self.n_queries)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    @property
+    def query(self) -> np.ndarray:
+        return self.sorted("query")
+
+    @property
+    def node(self) -> np.ndarray:
+        return self.sorted("node")
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.sorted("target")
+
+    @property
+    def terms(self) -> _Terms:
+        return _Terms(self.sorted("s"), self.sorted("log_n"), self.sorted("eps"))
 
     def cut(self) -> Cut:
         return Cut(self.query, self.node, self.target, self.n_queries)
@@ -647,16 +675,21 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     frozen: list[dict[str, np.ndarray]] = []
     acc = {key: np.full(B, -np.inf) for key in ("lo", "hi", "hat")}
 
-    def freeze(part: dict[str, np.ndarray]) -> None:
+    def freeze(part: dict[str, np.ndarray], zero_eps: bool = False) -> None:
         if part["query"].size:
             frozen.append(part)
+            if zero_eps:  # lo, hi and log_z_hat terms coincide
+                g = _group_logsumexp(part["log_n"] + part["s"], part["query"], B)
+                for key in acc:
+                    acc[key] = np.logaddexp(acc[key], g)
+                return
             for key, val in _entry_logs(part).items():
                 acc[key] = np.logaddexp(acc[key], _group_logsumexp(val, part["query"], B))
 
     def split_zero_eps(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Freeze entries with eps_v == 0 (single targets, zero-radius nodes): they have no slack."""
         z = part["eps"] == 0
-        freeze({f: a[z] for f, a in part.items()})
+        freeze({f: a[z] for f, a in part.items()}, zero_eps=True)
         return {f: a[~z] for f, a in part.items()}
 
     pool = split_zero_eps(root)
@@ -714,7 +747,4 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     allf = {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}
     # counting (radix) sort when the query index fits in 16 bits
     key = allf["query"].astype(np.uint16) if B <= np.iinfo(np.uint16).max else allf["query"]
-    o = np.argsort(key, kind="stable")
-    allf = {f: a[o] for f, a in allf.items()}
-    return _CutState(allf["query"], allf["node"], allf["target"],
-                     _Terms(allf["s"], allf["log_n"], allf["eps"]), B, node_logits, target_logits, rounds)
+    return _CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds)

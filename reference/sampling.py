@@ -38,6 +38,7 @@ from reference.bounds import (
     DEFAULT_TOL,
     Cut,
     _as_queries,
+    _group_logsumexp,
     _ptr,
     _rowdot,
     _ranges,
@@ -114,7 +115,7 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
         ptr = _ptr(query, b1 - b0)
         log_z_hat = _segment_logsumexp(log_w, ptr)
         qb = np.repeat(np.arange(b1 - b0), n)
-        e = _draw_entries(log_w, log_z_hat, ptr, qb, rng)
+        e = _SegmentCDF(log_w, log_z_hat, ptr).draw(qb, rng)
         ids[b0:b1] = _uniform_descendant(tree, node[e], target[e], rng).reshape(-1, n)
         log_q[b0:b1] = (s[e] - log_z_hat[qb]).reshape(-1, n)
     if single:
@@ -239,24 +240,27 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
 # Internals
 # --------------------------------------------------------------------------
 
-def _draw_entries(log_w: np.ndarray, log_total: np.ndarray, ptr: np.ndarray, qb: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Inverse-CDF draw of one entry per element of ``qb`` from its query's segment.
+class _SegmentCDF:
+    """Cumulative weights of each query's entries, for inverse-CDF draws (built once, drawn from often).
 
-    Entry ``e`` of query ``b`` is drawn with probability
-    ``exp(log_w[e] - log_total[b])`` (``log_total`` = segment logsumexp).
-    The cumulative weights of all segments are one ``cumsum``; the rounding of
-    that sum is ~1e-16 times the number of queries, far below any testable
-    probability.
+    Entry ``e`` of query ``b`` has probability ``exp(log_w[e] - log_total[b])``
+    (``log_total`` = the segment's logsumexp; entries sorted by query, segment
+    ``b`` is ``ptr[b]:ptr[b+1]``). The cumulative weights of all segments are
+    one ``cumsum``; its rounding is ~1e-16 times the number of queries, far
+    below any testable probability.
     """
-    query = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
-    p = np.exp(log_w - log_total[query])
-    cs = np.cumsum(p)
-    cs0 = np.concatenate([[0.0], cs])
-    base, end = cs0[ptr[:-1]], cs0[ptr[1:]]
-    u = rng.random(qb.size)
-    e = np.searchsorted(cs, base[qb] + u * (end[qb] - base[qb]), side="right")
-    return np.clip(e, ptr[qb], ptr[qb + 1] - 1)
+
+    def __init__(self, log_w: np.ndarray, log_total: np.ndarray, ptr: np.ndarray) -> None:
+        query = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+        self.cs = np.cumsum(np.exp(log_w - log_total[query]))
+        cs0 = np.concatenate([[0.0], self.cs])
+        self.base, self.end, self.ptr = cs0[ptr[:-1]], cs0[ptr[1:]], ptr
+
+    def draw(self, qb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One entry index per element of ``qb`` (a query index), drawn from that query's segment."""
+        u = rng.random(qb.size)
+        e = np.searchsorted(self.cs, self.base[qb] + u * (self.end[qb] - self.base[qb]), side="right")
+        return np.clip(e, self.ptr[qb], self.ptr[qb + 1] - 1)
 
 
 def _uniform_descendant(tree: Any, node: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -291,16 +295,17 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     """Rejection sampling (P6) for one block of queries; updates ``counters`` in place."""
     B = Q.shape[0]
     st = _envelope_cut(tree, Q, n, tol)
-    t = st.terms
-    ptr = st.ptr
-    log_u = t.log_n + t.s + t.eps                  # log U_v, the envelope
-    hi = _segment_logsumexp(log_u, ptr)            # log U = hi
-    lo = _segment_logsumexp(t.log_n + t.s - t.eps, ptr)
+    raw = st.raw                                   # entry arrays, unsorted; st.order sorts them by query
+    base = raw["log_n"] + raw["s"]
+    log_u = base + raw["eps"]                      # log U_v, the envelope
+    hi = _group_logsumexp(log_u, raw["query"], B)  # log U = hi
+    lo = _group_logsumexp(base - raw["eps"], raw["query"], B)
+    log_z_hat = _group_logsumexp(base, raw["query"], B)
+    cdf = _SegmentCDF(log_u[st.order], hi, st.ptr)
     # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
     # 100 (n + 10) / exp(lo - hi) proposals for n acceptances has probability < e^-100
     # under a valid tree, so it signals a broken invariant rather than bad luck.
     limit = 100.0 * (n + 10) * np.exp(np.minimum(hi - lo, 700.0))
-    log_z_hat = _segment_logsumexp(t.log_n + t.s, ptr)
     # Guess of the acceptance rate exp(log Z - hi) (log_z_hat <= log Z for centroid
     # representatives, by Jensen), only used to size the rounds; refined from the
     # observed acceptances after the first round.
@@ -310,7 +315,7 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     qnorm = np.linalg.norm(Q, axis=1)
     counters["node_logits"] += st.node_logits
     counters["target_logits"] += st.target_logits
-    counters["cut_entries"] += st.query.size
+    counters["cut_entries"] += st.size
     counters["rounds"] += st.rounds
     ids = np.full((B, n), -1, np.int64)
     filled = np.zeros(B, np.int64)
@@ -322,14 +327,14 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         m = np.where(need > 0, np.ceil(need / rate * 1.2).astype(np.int64) + 2, 0)
         m = np.minimum(m, (1 << 22) // B + 4 * n)  # memory cap per round
         qb = np.repeat(np.arange(B), m)
-        e = _draw_entries(log_u, hi, ptr, qb, rng)
-        v, y0 = st.node[e], st.target[e]
+        e = st.order[cdf.draw(qb, rng)]            # index into the raw arrays
+        v, y0 = raw["node"][e], raw["target"][e]
         y = _uniform_descendant(tree, v, y0, rng)
         isn = v >= 0
         # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
         log_acc = np.zeros(qb.size)
         a = _rowdot(tree.points, y[isn], Q, qb[isn])
-        log_acc[isn] = a - t.s[e[isn]] - t.eps[e[isn]]
+        log_acc[isn] = a - raw["s"][e[isn]] - raw["eps"][e[isn]]
         counters["target_logits"] += int(isn.sum())
         scale = qnorm[qb[isn]] * (np.linalg.norm(tree.rep[v[isn]], axis=1) + tree.radius[v[isn]])
         excess = log_acc[isn] - _ROUNDING * (1.0 + scale)
