@@ -4,8 +4,9 @@ Clustered targets and a tree built on them. Each step moves every target by
 the same small smooth map, z <- z + delta A z with A skew-symmetric (a slow
 rotation of the embedding space, as between two encoder refreshes: clusters
 move but stay tight), through ``Tree.update``, which only enlarges radii
-along the moved targets' paths (I3, no I4): representatives go stale. After ``n_moves`` steps the tree is re-clustered with
-``Tree.rebuild(depth)`` (partial rebuild), and then fully with ``rebuild(0)``.
+along the moved targets' paths (I3, no I4): representatives go stale. After
+``n_moves`` steps the tree is re-clustered with ``Tree.rebuild(1)`` (partial
+rebuild), and after two more updates fully with ``rebuild(0)``.
 For fixed queries we track: the bracket width hi - lo of the cut made of all
 leaves (a cut of fixed shape, so its width shows the radii), the size of
 ``adaptive_cut(tol=1)`` (the work needed to certify log Z to 1 nat), and the

@@ -25,7 +25,7 @@ from scipy.stats import binomtest
 from matplotlib.ticker import NullFormatter
 
 from figures.common import plt, save, write_csv
-from reference.bounds import _segment_logsumexp, adaptive_cut, log_partition_bracket
+from reference.bounds import adaptive_cut, log_partition_bracket
 from reference.data import make_targets
 from reference.sampling import _envelope_cut, rejection_sample
 from reference.tree import Tree
