@@ -163,7 +163,7 @@ def test_resume_refuses_a_checkpoint_of_another_budget(data, tmp_path):
 def test_compare_resume_after_sigkill_is_bitwise_identical(tmp_path):
     """``python -m reference compare`` killed by SIGKILL after a checkpoint, then ``--resume``."""
     args = ["--preset", "quick", "--miners", "neg_cache", "tree_nystrom", "--seeds", "0",
-            "--steps", "60", "--checkpoint-every", "10", "--quiet"]
+            "--steps", "40", "--checkpoint-every", "10", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "reference", "compare", *args]
     done = tmp_path / "a.json"
