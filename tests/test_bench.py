@@ -1,0 +1,255 @@
+"""Tests of ``python -m reference bench`` (reference/bench.py) and of memory-mapped targets.
+
+The benchmark's speed targets are *measured* by the benchmark, not asserted
+here: these tests check that the table and JSON report what they claim, that
+the brute-force baselines are exact, that the benchmark's own verification
+can fail, and that the tree and the samplers work from an ``np.memmap``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from reference import bench
+from reference.cli import main
+from reference.sampling import rejection_sample, topk
+from reference.tree import Tree
+
+
+def _ids_sorted_by_logit(A: np.ndarray, k: int) -> np.ndarray:
+    """Reference top-k by a full sort on (-logit, id)."""
+    ids = np.arange(A.shape[1])
+    return np.stack([np.lexsort((ids, -row))[:k] for row in A])
+
+
+# --------------------------------------------------------------------------
+# The command: table and JSON
+# --------------------------------------------------------------------------
+
+def test_quick_run_prints_table_and_writes_consistent_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--quiet", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads(path.read_text())
+    cfg = res["config"]
+    assert cfg["sizes"] == list(bench.QUICK["sizes"]) and cfg["data"] == ["clustered", "isotropic"]
+    assert cfg["k"] == 64 and cfg["queries"] == bench.QUICK["queries"]
+    assert len(res["runs"]) == 2 * len(bench.QUICK["sizes"])
+    for line in ("== clustered ==", "== isotropic ==", "== targets (clustered data, N = 10000",
+                 "verification: tree top-k == brute-force top-k and sampled ids valid on every run: yes"):
+        assert line in out, out
+    for r in res["runs"]:
+        assert r["n"] in bench.QUICK["sizes"]
+        # beta calibrated: bisection stops within 1% of the target perplexity (calibrate_beta's rtol)
+        assert r["beta"] > 0 and abs(r["perplexity_calibration"] / cfg["perplexity"] - 1) <= 0.01
+        b = r["build"]
+        assert b["seconds"] == min(b["runs"]) > 0 and b["points_bytes"] == r["n"] * 64 * 8
+        assert b["peak_bytes"] >= b["points_bytes"]  # the input points are live during the build
+        assert b["memory_budget_bytes"] == 3 * b["points_bytes"] + 2**30
+        s, t = r["sample"], r["topk"]
+        assert s["ids_valid"] and s["distribution_ok"]
+        assert t["agree"] and t["rows_equal"] == t["rows"] == t["queries_timed"] == cfg["queries"]
+        for o in (s, t):
+            c = o["counters"]
+            assert o["logits_per_query"] == (c["node_logits"] + c["target_logits"]) / o["queries_timed"]
+            assert o["fraction"] == pytest.approx(o["logits_per_query"] / r["n"], rel=1e-12)
+            assert o["tree_per_query"] == pytest.approx(min(o["tree_runs"]) / o["queries_timed"], rel=1e-12)
+            assert o["brute_per_query"] == pytest.approx(min(o["brute_runs"]) / o["brute_queries"], rel=1e-12)
+            assert o["speedup"] == pytest.approx(o["brute_per_query"] / o["tree_per_query"], rel=1e-12)
+        assert s["counters"]["accepted"] >= cfg["negatives"] * s["queries_timed"]
+        # every target row of the table shows its N, both operations and the check
+        assert f"{r['n']:>9} sample " in out and f"{r['n']:>9} top-10 " in out
+    for data in cfg["data"]:
+        rr = [r for r in res["runs"] if r["data"] == data]
+        x = np.log([r["n"] for r in rr])
+        for op in ("sample", "topk"):
+            slope = np.polyfit(x, np.log([r[op]["logits_per_query"] for r in rr]), 1)[0]
+            assert res["fits"][data][op] == pytest.approx(slope, rel=1e-12)
+    assert [t["name"] for t in res["targets"]] == list(bench.TARGETS)
+    for t in res["targets"]:
+        want = t["measured"] >= t["threshold"] if t["comparison"] == ">=" else t["measured"] <= t["threshold"]
+        assert t["status"] == ("PASS" if want else "MISS")
+        assert t["n"] == 10000
+        line = next(ln for ln in out.splitlines() if t["description"] in ln)
+        assert line.rstrip().endswith(t["status"])
+    assert res["verified"] is True and res["machine"]["cpus"] >= 1
+
+
+def test_quick_without_json_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = bench.BenchConfig(sizes=(300, 600), data=("isotropic",), queries=10, repeats=1, calibration_queries=4,
+                            perplexity=50.0, quick=True)
+    result = bench.run_bench(cfg)
+    assert result["targets"] == []  # targets are checked on the clustered data only
+    assert "== targets" not in bench.format_report(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "0"], "argument --sizes: expected an integer >= 2 such as 1e5, got '0'"),
+    (["--sizes", "1e3", "2.5"], "argument --sizes: expected an integer >= 2 such as 1e5, got '2.5'"),
+    (["--sizes", "many"], "argument --sizes: expected a number such as 1e5, got 'many'"),
+    (["--quick", "--perplexity", "5000"], "perplexity: expected a value in (1, smallest N = 1000)"),
+    (["--quick", "--k", "0"], "k: expected an integer >= 1"),
+    (["--quick", "--topk", "2000"], "topk: expected an integer <= 1000"),
+    (["--quick", "--queries", "0"], "queries: expected an integer >= 1"),
+    (["--data", "gaussian"], "invalid choice"),
+])
+def test_bad_options_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# The benchmark's own checks can fail
+# --------------------------------------------------------------------------
+
+TINY = dict(sizes=(400, 800), data=("clustered",), queries=20, repeats=1, calibration_queries=8, perplexity=50.0)
+
+
+def test_wrong_tree_topk_is_reported(monkeypatch):
+    def off_by_one(tree, Q, k, return_counters=False):
+        ids, logits, c = topk(tree, Q, k + 1, return_counters=True)
+        return ids[:, 1:], logits[:, 1:], c        # drops the best target
+
+    monkeypatch.setattr(bench, "topk", off_by_one)
+    result = bench.run_bench(bench.BenchConfig(**TINY))
+    assert result["verified"] is False
+    assert all(not r["topk"]["agree"] and r["topk"]["rows_equal"] == 0 for r in result["runs"])
+    report = bench.format_report(result)
+    assert "DISAGREE" in report and "sampled ids valid on every run: NO" in report
+
+
+def test_inexact_sampler_is_caught_by_the_mean_log_p_check(monkeypatch):
+    def uniform(tree, Q, n, rng, tol=None):
+        ids, c = rejection_sample(tree, Q, n, rng)
+        return rng.integers(0, tree.n_live, size=ids.shape), c
+
+    monkeypatch.setattr(bench, "rejection_sample", uniform)
+    result = bench.run_bench(bench.BenchConfig(**TINY))
+    # Uniform draws have a far lower mean log P than softmax draws at perplexity 50 of 400-800:
+    # |z| is in the tens, against the |z| <= 5 threshold (false alarm ~6e-7 for an exact sampler).
+    assert all(r["sample"]["ids_valid"] and abs(r["sample"]["z"]) > 5 for r in result["runs"])
+    assert result["distribution_ok"] is False
+
+
+# --------------------------------------------------------------------------
+# Brute-force baselines and the temperature calibration
+# --------------------------------------------------------------------------
+
+def test_brute_force_topk_equals_full_sort_across_blocks():
+    rng = np.random.default_rng(0)
+    Z, Q = rng.standard_normal((500, 8)), rng.standard_normal((7, 8))
+    ids, vals = bench.brute_force_topk(Z, Q, 10, block=3)  # blocks 3, 3, 1
+    A = Q @ Z.T
+    np.testing.assert_array_equal(ids, _ids_sorted_by_logit(A, 10))
+    # 1e-12 relative: the same matrix product, gathered
+    np.testing.assert_allclose(vals, np.take_along_axis(A, ids, axis=1), rtol=1e-12)
+
+
+def test_brute_force_topk_orders_ties_by_smaller_id():
+    Z = np.array([[1.0], [3.0], [3.0], [2.0], [3.0]])
+    ids, vals = bench.brute_force_topk(Z, np.ones((1, 1)), 3)
+    np.testing.assert_array_equal(ids[0], [1, 2, 4])
+    np.testing.assert_array_equal(vals[0], [3.0, 3.0, 3.0])
+
+
+def test_brute_force_sample_is_the_softmax():
+    """G-test of 200k draws against the softmax, failure at p < 1e-6 (false-alarm rate 1e-6)."""
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((12, 3))
+    q = np.array([[2.0, -1.0, 0.5]])
+    ids, log_z = bench.brute_force_sample(Z, q, 200_000, np.random.default_rng(2))
+    a = (q @ Z.T)[0]
+    p = np.exp(a - logsumexp(a))
+    # 1e-12: logsumexp of the same 12 logits by two summation orders
+    assert log_z[0] == pytest.approx(logsumexp(a), rel=1e-12)
+    obs = np.bincount(ids[0], minlength=12)
+    exp = p * ids.size
+    big = exp >= 20  # merge small-expected bins into one
+    o = np.append(obs[big], obs[~big].sum())
+    e = np.append(exp[big], exp[~big].sum())
+    o, e = o[e > 0], e[e > 0]
+    g = 2 * np.sum(np.where(o > 0, o * np.log(np.where(o > 0, o, 1) / e), 0.0))
+    assert stats.chi2.sf(g, len(o) - 1) > 1e-6
+
+
+def test_brute_force_sample_blocks_and_extreme_logits():
+    Z = np.array([[0.0], [1.0], [-1.0]])
+    Q = np.array([[1e4], [-1e4], [0.0], [1e4], [-1e4]])  # logits of magnitude 1e4: log-space sums stay finite
+    ids, log_z = bench.brute_force_sample(Z, Q, 50, np.random.default_rng(0), block=2)
+    assert np.all(ids[[0, 3]] == 1) and np.all(ids[[1, 4]] == 2)
+    assert set(np.unique(ids[2])) <= {0, 1, 2}
+    # 1e-12 relative: log Z = 1e4 + log(1 + e^-1e4 + e^-2e4) = 1e4 exactly in float64
+    np.testing.assert_allclose(log_z[[0, 1, 3, 4]], 1e4, rtol=1e-12)
+    assert log_z[2] == pytest.approx(math.log(3.0), rel=1e-12)
+
+
+def test_calibrate_beta_hits_the_perplexity():
+    Z = bench.make_targets(3000, 16, seed=0)
+    U = bench.make_queries(bench.make_targets(20, 16, seed=1), 1.0)
+    beta, ppl = bench.calibrate_beta(Z, U, 200.0, rtol=0.005)
+    assert abs(ppl / 200.0 - 1) <= 0.005
+    # 1e-9: the same computation repeated, now through perplexity() on the full block
+    assert bench.perplexity(beta * (U @ Z.T)).mean() == pytest.approx(ppl, rel=1e-9)
+    assert bench.perplexity(2 * beta * (U @ Z.T)).mean() < ppl  # monotone in beta
+    with pytest.raises(ValueError, match="target: expected a perplexity in"):
+        bench.calibrate_beta(Z, U, 3000.0)
+    with pytest.raises(ValueError, match="queries: expected shape"):
+        bench.calibrate_beta(Z, U[:, :3], 100.0)
+
+
+def test_perplexity_of_uniform_and_one_hot():
+    # 1e-12: exp(log 50) and exp(0) in float64
+    assert bench.perplexity(np.zeros((1, 50)))[0] == pytest.approx(50.0, rel=1e-12)
+    assert bench.perplexity(np.array([[0.0, -1e4, -1e4]]))[0] == pytest.approx(1.0, rel=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Memory-mapped targets
+# --------------------------------------------------------------------------
+
+def test_tree_and_samplers_work_from_a_memmap(tmp_path):
+    Z = bench.make_targets(3000, 16, seed=3)
+    path = tmp_path / "z.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=Z.shape)
+    mm[:] = Z
+    mm.flush()
+    del mm
+    points = np.load(path, mmap_mode="r")
+    assert isinstance(points, np.memmap) and not points.flags.writeable
+    tree = Tree.build(points, seed=0)
+    tree.check_invariants()
+    ref = Tree.build(Z, seed=0)
+    np.testing.assert_array_equal(tree.order, ref.order)  # same seed, same data: the same tree
+    np.testing.assert_array_equal(tree.radius, ref.radius)
+    Q = 20.0 * bench.make_queries(bench.make_targets(30, 16, seed=4), 1.0)
+    ids, logits = topk(tree, Q, 5)
+    b_ids, b_logits = bench.brute_force_topk(points, Q, 5)
+    np.testing.assert_array_equal(ids, b_ids)
+    s_ids, counters = rejection_sample(tree, Q, 8, np.random.default_rng(0))
+    assert s_ids.shape == (30, 8) and s_ids.min() >= 0 and s_ids.max() < 3000
+    np.testing.assert_array_equal(s_ids, rejection_sample(ref, Q, 8, np.random.default_rng(0))[0])
+    np.testing.assert_array_equal(points, Z)  # the memmap was only read
+
+
+def test_bench_runs_from_memmap_files(tmp_path):
+    cfg = bench.BenchConfig(**{**TINY, "sizes": (500,)}, memmap=str(tmp_path / "mm"))
+    result = bench.run_bench(cfg)
+    f = tmp_path / "mm" / "targets_clustered_n500_k64_seed0.npy"
+    assert f.exists() and np.load(f, mmap_mode="r").shape == (500, 64)
+    r = result["runs"][0]
+    assert result["verified"] and r["build"]["memmap"] is True
+    # on disk, only the traced (in-process) allocations count towards the build's memory
+    assert r["build"]["peak_bytes"] == r["build"]["peak_traced_bytes"]
+    in_ram = bench.run_bench(bench.BenchConfig(**{**TINY, "sizes": (500,)}))["runs"][0]
+    assert r["beta"] == in_ram["beta"]  # same data, same calibration
+    assert r["topk"]["counters"] == in_ram["topk"]["counters"]
