@@ -46,7 +46,8 @@ def test_p4_pointwise_tv_kl(data, n_expand):
     tol = FP_RTOL * fp_scale(tree, Q)
     assert np.isneginf(log_phat[:, ~live]).all() and np.isfinite(log_phat[:, live]).all()
     phat, p = np.exp(log_phat[:, live]), np.exp(log_p[:, live])
-    np.testing.assert_allclose(phat.sum(axis=1), 1.0, rtol=0, atol=1e-12)  # <= 121 terms of size <= 1
+    # normalisation: log Phat = <q, r_v> - log_z_hat is exact to tol (log space), so sum Phat = 1 to ~tol
+    assert (np.abs(phat.sum(axis=1) - 1.0) <= tol).all(), phat.sum(axis=1) - 1.0
     diff = np.abs(log_phat[:, live] - log_p[:, live]).max(axis=1)
     assert (diff <= log_prob_bound(tree, Q, cut) + tol).all(), (diff, log_prob_bound(tree, Q, cut))
     tv = 0.5 * np.abs(phat - p).sum(axis=1)
