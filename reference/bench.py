@@ -117,6 +117,9 @@ BUDGET_SECONDS = 60.0
 # Queries per block inside reference.sampling (its _QUERY_BLOCK).
 _SAMPLER_BLOCK = 256
 
+#: Targets per leaf cluster of the clustered data with ``--depth auto``.
+AUTO_CLUSTER_SIZE = 25
+
 #: Sizes, queries and repeats of ``--quick`` (a smoke test of a few seconds).
 QUICK = dict(sizes=(1000, 3000, 10000), queries=100, repeats=1, calibration_queries=16)
 
@@ -158,6 +161,7 @@ class BenchConfig:
     leaf_size: int = 32
     memmap: str | None = None
     quick: bool = False
+    depth: int | str = 3
 
     def validated(self) -> "BenchConfig":
         """Return a checked copy, or raise ``ValueError`` naming the bad option."""
@@ -184,9 +188,10 @@ class BenchConfig:
         leaf_size = check_int(self.leaf_size, "leaf_size", low=1)
         if self.memmap is not None and not isinstance(self.memmap, (str, os.PathLike)):
             raise ValueError(f"memmap: expected a directory path, got {self.memmap!r}")
+        depth = self.depth if self.depth == "auto" else check_int(self.depth, "depth", low=1)
         return BenchConfig(sizes, data, k, queries, negatives, top, ppl, min(cal, queries), repeats, seed,
                            branching, leaf_size, None if self.memmap is None else os.fspath(self.memmap),
-                           bool(self.quick))
+                           bool(self.quick), depth)
 
 
 # --------------------------------------------------------------------------
@@ -533,6 +538,14 @@ def _rss_now() -> int | None:
 # One data set at one N
 # --------------------------------------------------------------------------
 
+def cluster_depth(depth: int | str, n: int) -> int:
+    """Levels of cluster centres of the clustered data: ``depth``, or for ``"auto"`` the depth that
+    keeps about ``AUTO_CLUSTER_SIZE`` targets per leaf cluster, ``round(log_8(N / 25))`` (>= 1)."""
+    if depth == "auto":
+        return max(1, round(math.log(n / AUTO_CLUSTER_SIZE, 8)))
+    return check_int(depth, "depth", low=1)
+
+
 def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(targets (n, k), held-out query directions (queries, k)) of one data set.
 
@@ -541,7 +554,8 @@ def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.nd
     the targets are written to ``<dir>/targets_<data>_n<N>_k<k>_seed<seed>.npy``
     and returned as a read-only ``np.memmap``.
     """
-    allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed)
+    kw = {} if data != "clustered" else dict(depth=cluster_depth(cfg.depth, n))
+    allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed, **kw)
     directions = allp[n:].copy()
     if cfg.memmap is None:
         targets = allp[:n].copy()
@@ -569,7 +583,8 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     gc.collect()
     st = _proc_status()
     baseline = None if st is None else st["VmRSS"]
-    rec: dict[str, Any] = dict(data=data, n=n, load_start=_load())
+    rec: dict[str, Any] = dict(data=data, n=n, load_start=_load(),
+                               cluster_depth=cluster_depth(cfg.depth, n) if data == "clustered" else None)
     # ---- data and build (traced: tracemalloc counts the points and the tree's allocations)
     tracing_before = tracemalloc.is_tracing()
     if not tracing_before:
@@ -815,14 +830,16 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"bench: k={cfg['k']}  queries={cfg['queries']}  negatives={cfg['negatives']}  top-{cfg['topk']}  "
         f"perplexity target {cfg['perplexity']:g}  repeats={cfg['repeats']} (best of)  seed={cfg['seed']}  "
-        f"tree branching={cfg['branching']} leaf_size={cfg['leaf_size']}"
+        f"tree branching={cfg['branching']} leaf_size={cfg['leaf_size']}  cluster depth {cfg['depth']}"
         + (f"  memmap={cfg['memmap']}" if cfg["memmap"] else ""),
         f"machine: {mach['cpus']} CPUs, load average {mach['load_start']} at start, {mach['load_end']} at end"
         + (f", {mach['thread_env']}" if mach["thread_env"] else "") + f"; numpy {mach['numpy']}",
     ]
     for data in cfg["data"]:
         rr = [r for r in result["runs"] if r["data"] == data]
-        lines += ["", f"== {data} ==",
+        what = ("make_isotropic" if data == "isotropic" else
+                "make_targets, cluster depth " + "/".join(str(r["cluster_depth"]) for r in rr))
+        lines += ["", f"== {data} ==  ({what})",
                   f"{'N':>9} {'beta':>8} {'ppl cal':>7} {'ppl q10/50/90':>15} {'build s':>8} {'peak MiB':>9} "
                   f"{'(x pts)':>7} {'nodes':>7} {'height':>6} {'load':>5}"]
         for r in rr:
@@ -882,6 +899,19 @@ def _size(text: str) -> int:
     return int(v)
 
 
+def _depth(text: str) -> int | str:
+    """Parse ``--depth``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return v
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of the ``bench`` command on ``parser``."""
     d = BenchConfig()
@@ -902,6 +932,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, tree and samplers (default: 0)")
     parser.add_argument("--branching", type=int, default=d.branching, help="tree branching (default: %(default)s)")
     parser.add_argument("--leaf-size", type=int, default=d.leaf_size, help="tree leaf size (default: %(default)s)")
+    parser.add_argument("--depth", type=_depth, default=d.depth,
+                        help="levels of cluster centres of the clustered data (make_targets' depth, default 3: "
+                             "512 leaf clusters whatever N); 'auto': round(log_8(N / 25)) levels, about 25 "
+                             "targets per leaf cluster at every N")
     parser.add_argument("--memmap", type=str, default=None, metavar="DIR",
                         help="write the targets to DIR/*.npy and benchmark from a read-only np.memmap")
     parser.add_argument("--json", type=str, default=None, metavar="PATH",
@@ -924,6 +958,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         calibration_queries=QUICK["calibration_queries"] if quick else d.calibration_queries,
         repeats=args.repeats if args.repeats is not None else (QUICK["repeats"] if quick else d.repeats),
         seed=args.seed, branching=args.branching, leaf_size=args.leaf_size, memmap=args.memmap, quick=quick,
+        depth=args.depth,
     )
 
 

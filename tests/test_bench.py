@@ -22,6 +22,10 @@ from reference.sampling import rejection_sample, topk
 from reference.tree import Tree
 
 
+#: A benchmark of a fraction of a second (two small N, clustered data only).
+TINY = dict(sizes=(400, 800), data=("clustered",), queries=20, repeats=1, calibration_queries=8, perplexity=50.0)
+
+
 def _ids_sorted_by_logit(A: np.ndarray, k: int) -> np.ndarray:
     """Reference top-k by a full sort on (-logit, id)."""
     ids = np.arange(A.shape[1])
@@ -100,6 +104,8 @@ def test_quick_without_json_writes_nothing(tmp_path, monkeypatch, capsys):
     (["--quick", "--topk", "2000"], "topk: expected an integer <= 1000"),
     (["--quick", "--queries", "0"], "queries: expected an integer >= 1"),
     (["--data", "gaussian"], "invalid choice"),
+    (["--depth", "0"], "argument --depth: expected a positive integer or 'auto', got '0'"),
+    (["--depth", "deep"], "argument --depth: expected a positive integer or 'auto', got 'deep'"),
 ])
 def test_bad_options_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -108,12 +114,20 @@ def test_bad_options_exit_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_auto_depth_grows_the_cluster_hierarchy_with_n():
+    assert [bench.cluster_depth("auto", n) for n in (10_000, 100_000, 1_000_000)] == [3, 4, 5]
+    assert bench.cluster_depth(3, 10**6) == 3
+    result = bench.run_bench(bench.BenchConfig(**{**TINY, "depth": "auto"}))
+    # round(log_8(400 / 25)) = 1, round(log_8(800 / 25)) = 2
+    assert [r["cluster_depth"] for r in result["runs"]] == [1, 2]
+    assert "== clustered ==  (make_targets, cluster depth 1/2)" in bench.format_report(result)
+    with pytest.raises(ValueError, match="depth: expected an integer >= 1"):
+        bench.BenchConfig(depth=0).validated()
+
+
 # --------------------------------------------------------------------------
 # The benchmark's own checks can fail
 # --------------------------------------------------------------------------
-
-TINY = dict(sizes=(400, 800), data=("clustered",), queries=20, repeats=1, calibration_queries=8, perplexity=50.0)
-
 
 def test_wrong_tree_topk_is_reported(monkeypatch):
     def off_by_one(tree, Q, k, return_counters=False):
