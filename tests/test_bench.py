@@ -174,6 +174,13 @@ def test_brute_force_topk_orders_ties_by_smaller_id():
     ids, vals = bench.brute_force_topk(Z, np.ones((1, 1)), 3)
     np.testing.assert_array_equal(ids[0], [1, 2, 4])
     np.testing.assert_array_equal(vals[0], [3.0, 3.0, 3.0])
+    # Many ties among the k best (argpartition returns them in no particular order):
+    # exactly the sorted order on (-logit, id), wherever the k-th logit is not itself tied.
+    Z = np.random.default_rng(0).integers(0, 4, size=(200, 1)).astype(float)
+    q = np.ones((1, 1))
+    k = int((Z[:, 0] == 3).sum())           # all the 3s: no tie across the k-th boundary
+    ids, _ = bench.brute_force_topk(Z, q, k)
+    np.testing.assert_array_equal(ids[0], np.flatnonzero(Z[:, 0] == 3))
 
 
 def test_brute_force_sample_is_the_softmax():
