@@ -11,24 +11,43 @@ caps it well below 1). On a busy machine, start Python with
 OPENBLAS_NUM_THREADS=1: these matrices are too small to gain from BLAS
 threads, and oversubscribed cores can make threaded BLAS several times slower.
 
+Checkpoints and resuming: with ``--checkpoint PATH`` the run saves, every
+``--checkpoint-every`` C steps, its parameters, the Adam moments and step, the
+state of every generator (data, initialisation, batches), the step, the
+target-row counter, the training losses since the last progress line and the
+evaluation history (:func:`reference.persist.save_checkpoint`: atomic and
+checksummed). ``--resume`` continues from that file if it exists; a run killed
+(even by SIGKILL) and resumed prints the same progress lines after the resume
+point and the same final line (elapsed times aside) as an uninterrupted run,
+and ``--out`` writes the same JSON (final metrics, evaluation history, SHA-256
+of the final parameters) bitwise. A damaged checkpoint, or one written with
+other options, is an error naming the file (exit status 2); nothing is
+overwritten.
+
 Example:
     python -m reference demo --targets 2000 --steps 400
+    python -m reference demo --checkpoint demo.ckpt.npz --checkpoint-every 50 --resume --out demo.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from reference import persist
 from reference._validation import check_int, check_positive
 from reference.data import make_dataset
 from reference.encoder import ACTIVATIONS, DTYPES, DualEncoder, EncoderConfig
 from reference.metrics import evaluate
 from reference.optim import Adam
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "params_sha256", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +86,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    r = parser.add_argument_group("checkpoints and output")
+    r.add_argument(
+        "--checkpoint", type=Path, default=None, metavar="PATH",
+        help="checkpoint file, written atomically every --checkpoint-every steps (default: none)",
+    )  # fmt: skip
+    r.add_argument(
+        "--checkpoint-every", type=int, default=50, metavar="C",
+        help="steps between checkpoints when --checkpoint is given (0: never; default: %(default)s)",
+    )  # fmt: skip
+    r.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists (needs --checkpoint)")
+    r.add_argument(
+        "--out", type=Path, default=None, metavar="PATH",
+        help="write a JSON with the final metrics, the evaluation history and the SHA-256 of the final parameters",
+    )  # fmt: skip
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -85,6 +118,38 @@ def _validate(args: argparse.Namespace) -> None:
     check_positive(args.lr, "--lr")
     check_int(args.eval_every, "--eval-every", low=1)
     check_int(args.seed, "--seed", low=0)
+    check_int(args.checkpoint_every, "--checkpoint-every", low=0)
+    if args.resume and args.checkpoint is None:
+        raise ValueError("--resume: expected --checkpoint PATH to resume from, got none")
+
+
+# Options that change the run's numbers: a checkpoint is only resumed under the same ones.
+_RESULT_OPTIONS = ("targets", "dim", "queries_per_target", "noise", "hidden", "out_dim", "activation",
+                   "normalize", "beta", "dtype", "steps", "batch_size", "lr", "eval_every", "seed")  # fmt: skip
+
+
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that determine the result, as JSON-safe values (stored in checkpoints and --out)."""
+    out = {}
+    for name in _RESULT_OPTIONS:
+        value = getattr(args, name)
+        out[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def params_sha256(params: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the parameters: for every name in sorted order, its name, dtype, shape and bytes.
+
+    Two models agree on this digest iff their parameters agree bitwise (up to
+    SHA-256 collisions); used by ``--out`` to compare a resumed run with an
+    uninterrupted one.
+    """
+    h = hashlib.sha256()
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +185,31 @@ def run(args: argparse.Namespace) -> int:
     )
     model = DualEncoder(config, seed=init_rng)
     opt = Adam(model.params, lr=args.lr)
+    rngs = {"data": data_rng, "init": init_rng, "batch": batch_rng}
+    run_config = _run_config(args)
+    # history: one [step, train loss (nan at step 0), test loss, recall@1, recall@10] per progress line.
+    history: list[list[float]] = []
+    losses: list[float] = []
+    first = 1
+    path: Path | None = args.checkpoint
+    if args.resume and path is not None and path.exists():
+        ckpt = persist.load_checkpoint(path)  # PersistError (a ValueError) names the file
+        extra = ckpt["extra"]
+        if ckpt["meta"].get("config") != run_config or not isinstance(extra, dict):
+            raise ValueError(
+                f"{path}: checkpoint of a demo with options {ckpt['meta'].get('config')}, "
+                f"expected {run_config} (delete it or drop --resume)"
+            )
+        try:  # validated by each setter before it changes anything
+            model.set_params(ckpt["params"])
+            opt.load_state_dict(ckpt["optimizer"])
+            for name, g in rngs.items():
+                persist.restore_rng(g, persist.rng_to_array(ckpt["rngs"][name]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: checkpoint does not fit this demo ({type(exc).__name__}: {exc})") from None
+        model.target_rows_encoded = int(extra["target_rows_encoded"])
+        history, losses = list(extra["history"]), list(extra["losses"])  # as saved (exact, same types)
+        first = int(ckpt["step"]) + 1
     N = data.targets.shape[0]
     n_train = data.train_x.shape[0]
     widths = "-".join(map(str, config.widths("query")))
@@ -128,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         f"towers {widths} {config.activation}{' + L2 norm' if config.normalize else ''}, beta={config.beta:g}, "
         f"{config.dtype}; full softmax, Adam lr={args.lr:g}, batch {args.batch_size}, {args.steps} steps"
     )
+    if first > 1:
+        say(f"demo: resumed from {path} at step {first - 1}")
 
     def progress(step: int, train_loss: float | None) -> dict[str, float]:
         ev = evaluate(model, data.test_x, data.test_pos, data.targets, ks=(1, 10))
@@ -137,18 +229,30 @@ def run(args: argparse.Namespace) -> int:
             f"test recall@1 {ev['recall@1']:.4f}  recall@10 {ev['recall@10']:.4f}  "
             f"elapsed {time.perf_counter() - start:6.1f}s"
         )
+        history.append([float(step), np.nan if train_loss is None else train_loss,
+                        float(ev["loss"]), float(ev["recall@1"]), float(ev["recall@10"])])
         return ev
 
-    ev = progress(0, None)
-    losses: list[float] = []
-    for step in range(1, args.steps + 1):
+    def save(step: int) -> None:
+        persist.save_checkpoint(
+            path, step=step, params=model.params, optimizer=opt.state_dict(), rngs=rngs,
+            extra={"target_rows_encoded": int(model.target_rows_encoded), "history": history, "losses": losses},
+            meta={"command": "demo", "config": run_config},
+        )  # fmt: skip
+
+    if first == 1:
+        progress(0, None)
+    for step in range(first, args.steps + 1):
         batch = batch_rng.integers(0, n_train, args.batch_size)  # uniform, with replacement
         loss, grads = model.full_softmax_loss(data.train_x[batch], data.train_pos[batch], data.targets)
         opt.step(grads)
         losses.append(loss)
         if step % args.eval_every == 0 or step == args.steps:
-            ev = progress(step, float(np.mean(losses)))  # mean training loss since the last line
+            progress(step, float(np.mean(losses)))  # mean training loss since the last line
             losses = []
+        if path is not None and args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
+            save(step)
+    ev = {"loss": history[-1][2], "recall@1": history[-1][3], "recall@10": history[-1][4]}
     r1, r10 = ev["recall@1"], ev["recall@10"]
     print(
         f"final: test recall@1 {r1:.4f} (chance 1/N = {1 / N:.4g}, {r1 * N:.0f}x chance)  "
@@ -157,4 +261,16 @@ def run(args: argparse.Namespace) -> int:
         f"target rows encoded {model.target_rows_encoded}  elapsed {time.perf_counter() - start:.1f}s",
         flush=True,
     )
+    if args.out is not None:
+        result = {
+            "config": run_config,
+            "final": {"test_loss": ev["loss"], "recall@1": r1, "recall@10": r10,
+                      "target_rows_encoded": int(model.target_rows_encoded)},
+            "history": {"columns": ["step", "train_loss", "test_loss", "recall@1", "recall@10"],
+                        "rows": [[None if np.isnan(v) else v for v in row] for row in history]},
+            "params_sha256": params_sha256(model.params),
+        }  # fmt: skip
+        text = json.dumps(result, indent=1, allow_nan=False).encode("utf-8")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        persist.atomic_write(args.out, lambda f: f.write(text))
     return 0
