@@ -45,9 +45,10 @@ own memory).
 
 Example::
 
-    python -m reference bench                       # the full run (~10 minutes)
+    python -m reference bench                       # the full run (10-20 minutes on 2 busy cores)
     python -m reference bench --quick               # smoke test, a few seconds
     python -m reference bench --sizes 1e6 --data clustered --memmap /tmp/bench
+    python -m reference bench --data clustered --depth auto   # cluster hierarchy deepening with N
 """
 
 from __future__ import annotations
