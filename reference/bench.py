@@ -34,6 +34,37 @@ N, normally 1e6) beside the measured figure, with PASS or MISS. Timings are
 wall-clock on whatever else the machine is doing: the load average is
 recorded next to every phase.
 
+Where the time goes (py-spy, N = 1e6 clustered, 1000 queries, measured
+2026-11-25; see the README for the PASS/MISS table):
+
+- ``rejection_sample``: 73% is building the cut (``bounds._refine``); 43% is
+  ``bounds._rowdot`` gathering target rows (27%) and query rows (10%) for
+  about 12.8M target and 4.4M node inner products. 15% is
+  ``bounds._group_logsumexp`` (``np.maximum.at`` and ``bincount``), about 12%
+  is filtering and concatenating the entry pool, and 6.6% is recomputing
+  ``||r_v||`` per proposal. The cut has about 14.9k entries per query, 12.8k
+  of them single targets from expanded leaves.
+- ``topk``: 74.5% is ``bounds._rowdot``, 69% of the total in leaf
+  evaluation; 6.3% is recomputing ``||r_v||`` for every node on each call.
+- ``Tree.build``: 81% is k-means, mainly the batched distance products and
+  the k-means++ seeding.
+
+The logits are many because ``||q|| rho_v`` is loose in 64 dimensions. The
+default data has 512 leaf clusters whatever N is, so at N = 1e6 each holds
+about 2000 points of isotropic noise that no bound can separate: a leaf's
+slack is about 15 nats, and the median gap between a leaf's bound and its
+true best logit is 13 nats. Design changes that would close the speed
+targets, in order of measured or estimated effect:
+
+(a) keep the points in DFS order (``points[order]``), so a node's targets are
+    consecutive rows: ``topk`` measured 1.35-1.76x faster;
+(b) cache ``||r_v||`` on the tree (about 6% of each operation);
+(c) keep an expanded leaf as one exact cut entry (logsumexp of its targets,
+    eps = 0) and sample inside it from its own softmax, which cuts the cut
+    entries from about 14.9k to about 6k per query;
+(d) stop splitting where children's radii no longer shrink, and score large
+    leaves with one BLAS product per group of queries.
+
 Peak memory of the build is measured two ways: the process's peak resident
 set size during the build (Linux ``VmHWM``, reset at the start of the phase
 through ``/proc/self/clear_refs``) above the resident size before the data
