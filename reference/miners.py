@@ -47,13 +47,15 @@ The miners (``MINERS``, in the order of the comparison table)
                   tree is over the Nystrom coordinates phi(y) of the cache;
                   every step only the m landmarks are re-encoded, W_t is
                   formed and queries are mapped to psi_t(x) = beta W_t f_t(x)
-                  (SPEC section 5); the cache is refreshed every R steps.
+                  (SPEC section 5); every R steps the cache is re-encoded
+                  and the same index is repaired (DynamicIndex.refresh).
 
 Every miner takes its randomness from the ``rng`` passed to :meth:`Miner.mine`
 and keeps no other hidden state: :meth:`Miner.state_dict` returns plain arrays
-from which :meth:`Miner.load_state_dict` restores it exactly (derived objects
-such as trees are rebuilt deterministically from those arrays), which is what
-makes a resumed training run bitwise identical to an uninterrupted one.
+from which :meth:`Miner.load_state_dict` restores it exactly (``tree_stale``
+rebuilds its tree deterministically from its cache; ``tree_nystrom``, whose
+index is repaired in place at every refresh, saves the whole index), which is
+what makes a resumed training run bitwise identical to an uninterrupted one.
 
 Memory accounting (what a deployment keeps on the accelerator per step)
 ------------------------------------------------------------------------
@@ -103,6 +105,7 @@ neural probabilistic language model", IEEE TNN 2008 (the logQ correction).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -110,7 +113,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
-from reference import bounds, sampling
+from reference import bounds, persist, sampling
 from reference._validation import (
     as_float_array,
     as_index_array,
@@ -688,31 +691,33 @@ class TreeStale(_StaleCache):
 class TreeNystrom(Miner):
     """The method: tree sampling over Nystrom coordinates, updated by m landmarks per step.
 
-    SPEC section 5. Every R steps (and at step 0) all N targets are re-encoded
-    into the cache g_s, m landmarks are chosen on it
-    (:func:`reference.nystrom.select_landmarks`, ``landmark_method``, drawing
-    from ``rng``) and a :class:`reference.dynamic.DynamicIndex` is built: the
-    tree over phi(y) = K_LL^{-1/2} k(y). At every step only the landmarks are
-    re-encoded, G_t(L) (m target-encoder passes; none at a refresh step, where
-    G_t(L) = g_s(L)), ``DynamicIndex.step`` forms W_t = K_LL^{-1/2} G_t(L), the
-    query becomes psi_t(x) = beta W_t f_t(x) and n i.i.d. draws are taken from
-    the adaptive cut's distribution (``cut_tol``) with log Q = log Phat_C(y)
-    for the approximate logits <psi_t(x), phi(y)> = beta <f_t(x), ghat_t(y)>
+    SPEC section 5. At step 0 all N targets are encoded into the cache g_s,
+    m landmarks are chosen on it (:func:`reference.nystrom.select_landmarks`,
+    ``landmark_method``, drawing from ``rng``) and ONE
+    :class:`reference.dynamic.DynamicIndex` is built for the whole run: the
+    tree over phi(y) = K_LL^{-1/2} k(y). Every R steps all N targets are
+    re-encoded, landmarks are re-chosen on the new cache and the index is
+    *repaired* by :meth:`reference.dynamic.DynamicIndex.refresh` (the map is
+    re-fitted, every phi(y) moves, ``Tree.update`` + ``Tree.rebuild`` of the
+    subtrees below depth 1; ``Tree.build`` is never called again). At every
+    step only the landmarks are re-encoded, G_t(L) (m target-encoder passes;
+    none at a refresh step, where G_t(L) = g_s(L)), ``DynamicIndex.step``
+    forms W_t = K_LL^{-1/2} G_t(L), the query becomes
+    psi_t(x) = beta W_t f_t(x) and n i.i.d. draws are taken from the
+    adaptive cut's distribution (``cut_tol``) with log Q = log Phat_C(y) for
+    the approximate logits <psi_t(x), phi(y)> = beta <f_t(x), ghat_t(y)>
     (P4, P12, P13).
 
-    State: the cache and the landmarks; the index is rebuilt from them
-    (deterministically) on ``load_state_dict``, and W_t is recomputed from
-    fresh landmark encodings before every use. For that reason a refresh
-    builds a new index instead of repairing the old one
-    (``DynamicIndex.refresh``: update + partial rebuild): a repaired tree
-    depends on its whole history and on the tree's own k-means generator,
-    which :class:`reference.tree.Tree` cannot yet save, so a resumed run could
-    not reproduce it bitwise. Both give a valid tree; only the cuts, not the
-    correctness of log Q, depend on which.
+    State: the whole index (cache, map, tree with its k-means generator, W_t,
+    counters), flattened by :mod:`reference.persist`'s object-graph encoder
+    into plain arrays (``index.graph``: the graph as UTF-8 JSON bytes;
+    ``index.*``: its arrays). A repaired tree depends on its whole history,
+    so it is saved, not rebuilt: a resumed run continues bitwise.
     """
 
     name = "tree_nystrom"
     samples = True
+    _GRAPH_KEY = "index.graph"
 
     def __init__(self, config: MinerConfig) -> None:
         self.n, self.R, self.m = config.negatives, config.refresh_every, config.landmarks
@@ -720,13 +725,17 @@ class TreeNystrom(Miner):
         self.method = check_choice(config.landmark_method, "landmark_method", LANDMARK_METHODS)
         self.branching, self.leaf_size, self.tol, self.seed = (
             config.branching, config.leaf_size, config.cut_tol, config.seed)
-        self.cache: np.ndarray | None = None  # (N, d) g_s
-        self.landmarks: np.ndarray | None = None  # (m,) landmark ids
-        self.index: Any = None
+        self.index: DynamicIndex | None = None
 
-    def _rebuild(self) -> None:
-        self.index = DynamicIndex(self.cache, self.landmarks, kernel=self.kernel, beta=1.0,
-                                  branching=self.branching, leaf_size=self.leaf_size, seed=self.seed)
+    @property
+    def cache(self) -> np.ndarray | None:
+        """(N, d) the index's cache g_s (None before the first step)."""
+        return None if self.index is None else self.index.cache
+
+    @property
+    def landmarks(self) -> np.ndarray | None:
+        """(m,) the index's landmark ids (None before the first step)."""
+        return None if self.index is None else self.index.landmarks
 
     def mine(self, model, targets, x, pos, step, rng) -> Negatives:
         Y, X, _ = _check_batch(model, targets, x, pos)
@@ -734,15 +743,19 @@ class TreeNystrom(Miner):
         step = check_int(step, "step", low=0)
         if self.m > Y.shape[0]:
             raise ValueError(f"landmarks: expected m <= N = {Y.shape[0]}, got {self.m}")
-        if self.cache is not None and self.cache.shape[0] != Y.shape[0]:
-            raise ValueError(f"targets: expected {self.cache.shape[0]} rows (as the cache), got {Y.shape[0]}")
-        if step % self.R == 0 or self.cache is None:
-            self.cache = model.encode_targets(Y)
-            self.landmarks = select_landmarks(self.cache, self.m, method=self.method, rng=rng, kernel=self.kernel)
-            self._rebuild()
-            G_L = self.cache[self.landmarks]
+        if self.index is not None and self.index.cache.shape[0] != Y.shape[0]:
+            raise ValueError(f"targets: expected {self.index.cache.shape[0]} rows (as the cache), got {Y.shape[0]}")
+        if step % self.R == 0 or self.index is None:
+            G = model.encode_targets(Y)
+            L = select_landmarks(G, self.m, method=self.method, rng=rng, kernel=self.kernel)
+            if self.index is None:  # the only Tree.build of the run
+                self.index = DynamicIndex(G, L, kernel=self.kernel, beta=1.0,
+                                          branching=self.branching, leaf_size=self.leaf_size, seed=self.seed)
+            else:  # repair: Tree.update + Tree.rebuild(depth), no build
+                self.index.refresh(G, landmarks=L)
+            G_L = self.index.cache[self.index.landmarks]
         else:
-            G_L = model.encode_targets(Y[self.landmarks])
+            G_L = model.encode_targets(Y[self.index.landmarks])
         self.index.step(G_L)
         psi = self.index.queries(model.beta * model.encode_queries(X))  # psi_t(x) = beta W_t f_t(x)
         cut = bounds.adaptive_cut(self.index.tree, psi, self.tol)
@@ -750,20 +763,51 @@ class TreeNystrom(Miner):
         return Negatives(ids=ids, log_q=log_q, logits=_cut_logits(self.index.tree, cut))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        if self.cache is None:
+        if self.index is None:
             return {}
-        return {"cache": self.cache.copy(), "landmarks": self.landmarks.copy()}
+        enc = persist._Encoder()
+        graph = enc.encode(self.index, "index")
+        raw = np.frombuffer(json.dumps(graph, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
+        return {self._GRAPH_KEY: raw, **{k: np.array(v, copy=True) for k, v in enc.arrays.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state: expected a dict name -> array, got {type(state).__name__}")
         if len(state) == 0:
-            self.cache = self.landmarks = self.index = None
+            self.index = None
             return
-        st = _check_state(state, {"cache": ((None, None), "f"), "landmarks": ((self.m,), "iu")})
-        cache, landmarks = st["cache"], st["landmarks"].astype(np.int64)
-        if landmarks.min() < 0 or landmarks.max() >= cache.shape[0] or np.unique(landmarks).size != self.m:
-            raise ValueError(f"state['landmarks']: expected {self.m} distinct ids in [0, {cache.shape[0]})")
-        self.cache, self.landmarks = cache, landmarks
-        self._rebuild()
+        raw = np.asarray(state.get(self._GRAPH_KEY, np.zeros((0, 0))))
+        if raw.ndim != 1 or raw.dtype != np.uint8:
+            raise ValueError(
+                f"state[{self._GRAPH_KEY!r}]: expected 1-d uint8 (JSON bytes), got {raw.dtype} {raw.shape}")
+        arrays = {k: np.array(v, copy=True) for k, v in state.items() if k != self._GRAPH_KEY}
+        try:
+            graph = json.loads(raw.tobytes().decode("utf-8"))
+            index = persist._Decoder(arrays).decode(graph)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, UnicodeDecodeError) as exc:
+            raise ValueError(f"state: the index graph does not decode ({type(exc).__name__}: {exc})") from None
+        if not isinstance(index, DynamicIndex):
+            raise ValueError(f"state: expected a DynamicIndex, got {type(index).__name__}")
+        enc = persist._Encoder()
+        enc.encode(index, "index")
+        if sorted(enc.arrays) != sorted(arrays):  # every array used, none left over
+            extra, missing = sorted(set(arrays) - set(enc.arrays)), sorted(set(enc.arrays) - set(arrays))
+            raise ValueError(
+                f"state: expected exactly the arrays of the index graph; unexpected {extra}, missing {missing}")
+        N, d = index.cache.shape if index.cache.ndim == 2 else (-1, -1)
+        L = index.landmarks
+        ok = (index.cache.ndim == 2 and L.shape == (self.m,) and index.W.shape == (self.m, d)
+              and index.W0.shape == (self.m, d) and index.tree.points.shape == (N, self.m)
+              and np.unique(L).size == self.m and L.min() >= 0 and L.max() < N
+              and all(np.isfinite(a).all() for a in (index.cache, index.W, index.W0, index.tree.points)))
+        if not ok:
+            raise ValueError(f"state: expected an index with cache (N, d), {self.m} distinct landmarks in [0, N), "
+                             f"W and W0 ({self.m}, d), phi (N, {self.m}), all finite")
+        try:
+            index.tree.check_invariants()
+        except AssertionError as exc:
+            raise ValueError(f"state: the index's tree violates its invariants: {exc}") from None
+        self.index = index
 
     @staticmethod
     def memory(s: Sizes) -> tuple[int, int]:

@@ -439,3 +439,33 @@ def test_validation(data):
     with pytest.raises(ValueError, match="cache_size"):
         make_miner("neg_cache", MinerConfig(cache_size=data.n_targets + 1)).mine(
             model, data.targets, x, pos, 0, np.random.default_rng(0))
+
+
+def test_tree_nystrom_builds_its_tree_once_and_repairs_it_at_every_refresh(data, monkeypatch):
+    """One DynamicIndex for the run: Tree.build only at step 0, refresh = update + rebuild (invariants hold)."""
+    from reference.tree import Tree
+
+    calls = []
+    build = Tree.build.__func__
+
+    def counting_build(cls, *args, **kwargs):
+        calls.append(1)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Tree, "build", classmethod(counting_build))
+    model = make_model(data)
+    miner = make_miner("tree_nystrom", CFG)  # R = 3: refreshes at steps 3, 6, 9
+    rng = np.random.default_rng(1)
+    first = None
+    for step in range(11):
+        miner.mine(model, data.targets, *batch(data, seed=step), step, rng)
+        first = miner.index if first is None else first
+        assert miner.index is first and len(calls) == 1  # same object, never rebuilt from scratch
+        assert miner.index.n_refreshes == step // CFG.refresh_every
+        if step % CFG.refresh_every == 0:
+            miner.index.tree.check_invariants()
+            # the repaired tree is over the new coordinates phi of the fresh cache
+            np.testing.assert_allclose(miner.index.tree.points, miner.index.nmap.features(miner.cache),
+                                       rtol=TOL, atol=TOL)
+        perturb(model, 70 + step, scale=0.1)
+    assert miner.index.n_refreshes == 3
