@@ -27,8 +27,9 @@ Everything here takes a batch of queries; each query has its own cut, and a
 batch of cuts is stored flat in one :class:`Cut` (entries sorted by query).
 The tree is any object with the flat arrays of ``reference.tree.Tree``
 (``rep``, ``radius``, ``count``, ``child_ptr``, ``child_idx``, ``is_leaf``,
-``order``, ``start``, ``stop``, ``points``, ``alive``, ``n_live``, ``dim``);
-it is read, never modified.
+``order``, ``start``, ``stop``, ``points``, ``alive``, ``n_live``, ``dim``,
+and the caches ``points_dfs`` = ``points[order]`` and ``rep_norm`` =
+``||r_v||``); it is read, never modified.
 
 References
 ----------
@@ -75,7 +76,7 @@ _CHUNK = 2048
 _ROUNDING = 1e-9
 
 _TREE_ATTRS = ("rep", "radius", "count", "child_ptr", "child_idx", "is_leaf",
-               "order", "start", "stop", "points", "alive", "n_live", "dim")
+               "order", "start", "stop", "points", "alive", "n_live", "dim", "points_dfs", "rep_norm")
 
 
 # --------------------------------------------------------------------------
@@ -500,12 +501,21 @@ class _Terms:
                 _segment_logsumexp(base, ptr))
 
 
-def _terms(tree: Any, Q: np.ndarray, query: np.ndarray, node: np.ndarray, target: np.ndarray) -> _Terms:
-    """Score cut entries: ``s = <q, r_v>`` (``<q, z_y>`` for single targets)."""
+def _terms(tree: Any, Q: np.ndarray, query: np.ndarray, node: np.ndarray, target: np.ndarray,
+           target_pos: np.ndarray | None = None) -> _Terms:
+    """Score cut entries: ``s = <q, r_v>`` (``<q, z_y>`` for single targets).
+
+    ``target_pos``, if given, holds the DFS position of each single target
+    (``order[target_pos] == target``); those rows are then read from the
+    tree's ``points_dfs`` (the same numbers, read from nearby rows).
+    """
     isn = node >= 0
     s = np.empty(node.size)
     s[isn] = _rowdot(tree.rep, node[isn], Q, query[isn])
-    s[~isn] = _rowdot(tree.points, target[~isn], Q, query[~isn])
+    if target_pos is not None:
+        s[~isn] = _rowdot(tree.points_dfs, target_pos[~isn], Q, query[~isn])
+    else:
+        s[~isn] = _rowdot(tree.points, target[~isn], Q, query[~isn])
     n = _entry_counts(tree, node, target)
     log_n = np.full(node.size, -np.inf)
     pos = n > 0
@@ -590,8 +600,12 @@ class _CutState:
         return Cut(self.query, self.node, self.target, self.n_queries)
 
 
-def _expand(tree: Any, query: np.ndarray, node: np.ndarray):
-    """Children (with n_c > 0) of internal nodes and targets of leaves, per (query, node) pair."""
+def _expand(tree: Any, query: np.ndarray, node: np.ndarray, return_pos: bool = False):
+    """Children (with n_c > 0) of internal nodes and targets of leaves, per (query, node) pair.
+
+    Returns ``(query, node, target)``, and with ``return_pos`` also
+    ``target_pos``, the DFS position of each leaf target (-1 for child entries).
+    """
     leaf = tree.is_leaf[node]
     vi, qi = node[~leaf], query[~leaf]
     deg = tree.child_ptr[vi + 1] - tree.child_ptr[vi]
@@ -601,12 +615,16 @@ def _expand(tree: Any, query: np.ndarray, node: np.ndarray):
     child, qc = child[keep], qc[keep]
     vl, ql = node[leaf], query[leaf]
     n = tree.stop[vl] - tree.start[vl]
-    ys = tree.order[_ranges(tree.start[vl], n)]
+    pos = _ranges(tree.start[vl], n)
+    ys = tree.order[pos]
     qy = np.repeat(ql, n)
     new_q = np.concatenate([qc, qy])
     new_v = np.concatenate([child, np.full(ys.size, -1, np.int64)])
     new_y = np.concatenate([np.full(child.size, -1, np.int64), ys])
-    return new_q, new_v, new_y
+    if not return_pos:
+        return new_q, new_v, new_y
+    new_p = np.concatenate([np.full(child.size, -1, np.int64), pos])
+    return new_q, new_v, new_y, new_p
 
 
 _FIELDS = ("query", "node", "target", "s", "log_n", "eps")
@@ -736,8 +754,8 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         rounds += 1
         if rounds > max_rounds:
             raise RuntimeError("adaptive_cut: no progress after as many rounds as tree nodes (corrupt tree?)")
-        new_q, new_v, new_y = _expand(tree, query[marked], pool["node"][marked])
-        nt = _terms(tree, Q, new_q, new_v, new_y)
+        new_q, new_v, new_y, new_p = _expand(tree, query[marked], pool["node"][marked], return_pos=True)
+        nt = _terms(tree, Q, new_q, new_v, new_y, new_p)
         n_new_nodes = int(np.count_nonzero(new_v >= 0))
         node_logits += n_new_nodes
         target_logits += new_v.size - n_new_nodes

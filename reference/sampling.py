@@ -116,7 +116,7 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
         log_z_hat = _segment_logsumexp(log_w, ptr)
         qb = np.repeat(np.arange(b1 - b0), n)
         e = _SegmentCDF(log_w, log_z_hat, ptr).draw(qb, rng)
-        ids[b0:b1] = _uniform_descendant(tree, node[e], target[e], rng).reshape(-1, n)
+        ids[b0:b1] = _uniform_descendant(tree, node[e], target[e], rng)[0].reshape(-1, n)
         log_q[b0:b1] = (s[e] - log_z_hat[qb]).reshape(-1, n)
     if single:
         return ids[0], log_q[0]
@@ -228,7 +228,7 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
     ids = np.empty((B, k), np.int64)
     logits = np.empty((B, k))
     counters = dict(node_logits=0, target_logits=0, rounds=0)
-    rep_norm = np.linalg.norm(tree.rep, axis=1)
+    rep_norm = tree.rep_norm  # ||r_v||, cached on the tree
     for b0 in range(0, B, _QUERY_BLOCK):
         b1 = min(b0 + _QUERY_BLOCK, B)
         ids[b0:b1], logits[b0:b1] = _topk_block(tree, Q[b0:b1], k, rep_norm, counters)
@@ -263,14 +263,20 @@ class _SegmentCDF:
         return np.clip(e, self.ptr[qb], self.ptr[qb + 1] - 1)
 
 
-def _uniform_descendant(tree: Any, node: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For node entries, a target uniform in D(v) = order[start[v]:stop[v]]; single targets as they are."""
+def _uniform_descendant(tree: Any, node: np.ndarray, target: np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For node entries, a target uniform in D(v) = order[start[v]:stop[v]]; single targets as they are.
+
+    Returns ``(y, pos)``: the targets, and for node entries their DFS position
+    (``order[pos] == y[node >= 0]``), so their vectors are ``points_dfs[pos]``.
+    """
     y = target.copy()
     isn = node >= 0
     v = node[isn]
     offset = rng.integers(0, tree.stop[v] - tree.start[v])  # exact: probability 1/n_v each
-    y[isn] = tree.order[tree.start[v] + offset]
-    return y
+    pos = tree.start[v] + offset
+    y[isn] = tree.order[pos]
+    return y, pos
 
 
 def _i3_violation(what: str, v: np.ndarray, y: np.ndarray, excess: np.ndarray) -> ValueError:
@@ -329,14 +335,14 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         qb = np.repeat(np.arange(B), m)
         e = st.order[cdf.draw(qb, rng)]            # index into the raw arrays
         v, y0 = raw["node"][e], raw["target"][e]
-        y = _uniform_descendant(tree, v, y0, rng)
+        y, pos = _uniform_descendant(tree, v, y0, rng)
         isn = v >= 0
         # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
         log_acc = np.zeros(qb.size)
-        a = _rowdot(tree.points, y[isn], Q, qb[isn])
+        a = _rowdot(tree.points_dfs, pos, Q, qb[isn])  # rows of D(v) are consecutive in points_dfs
         log_acc[isn] = a - raw["s"][e[isn]] - raw["eps"][e[isn]]
         counters["target_logits"] += int(isn.sum())
-        scale = qnorm[qb[isn]] * (np.linalg.norm(tree.rep[v[isn]], axis=1) + tree.radius[v[isn]])
+        scale = qnorm[qb[isn]] * (tree.rep_norm[v[isn]] + tree.radius[v[isn]])
         excess = log_acc[isn] - _ROUNDING * (1.0 + scale)
         if np.any(excess > 0):
             raise _i3_violation("rejection_sample", v[isn], y[isn], excess)
@@ -389,16 +395,18 @@ def _children(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.n
     return qc[keep], c[keep]
 
 
-def _leaf_targets(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _leaf_targets(tree: Any, q: np.ndarray, v: np.ndarray):
+    """``(query, target, owner, pos)`` of every target of the leaves ``v``; ``pos`` is its DFS position."""
     n = tree.stop[v] - tree.start[v]
     idx = np.repeat(np.arange(v.size), n)
-    return q[idx], tree.order[_ranges(tree.start[v], n)], idx
+    pos = _ranges(tree.start[v], n)
+    return q[idx], tree.order[pos], idx, pos
 
 
 def _evaluate_leaves(tree, Q, q, v, ub, margin, counters):
     """Target logits of the leaves ``v`` (for queries ``q``), with the I3 sanity check ``a_y <= ub_v``."""
-    tq, ty, owner = _leaf_targets(tree, q, v)
-    a = _rowdot(tree.points, ty, Q, tq)
+    tq, ty, owner, pos = _leaf_targets(tree, q, v)
+    a = _rowdot(tree.points_dfs, pos, Q, tq)  # a leaf's targets are consecutive rows of points_dfs
     counters["target_logits"] += int(ty.size)
     excess = a - ub[owner] - margin[owner]
     if np.any(excess > 0):

@@ -384,6 +384,14 @@ class Tree:
     is_leaf : (M,) bool
     order : (n_live,) int64
         Live target ids in depth-first order; D(v) = order[start[v]:stop[v]].
+    points_dfs : (n_live, k) float64
+        ``points[order]``: the live targets in depth-first order, so the
+        vectors of D(v) are the consecutive rows ``start[v]:stop[v]``. A
+        cache for the samplers' leaf scoring (an extra N x k float64 of
+        memory), rebuilt whenever ``order`` is.
+    rep_norm : (M,) float64
+        ``||r_v||``, cached for the rounding margins of the samplers;
+        recomputed whenever ``rep`` changes.
     start, stop : (M,) int64
     leaf_of : (capacity,) int64
         The leaf holding y, or -1 if y is deleted.
@@ -410,6 +418,8 @@ class Tree:
         self.depth = np.zeros(0, dtype=np.int64)
         self.is_leaf = np.zeros(0, dtype=bool)
         self.order = np.zeros(0, dtype=np.int64)
+        self.points_dfs = np.zeros((0, 0))
+        self.rep_norm = np.zeros(0)
         self.start = np.zeros(0, dtype=np.int64)
         self.stop = np.zeros(0, dtype=np.int64)
         self.leaf_of = np.zeros(0, dtype=np.int64)
@@ -436,8 +446,9 @@ class Tree:
         ----------
         points : array_like (N, k)
             Target vectors z_y (float32, float64 or int; ``np.memmap`` is read
-            in blocks). The tree keeps a float64 copy: for N x k float64 input
-            this doubles the memory of the points.
+            in blocks). The tree keeps a float64 copy and a second one in
+            depth-first order (:attr:`points_dfs`): for N x k float64 input
+            this triples the memory of the points.
         branching : int, default 8
             b, the number of k-means children per node (>= 2).
         leaf_size : int, default 32
@@ -515,6 +526,7 @@ class Tree:
         self.depth = depth[old_of_new].astype(np.int64)
         self.is_leaf = is_leaf[old_of_new].copy()
         self.rep = rep[old_of_new].copy()
+        self.rep_norm = np.linalg.norm(self.rep, axis=1)
         self.radius = np.zeros(m) if radius is None else radius[old_of_new].copy()
         nchild = np.bincount(self.parent[1:], minlength=m) if m > 1 else np.zeros(m, dtype=np.int64)
         self.child_ptr = np.concatenate([[0], np.cumsum(nchild)]).astype(np.int64)
@@ -530,7 +542,7 @@ class Tree:
         return [slice(int(b[i]), int(b[i + 1])) for i in range(h + 1)]
 
     def _reindex(self) -> None:
-        """Recompute ``count``, ``start``, ``stop`` and ``order`` from ``leaf_of`` (O(N))."""
+        """Recompute ``count``, ``start``, ``stop``, ``order`` and ``points_dfs`` from ``leaf_of`` (O(N))."""
         m = self.parent.shape[0]
         live = np.flatnonzero(self.alive)
         count = np.bincount(self.leaf_of[live], minlength=m).astype(np.int64)
@@ -548,6 +560,10 @@ class Tree:
         self.stop = start + count
         self.order = live[np.argsort(start[self.leaf_of[live]], kind="stable")]
         self.n_live = int(live.shape[0])
+        # Drop the old copy before gathering the new one, so that at most one
+        # N x k copy in DFS order exists at a time.
+        self.points_dfs = np.zeros((0, self.points.shape[1]))
+        self.points_dfs = self.points[self.order]
 
     # --------------------------------------------------------------- refresh
     def _leaf_stats(self) -> None:
@@ -564,7 +580,7 @@ class Tree:
         for a, bnd in zip(edges[:-1], edges[1:]):
             lv = leaves[a:bnd]
             lo, hi = int(self.start[lv[0]]), int(self.stop[lv[-1]])
-            x = self.points[self.order[lo:hi]]
+            x = self.points_dfs[lo:hi]
             offs = self.start[lv] - lo
             cnt = self.count[lv]
             r = np.add.reduceat(x, offs, axis=0) / cnt[:, None]
@@ -593,6 +609,7 @@ class Tree:
         self.radius[empty] = 0.0
         self._leaf_stats()
         self._nest_upwards(self._levels())
+        self.rep_norm = np.linalg.norm(self.rep, axis=1)
         self.nested = True
 
     def refresh(self) -> None:
@@ -734,7 +751,10 @@ class Tree:
         if z.shape[0] != ids.shape[0]:
             raise ValueError(f"points: expected {ids.shape[0]} rows (one per id), got {z.shape[0]}")
         radius = self._enlarged_radii(ids, z, self.leaf_of[ids])
+        pos = np.empty(self.points.shape[0], dtype=np.int64)
+        pos[self.order] = np.arange(self.n_live)  # DFS position of each live id
         self.points[ids] = z
+        self.points_dfs[pos[ids]] = z
         self.radius = radius
         self.nested = False
 
@@ -824,6 +844,7 @@ class Tree:
             ("depth", self.depth, (m,), "i"), ("is_leaf", self.is_leaf, (m,), "b"),
             ("order", self.order, (self.n_live,), "i"), ("start", self.start, (m,), "i"),
             ("stop", self.stop, (m,), "i"), ("leaf_of", self.leaf_of, (cap,), "i"),
+            ("points_dfs", self.points_dfs, (self.n_live, k), "f"), ("rep_norm", self.rep_norm, (m,), "f"),
         ]:
             if arr.shape != shape or arr.dtype.kind != kind:
                 fail(f"layout: {name} has shape {arr.shape} dtype {arr.dtype}, expected {shape} kind {kind!r}")
@@ -912,3 +933,8 @@ class Tree:
                 i = bad[0]
                 fail(f"I4: node {p[i]} has radius {float(self.radius[p[i]])!r} < ||r_c - r_v|| + radius[c] = {float(reach[i])!r} "
                      f"for child {ch[i]} (tol {tol[p[i]]:.3e})")
+        # ---- caches (checked last, so a corrupted point or rep reports I3 / I4 first)
+        for i in np.flatnonzero((self.points_dfs != self.points[self.order]).any(axis=1))[:1]:
+            fail(f"cache: points_dfs row {i} differs from points[order[{i}]] (target {self.order[i]})")
+        for v in np.flatnonzero(self.rep_norm != np.linalg.norm(self.rep, axis=1))[:1]:
+            fail(f"cache: rep_norm[{v}] = {float(self.rep_norm[v])!r} but ||rep[{v}]|| = {float(np.linalg.norm(self.rep[v]))!r}")
