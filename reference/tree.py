@@ -53,7 +53,8 @@ Cost
 float64 copy of the points plus O(_BLOCK b k) temporaries (memmap input is
 read in blocks; float64 input is therefore held twice, input and copy).
 Measured on 2 cores for ``make_targets(N, 64)``, b = 8, leaf_size = 32:
-N = 1e4 0.1 s, 1e5 0.9 s, 1e6 14 s with peak RSS 1.4 GiB (points 0.5 GiB).
+N = 1e4 0.1 s, 1e5 0.9 s, 1e6 14 s with peak RSS 1.4 GiB (points 0.5 GiB) before ``points_dfs``
+was added; about 1.8 GiB since (measured by ``bench``).
 ``insert`` and ``delete`` recompute the order in O(N) and ``insert``
 reallocates ``points``, so insert in batches (1e3 points into a 1e6 tree:
 ~1 s). ``update`` is O(|ids| height k) (all 1e6 targets: ~4 s); ``refresh``
