@@ -765,10 +765,9 @@ class TreeNystrom(Miner):
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.index is None:
             return {}
-        enc = persist._Encoder()
-        graph = enc.encode(self.index, "index")
+        graph, arrays = persist.object_to_arrays(self.index, "index")
         raw = np.frombuffer(json.dumps(graph, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
-        return {self._GRAPH_KEY: raw, **{k: np.array(v, copy=True) for k, v in enc.arrays.items()}}
+        return {self._GRAPH_KEY: raw, **{k: np.array(v, copy=True) for k, v in arrays.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):
@@ -783,15 +782,17 @@ class TreeNystrom(Miner):
         arrays = {k: np.array(v, copy=True) for k, v in state.items() if k != self._GRAPH_KEY}
         try:
             graph = json.loads(raw.tobytes().decode("utf-8"))
-            index = persist._Decoder(arrays).decode(graph)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, UnicodeDecodeError) as exc:
-            raise ValueError(f"state: the index graph does not decode ({type(exc).__name__}: {exc})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"state: the index graph is not JSON ({type(exc).__name__}: {exc})") from None
+        try:
+            index = persist.object_from_arrays(graph, arrays)
+        except ValueError as exc:
+            raise ValueError(f"state: {exc}") from None
         if not isinstance(index, DynamicIndex):
             raise ValueError(f"state: expected a DynamicIndex, got {type(index).__name__}")
-        enc = persist._Encoder()
-        enc.encode(index, "index")
-        if sorted(enc.arrays) != sorted(arrays):  # every array used, none left over
-            extra, missing = sorted(set(arrays) - set(enc.arrays)), sorted(set(enc.arrays) - set(arrays))
+        _, used = persist.object_to_arrays(index, "index")
+        if sorted(used) != sorted(arrays):  # every array used, none left over
+            extra, missing = sorted(set(arrays) - set(used)), sorted(set(used) - set(arrays))
             raise ValueError(
                 f"state: expected exactly the arrays of the index graph; unexpected {extra}, missing {missing}")
         N, d = index.cache.shape if index.cache.ndim == 2 else (-1, -1)

@@ -840,6 +840,31 @@ class _Decoder:
         raise ValueError(f"unknown entry type {t!r}")
 
 
+def object_to_arrays(obj: Any, root: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """Encode an object graph as (JSON-serialisable graph, dict of arrays).
+
+    The in-memory half of :func:`save_object`, for callers that embed an
+    object in a larger array container (e.g. a miner's ``state_dict``).
+    ``root`` names the top of the graph in error messages. Raises
+    ``ValueError`` naming the attribute path of a value that cannot be saved.
+    """
+    enc = _Encoder()
+    graph = enc.encode(obj, root)
+    return graph, enc.arrays
+
+
+def object_from_arrays(graph: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild an object graph from :func:`object_to_arrays` output.
+
+    Only classes in :data:`OBJECT_CLASSES` are created; no code is executed
+    from the data. Raises ``ValueError`` if the graph does not decode.
+    """
+    try:
+        return _Decoder(dict(arrays)).decode(graph)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ValueError(f"the object graph does not decode ({type(exc).__name__}: {exc})") from None
+
+
 def save_object(path: str | os.PathLike[str], kind: str, obj: Any, meta: Mapping[str, Any] | None = None) -> None:
     """Atomically save an object graph (see "Objects" in the module docstring).
 
@@ -863,9 +888,8 @@ def save_object(path: str | os.PathLike[str], kind: str, obj: Any, meta: Mapping
         value that cannot be saved (e.g. ``tree.cache: cannot save a ...``).
     """
     kind = _check_kind(kind)
-    enc = _Encoder()
-    graph = enc.encode(obj, kind)
-    save_arrays(path, kind, enc.arrays, {_GRAPH: graph, "user": _check_meta(meta)})
+    graph, arrays = object_to_arrays(obj, kind)
+    save_arrays(path, kind, arrays, {_GRAPH: graph, "user": _check_meta(meta)})
 
 
 def _load_graph(path: str | os.PathLike[str], kind: str, expected: type | tuple[type, ...] | None) -> tuple[Any, dict[str, Any]]:
@@ -875,11 +899,9 @@ def _load_graph(path: str | os.PathLike[str], kind: str, expected: type | tuple[
             os.fspath(path), f"a {kind!r} file without an object graph (written by save_arrays, not save_object?)"
         )
     try:
-        obj = _Decoder(arrays).decode(meta[_GRAPH])
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise CorruptFileError(
-            os.fspath(path), f"the object graph does not decode ({type(exc).__name__}: {exc})"
-        ) from None
+        obj = object_from_arrays(meta[_GRAPH], arrays)
+    except ValueError as exc:
+        raise CorruptFileError(os.fspath(path), str(exc)) from None
     if expected is not None and not isinstance(obj, expected):
         raise CorruptFileError(os.fspath(path), f"holds a {type(obj).__name__}, expected {expected}")
     return obj, meta.get("user", {})
