@@ -90,6 +90,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import tracemalloc
@@ -583,25 +584,25 @@ def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.nd
 
     ``n + queries`` points are drawn from the data set's distribution; the
     last ``queries`` rows are held out as query directions. With ``--memmap``
-    the targets are written to ``<dir>/targets_<data>_n<N>_k<k>_seed<seed>.npy``
-    and returned as a read-only ``np.memmap``.
+    the targets are generated straight into
+    ``<dir>/targets_<data>_n<N>_k<k>_seed<seed>.npy`` (the generators'
+    ``out=``; the same values as in RAM) and returned as a read-only
+    ``np.memmap``, so N beyond RAM never passes through memory.
     """
     kw = {} if data != "clustered" else dict(depth=cluster_depth(cfg.depth, n))
-    allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed, **kw)
-    directions = allp[n:].copy()
     if cfg.memmap is None:
-        targets = allp[:n].copy()
+        allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed, **kw)
+        targets, directions = allp[:n].copy(), allp[n:].copy()
         del allp
         return targets, directions
     path = Path(cfg.memmap) / f"targets_{data}_n{n}_k{cfg.k}_seed{cfg.seed}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, cfg.k))
-    step = 1 << 16
-    for lo in range(0, n, step):
-        mm[lo:lo + step] = allp[lo:min(lo + step, n)]
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n + cfg.queries, cfg.k))
+    DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed, out=mm, **kw)
     mm.flush()
-    del mm, allp
-    return np.load(path, mmap_mode="r"), directions
+    directions = np.array(mm[n:])
+    del mm
+    return np.load(path, mmap_mode="r")[:n], directions
 
 
 def _fraction_logits(counters: dict[str, int], B: int, n: int) -> tuple[float, float]:
@@ -626,7 +627,12 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     rec["data_seconds"] = time.perf_counter() - t0
     points_bytes = n * cfg.k * 8
     log(f"[bench] {data} N={n}: data {rec['data_seconds']:.1f}s; building (load {_load()})")
-    build_kw = dict(branching=cfg.branching, leaf_size=cfg.leaf_size, seed=cfg.seed)
+    build_kw: dict[str, Any] = dict(branching=cfg.branching, leaf_size=cfg.leaf_size, seed=cfg.seed)
+    storage = None
+    if cfg.memmap is not None:  # a disk-backed tree: its N x k arrays are files too (Tree.build's storage)
+        storage = Path(cfg.memmap) / f"tree_{data}_n{n}"
+        shutil.rmtree(storage, ignore_errors=True)
+        build_kw["storage"] = storage
     with _Peak(baseline) as peak:
         t0 = time.perf_counter()
         tree = Tree.build(points, **build_kw)
@@ -637,6 +643,8 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     while len(build_times) < cfg.repeats and sum(build_times) < 30.0:
         del tree
         gc.collect()
+        if storage is not None:  # the previous tree's files
+            shutil.rmtree(storage, ignore_errors=True)
         t0 = time.perf_counter()
         tree = Tree.build(points, **build_kw)
         build_times.append(time.perf_counter() - t0)
@@ -644,7 +652,7 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     measured = [m for m in (None if on_disk else peak.rss_peak, peak.traced_peak) if m is not None]
     peak_bytes = max(measured) if measured else None
     rec["build"] = dict(
-        seconds=min(build_times), runs=build_times, points_bytes=points_bytes,
+        seconds=min(build_times), runs=build_times, points_bytes=points_bytes, storage=tree.storage,
         peak_rss_bytes=peak.rss_peak, peak_traced_bytes=peak.traced_peak, peak_bytes=peak_bytes,
         memory_budget_bytes=3 * points_bytes + _GIB, memmap=on_disk,
         n_nodes=int(tree.radius.shape[0]), height=int(tree.depth.max()),
@@ -695,6 +703,10 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     ppl_q = _query_perplexities(points, Q)
     rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
                                      p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
+    del tree, tree_sample, tree_topk, runs
+    if storage is not None:  # the disk-backed tree's files (N x k float64, twice) are not kept
+        gc.collect()
+        shutil.rmtree(storage, ignore_errors=True)
     return rec
 
 

@@ -124,6 +124,18 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+def _check_out(out: Any, n: int, dim: int, dt: np.dtype) -> None:
+    """``out`` must be None or a writable (n, dim) ndarray of dtype ``dt``; else ``ValueError``."""
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out: expected a numpy array (or np.memmap) or None, got {type(out).__name__}")
+    if out.shape != (n, dim) or out.dtype != dt:
+        raise ValueError(f"out: expected shape {(n, dim)} and dtype {dt}, got shape {out.shape} dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out: expected a writable array, got a read-only one")
+
+
 def _check_tree_shape(depth: Any, branching: Any, spread: Any) -> tuple[int, int, float]:
     depth = check_int(depth, "depth", low=1)
     branching = check_int(branching, "branching", low=1)
@@ -165,6 +177,7 @@ def make_targets(
     rng: np.random.Generator | None = None,
     dtype: Any = np.float64,
     return_clusters: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Targets from a hierarchical Gaussian mixture (SPEC section 7).
 
@@ -197,6 +210,11 @@ def make_targets(
         Output dtype.
     return_clusters : bool, default False
         Also return the (N, depth) cluster labels.
+    out : numpy.ndarray, optional
+        A writable (n, dim) array of ``dtype`` to fill and return instead of a
+        new one, e.g. an ``np.memmap`` (``np.lib.format.open_memmap``) for N
+        beyond RAM: the rows are written chunk by chunk, and only the (n,)
+        leaf labels are held in memory. The values are those of ``out=None``.
 
     Returns
     -------
@@ -209,6 +227,7 @@ def make_targets(
     dim = check_int(dim, "dim", low=1)
     depth, branching, spread = _check_tree_shape(depth, branching, spread)
     dt = _check_dtype(dtype)
+    _check_out(out, n, dim, dt)
     gen = _resolve_rng(seed, rng)
 
     sd = 1.0 / np.sqrt(dim)
@@ -219,7 +238,8 @@ def make_targets(
         parents = np.repeat(centres, branching, axis=0)
         centres = parents + gen.standard_normal(parents.shape) * (sd * spread**level)
     leaf = gen.integers(0, branching**depth, size=n)  # uniform leaf cluster per target
-    out = np.empty((n, dim), dtype=dt)
+    if out is None:
+        out = np.empty((n, dim), dtype=dt)
     _gaussian_rows(out, gen, sd * spread**depth, centres, leaf)
     if not return_clusters:
         return out
@@ -237,6 +257,7 @@ def make_isotropic(
     seed: SeedLike = None,
     rng: np.random.Generator | None = None,
     dtype: Any = np.float64,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Unclustered targets y ~ N(0, I/dim) (E||y||^2 = 1): the worst case for a tree index.
 
@@ -249,6 +270,9 @@ def make_isotropic(
     rng : numpy.random.Generator, optional
         Alternative to ``seed``.
     dtype : float32 or float64, default float64
+    out : numpy.ndarray, optional
+        A writable (n, dim) array of ``dtype`` to fill and return (e.g. an
+        ``np.memmap``), as in :func:`make_targets`.
 
     Returns
     -------
@@ -257,8 +281,9 @@ def make_isotropic(
     n = check_int(n, "n", low=1)
     dim = check_int(dim, "dim", low=1)
     dt = _check_dtype(dtype)
+    _check_out(out, n, dim, dt)
     gen = _resolve_rng(seed, rng)
-    return _gaussian_rows(np.empty((n, dim), dtype=dt), gen, 1.0 / np.sqrt(dim))
+    return _gaussian_rows(np.empty((n, dim), dtype=dt) if out is None else out, gen, 1.0 / np.sqrt(dim))
 
 
 def make_dataset(

@@ -70,6 +70,8 @@ its certified radii).
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -126,31 +128,32 @@ def _segment_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, lens)
 
 
-def _sqdist_to_centers(
+def _nearest_centers(
     points: np.ndarray,
     rows: np.ndarray,
     starts: np.ndarray,
     lens: np.ndarray,
     centers: np.ndarray,
 ) -> np.ndarray:
-    """Squared distances, up to ``||z||^2``, of each target to its segment's centers.
+    """Index in [0, b) of each target's nearest center among its segment's centers.
 
     Segment g holds ``points[rows[starts[g]:starts[g] + lens[g]]]`` and has the
-    centers ``centers[g]`` (b, k). Returns (n, b) with entry
-    ``||c_{g,j}||^2 - 2 <z, c_{g,j}>`` (adding ``||z||^2`` would not change an
-    argmin). Segments are batched by size class (powers of two) and padded, so
-    that each batch is one stacked matrix product (``np.matmul``); memory stays
-    at about ``_BLOCK`` rows per batch.
+    centers ``centers[g]`` (b, k). Returns (n,) int64, the argmin over j of
+    ``||c_{g,j}||^2 - 2 <z, c_{g,j}>`` (adding ``||z||^2`` would not change the
+    argmin; ties go to the smaller j). Segments are batched by size class
+    (powers of two) and padded, so that each batch is one stacked matrix
+    product (``np.matmul``); the distances exist only per batch, so memory
+    stays at about ``_BLOCK`` rows whatever n is (8 bytes of output per target,
+    not 8 b: this matters for the disk-backed build of N beyond RAM).
     """
     n = rows.shape[0]
-    b = centers.shape[1]
     cn = np.einsum("gbk,gbk->gb", centers, centers)
-    out = np.empty((n, b))
+    out = np.empty(n, dtype=np.int64)
     big = np.flatnonzero(lens > _BLOCK)
     for g in big:  # at most n / _BLOCK segments: row blocks of one large segment
         for lo in range(int(starts[g]), int(starts[g] + lens[g]), _BLOCK):
             hi = min(int(starts[g] + lens[g]), lo + _BLOCK)
-            out[lo:hi] = cn[g] - 2.0 * (points[rows[lo:hi]] @ np.ascontiguousarray(centers[g].T))
+            out[lo:hi] = np.argmin(cn[g] - 2.0 * (points[rows[lo:hi]] @ np.ascontiguousarray(centers[g].T)), axis=1)
     small = np.flatnonzero(lens <= _BLOCK)
     size_class = np.ceil(np.log2(np.maximum(lens[small], 1))).astype(np.int64)
     for c in np.unique(size_class):
@@ -164,7 +167,7 @@ def _sqdist_to_centers(
             ct = np.ascontiguousarray(centers[s].transpose(0, 2, 1))  # (|s|, k, b); contiguous for BLAS
             dots = np.matmul(points[rows[pos]], ct)  # (|s|, L, b)
             valid = col < lens[s][:, None]
-            out[pos[valid]] = (cn[s][:, None, :] - 2.0 * dots)[valid]
+            out[pos[valid]] = np.argmin(cn[s][:, None, :] - 2.0 * dots, axis=2)[valid]
     return out
 
 
@@ -231,7 +234,7 @@ def _kmeans_labels(
     ns = rows.shape[0]
     # Lloyd iterations on the subsample; empty clusters keep their center.
     for _ in range(iters):
-        lab = np.argmin(_sqdist_to_centers(points, rows, s_starts, s_lens, centers), axis=1)
+        lab = _nearest_centers(points, rows, s_starts, s_lens, centers)
         key = gs * b + lab
         # Cluster sums as a sparse (cluster x target id) one-hot product: reads
         # the rows of ``points`` in place, no gathered copy.
@@ -242,7 +245,7 @@ def _kmeans_labels(
         cnt = np.bincount(key, minlength=G * b).reshape(G, b)
         filled = cnt > 0
         centers[filled] = sums.reshape(G, b, k)[filled] / cnt[filled][:, None]
-    return np.argmin(_sqdist_to_centers(points, work, starts, lens, centers), axis=1)
+    return _nearest_centers(points, work, starts, lens, centers)
 
 
 def _grow(
@@ -330,12 +333,62 @@ def _check_branching_leaf(branching: Any, leaf_size: Any) -> tuple[int, int]:
     return check_int(branching, "branching", low=2), check_int(leaf_size, "leaf_size", low=1)
 
 
-def _copy_points(points: Any, name: str, dim: int | None) -> np.ndarray:
+def _check_storage(storage: Any) -> str:
+    """Validate ``storage`` (a directory path; created if missing) and return it as an absolute ``str``."""
+    if not isinstance(storage, (str, os.PathLike)):
+        raise ValueError(f"storage: expected a directory path (str or os.PathLike) or None, got {type(storage).__name__}")
+    path = os.path.abspath(os.fspath(storage))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"storage: expected a directory, got the existing non-directory {path!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"storage: cannot create the directory {path!r} ({exc.strerror})") from None
+    return path
+
+
+def _storage_of(arr: np.ndarray) -> str | None:
+    """Directory of the file behind ``arr`` if it is a file-backed ``np.memmap`` the tree made, else None."""
+    name = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    return None if name is None else os.path.dirname(name)
+
+
+def _allocate(shape: tuple[int, int], storage: str | None, kind: str) -> np.ndarray:
+    """An uninitialised float64 (rows, k) array: in RAM, or a new ``.npy`` file in ``storage`` mapped read-write."""
+    if storage is None:
+        return np.empty(shape, dtype=np.float64)
+    path = os.path.join(storage, f"tree-{kind}-{uuid.uuid4().hex}.npy")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)
+
+
+def _release(arr: np.ndarray) -> None:
+    """Delete the file behind a tree-made memmap (the mapping itself stays valid until unreferenced)."""
+    if _storage_of(arr) is not None:
+        arr.flush()
+        try:
+            os.unlink(arr.filename)
+        except OSError:  # already gone, or a platform that refuses to unlink mapped files: leave it
+            pass
+
+
+def _gather_rows(src: np.ndarray, rows: np.ndarray, storage: str | None, kind: str) -> np.ndarray:
+    """``src[rows]`` as a new array (in RAM, or a file in ``storage`` filled ``_BLOCK`` rows at a time)."""
+    if storage is None:
+        return src[rows]
+    out = _allocate((rows.shape[0], src.shape[1]), storage, kind)
+    for lo in range(0, rows.shape[0], _BLOCK):
+        out[lo : lo + _BLOCK] = src[rows[lo : lo + _BLOCK]]
+    return out
+
+
+def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = None) -> np.ndarray:
     """Validate ``points`` (N, k) and return a float64 copy, reading in blocks.
 
     Accepts float32/float64/int arrays and ``np.memmap`` (read ``_BLOCK`` rows
     at a time). Raises ``ValueError`` for wrong shape, empty input, NaN/inf or
-    entries beyond :data:`MAX_ABS_COORD`.
+    entries beyond :data:`MAX_ABS_COORD`. With ``storage`` (a directory) the
+    copy is a new ``.npy`` file there, memory-mapped; a rejected input leaves
+    no file behind.
     """
     arr = as_float_array(points, name, ndim=2, finite=False, allow_empty=True)
     if arr.shape[0] == 0:
@@ -344,17 +397,21 @@ def _copy_points(points: Any, name: str, dim: int | None) -> np.ndarray:
         raise ValueError(f"{name}: expected at least one coordinate per point, got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name}: expected shape (*, {dim}) to match the tree's dim, got {arr.shape}")
-    out = np.empty(arr.shape, dtype=np.float64)
-    for lo in range(0, arr.shape[0], _BLOCK):
-        blk = np.asarray(arr[lo : lo + _BLOCK], dtype=np.float64)
-        if not np.isfinite(blk).all():
-            raise ValueError(f"{name}: expected finite values, got NaN or infinite entries (rows {lo}..)")
-        if blk.size and np.abs(blk).max() > MAX_ABS_COORD:
-            raise ValueError(
-                f"{name}: expected |entries| <= {MAX_ABS_COORD:g} (squared distances must stay finite), "
-                f"got {np.abs(blk).max():g}"
-            )
-        out[lo : lo + _BLOCK] = blk
+    out = _allocate(arr.shape, storage, "points")
+    try:
+        for lo in range(0, arr.shape[0], _BLOCK):
+            blk = np.asarray(arr[lo : lo + _BLOCK], dtype=np.float64)
+            if not np.isfinite(blk).all():
+                raise ValueError(f"{name}: expected finite values, got NaN or infinite entries (rows {lo}..)")
+            if blk.size and np.abs(blk).max() > MAX_ABS_COORD:
+                raise ValueError(
+                    f"{name}: expected |entries| <= {MAX_ABS_COORD:g} (squared distances must stay finite), "
+                    f"got {np.abs(blk).max():g}"
+                )
+            out[lo : lo + _BLOCK] = blk
+    except BaseException:
+        _release(out)
+        raise
     return out
 
 
@@ -368,7 +425,8 @@ class Tree:
     ----------
     points : (capacity, k) float64
         The tree's own copy of the targets; row y is z_y. Rows of deleted
-        targets are kept (ids are never reused).
+        targets are kept (ids are never reused). A read-write ``np.memmap``
+        of a file in :attr:`storage` for a disk-backed tree.
     alive : (capacity,) bool
     n_live, dim : int
     rep : (M, k) float64
@@ -389,7 +447,8 @@ class Tree:
         ``points[order]``: the live targets in depth-first order, so the
         vectors of D(v) are the consecutive rows ``start[v]:stop[v]``. A
         cache for the samplers' leaf scoring (an extra N x k float64 of
-        memory), rebuilt whenever ``order`` is.
+        memory, or of disk for a disk-backed tree), rebuilt whenever
+        ``order`` is.
     rep_norm : (M,) float64
         ``||r_v||``, cached for the rounding margins of the samplers;
         recomputed whenever ``rep`` changes.
@@ -440,6 +499,7 @@ class Tree:
         leaf_size: int = 32,
         seed: int | np.random.Generator = 0,
         kmeans_iters: int = 4,
+        storage: str | os.PathLike[str] | None = None,
     ) -> Tree:
         """Build the tree by top-down hierarchical k-means (SPEC section 3).
 
@@ -459,6 +519,19 @@ class Tree:
             generator that later :meth:`rebuild` calls draw from.
         kmeans_iters : int, default 4
             Lloyd iterations per level (>= 0).
+        storage : str or os.PathLike, optional
+            A directory (created if missing). If given, the tree's two N x k
+            float64 arrays (:attr:`points`, :attr:`points_dfs`) are ``.npy``
+            files there, memory-mapped, instead of RAM: a disk-backed tree,
+            for N beyond RAM. The RAM it needs is then O(N) integers and the
+            O(M k) node arrays (about 0.3 of the float64 points at k = 64,
+            see ``tests/test_tree_storage.py``); the operating system's page
+            cache decides how much of the files stays in memory. Results are
+            bitwise those of the in-RAM tree. Operations that reallocate an
+            array (insert, delete, rebuild) write a new file and delete the
+            old one; the files of a live tree are its own, so delete the
+            directory only when the tree is gone. A tree saved with
+            :func:`reference.persist.save_tree` is loaded back into RAM.
 
         Returns
         -------
@@ -471,7 +544,8 @@ class Tree:
             rng = seed
         else:
             rng = np.random.default_rng(check_int(seed, "seed", low=0))
-        z = _copy_points(points, "points", None)
+        storage = None if storage is None else _check_storage(storage)
+        z = _copy_points(points, "points", None, storage)
         t = cls()
         t.branching, t.leaf_size, t.kmeans_iters, t._rng = branching, leaf_size, kmeans_iters, rng
         n, k = z.shape
@@ -487,6 +561,11 @@ class Tree:
         t._install(parent, depth, is_leaf, leaf_ids, leaf_nodes, np.zeros((parent.shape[0], k)))
         t._refresh_all()
         return t
+
+    @property
+    def storage(self) -> str | None:
+        """Directory holding the files of a disk-backed tree (see :meth:`build`); None if in RAM."""
+        return _storage_of(self.points)
 
     # --------------------------------------------------------------- layout
     def _install(
@@ -563,8 +642,10 @@ class Tree:
         self.n_live = int(live.shape[0])
         # Drop the old copy before gathering the new one, so that at most one
         # N x k copy in DFS order exists at a time.
-        self.points_dfs = np.zeros((0, self.points.shape[1]))
-        self.points_dfs = self.points[self.order]
+        old, self.points_dfs = self.points_dfs, np.zeros((0, self.points.shape[1]))
+        _release(old)
+        del old
+        self.points_dfs = _gather_rows(self.points, self.order, self.storage, "points_dfs")
 
     # --------------------------------------------------------------- refresh
     def _leaf_stats(self) -> None:
@@ -699,7 +780,18 @@ class Tree:
         cap = self.points.shape[0]
         ids = np.arange(cap, cap + z.shape[0], dtype=np.int64)
         radius = self._enlarged_radii(ids, z, leaves)
-        self.points = np.concatenate([self.points, z])
+        storage = self.storage
+        if storage is None:
+            self.points = np.concatenate([self.points, z])
+        else:  # a new file of cap + P rows, filled in blocks; then the old file goes
+            grown = _allocate((cap + z.shape[0], self.dim), storage, "points")
+            for lo in range(0, cap, _BLOCK):
+                hi = min(cap, lo + _BLOCK)
+                grown[lo:hi] = self.points[lo:hi]
+            grown[cap:] = z
+            old, self.points = self.points, grown
+            _release(old)
+            del old
         self.alive = np.concatenate([self.alive, np.ones(z.shape[0], dtype=bool)])
         self.leaf_of = np.concatenate([self.leaf_of, leaves])
         self.radius = radius
@@ -935,7 +1027,9 @@ class Tree:
                 fail(f"I4: node {p[i]} has radius {float(self.radius[p[i]])!r} < ||r_c - r_v|| + radius[c] = {float(reach[i])!r} "
                      f"for child {ch[i]} (tol {tol[p[i]]:.3e})")
         # ---- caches (checked last, so a corrupted point or rep reports I3 / I4 first)
-        for i in np.flatnonzero((self.points_dfs != self.points[self.order]).any(axis=1))[:1]:
-            fail(f"cache: points_dfs row {i} differs from points[order[{i}]] (target {self.order[i]})")
+        for lo in range(0, self.n_live, _BLOCK):  # in blocks: the arrays may be memory-mapped files
+            differ = (self.points_dfs[lo : lo + _BLOCK] != self.points[self.order[lo : lo + _BLOCK]]).any(axis=1)
+            for i in np.flatnonzero(differ)[:1] + lo:
+                fail(f"cache: points_dfs row {i} differs from points[order[{i}]] (target {self.order[i]})")
         for v in np.flatnonzero(self.rep_norm != np.linalg.norm(self.rep, axis=1))[:1]:
             fail(f"cache: rep_norm[{v}] = {float(self.rep_norm[v])!r} but ||rep[{v}]|| = {float(np.linalg.norm(self.rep[v]))!r}")

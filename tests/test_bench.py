@@ -266,9 +266,13 @@ def test_bench_runs_from_memmap_files(tmp_path):
     cfg = bench.BenchConfig(**{**TINY, "sizes": (500,)}, memmap=str(tmp_path / "mm"))
     result = bench.run_bench(cfg)
     f = tmp_path / "mm" / "targets_clustered_n500_k64_seed0.npy"
-    assert f.exists() and np.load(f, mmap_mode="r").shape == (500, 64)
+    # the targets and the held-out query directions, generated straight into the file
+    assert f.exists() and np.load(f, mmap_mode="r").shape == (500 + TINY["queries"], 64)
     r = result["runs"][0]
     assert result["verified"] and r["build"]["memmap"] is True
+    # the tree was disk-backed (Tree.build's storage) and its files were removed after the run
+    assert r["build"]["storage"] == str(tmp_path / "mm" / "tree_clustered_n500")
+    assert not (tmp_path / "mm" / "tree_clustered_n500").exists()
     # on disk, only the traced (in-process) allocations count towards the build's memory
     assert r["build"]["peak_bytes"] == r["build"]["peak_traced_bytes"]
     in_ram = bench.run_bench(bench.BenchConfig(**{**TINY, "sizes": (500,)}))["runs"][0]
