@@ -147,23 +147,30 @@ def as_index_array(
     return arr
 
 
-def check_positive(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is finite and > 0, else raise ``ValueError``."""
+def _real(value: Any, name: str, what: str) -> float:
+    """``float(value)`` for a real number; strings, bytes and booleans are refused (``ValueError``)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name}: expected {what}, got {_describe(value)}")
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive number, got {_describe(value)}") from None
+        raise ValueError(f"{name}: expected {what}, got {_describe(value)}") from None
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is finite and > 0, else raise ``ValueError``.
+
+    Strings (even numeric ones such as ``"1"``) and booleans are refused.
+    """
+    v = _real(value, name, "a positive number")
     if not np.isfinite(v) or v <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return v
 
 
 def check_nonnegative(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is finite and >= 0, else raise ``ValueError``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a non-negative number, got {_describe(value)}") from None
+    """Return ``value`` as a float if it is finite and >= 0, else raise ``ValueError`` (strings, booleans too)."""
+    v = _real(value, name, "a non-negative number")
     if not np.isfinite(v) or v < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     return v

@@ -677,3 +677,19 @@ def test_recall_at_k(F: Hostile, data) -> None:
     rank = ((a > mine[:, None]) | ((a == mine[:, None]) & (np.arange(8) < p[:, None]))).sum(axis=1)
     for k in (1, 3):
         assert out[k] == pytest.approx(np.mean(rank < k), abs=1e-12)
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", b"1", True, np.bool_(True), None, [1.0], "nan"])
+def test_scalar_options_refuse_strings_booleans_and_containers(value: Any) -> None:
+    """A temperature, tolerance or ridge given as ``"1"`` or ``True`` is a caller's bug, not a number."""
+    from reference._validation import check_nonnegative, check_positive
+
+    with pytest.raises(ValueError, match="tau: expected a positive number, got"):
+        check_positive(value, "tau")
+    with pytest.raises(ValueError, match="ridge: expected a non-negative number, got"):
+        check_nonnegative(value, "ridge")
+    from reference.bounds import adaptive_cut
+
+    tree = Tree.build(np.eye(3), leaf_size=1)
+    with pytest.raises(ValueError, match="expected a"):
+        adaptive_cut(tree, np.ones(3), tol=value)
