@@ -60,3 +60,32 @@ def test_torch_topk_ties_on_signed_zeros():
     points = np.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 2.0], [-3.0, 0.0]])
     ids = torch_backend.topk(points, np.zeros((1, 2)), 3)
     assert ids.tolist() == [[0, 1, 2]]
+
+
+def test_torch_normalisation_floor_is_the_oracles():
+    """Rows whose tower output is shorter than NORM_EPS = 1e-12: the oracle divides by the floor,
+    not by the norm, and so must the port (a floor at finfo.tiny instead would normalise these
+    rows to unit length: the loss then differs by O(beta))."""
+    import dataclasses
+
+    from reference.encoder import DualEncoder, EncoderConfig, param_shapes
+
+    config = EncoderConfig(query_dim=3, target_dim=3, hidden=(), out_dim=3, activation="identity",
+                           normalize=True, beta=4.0)
+    rng = np.random.default_rng(0)
+    params = {k: rng.standard_normal(s) for k, s in param_shapes(config).items()}
+    params["target.W0"] *= 1e-14  # target embeddings of norm ~1e-14 < 1e-12
+    params["target.b0"] = np.zeros_like(params["target.b0"])
+    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((6, 3))
+    pos = np.array([0, 2, 4, 5])
+    enc = DualEncoder(config)
+    enc.set_params(params)
+    ref_loss, ref_grads = enc.full_softmax_loss(X, pos, Y)
+    loss, grads = torch_backend.encoder(params, dataclasses.asdict(config), X, pos, Y)
+    assert abs(loss - ref_loss) <= 1e-9 * max(1.0, abs(ref_loss)), (loss, ref_loss)  # float64 identity
+    # Gradients through the floor are scaled by 1 / NORM_EPS = 1e12; target.b0's is analytically 0 (the
+    # softmax weights of a row sum to 1) and is rounding noise at that scale, so the absolute tolerance is
+    # relative to the largest gradient entry over all tensors (the kit's GRADIENT_FLOOR idea).
+    scale = max(float(np.abs(g).max()) for g in ref_grads.values())
+    for name, g in ref_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-9, atol=1e-9 * scale, err_msg=name)

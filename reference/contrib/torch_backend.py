@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as tnf
 
+from reference.encoder import NORM_EPS
+
 __all__ = ["encoder", "sample", "topk", "BACKEND"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -59,7 +61,8 @@ def _tower(params: dict[str, torch.Tensor], config: dict[str, Any], tower: str, 
         if layer < n_layers - 1:
             h = _activation(config["activation"], h)
     if config["normalize"]:
-        norm = torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
+        # The oracle's floor (reference.encoder.NORM_EPS), so that the two agree for tiny norms too.
+        norm = torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(NORM_EPS)
         h = h / norm
     return h
 
