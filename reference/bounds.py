@@ -69,6 +69,10 @@ DEFAULT_TOL = 1.0
 # float64 that stay in cache (2048 x 64 x 8 B = 1 MiB each).
 _CHUNK = 2048
 
+# Rows (targets plus queries) of the temporaries of one batched product in
+# :func:`_range_logits`: about 2^16 x k float64, 32 MiB at k = 64.
+_CHUNK_ROWS = 1 << 16
+
 # Relative slack allowed for floating-point rounding when a computed logit is
 # checked against its certified bound <q, r_v> + eps_v: the rounding error of an
 # inner product is about k * 2^-53 * ||q|| (||r_v|| + rho_v), far below 1e-9 of
@@ -464,6 +468,67 @@ def _rowdot(X: np.ndarray, xi: np.ndarray, Q: np.ndarray, qi: np.ndarray) -> np.
     return out
 
 
+def _pow2_ceil(x: np.ndarray) -> np.ndarray:
+    """Smallest power of two >= x (x >= 1), elementwise."""
+    return np.left_shift(1, np.ceil(np.log2(np.maximum(x, 1))).astype(np.int64))
+
+
+def _range_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits ``a_y = <q, z_y>`` of every target ``y`` in ``D(v)``, for each (query, node) pair.
+
+    Returns ``(a, ptr, perm)``: the pairs are reordered by ``perm`` and pair
+    ``p = perm[j]`` owns ``a[ptr[j]:ptr[j+1]]``, in DFS order:
+    ``a[ptr[j] + i] = <Q[q[p]], points_dfs[start[v[p]] + i]>``.
+
+    The pairs are grouped by node, and the groups by shape: a node requested
+    by ``g`` queries with ``n_v`` targets goes to the bucket
+    ``(G, L) = (g, n_v)`` rounded up to powers of two. Each bucket is one
+    batched matrix product ``(U, G, k) @ (U, k, L)`` over its ``U`` nodes
+    (padding rows repeat a real row and are dropped): every row of ``D(v)``
+    is read once per block of queries rather than once per pair, and the
+    Python loop is over the few buckets (and chunks of ``_CHUNK_ROWS`` rows),
+    not over nodes.
+
+    The summation order of a matrix product depends on the shapes, so the
+    same (query, target) can differ in the last bits between calls (about
+    ``k 2^-53 ||q|| ||z_y||``, far below ``_ROUNDING``); callers that need
+    bit-reproducible logits (top-k ties) recompute the few they keep with
+    :func:`_rowdot`.
+    """
+    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    if v.size == 0:
+        return np.zeros(0), np.zeros(1, np.int64), np.zeros(0, np.int64)
+    o = np.argsort(v, kind="stable")
+    vs = v[o]
+    first = np.flatnonzero(np.concatenate([[True], vs[1:] != vs[:-1]]))
+    g = np.diff(np.append(first, vs.size))          # pairs per distinct node
+    u = vs[first]                                   # the distinct nodes
+    nu = n[o[first]]
+    G, L = _pow2_ceil(g), _pow2_ceil(nu)
+    key = np.lexsort((u, L, G))                     # nodes by bucket, then by id
+    bucket_first = np.flatnonzero(np.concatenate([[True], (G[key][1:] != G[key][:-1]) | (L[key][1:] != L[key][:-1])]))
+    bucket_end = np.append(bucket_first[1:], key.size)
+    Z = tree.points_dfs
+    out_a, out_perm = [], []
+    for b0, b1 in zip(bucket_first.tolist(), bucket_end.tolist()):
+        Gb, Lb = int(G[key[b0]]), int(L[key[b0]])
+        step = max(1, _CHUNK_ROWS // (Lb + Gb))     # nodes per chunk: bounded temporaries
+        for c0 in range(b0, b1, step):
+            ks = key[c0:min(c0 + step, b1)]          # nodes of this chunk
+            gi, ni = g[ks], nu[ks]
+            rows = tree.start[u[ks]][:, None] + np.minimum(np.arange(Lb), ni[:, None] - 1)
+            cols = first[ks][:, None] + np.minimum(np.arange(Gb), gi[:, None] - 1)   # into o
+            R = np.matmul(Q[q[o[cols]]], np.take(Z, rows, axis=0).transpose(0, 2, 1))  # (U, Gb, Lb)
+            real = (np.arange(Gb)[None, :, None] < gi[:, None, None]) & (np.arange(Lb) < ni[:, None])[:, None, :]
+            out_a.append(R[real])                    # node by node, pair by pair, targets in DFS order
+            out_perm.append(o[_ranges(first[ks], gi)])
+    perm = np.concatenate(out_perm)
+    ptr = np.zeros(v.size + 1, np.int64)
+    np.cumsum(n[perm], out=ptr[1:])
+    return np.concatenate(out_a), ptr, perm
+
+
 def _entry_counts(tree: Any, node: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``n_v`` of each entry (1 for single targets)."""
     n = np.ones(node.size, np.int64)
@@ -558,12 +623,25 @@ class _CutState:
     refinement produced them; ``order`` sorts them by query. Sorted views are
     computed on demand, so a caller that only needs a few of them (the
     rejection sampler) does not pay for permuting all of them.
+
+    With ``exact_leaves`` (the rejection sampler's envelope), an expanded leaf
+    ``v`` is kept as one *exact* entry ``x = raw["x"] >= 0`` instead of its
+    ``n_v`` single targets: ``eps = 0``, ``log_n + s = logsumexp_{y in D(v)} a_y``,
+    and its target logits in DFS order are
+    ``exact_logits[exact_ptr[x]:exact_ptr[x+1]]`` (``raw["x"] == -1`` for the
+    other entries). It stands for the same ``n_v`` single-target entries of
+    the cut (:meth:`cut` lists them), with the same terms in ``lo``, ``hi``
+    and ``log_z_hat``.
     """
 
     def __init__(self, raw: dict[str, np.ndarray], order: np.ndarray, n_queries: int,
-                 node_logits: int, target_logits: int, rounds: int) -> None:
-        self.raw, self.order, self.n_queries = raw, order, n_queries
+                 node_logits: int, target_logits: int, rounds: int,
+                 exact_logits: np.ndarray | None = None, exact_ptr: np.ndarray | None = None,
+                 tree: Any = None) -> None:
+        self.raw, self.order, self.n_queries, self.tree = raw, order, n_queries, tree
         self.node_logits, self.target_logits, self.rounds = node_logits, target_logits, rounds
+        self.exact_logits = np.zeros(0) if exact_logits is None else exact_logits
+        self.exact_ptr = np.zeros(1, np.int64) if exact_ptr is None else exact_ptr
         self._sorted: dict[str, np.ndarray] = {}
 
     def sorted(self, field: str) -> np.ndarray:
@@ -572,8 +650,14 @@ class _CutState:
         return self._sorted[field]
 
     @property
+    def n_exact(self) -> int:
+        """Number of exact (evaluated leaf) entries."""
+        return int(self.exact_ptr.size - 1)
+
+    @property
     def size(self) -> int:
-        return int(self.order.size)
+        """Entries of the cut (:meth:`cut`): an exact entry counts as its ``n_v`` single targets."""
+        return int(self.order.size - self.n_exact + self.exact_logits.size)
 
     @property
     def ptr(self) -> np.ndarray:
@@ -594,10 +678,24 @@ class _CutState:
 
     @property
     def terms(self) -> _Terms:
+        if self.n_exact:
+            raise RuntimeError("_CutState.terms: exact entries have no per-entry terms; use raw and exact_logits")
         return _Terms(self.sorted("s"), self.sorted("log_n"), self.sorted("eps"))
 
     def cut(self) -> Cut:
-        return Cut(self.query, self.node, self.target, self.n_queries)
+        """The cut as a :class:`Cut`; an exact entry becomes its single targets ``order[start[v]:stop[v]]``."""
+        if not self.n_exact:
+            return Cut(self.query, self.node, self.target, self.n_queries)
+        x = self.sorted("x")
+        isx = x >= 0
+        c = np.where(isx, self.exact_ptr[np.maximum(x, 0) + 1] - self.exact_ptr[np.maximum(x, 0)], 1)
+        e = np.repeat(np.arange(x.size), c)
+        within = np.arange(e.size) - np.repeat(np.cumsum(c) - c, c)
+        ex = isx[e]
+        target = self.target[e]
+        target[ex] = self.tree.order[self.tree.start[self.node[e[ex]]] + within[ex]]
+        node = np.where(ex, -1, self.node[e])
+        return Cut(self.query[e], node, target, self.n_queries)
 
 
 def _expand(tree: Any, query: np.ndarray, node: np.ndarray, return_pos: bool = False):
@@ -627,7 +725,7 @@ def _expand(tree: Any, query: np.ndarray, node: np.ndarray, return_pos: bool = F
     return new_q, new_v, new_y, new_p
 
 
-_FIELDS = ("query", "node", "target", "s", "log_n", "eps")
+_FIELDS = ("query", "node", "target", "s", "log_n", "eps", "x")
 
 
 def _slack_before(r: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -652,7 +750,8 @@ def _entry_logs(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(lo=base - part["eps"], hi=base + part["eps"], hat=base)
 
 
-def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | None = None) -> _CutState:
+def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | None = None,
+            exact_leaves: bool = False, full_count: int = 0) -> _CutState:
     """Refine the root cut for all queries at once; the only loop is over rounds.
 
     Two marking rules; at least one of ``tol``, ``n_draws`` is given (with
@@ -681,17 +780,26 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     Entries of finished queries are set aside, so a round costs O(entries of
     unfinished queries); entries stay unsorted until the end (per-query sums
     by ``bincount``).
+
+    With ``exact_leaves`` an expanded leaf becomes one exact entry (see
+    :class:`_CutState`) instead of ``n_v`` single targets: the same cut and
+    the same ``lo``, ``hi``, ``log_z_hat`` up to rounding, with far fewer
+    entries to carry. Its targets are scored by :func:`_range_logits` (one
+    matrix product per leaf and block of queries).
     """
     B = Q.shape[0]
     root = dict(query=np.arange(B, dtype=np.int64), node=np.zeros(B, np.int64),
                 target=np.full(B, -1, np.int64))
     t0 = _terms(tree, Q, root["query"], root["node"], root["target"])
-    root.update(s=t0.s, log_n=t0.log_n, eps=t0.eps)
+    root.update(s=t0.s, log_n=t0.log_n, eps=t0.eps, x=np.full(B, -1, np.int64))
     node_logits, target_logits, rounds = B, 0, 0
     # Entries that will never be expanded again are "frozen": moved out of the
     # pool, with their contributions to lo / hi / log_z_hat accumulated per query.
     frozen: list[dict[str, np.ndarray]] = []
     acc = {key: np.full(B, -np.inf) for key in ("lo", "hi", "hat")}
+    exact_logits: list[np.ndarray] = []       # target logits of the exact entries, entry after entry
+    exact_sizes: list[np.ndarray] = []        # n_v of each exact entry, in the order of their ids x
+    n_exact = 0
 
     def freeze(part: dict[str, np.ndarray], zero_eps: bool = False) -> None:
         if part["query"].size:
@@ -724,7 +832,7 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         marked = np.zeros(query.size, bool)
         if n_draws is not None:
             v = pool["node"]
-            cost = np.where(tree.is_leaf[v], tree.count[v], n_child[v])
+            cost = np.where(tree.is_leaf[v] | (tree.count[v] <= full_count), tree.count[v], n_child[v])
             log_gain = log_draws + log_n + s + eps + np.log(-np.expm1(-eps)) - tot["hat"][query]  # e^eps - 1
             marked = log_gain > np.log(np.maximum(cost, 1))
         wide = np.zeros(B, bool)
@@ -754,15 +862,34 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
         rounds += 1
         if rounds > max_rounds:
             raise RuntimeError("adaptive_cut: no progress after as many rounds as tree nodes (corrupt tree?)")
-        new_q, new_v, new_y, new_p = _expand(tree, query[marked], pool["node"][marked], return_pos=True)
+        mq, mv = query[marked], pool["node"][marked]
+        if exact_leaves:  # expanded leaves become exact entries: logsumexp of their target logits, eps = 0
+            leaf = tree.is_leaf[mv] | (tree.count[mv] <= full_count)
+            a, aptr, perm = _range_logits(tree, Q, mq[leaf], mv[leaf])
+            xq, xv = mq[leaf][perm], mv[leaf][perm]
+            target_logits += a.size
+            n_x = np.diff(aptr)
+            log_n_x = np.log(n_x)
+            freeze(dict(query=xq, node=xv, target=np.full(xv.size, -1, np.int64),
+                        s=_segment_logsumexp(a, aptr) - log_n_x, log_n=log_n_x, eps=np.zeros(xv.size),
+                        x=n_exact + np.arange(xv.size)), zero_eps=True)
+            exact_logits.append(a)
+            exact_sizes.append(n_x)
+            n_exact += xv.size
+            mq, mv = mq[~leaf], mv[~leaf]
+        new_q, new_v, new_y, new_p = _expand(tree, mq, mv, return_pos=True)
         nt = _terms(tree, Q, new_q, new_v, new_y, new_p)
         n_new_nodes = int(np.count_nonzero(new_v >= 0))
         node_logits += n_new_nodes
         target_logits += new_v.size - n_new_nodes
-        new = split_zero_eps(dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps))
+        new = split_zero_eps(dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps,
+                                  x=np.full(new_q.size, -1, np.int64)))
         pool = {f: np.concatenate([pool[f][keep], new[f]]) for f in _FIELDS}
     parts = frozen + [pool]
     allf = {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}
     # counting (radix) sort when the query index fits in 16 bits
     key = allf["query"].astype(np.uint16) if B <= np.iinfo(np.uint16).max else allf["query"]
-    return _CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds)
+    exact_ptr = np.concatenate([[0], np.cumsum(np.concatenate(exact_sizes))]).astype(np.int64) \
+        if exact_sizes else np.zeros(1, np.int64)
+    return _CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds,
+                     np.concatenate(exact_logits) if exact_logits else np.zeros(0), exact_ptr, tree)

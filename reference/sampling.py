@@ -41,6 +41,7 @@ from reference.bounds import (
     _group_logsumexp,
     _ptr,
     _rowdot,
+    _range_logits,
     _ranges,
     _refine,
     _segment_logsumexp,
@@ -53,6 +54,12 @@ __all__ = ["cut_sample", "rejection_sample", "topk"]
 # Queries processed together by the samplers and top-k: bounds the size of the
 # flat (query, node) arrays; a loop over blocks of queries is a batching loop.
 _QUERY_BLOCK = 256
+
+# The default rejection envelope evaluates a node with at most this many targets in full
+# (one exact cut entry, scored by one matrix product per block of queries) rather than
+# splitting it into children: inside the clusters of real data the children's radii barely
+# shrink, so descending costs node logits and bookkeeping without pruning targets.
+_FULL_COUNT = 48
 
 # Beam width of the greedy descent that seeds top-k's pruning threshold.
 _TOPK_BEAM = 4
@@ -292,8 +299,9 @@ def _envelope_cut(tree: Any, Q: np.ndarray, n: int, tol: float | None):
     """The cut of the rejection envelope: ``adaptive_cut`` with ``tol``, or (``tol=None``) the
     cost-balanced cut for ``n`` draws with ``hi - lo <= max(1, log(N_live / n))`` as a safety net."""
     if tol is None:
-        return _refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n)
-    return _refine(tree, Q, tol=tol)
+        return _refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n, exact_leaves=True,
+                       full_count=_FULL_COUNT)
+    return _refine(tree, Q, tol=tol, exact_leaves=True)
 
 
 def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator, tol: float | None,
@@ -308,6 +316,10 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     lo = _group_logsumexp(base - raw["eps"], raw["query"], B)
     log_z_hat = _group_logsumexp(base, raw["query"], B)
     cdf = _SegmentCDF(log_u[st.order], hi, st.ptr)
+    # Exact entries (evaluated leaves): a proposal of one is accepted with probability 1
+    # and its target drawn from the leaf's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
+    xptr = st.exact_ptr
+    inner = _SegmentCDF(st.exact_logits, _segment_logsumexp(st.exact_logits, xptr), xptr) if st.n_exact else None
     # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
     # 100 (n + 10) / exp(lo - hi) proposals for n acceptances has probability < e^-100
     # under a valid tree, so it signals a broken invariant rather than bad luck.
@@ -334,18 +346,23 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         m = np.minimum(m, (1 << 22) // B + 4 * n)  # memory cap per round
         qb = np.repeat(np.arange(B), m)
         e = st.order[cdf.draw(qb, rng)]            # index into the raw arrays
-        v, y0 = raw["node"][e], raw["target"][e]
-        y, pos = _uniform_descendant(tree, v, y0, rng)
-        isn = v >= 0
+        v, x = raw["node"][e], raw["x"][e]
+        isx = x >= 0
+        y, pos = _uniform_descendant(tree, np.where(isx, -1, v), raw["target"][e], rng)
+        if isx.any():                              # inside an exact entry: y ~ exp(a_y) / sum_D(v) exp(a)
+            xi = x[isx]
+            y[isx] = tree.order[tree.start[v[isx]] + inner.draw(xi, rng) - xptr[xi]]
+        isn = (v >= 0) & ~isx
+        v = v[isn]
         # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
         log_acc = np.zeros(qb.size)
         a = _rowdot(tree.points_dfs, pos, Q, qb[isn])  # rows of D(v) are consecutive in points_dfs
         log_acc[isn] = a - raw["s"][e[isn]] - raw["eps"][e[isn]]
         counters["target_logits"] += int(isn.sum())
-        scale = qnorm[qb[isn]] * (tree.rep_norm[v[isn]] + tree.radius[v[isn]])
+        scale = qnorm[qb[isn]] * (tree.rep_norm[v] + tree.radius[v])
         excess = log_acc[isn] - _ROUNDING * (1.0 + scale)
         if np.any(excess > 0):
-            raise _i3_violation("rejection_sample", v[isn], y[isn], excess)
+            raise _i3_violation("rejection_sample", v, y[isn], excess)
         accept = rng.random(qb.size) < np.exp(np.minimum(log_acc, 0.0))
         counters["proposals"] += int(qb.size)
         counters["accepted"] += int(accept.sum())
@@ -395,23 +412,40 @@ def _children(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.n
     return qc[keep], c[keep]
 
 
-def _leaf_targets(tree: Any, q: np.ndarray, v: np.ndarray):
-    """``(query, target, owner, pos)`` of every target of the leaves ``v``; ``pos`` is its DFS position."""
-    n = tree.stop[v] - tree.start[v]
-    idx = np.repeat(np.arange(v.size), n)
-    pos = _ranges(tree.start[v], n)
-    return q[idx], tree.order[pos], idx, pos
+def _leaf_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, ub: np.ndarray, margin: np.ndarray,
+                 counters: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits of all targets of the leaves ``v`` (for queries ``q``), with the I3 check ``a_y <= ub_v``.
 
-
-def _evaluate_leaves(tree, Q, q, v, ub, margin, counters):
-    """Target logits of the leaves ``v`` (for queries ``q``), with the I3 sanity check ``a_y <= ub_v``."""
-    tq, ty, owner, pos = _leaf_targets(tree, q, v)
-    a = _rowdot(tree.points_dfs, pos, Q, tq)  # a leaf's targets are consecutive rows of points_dfs
-    counters["target_logits"] += int(ty.size)
+    Scored by :func:`reference.bounds._range_logits` (one matrix product per
+    leaf and block of queries). Returns ``(a, owner, pos)``: logit, index of
+    the (query, leaf) pair, and DFS position of each target.
+    """
+    a, ptr, perm = _range_logits(tree, Q, q, v)
+    counters["target_logits"] += int(a.size)
+    owner = np.repeat(perm, np.diff(ptr))
+    pos = tree.start[v][owner] + (np.arange(a.size) - np.repeat(ptr[:-1], np.diff(ptr)))
     excess = a - ub[owner] - margin[owner]
     if np.any(excess > 0):
-        raise _i3_violation("topk", v[owner], ty, excess)
-    return tq, ty, a, margin[owner]
+        raise _i3_violation("topk", v[owner], tree.order[pos], excess)
+    return a, owner, pos
+
+
+def _evaluate_leaves(tree, Q, q, v, ub, margin, tau, counters):
+    """Candidates ``(query, target, a_y)`` of the leaves ``v`` that may still enter the top-k.
+
+    A target with ``a_y + margin < tau`` (``k`` better targets are known) is
+    dropped. The logits of the matrix products may differ from a row-wise
+    inner product in the last bits (within ``margin``); the kept targets are
+    re-scored row by row (:func:`reference.bounds._rowdot`, counted in
+    ``target_logits``), so that returned logits, and the order of exactly tied
+    duplicates, do not depend on how the queries were batched.
+    """
+    a, owner, pos = _leaf_logits(tree, Q, q, v, ub, margin, counters)
+    keep = a + margin[owner] >= tau[q[owner]]
+    tq, pos = q[owner[keep]], pos[keep]
+    a = _rowdot(tree.points_dfs, pos, Q, tq)
+    counters["target_logits"] += int(a.size)
+    return tq, tree.order[pos], a
 
 
 def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters: dict[str, int]):
@@ -442,9 +476,11 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
         q, v, ub, margin = q[o], v[o], ub[o], margin[o]
         keep = (np.arange(q.size) - _ptr(q, B)[q]) < _TOPK_BEAM
         q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
-    tq, ty, a, _ = _evaluate_leaves(tree, Q, q, v, ub, margin, counters)
-    seed_a, _ = _merge_topk(best_a, best_y, tq, ty, a)
-    tau = seed_a[:, k - 1]                           # a valid lower bound on the final k-th logit
+    # a - margin <= the row-wise logit of each target: the k-th best of these lower bounds is
+    # a valid lower bound on the final k-th logit.
+    a, owner, pos = _leaf_logits(tree, Q, q, v, ub, margin, counters)
+    seed_a, _ = _merge_topk(best_a, best_y, q[owner], tree.order[pos], a - margin[owner])
+    tau = seed_a[:, k - 1]
 
     # Phase 2: level-synchronous sweep from the root, pruning ub_v + margin < tau.
     q, v = root_q, root_v
@@ -456,9 +492,8 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
         q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
         leaf = tree.is_leaf[v]
         if leaf.any():
-            tq, ty, a, m = _evaluate_leaves(tree, Q, q[leaf], v[leaf], ub[leaf], margin[leaf], counters)
-            keep = a + m >= tau[tq]                # a_y < tau: k better targets exist already
-            best_a, best_y = _merge_topk(best_a, best_y, tq[keep], ty[keep], a[keep])
+            tq, ty, a = _evaluate_leaves(tree, Q, q[leaf], v[leaf], ub[leaf], margin[leaf], tau, counters)
+            best_a, best_y = _merge_topk(best_a, best_y, tq, ty, a)
             tau = np.maximum(tau, best_a[:, k - 1])
         q, v = _children(tree, q[~leaf], v[~leaf])
         ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
