@@ -468,9 +468,16 @@ def _rowdot(X: np.ndarray, xi: np.ndarray, Q: np.ndarray, qi: np.ndarray) -> np.
     return out
 
 
-def _pow2_ceil(x: np.ndarray) -> np.ndarray:
-    """Smallest power of two >= x (x >= 1), elementwise."""
-    return np.left_shift(1, np.ceil(np.log2(np.maximum(x, 1))).astype(np.int64))
+def _bucket_ceil(x: np.ndarray) -> np.ndarray:
+    """Smallest size >= x on the ladder 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (x >= 1), elementwise.
+
+    Rounding up by at most a factor 1.5 bounds the padding of the batched
+    products of :func:`_grouped_logits` while keeping the number of shapes
+    (Python iterations) logarithmic.
+    """
+    p = np.left_shift(1, np.ceil(np.log2(np.maximum(x, 1))).astype(np.int64))
+    h = 3 * p // 4
+    return np.where(x <= h, h, p)
 
 
 def _range_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray
@@ -479,49 +486,78 @@ def _range_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray
 
     Returns ``(a, ptr, perm)``: the pairs are reordered by ``perm`` and pair
     ``p = perm[j]`` owns ``a[ptr[j]:ptr[j+1]]``, in DFS order:
-    ``a[ptr[j] + i] = <Q[q[p]], points_dfs[start[v[p]] + i]>``.
+    ``a[ptr[j] + i] = <Q[q[p]], points_dfs[start[v[p]] + i]>``. See
+    :func:`_grouped_logits` for how they are computed.
+    """
+    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    return _grouped_logits(tree.points_dfs, None, tree.start[v], n, Q, q, v)
 
-    The pairs are grouped by node, and the groups by shape: a node requested
-    by ``g`` queries with ``n_v`` targets goes to the bucket
-    ``(G, L) = (g, n_v)`` rounded up to powers of two. Each bucket is one
-    batched matrix product ``(U, G, k) @ (U, k, L)`` over its ``U`` nodes
-    (padding rows repeat a real row and are dropped): every row of ``D(v)``
-    is read once per block of queries rather than once per pair, and the
-    Python loop is over the few buckets (and chunks of ``_CHUNK_ROWS`` rows),
-    not over nodes.
+
+def _child_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(query, child, <q, r_child>)`` for the children with ``n_c > 0`` of internal nodes ``v``.
+
+    The same pairs as ``reference.sampling._children`` (in another order),
+    scored by :func:`_grouped_logits` over the rows ``rep[child_idx[...]]``.
+    """
+    deg = (tree.child_ptr[v + 1] - tree.child_ptr[v]).astype(np.int64)
+    s, _, perm = _grouped_logits(tree.rep, tree.child_idx, tree.child_ptr[v], deg, Q, q, v)
+    c = tree.child_idx[_ranges(tree.child_ptr[v[perm]], deg[perm])]
+    qc = np.repeat(q[perm], deg[perm])
+    keep = tree.count[c] > 0
+    return qc[keep], c[keep], s[keep]
+
+
+def _grouped_logits(X: np.ndarray, index: np.ndarray | None, row0: np.ndarray, length: np.ndarray,
+                    Q: np.ndarray, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inner products of query ``Q[q[p]]`` with rows ``X[index[row0[p] + i]]``, ``i < length[p]``, per pair ``p``.
+
+    (``index=None`` means the rows ``X[row0[p] + i]``.) Pairs with the same
+    ``v[p]`` read the same rows. Returns ``(a, ptr, perm)``: pair
+    ``perm[j]`` owns ``a[ptr[j]:ptr[j+1]]``.
+
+    The pairs are grouped by ``v``, and the groups by shape: a node requested
+    by ``g`` queries with ``n`` rows goes to the bucket ``(G, L) = (g, n)``
+    rounded up by :func:`_bucket_ceil`. Each bucket is one batched matrix product
+    ``(U, G, k) @ (U, k, L)`` over its ``U`` nodes (padding repeats a real
+    row or query and is dropped): every row is read once per node and block
+    of queries rather than once per pair, and the Python loop is over the
+    few buckets (and chunks of ``_CHUNK_ROWS`` rows), not over nodes.
 
     The summation order of a matrix product depends on the shapes, so the
-    same (query, target) can differ in the last bits between calls (about
-    ``k 2^-53 ||q|| ||z_y||``, far below ``_ROUNDING``); callers that need
+    same (query, row) can differ in the last bits between calls (about
+    ``k 2^-53 ||q|| ||x||``, far below ``_ROUNDING``); callers that need
     bit-reproducible logits (top-k ties) recompute the few they keep with
     :func:`_rowdot`.
     """
-    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    n = np.asarray(length, np.int64)
     if v.size == 0:
         return np.zeros(0), np.zeros(1, np.int64), np.zeros(0, np.int64)
     o = np.argsort(v, kind="stable")
     vs = v[o]
     first = np.flatnonzero(np.concatenate([[True], vs[1:] != vs[:-1]]))
     g = np.diff(np.append(first, vs.size))          # pairs per distinct node
-    u = vs[first]                                   # the distinct nodes
     nu = n[o[first]]
-    G, L = _pow2_ceil(g), _pow2_ceil(nu)
-    key = np.lexsort((u, L, G))                     # nodes by bucket, then by id
-    bucket_first = np.flatnonzero(np.concatenate([[True], (G[key][1:] != G[key][:-1]) | (L[key][1:] != L[key][:-1])]))
+    r0 = row0[o[first]]
+    G, L = _bucket_ceil(g), _bucket_ceil(nu)
+    key = np.lexsort((vs[first], L, G))             # nodes by bucket, then by id
+    Gk, Lk = G[key], L[key]
+    bucket_first = np.flatnonzero(np.concatenate([[True], (Gk[1:] != Gk[:-1]) | (Lk[1:] != Lk[:-1])]))
     bucket_end = np.append(bucket_first[1:], key.size)
-    Z = tree.points_dfs
     out_a, out_perm = [], []
     for b0, b1 in zip(bucket_first.tolist(), bucket_end.tolist()):
-        Gb, Lb = int(G[key[b0]]), int(L[key[b0]])
+        Gb, Lb = int(Gk[b0]), int(Lk[b0])
         step = max(1, _CHUNK_ROWS // (Lb + Gb))     # nodes per chunk: bounded temporaries
         for c0 in range(b0, b1, step):
             ks = key[c0:min(c0 + step, b1)]          # nodes of this chunk
             gi, ni = g[ks], nu[ks]
-            rows = tree.start[u[ks]][:, None] + np.minimum(np.arange(Lb), ni[:, None] - 1)
+            rows = r0[ks][:, None] + np.minimum(np.arange(Lb), ni[:, None] - 1)
+            if index is not None:
+                rows = index[rows]
             cols = first[ks][:, None] + np.minimum(np.arange(Gb), gi[:, None] - 1)   # into o
-            R = np.matmul(Q[q[o[cols]]], np.take(Z, rows, axis=0).transpose(0, 2, 1))  # (U, Gb, Lb)
+            R = np.matmul(Q[q[o[cols]]], np.take(X, rows, axis=0).transpose(0, 2, 1))  # (U, Gb, Lb)
             real = (np.arange(Gb)[None, :, None] < gi[:, None, None]) & (np.arange(Lb) < ni[:, None])[:, None, :]
-            out_a.append(R[real])                    # node by node, pair by pair, targets in DFS order
+            out_a.append(R[real])                    # node by node, pair by pair, rows in order
             out_perm.append(o[_ranges(first[ks], gi)])
     perm = np.concatenate(out_perm)
     ptr = np.zeros(v.size + 1, np.int64)
@@ -793,6 +829,7 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     t0 = _terms(tree, Q, root["query"], root["node"], root["target"])
     root.update(s=t0.s, log_n=t0.log_n, eps=t0.eps, x=np.full(B, -1, np.int64))
     node_logits, target_logits, rounds = B, 0, 0
+    qnorm = np.linalg.norm(Q, axis=1)
     # Entries that will never be expanded again are "frozen": moved out of the
     # pool, with their contributions to lo / hi / log_z_hat accumulated per query.
     frozen: list[dict[str, np.ndarray]] = []
@@ -877,13 +914,19 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
             exact_sizes.append(n_x)
             n_exact += xv.size
             mq, mv = mq[~leaf], mv[~leaf]
-        new_q, new_v, new_y, new_p = _expand(tree, mq, mv, return_pos=True)
-        nt = _terms(tree, Q, new_q, new_v, new_y, new_p)
-        n_new_nodes = int(np.count_nonzero(new_v >= 0))
-        node_logits += n_new_nodes
-        target_logits += new_v.size - n_new_nodes
-        new = split_zero_eps(dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps,
-                                  x=np.full(new_q.size, -1, np.int64)))
+        if exact_leaves:  # only internal nodes left: their children, scored by batched products
+            new_q, new_v, s_new = _child_logits(tree, Q, mq, mv)
+            node_logits += int((tree.child_ptr[mv + 1] - tree.child_ptr[mv]).sum())
+            new = dict(query=new_q, node=new_v, target=np.full(new_q.size, -1, np.int64), s=s_new,
+                       log_n=np.log(tree.count[new_v]), eps=qnorm[new_q] * tree.radius[new_v])
+        else:
+            new_q, new_v, new_y, new_p = _expand(tree, mq, mv, return_pos=True)
+            nt = _terms(tree, Q, new_q, new_v, new_y, new_p)
+            n_new_nodes = int(np.count_nonzero(new_v >= 0))
+            node_logits += n_new_nodes
+            target_logits += new_v.size - n_new_nodes
+            new = dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps)
+        new = split_zero_eps({**new, "x": np.full(new_q.size, -1, np.int64)})
         pool = {f: np.concatenate([pool[f][keep], new[f]]) for f in _FIELDS}
     parts = frozen + [pool]
     allf = {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}

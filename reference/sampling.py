@@ -38,11 +38,11 @@ from reference.bounds import (
     DEFAULT_TOL,
     Cut,
     _as_queries,
+    _child_logits,
     _group_logsumexp,
     _ptr,
     _rowdot,
     _range_logits,
-    _ranges,
     _refine,
     _segment_logsumexp,
     _terms,
@@ -404,12 +404,19 @@ def _node_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarr
     return ub, margin
 
 
-def _children(tree: Any, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    deg = tree.child_ptr[v + 1] - tree.child_ptr[v]
-    c = tree.child_idx[_ranges(tree.child_ptr[v], deg)]
-    qc = np.repeat(q, deg)
-    keep = tree.count[c] > 0
-    return qc[keep], c[keep]
+def _child_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarray, q: np.ndarray,
+                  v: np.ndarray, counters: dict[str, int]):
+    """``(query, child, ub, margin)`` for the children with ``n_c > 0`` of internal nodes ``v``.
+
+    As :func:`_node_bounds`, with ``<q, r_c>`` from batched matrix products
+    (:func:`reference.bounds._child_logits`); its last-bit rounding is far
+    inside ``margin``.
+    """
+    qc, c, s = _child_logits(tree, Q, q, v)
+    counters["node_logits"] += int((tree.child_ptr[v + 1] - tree.child_ptr[v]).sum())
+    ub = s + qnorm[qc] * tree.radius[c]
+    margin = _ROUNDING * (1.0 + qnorm[qc] * (rep_norm[c] + tree.radius[c]))
+    return qc, c, ub, margin
 
 
 def _leaf_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, ub: np.ndarray, margin: np.ndarray,
@@ -465,9 +472,7 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
         if leaf.all():
             break
         counters["rounds"] += 1
-        cq, cv = _children(tree, q[~leaf], v[~leaf])
-        cub, cmargin = _node_bounds(tree, Q, qnorm, rep_norm, cq, cv)
-        counters["node_logits"] += int(cv.size)
+        cq, cv, cub, cmargin = _child_bounds(tree, Q, qnorm, rep_norm, q[~leaf], v[~leaf], counters)
         q = np.concatenate([q[leaf], cq])
         v = np.concatenate([v[leaf], cv])
         ub = np.concatenate([ub[leaf], cub])
@@ -495,7 +500,5 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
             tq, ty, a = _evaluate_leaves(tree, Q, q[leaf], v[leaf], ub[leaf], margin[leaf], tau, counters)
             best_a, best_y = _merge_topk(best_a, best_y, tq, ty, a)
             tau = np.maximum(tau, best_a[:, k - 1])
-        q, v = _children(tree, q[~leaf], v[~leaf])
-        ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
-        counters["node_logits"] += int(v.size)
+        q, v, ub, margin = _child_bounds(tree, Q, qnorm, rep_norm, q[~leaf], v[~leaf], counters)
     return best_y, best_a
