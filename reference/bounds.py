@@ -638,6 +638,16 @@ def _segment_logsumexp(x: np.ndarray, ptr: np.ndarray) -> np.ndarray:
         return m_safe + np.log(ssum)
 
 
+def _segment_softmax(x: np.ndarray, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(logsumexp of each segment, exp(x - logsumexp of x's segment))``; segments non-empty, x finite."""
+    starts, sizes = ptr[:-1], np.diff(ptr)
+    m = np.maximum.reduceat(x, starts)
+    w = np.exp(x - np.repeat(m, sizes))
+    ssum = np.add.reduceat(w, starts)
+    w /= np.repeat(ssum, sizes)
+    return m + np.log(ssum), w
+
+
 def _group_logsumexp(x: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """``logsumexp`` of ``x`` over each group (unsorted ``group``); ``-inf`` for empty groups."""
     m = np.full(n_groups, -np.inf)
@@ -663,20 +673,20 @@ class _CutState:
     With ``exact_leaves`` (the rejection sampler's envelope), an expanded leaf
     ``v`` is kept as one *exact* entry ``x = raw["x"] >= 0`` instead of its
     ``n_v`` single targets: ``eps = 0``, ``log_n + s = logsumexp_{y in D(v)} a_y``,
-    and its target logits in DFS order are
-    ``exact_logits[exact_ptr[x]:exact_ptr[x+1]]`` (``raw["x"] == -1`` for the
-    other entries). It stands for the same ``n_v`` single-target entries of
+    and the softmax of its targets in DFS order, ``exp(a_y - log_n - s)``,
+    is ``exact_prob[exact_ptr[x]:exact_ptr[x+1]]`` (``raw["x"] == -1`` for
+    the other entries). It stands for the same ``n_v`` single-target entries of
     the cut (:meth:`cut` lists them), with the same terms in ``lo``, ``hi``
     and ``log_z_hat``.
     """
 
     def __init__(self, raw: dict[str, np.ndarray], order: np.ndarray, n_queries: int,
                  node_logits: int, target_logits: int, rounds: int,
-                 exact_logits: np.ndarray | None = None, exact_ptr: np.ndarray | None = None,
+                 exact_prob: np.ndarray | None = None, exact_ptr: np.ndarray | None = None,
                  tree: Any = None) -> None:
         self.raw, self.order, self.n_queries, self.tree = raw, order, n_queries, tree
         self.node_logits, self.target_logits, self.rounds = node_logits, target_logits, rounds
-        self.exact_logits = np.zeros(0) if exact_logits is None else exact_logits
+        self.exact_prob = np.zeros(0) if exact_prob is None else exact_prob
         self.exact_ptr = np.zeros(1, np.int64) if exact_ptr is None else exact_ptr
         self._sorted: dict[str, np.ndarray] = {}
 
@@ -693,7 +703,7 @@ class _CutState:
     @property
     def size(self) -> int:
         """Entries of the cut (:meth:`cut`): an exact entry counts as its ``n_v`` single targets."""
-        return int(self.order.size - self.n_exact + self.exact_logits.size)
+        return int(self.order.size - self.n_exact + self.exact_prob.size)
 
     @property
     def ptr(self) -> np.ndarray:
@@ -715,7 +725,7 @@ class _CutState:
     @property
     def terms(self) -> _Terms:
         if self.n_exact:
-            raise RuntimeError("_CutState.terms: exact entries have no per-entry terms; use raw and exact_logits")
+            raise RuntimeError("_CutState.terms: exact entries have no per-entry terms; use raw and exact_prob")
         return _Terms(self.sorted("s"), self.sorted("log_n"), self.sorted("eps"))
 
     def cut(self) -> Cut:
@@ -834,7 +844,7 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     # pool, with their contributions to lo / hi / log_z_hat accumulated per query.
     frozen: list[dict[str, np.ndarray]] = []
     acc = {key: np.full(B, -np.inf) for key in ("lo", "hi", "hat")}
-    exact_logits: list[np.ndarray] = []       # target logits of the exact entries, entry after entry
+    exact_prob: list[np.ndarray] = []         # softmax of each exact entry's targets, entry after entry
     exact_sizes: list[np.ndarray] = []        # n_v of each exact entry, in the order of their ids x
     n_exact = 0
 
@@ -852,6 +862,8 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     def split_zero_eps(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Freeze entries with eps_v == 0 (single targets, zero-radius nodes): they have no slack."""
         z = part["eps"] == 0
+        if not z.any():
+            return part
         freeze({f: a[z] for f, a in part.items()}, zero_eps=True)
         return {f: a[~z] for f, a in part.items()}
 
@@ -907,10 +919,11 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
             target_logits += a.size
             n_x = np.diff(aptr)
             log_n_x = np.log(n_x)
+            lse, prob = _segment_softmax(a, aptr)
             freeze(dict(query=xq, node=xv, target=np.full(xv.size, -1, np.int64),
-                        s=_segment_logsumexp(a, aptr) - log_n_x, log_n=log_n_x, eps=np.zeros(xv.size),
+                        s=lse - log_n_x, log_n=log_n_x, eps=np.zeros(xv.size),
                         x=n_exact + np.arange(xv.size)), zero_eps=True)
-            exact_logits.append(a)
+            exact_prob.append(prob)
             exact_sizes.append(n_x)
             n_exact += xv.size
             mq, mv = mq[~leaf], mv[~leaf]
@@ -935,4 +948,4 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
     exact_ptr = np.concatenate([[0], np.cumsum(np.concatenate(exact_sizes))]).astype(np.int64) \
         if exact_sizes else np.zeros(1, np.int64)
     return _CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds,
-                     np.concatenate(exact_logits) if exact_logits else np.zeros(0), exact_ptr, tree)
+                     np.concatenate(exact_prob) if exact_prob else np.zeros(0), exact_ptr, tree)

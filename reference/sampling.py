@@ -252,16 +252,20 @@ class _SegmentCDF:
 
     Entry ``e`` of query ``b`` has probability ``exp(log_w[e] - log_total[b])``
     (``log_total`` = the segment's logsumexp; entries sorted by query, segment
-    ``b`` is ``ptr[b]:ptr[b+1]``). The cumulative weights of all segments are
-    one ``cumsum``; its rounding is ~1e-16 times the number of queries, far
-    below any testable probability.
+    ``b`` is ``ptr[b]:ptr[b+1]``, non-empty), or ``prob[e]`` if the
+    probabilities are given directly. The cumulative weights of all segments
+    are one ``cumsum``; its rounding is ~1e-16 times the number of segments,
+    far below any testable probability.
     """
 
-    def __init__(self, log_w: np.ndarray, log_total: np.ndarray, ptr: np.ndarray) -> None:
-        query = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
-        self.cs = np.cumsum(np.exp(log_w - log_total[query]))
-        cs0 = np.concatenate([[0.0], self.cs])
-        self.base, self.end, self.ptr = cs0[ptr[:-1]], cs0[ptr[1:]], ptr
+    def __init__(self, log_w: np.ndarray | None, log_total: np.ndarray | None, ptr: np.ndarray,
+                 prob: np.ndarray | None = None) -> None:
+        if prob is None:
+            query = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+            prob = np.exp(log_w - log_total[query])
+        self.cs = np.cumsum(prob)
+        self.base = np.where(ptr[:-1] > 0, self.cs[np.maximum(ptr[:-1] - 1, 0)], 0.0)
+        self.end, self.ptr = self.cs[ptr[1:] - 1], ptr
 
     def draw(self, qb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One entry index per element of ``qb`` (a query index), drawn from that query's segment."""
@@ -319,7 +323,7 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     # Exact entries (evaluated leaves): a proposal of one is accepted with probability 1
     # and its target drawn from the leaf's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
     xptr = st.exact_ptr
-    inner = _SegmentCDF(st.exact_logits, _segment_logsumexp(st.exact_logits, xptr), xptr) if st.n_exact else None
+    inner = _SegmentCDF(None, None, xptr, prob=st.exact_prob) if st.n_exact else None
     # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
     # 100 (n + 10) / exp(lo - hi) proposals for n acceptances has probability < e^-100
     # under a valid tree, so it signals a broken invariant rather than bad luck.
