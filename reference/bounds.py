@@ -904,7 +904,8 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
                 before = _slack_before(np.exp(log_slack[o] - log_S[cq_o]), cq_o)
                 marked[ci[o[before < excess[cq_o]]]] = True   # before == 0 for the largest: always marked
         keep = wide[query] & ~marked   # stays in the pool; other unmarked entries are final
-        freeze({f: a[~marked & ~keep] for f, a in pool.items()})
+        final = np.flatnonzero(~marked & ~keep)
+        freeze({f: a[final] for f, a in pool.items()})
         if not marked.any():           # then no query is wide (they always mark), keep is all False
             pool = {f: a[keep] for f, a in pool.items()}
             break
@@ -940,7 +941,11 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
             target_logits += new_v.size - n_new_nodes
             new = dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps)
         new = split_zero_eps({**new, "x": np.full(new_q.size, -1, np.int64)})
-        pool = {f: np.concatenate([pool[f][keep], new[f]]) for f in _FIELDS}
+        if keep.any():
+            kept = np.flatnonzero(keep)
+            pool = {f: np.concatenate([pool[f][kept], new[f]]) for f in _FIELDS}
+        else:
+            pool = new
     parts = frozen + [pool]
     allf = {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}
     # counting (radix) sort when the query index fits in 16 bits
