@@ -35,17 +35,17 @@ wall-clock on whatever else the machine is doing: the load average is
 recorded next to every phase.
 
 Where the time goes (py-spy, N = 1e6 clustered, 1000 queries, measured
-2026-11-25; see the README for the PASS/MISS table):
+2026-11-25 after the changes below; see the README for the PASS/MISS table):
 
-- ``rejection_sample``: 73% is building the cut (``bounds._refine``); 43% is
-  ``bounds._rowdot`` gathering target rows (27%) and query rows (10%) for
-  about 12.8M target and 4.4M node inner products. 15% is
-  ``bounds._group_logsumexp`` (``np.maximum.at`` and ``bincount``), about 12%
-  is filtering and concatenating the entry pool, and 6.6% is recomputing
-  ``||r_v||`` per proposal. The cut has about 14.9k entries per query, 12.8k
-  of them single targets from expanded leaves.
-- ``topk``: 74.5% is ``bounds._rowdot``, 69% of the total in leaf
-  evaluation; 6.3% is recomputing ``||r_v||`` for every node on each call.
+- ``rejection_sample``: 84% is building the cut (``bounds._refine``); 41% is
+  ``bounds._grouped_logits`` (batched matrix products: leaf and small-node
+  targets 31%, children's node logits 13%; row gathers and the products
+  about equal), 10% ``bounds._group_logsumexp``, about 5% filtering the
+  entry pool, 7% the inverse CDFs; proposals about 16%. About 15.5k target
+  and 3.1k node inner products per query; the cut keeps each evaluated leaf
+  (or node of <= 48 targets) as one exact entry.
+- ``topk``: 55% is ``bounds._grouped_logits`` (leaves 37.5%, children 22%);
+  re-scoring the surviving candidates row-wise (bit-reproducible ties) 4%.
 - ``Tree.build``: 81% is k-means, mainly the batched distance products and
   the k-means++ seeding.
 
@@ -53,17 +53,25 @@ The logits are many because ``||q|| rho_v`` is loose in 64 dimensions. The
 default data has 512 leaf clusters whatever N is, so at N = 1e6 each holds
 about 2000 points of isotropic noise that no bound can separate: a leaf's
 slack is about 15 nats, and the median gap between a leaf's bound and its
-true best logit is 13 nats. Design changes that would close the speed
-targets, in order of measured or estimated effect:
+true best logit is 13 nats. The clusters that carry the softmax mass must be
+evaluated almost in full, and they grow in proportion to N: that is why the
+logits per query grow like N^0.8 on this data (the N^0.5 target is met with
+``--depth auto``, whose clusters keep about 25 targets at every N). Design
+changes, in order of measured effect:
 
-(a) [done since: Tree.points_dfs] keep the points in DFS order (``points[order]``), so a node's targets are
-    consecutive rows: ``topk`` measured 1.35-1.76x faster;
-(b) cache ``||r_v||`` on the tree (about 6% of each operation);
-(c) keep an expanded leaf as one exact cut entry (logsumexp of its targets,
-    eps = 0) and sample inside it from its own softmax, which cuts the cut
-    entries from about 14.9k to about 6k per query;
-(d) stop splitting where children's radii no longer shrink, and score large
-    leaves with one BLAS product per group of queries.
+(a) [done: Tree.points_dfs] keep the points in DFS order (``points[order]``),
+    so a node's targets are consecutive rows: ``topk`` 1.35-1.76x faster;
+(b) [done: Tree.rep_norm] cache ``||r_v||`` on the tree (about 6% of each
+    operation);
+(c) [done] the rejection envelope keeps an evaluated leaf, or a node of
+    <= 48 targets, as one exact cut entry (logsumexp of its target logits,
+    eps = 0) and draws inside it from its own softmax (acceptance 1);
+(d) [done] targets and children's representatives are scored by batched
+    matrix products, (query, node) pairs grouped by node and nodes by shape
+    (``bounds._grouped_logits``); top-k re-scores only its candidates row by
+    row. (c)+(d): sampling 4.5 -> 1.8 ms/query, top-10 2.8 -> 1.3 ms/query;
+(e) [open] the row gathers of (d) are memory-latency bound (~15% of
+    sampling); processing nodes in DFS order or huge pages might give 5-10%.
 
 Peak memory of the build is measured two ways: the process's peak resident
 set size during the build (Linux ``VmHWM``, reset at the start of the phase
@@ -71,8 +79,11 @@ through ``/proc/self/clear_refs``) above the resident size before the data
 of that N was generated, and the peak of :mod:`tracemalloc` (which tracks
 NumPy's allocations) during the build, counting the input points array. The
 larger of the two is compared with the target (with ``--memmap`` only the
-traced figure: the points then live in the page cache, not in the process's
-own memory).
+traced figure: the targets are generated straight into a ``.npy`` file and
+the tree is disk-backed, ``Tree.build(..., storage=DIR/tree_<data>_n<N>)``,
+so the points and the tree's two N x k arrays live in files and the page
+cache, not in the process's own memory; the tree's files are deleted after
+each N).
 
 Example::
 
