@@ -778,8 +778,7 @@ def _slack_before(r: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Exclusive prefix sums of ``r`` within each run of equal ``group`` (sorted).
 
     Computed row by row on a padded 2-D array, so that each query's sums do not
-    depend on the other queries of the batch (a batch and single-query calls
-    refine identically).
+    depend on the other queries of the batch.
     """
     rows, row = np.unique(group, return_inverse=True)
     first = np.searchsorted(group, rows)
@@ -896,13 +895,21 @@ def _refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | N
                 cq, e = query[ci], eps[ci]
                 log_slack = log_n[ci] + s[ci] + e + np.log(-np.expm1(-2.0 * e))
                 log_S = _group_logsumexp(log_slack, cq, B)
-                # fraction of the slack to remove: 1 - (exp(tol) - 1) exp(lo) / S
+                # Entry i (by decreasing slack) is marked iff the slack before it is less than the
+                # excess S - A, A = (exp(tol) - 1) exp(lo) the slack allowed; equivalently iff the
+                # slack from i on (i included) exceeds A. The second form is computed: summed from
+                # the smallest entry up, it has full relative precision even where A << S, so its
+                # comparisons with A do not flip with the last bits of the logits (the first form
+                # compares shares close to 1, and did; batch and single-query calls then differed).
                 with np.errstate(invalid="ignore"):
-                    excess = -np.expm1(np.minimum(log_allow + tot["lo"] - log_S, 0.0))
-                o = np.lexsort((-log_slack, cq))
+                    allow = np.exp(np.minimum(log_allow + tot["lo"] - log_S, 0.0))   # A / S, in [0, 1]
+                o = np.lexsort((log_slack, cq))               # by query, slack increasing
                 cq_o = cq[o]
-                before = _slack_before(np.exp(log_slack[o] - log_S[cq_o]), cq_o)
-                marked[ci[o[before < excess[cq_o]]]] = True   # before == 0 for the largest: always marked
+                share = np.exp(log_slack[o] - log_S[cq_o])
+                from_here = _slack_before(share, cq_o) + share
+                mark = from_here > allow[cq_o]
+                mark[np.append(cq_o[1:] != cq_o[:-1], True)] = True   # the largest slack: always marked
+                marked[ci[o[mark]]] = True
         keep = wide[query] & ~marked   # stays in the pool; other unmarked entries are final
         final = np.flatnonzero(~marked & ~keep)
         freeze({f: a[final] for f, a in pool.items()})

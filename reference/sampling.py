@@ -49,7 +49,7 @@ from reference.bounds import (
     validate_cut,
 )
 
-__all__ = ["cut_sample", "rejection_sample", "topk"]
+__all__ = ["cut_sample", "rejection_envelope", "rejection_sample", "topk"]
 
 # Queries processed together by the samplers and top-k: bounds the size of the
 # flat (query, node) arrays; a loop over blocks of queries is a batching loop.
@@ -197,6 +197,46 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
     if single:
         return ids[0], counters
     return ids, counters
+
+
+def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None) -> Cut:
+    """The cut of :func:`rejection_sample`'s envelope for these queries, ``n`` and ``tol``.
+
+    ``rejection_sample(tree, queries, n, rng, tol=tol)`` proposes from
+    ``U_v = n_v exp(<q,r_v> + eps_v)`` over exactly this cut (for a batch,
+    query block by query block, as here), so its acceptance rate per proposal
+    is ``exp(log Z - hi)`` with ``hi`` the bracket of this cut
+    (:func:`reference.bounds.log_partition_bracket`), and its counter
+    ``cut_entries`` is ``len`` of this cut. Entries that the sampler keeps
+    as one exact entry (an evaluated leaf, or a small node, whose targets are
+    drawn from their own softmax) are listed as their single targets.
+
+    The refinement's decisions compare sums of positive terms, so the cut of a
+    query does not depend on the other queries of the batch except at exact
+    ties (the batched products round the last bits of the logits differently
+    for different batch shapes).
+
+    Parameters
+    ----------
+    tree : Tree
+    queries : array_like, shape (k,) or (B, k)
+    n : int >= 1
+        Draws per query (the default envelope balances refinement against ``n``).
+    tol : float > 0, optional
+        As in :func:`rejection_sample`.
+
+    Returns
+    -------
+    Cut
+        One cut per query (``n_queries == B``, 1 for a single query).
+    """
+    Q, _ = _as_queries(tree, queries, "queries")
+    n = check_int(n, "n", low=1)
+    if tol is not None:
+        tol = check_positive(tol, "tol")
+    cuts = [_envelope_cut(tree, Q[b0:b0 + _QUERY_BLOCK], n, tol).cut()
+            for b0 in range(0, Q.shape[0], _QUERY_BLOCK)]
+    return cuts[0] if len(cuts) == 1 else Cut.stack(cuts)
 
 
 def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
