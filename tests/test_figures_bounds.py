@@ -1,8 +1,10 @@
-"""Smoke tests of the bound figures: ``make(tmp_path, quick=True)`` writes a PNG and a consistent CSV.
+"""The bound figures as the main job draws them (full size): a PNG and a consistent CSV each.
 
-Each figure already asserts its bound on the data it plots; here we re-read
-the CSV and check that it has rows, the expected columns, and the plotted
-relation (with the same 1e-9 tolerances the figures state).
+The figures come from the session's run of the README's command 1
+(fixture ``main_job``, ``tests/conftest.py``). Each figure already asserts
+its bound on the data it plots; here we re-read the CSV and check that it has
+rows, the expected columns, and the plotted relation (with the same 1e-9
+tolerances the figures state).
 """
 
 from __future__ import annotations
@@ -36,13 +38,11 @@ def _col(rows, name, cast=float):
 
 
 @pytest.mark.parametrize("name", list(FIGURES))
-def test_figure_quick(tmp_path, name):
+def test_figure_at_full_size(main_job, name):
     mod = importlib.import_module(f"figures.{name}")
     assert isinstance(mod.TITLE, str) and mod.TITLE
-    paths = mod.make(tmp_path, quick=True)
-    png = tmp_path / f"{name}.png"
-    csv_path = tmp_path / f"{name}.csv"
-    assert set(paths) == {png, csv_path}
+    png = main_job.out / f"{name}.png"
+    csv_path = main_job.out / f"{name}.csv"
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _read(csv_path)
     assert rows and list(rows[0]) == FIGURES[name]

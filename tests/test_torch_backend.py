@@ -1,18 +1,28 @@
 """The PyTorch demonstration backend passes the conformance kit, and the kit catches
 a realistic porting bug in it (SPEC section 9).
 
-Skipped only when PyTorch is not installed (``pip install ".[torch]"``; CI
-installs it). The sampler check runs at the kit's defaults: false-alarm rate
-1e-6 for the run, TV 0.05 detected with probability 0.9 per query; the seed
-is fixed, so the outcome is deterministic.
+PyTorch is optional (the ``torch`` extra), so these tests are skipped, with
+the reason printed, when it is not installed. ``.ci/run`` installs it and sets
+``REFERENCE_REQUIRE_TORCH=1``, which turns a missing PyTorch into a failure:
+in CI these tests always run. The sampler check runs at the kit's defaults:
+false-alarm rate 1e-6 for the run, TV 0.05 detected with probability 0.9 per
+query; the seed is fixed, so the outcome is deterministic.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install '.[torch]' to run these tests")
+try:
+    import torch
+except ImportError:
+    if os.environ.get("REFERENCE_REQUIRE_TORCH") == "1":
+        raise
+    pytest.skip("PyTorch is not installed: it is optional (the demonstration backend); install a CPU build "
+                "of torch to run these tests", allow_module_level=True)
 
 from reference.conformance import check_encoder, run_conformance  # noqa: E402
 from reference.contrib import torch_backend  # noqa: E402
