@@ -1,0 +1,355 @@
+"""Tests of reference.plain, the single-query definitions of the tree algorithms.
+
+Two kinds of check:
+
+- plain against brute force (its own proofs-as-tests): the bracket contains
+  log Z and is within tol (P2, P7); the cut is the one of the sequential
+  largest-slack rule (5), recomputed from scratch at every step; top-k equals
+  the brute-force order, exact ties included (P8); both samplers fit their
+  exact distributions (P4's Phat_C for ``cut_sample``, the softmax P for
+  ``rejection_sample``, P6) by the project's G-test.
+- plain against the fast batched path (``reference.bounds``,
+  ``reference.sampling``): the same top-k, the same bracket formula on the same
+  cut, and the same cut where the two refinement rules agree (a tol so large
+  that both stop at the root, a tol so small that both refine to the end).
+  In between the fast rule expands in bulk rounds, so its cuts differ; there
+  both brackets are only checked to be valid.
+
+Trees: clustered targets, the same after deletes (nodes with n_v = 0),
+integer points (exact ties of logits) and duplicated float points.
+
+Tolerances. Deterministic float64 comparisons use 1e-9 relative to
+``max(1, |log Z|)`` (SPEC section 6); logits of the two paths agree to 1e-12 of
+``||q|| max ||z||`` (their inner products are summed in different orders);
+on integer points every logit is an exact integer and compared exactly.
+Statistical tests use fixed seeds and fail at p < 1e-6 (the false-alarm rate
+of each G-test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import logsumexp
+
+from reference import plain
+from reference.bounds import Cut, adaptive_cut, cut_distribution, log_partition_bracket, validate_cut
+from reference.conformance import g_test
+from reference.data import make_targets
+from reference.sampling import topk as fast_topk
+from reference.tree import Tree
+
+ALPHA = 1e-6      # false-alarm rate of each G-test
+N_DRAWS = 20000   # draws per G-test
+RTOL = 1e-9       # deterministic float64 statements (SPEC section 6)
+
+
+# ---------------------------------------------------------------- trees and brute force
+def _clustered() -> Tree:
+    return Tree.build(make_targets(400, 4, seed=0), branching=3, leaf_size=6, seed=0)
+
+
+def _deleted() -> Tree:
+    """Clustered, then every target of four leaves and a fifth of the rest deleted: empty nodes."""
+    tree = Tree.build(make_targets(500, 4, seed=1), branching=3, leaf_size=6, seed=1)
+    rng = np.random.default_rng(1)
+    leaves = rng.choice(np.flatnonzero(tree.is_leaf), size=4, replace=False)
+    gone = np.concatenate([tree.order[tree.start[v]:tree.stop[v]] for v in leaves])
+    rest = np.setdiff1d(tree.order, gone)
+    tree.delete(np.concatenate([gone, rng.choice(rest, size=rest.size // 5, replace=False)]))
+    assert (tree.count == 0).any()
+    return tree
+
+
+def _integer() -> Tree:
+    """Integer points in {-2..2}^3: many duplicates, and exact ties of logits for integer queries."""
+    points = np.random.default_rng(2).integers(-2, 3, size=(300, 3)).astype(np.float64)
+    return Tree.build(points, branching=3, leaf_size=5, seed=2)
+
+
+def _duplicates() -> Tree:
+    """240 float points, each a copy of one of 40 clustered ones (odd dimension 5)."""
+    base = make_targets(40, 5, seed=3)
+    return Tree.build(base[np.random.default_rng(3).integers(40, size=240)], branching=3, leaf_size=4, seed=3)
+
+
+BUILDERS = {"clustered": _clustered, "deleted": _deleted, "integer": _integer, "duplicates": _duplicates}
+
+
+@pytest.fixture(scope="module")
+def trees() -> dict[str, Tree]:
+    return {name: build() for name, build in BUILDERS.items()}
+
+
+def _query(tree: Tree, seed: int, scale: float) -> np.ndarray:
+    """A random query with ``||q|| max_y ||z_y|| = scale`` (the logit scale)."""
+    q = np.random.default_rng(seed).normal(size=tree.dim)
+    zmax = np.linalg.norm(tree.points[tree.alive], axis=1).max()
+    return q * (scale / (np.linalg.norm(q) * zmax))
+
+
+def _brute(tree: Tree, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Live ids and their logits ``<q, z_y>``; identical points get bit-identical logits."""
+    ids = np.flatnonzero(tree.alive)
+    rows, inverse = np.unique(tree.points[ids], axis=0, return_inverse=True)
+    return ids, (rows @ q)[inverse.ravel()]
+
+
+def _log_z(tree: Tree, q: np.ndarray) -> float:
+    return float(logsumexp(_brute(tree, q)[1]))
+
+
+def _entries(cut: Cut) -> set[tuple[int, int]]:
+    return set(zip(cut.node.tolist(), cut.target.tolist()))
+
+
+# ---------------------------------------------------------------- bracket and adaptive cut
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("scale", [0.0, 1.0, 10.0, 100.0, 1e4])
+def test_bracket_contains_log_z_and_is_within_tol(trees, name, scale):
+    """P2, P7: lo <= log Z <= hi and hi - lo <= tol; the cut is a partition; (2) as the fast formula computes it."""
+    tree = trees[name]
+    for seed in range(2):
+        q = _query(tree, seed, scale)
+        log_z = _log_z(tree, q)
+        fp = RTOL * max(1.0, abs(log_z))
+        for tol in (1.0, 0.1, 1e-3):
+            lo, hi = plain.bracket(tree, q, tol)
+            assert lo - fp <= log_z <= hi + fp, f"{name}: log Z = {log_z} outside [{lo}, {hi}] (tol {tol})"
+            assert hi - lo <= tol + fp, f"{name}: hi - lo = {hi - lo} > tol = {tol}"
+            cut = plain.adaptive_cut(tree, q, tol)
+            validate_cut(tree, cut, full=True)                       # a partition of the live targets
+            assert (tree.count[cut.node[cut.node >= 0]] > 0).all()  # empty nodes are skipped
+            f_lo, f_hi, _ = log_partition_bracket(tree, q, cut)      # the same cut, the fast formula
+            assert_allclose([lo, hi], [f_lo, f_hi], rtol=0, atol=fp)
+
+
+def _sequential_cut(tree: Tree, q: np.ndarray, tol: float) -> set[tuple[int, int]]:
+    """Statement (5) by brute force: every step recomputes every entry's terms, lo, hi and slack."""
+    entries = [(0, -1)]
+    while True:
+        node = np.array([v for v, _ in entries])
+        target = np.array([y for _, y in entries])
+        isn = node >= 0
+        r = np.where(isn[:, None], tree.rep[np.maximum(node, 0)], tree.points[np.maximum(target, 0)])
+        s = r @ q
+        log_n = np.log(np.where(isn, tree.count[np.maximum(node, 0)], 1))
+        eps = np.where(isn, np.linalg.norm(q) * tree.radius[np.maximum(node, 0)], 0.0)
+        lo, hi = logsumexp(log_n + s - eps), logsumexp(log_n + s + eps)
+        if hi - lo <= tol or not (eps > 0).any():
+            return set(entries)
+        slack = np.full(eps.size, -np.inf)
+        pos = eps > 0
+        slack[pos] = log_n[pos] + s[pos] + eps[pos] + np.log(-np.expm1(-2.0 * eps[pos]))
+        v, _ = entries.pop(int(np.argmax(slack)))
+        if tree.is_leaf[v]:
+            entries += [(-1, int(y)) for y in tree.order[tree.start[v]:tree.stop[v]]]
+        else:
+            entries += [(int(c), -1) for c in tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
+                        if tree.count[c] > 0]
+
+
+@pytest.mark.parametrize("name", ["clustered", "deleted"])
+def test_adaptive_cut_is_the_sequential_largest_slack_cut(trees, name):
+    """(5): the heap and running sums of plain give the cut of the from-scratch sequential rule.
+
+    At logit scales 1e3 and 1e4 the sum behind hi falls by far more than
+    float64's 16 digits as the cut refines: running sums that are not
+    recomputed when their rounding error grows stop at a different cut.
+    """
+    tree = trees[name]
+    for seed, scale in [(0, 3.0), (1, 10.0), (2, 40.0), (3, 1e3), (4, 1e4)]:  # hi falls by up to ~e^1e4
+        q = _query(tree, seed, scale)
+        for tol in (1.0, 0.3, 0.05):
+            got = _entries(plain.adaptive_cut(tree, q, tol))
+            assert got == _sequential_cut(tree, q, tol), f"{name}, scale {scale}, tol {tol}: cuts differ"
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_adaptive_cut_matches_fast_where_the_rules_agree(trees, name):
+    """Same cut as reference.bounds.adaptive_cut at both ends; in between both brackets valid and within tol."""
+    tree = trees[name]
+    for seed in range(3):
+        q = _query(tree, seed, 3.0)
+        log_z = _log_z(tree, q)
+        fp = RTOL * max(1.0, abs(log_z))
+        r_lo, r_hi, _ = log_partition_bracket(tree, q, Cut.root())
+        wide = (r_hi - r_lo) + 1.0  # the root is narrow enough: both stop there
+        assert _entries(plain.adaptive_cut(tree, q, wide)) == _entries(adaptive_cut(tree, q, wide)) == {(0, -1)}
+        # tol far below the slack any entry of positive radius leaves at logit scale 3: both refine to the end
+        end, fast_end = plain.adaptive_cut(tree, q, 1e-12), adaptive_cut(tree, q, 1e-12)
+        assert _entries(end) == _entries(fast_end)
+        lo, hi = plain.bracket(tree, q, 1e-12)
+        assert abs(lo - log_z) <= fp and abs(hi - log_z) <= fp
+        for tol in (1.0, 0.1):
+            f_lo, f_hi, _ = log_partition_bracket(tree, q, adaptive_cut(tree, q, tol))
+            lo, hi = plain.bracket(tree, q, tol)
+            for a, b in ((lo, hi), (f_lo, f_hi)):
+                assert a - fp <= log_z <= b + fp and b - a <= tol + fp
+
+
+def test_bracket_at_twenty_thousand_targets():
+    """Usable at N = 2e4 (a cut of thousands of entries; see --durations) and still certified."""
+    tree = Tree.build(make_targets(20000, 8, seed=4), seed=4)
+    for scale, tol in [(10.0, 0.05), (100.0, 0.01), (1e4, 0.1)]:
+        q = _query(tree, 4, scale)
+        log_z = _log_z(tree, q)
+        fp = RTOL * max(1.0, abs(log_z))
+        lo, hi = plain.bracket(tree, q, tol)
+        assert lo - fp <= log_z <= hi + fp and hi - lo <= tol + fp
+
+
+# ---------------------------------------------------------------- top-k
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_topk_equals_brute_force_with_ties(trees, name):
+    """P8: exactly the brute-force top-k in the order np.lexsort((ids, -logits)), ties by smaller id."""
+    tree = trees[name]
+    rng = np.random.default_rng(5)
+    for seed in range(4):
+        if name == "integer":  # integer queries: every logit an exact integer, ties everywhere
+            q = rng.integers(-2, 3, size=tree.dim).astype(np.float64)
+        else:
+            q = _query(tree, seed, 10.0)
+        ids, a = _brute(tree, q)
+        o = np.lexsort((ids, -a))
+        for k in (1, 7, 40, tree.n_live):
+            got_ids, got_a = plain.topk(tree, q, k)
+            assert_array_equal(got_ids, ids[o[:k]], err_msg=f"{name}, k = {k}")
+            if name == "integer":
+                assert_array_equal(got_a, a[o[:k]])
+            else:
+                assert_allclose(got_a, a[o[:k]], rtol=0, atol=1e-12 * 10.0)
+    if name == "integer":  # the case that the tie rule decides
+        ids, a = _brute(tree, np.array([1.0, 0.0, 0.0]))
+        assert (a == a.max()).sum() > 40
+        assert_array_equal(plain.topk(tree, np.array([1.0, 0.0, 0.0]), 40)[0], ids[a == a.max()][:40])
+
+
+def test_topk_ties_of_duplicates_at_any_magnitude():
+    """P8 on 100 small trees of copies of 2-5 points, coordinates from 1e-3 to 1e3, k anywhere.
+
+    Duplicates split by index over several leaves make nodes whose radius is
+    zero or a few ulps: their bound ub_v is tight, and only the rounding
+    margin of (10) keeps a tied copy with a smaller id from being pruned.
+    """
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        m, dim = int(rng.integers(2, 6)), int(rng.integers(1, 6))
+        base = rng.normal(size=(m, dim)) * 10 ** rng.uniform(-3, 3)
+        tree = Tree.build(base[rng.integers(m, size=int(rng.integers(30, 120)))],
+                          branching=int(rng.integers(2, 4)), leaf_size=int(rng.integers(1, 4)), seed=seed)
+        for _ in range(5):
+            q = rng.normal(size=dim) * 10 ** rng.uniform(-2, 2)
+            k = int(rng.integers(1, tree.n_live + 1))
+            ids, a = _brute(tree, q)
+            assert_array_equal(plain.topk(tree, q, k)[0], ids[np.lexsort((ids, -a))][:k], err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_topk_equals_fast(trees, name):
+    """The same ids as reference.sampling.topk, and the same logits to rounding (exactly on integer points)."""
+    tree = trees[name]
+    for seed, scale in [(0, 1.0), (1, 30.0), (2, 1e4)]:
+        q = np.round(_query(tree, seed, scale)) if name == "integer" else _query(tree, seed, scale)
+        for k in (1, 10, 50):
+            ids, a = plain.topk(tree, q, k)
+            f_ids, f_a = fast_topk(tree, q, k)
+            assert_array_equal(ids, f_ids, err_msg=f"{name}, scale {scale}, k = {k}")
+            assert_allclose(a, f_a, rtol=0, atol=0.0 if name == "integer" else 1e-12 * scale)
+
+
+# ---------------------------------------------------------------- samplers
+def _assert_fits(tree: Tree, ids: np.ndarray, log_p: np.ndarray, label: str) -> None:
+    assert ids.shape == (N_DRAWS,) and ids.dtype == np.int64 and tree.alive[ids].all(), label
+    result = g_test(np.bincount(ids, minlength=tree.points.shape[0]), np.exp(log_p))
+    assert result.p_value >= ALPHA, f"{label}: G = {result.statistic:.1f}, df = {result.df}, p = {result.p_value:.2e}"
+
+
+@pytest.mark.parametrize("name", ["clustered", "deleted", "duplicates"])
+def test_cut_sample_fits_cut_distribution(trees, name):
+    """P4's Phat_C (reference.bounds.cut_distribution of the same cut): G-test, false alarms at rate 1e-6.
+
+    Also log_q is log Phat_C of each draw (deterministic, 1e-9).
+    """
+    tree = trees[name]
+    rng = np.random.default_rng(6)
+    for tol, scale in [(1.0, 8.0), (0.2, 3.0)]:
+        q = _query(tree, 6, scale)
+        log_p = cut_distribution(tree, q, plain.adaptive_cut(tree, q, tol))
+        ids, log_q = plain.cut_sample(tree, q, N_DRAWS, rng, tol=tol)
+        assert_allclose(log_q, log_p[ids], rtol=0, atol=RTOL * max(1.0, abs(_log_z(tree, q))))
+        _assert_fits(tree, ids, log_p, f"cut_sample on {name}, tol {tol}")
+
+
+@pytest.mark.parametrize("name", ["clustered", "deleted", "duplicates"])
+def test_rejection_sample_fits_softmax(trees, name):
+    """P6: exact draws from P(y) = exp(a_y) / Z: G-test, false alarms at rate 1e-6 per (tree, tol)."""
+    tree = trees[name]
+    rng = np.random.default_rng(7)
+    for tol, scale in [(1.0, 8.0), (3.0, 5.0)]:
+        q = _query(tree, 7, scale)
+        ids, a = _brute(tree, q)
+        log_p = np.full(tree.points.shape[0], -np.inf)
+        log_p[ids] = a - logsumexp(a)
+        _assert_fits(tree, plain.rejection_sample(tree, q, N_DRAWS, rng, tol=tol), log_p,
+                     f"rejection_sample on {name}, tol {tol}")
+
+
+def test_rejection_sample_refuses_a_tree_violating_i3():
+    """A radius too small for its targets makes an acceptance probability exceed 1: ValueError, not bias."""
+    tree = Tree.build(make_targets(200, 3, seed=8), branching=3, leaf_size=5, seed=8)
+    tree.radius[:] *= 0.5
+    q = _query(tree, 8, 20.0)
+    with pytest.raises(ValueError, match="I3"):
+        plain.rejection_sample(tree, q, 2000, np.random.default_rng(8), tol=1e3)
+
+
+def test_samplers_are_deterministic_for_a_seed(trees):
+    tree, q = trees["deleted"], _query(trees["deleted"], 9, 5.0)
+    for sample in (lambda r: plain.cut_sample(tree, q, 50, r)[0], lambda r: plain.rejection_sample(tree, q, 50, r)):
+        assert_array_equal(sample(np.random.default_rng(9)), sample(np.random.default_rng(9)))
+
+
+# ---------------------------------------------------------------- validation
+def test_invalid_inputs_raise_value_error(trees):
+    tree = trees["clustered"]
+    q, rng = _query(tree, 0, 1.0), np.random.default_rng(0)
+    calls = {
+        "adaptive_cut": lambda t, qq: plain.adaptive_cut(t, qq, 1.0),
+        "bracket": lambda t, qq: plain.bracket(t, qq, 1.0),
+        "cut_sample": lambda t, qq: plain.cut_sample(t, qq, 3, rng),
+        "rejection_sample": lambda t, qq: plain.rejection_sample(t, qq, 3, rng),
+        "topk": lambda t, qq: plain.topk(t, qq, 3),
+    }
+    bad_queries = [(np.zeros(3), r"q: expected shape \(4,\), got \(3,\)"), (np.zeros((2, 4)), "q: expected a 1-D"),
+                   (np.array([0.0, np.nan, 0.0, 0.0]), "q: expected finite"),
+                   (np.array([np.inf, 0.0, 0.0, 0.0]), "q: expected finite"),
+                   (np.array(["a", "b", "c", "d"]), "q: expected a real numeric")]
+    for name, call in calls.items():
+        for bad, match in bad_queries:
+            with pytest.raises(ValueError, match=match):
+                call(tree, bad)
+        for bad_tree in (object(), Tree()):
+            with pytest.raises(ValueError, match="tree: expected a reference.tree.Tree with at least one"):
+                call(bad_tree, q)
+    for tol in (0.0, -1.0, np.nan, np.inf, "1", True):
+        for call in (plain.adaptive_cut, plain.bracket):
+            with pytest.raises(ValueError, match="tol: expected"):
+                call(tree, q, tol)
+        with pytest.raises(ValueError, match="tol: expected"):
+            plain.cut_sample(tree, q, 3, rng, tol=tol)
+        with pytest.raises(ValueError, match="tol: expected"):
+            plain.rejection_sample(tree, q, 3, rng, tol=tol)
+    for n in (0, -2, 3.0, True, "3"):
+        for sampler in (plain.cut_sample, plain.rejection_sample):
+            with pytest.raises(ValueError, match="n: expected an integer"):
+                sampler(tree, q, n, rng)
+    for bad_rng in (None, 0, np.random.RandomState(0)):
+        for sampler in (plain.cut_sample, plain.rejection_sample):
+            with pytest.raises(ValueError, match="rng: expected a numpy.random.Generator"):
+                sampler(tree, q, 3, bad_rng)
+    for k, match in [(0, "k: expected an integer >= 1"), (tree.n_live + 1, f"k: expected an integer <= {tree.n_live}"),
+                     (1.5, "k: expected an integer, got"), (False, "k: expected an integer, got")]:
+        with pytest.raises(ValueError, match=match):
+            plain.topk(tree, q, k)
