@@ -2,10 +2,28 @@
 
 Clustered targets, many queries (softmax temperatures from flat to peaked) and
 many cuts per query: ``adaptive_cut`` at several tolerances and random
-refinements of the root cut. For each (query, cut): the measured
-``sup_y |log Phat_C(y) - log P(y)|`` against ``2 eps_C``, and the measured
-``TV(Phat_C, P)`` against ``1 - exp(-2 eps_C)`` (P4, SPEC section 6); also
-both KL divergences against ``2 eps_C``.
+refinements of the root cut. For each (query, cut) the figure measures
+``sup_y |log Phat_C(y) - log P(y)|``, ``TV(Phat_C, P)`` and both KL
+divergences, and their P4 bounds (SPEC section 6): ``2 eps_C``,
+``1 - exp(-2 eps_C)`` and ``2 eps_C``.
+
+Panels, one point per (query, cut), colour and marker by kind of cut, both on
+log-log axes against ``2 eps_C`` (how coarse the cut is):
+
+1. the measured pointwise log-ratio, with its bound, the line ``y = 2 eps_C``,
+   and a ``bound / 10`` guide: the vertical distance of a point below the
+   line is how loose the bound is for it (a factor, on log axes);
+2. the measured TV, with its bound drawn as the curve ``1 - exp(-2 eps_C)``,
+   a ``bound / 10`` guide and the line ``TV = 1``. The shaded region is where
+   the bound is at least ``TRIVIAL_TV`` = 0.9, i.e. says almost nothing
+   (``TV <= 1`` always); left of it the bound is about ``2 eps_C`` and the
+   reader sees its tightness as the distance below the curve.
+
+Log axes cannot show zeros: a point with ``eps_C = 0`` (an exact cut) or a
+measured value of exactly 0 is not drawn, and each panel's title states how
+many such points there are (or that all are drawn). The KL divergences are
+checked and written to the CSV but not plotted. The CSV holds every
+(query, cut) row, plotted or not.
 
 Checked on the plotted data (AssertionError otherwise): every point lies
 below its bound (log-space quantities to 1e-9 of the term magnitude, TV to
@@ -17,12 +35,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.collections import PathCollection
 from scipy.special import logsumexp
 
 from figures.common import plt, save, write_csv
 from reference.bounds import (
     Cut,
-    _expand,
     adaptive_cut,
     cut_distribution,
     cut_eps,
@@ -33,22 +51,94 @@ from reference.bounds import (
 from reference.data import make_targets
 from reference.tree import Tree
 
-TITLE = "Cut distribution vs softmax: sup |log Phat - log P| vs 2 eps_C and TV vs 1 - exp(-2 eps_C) (P4)"
+TITLE = "Cut distribution vs softmax (P4): sup |log Phat - log P| and TV against 2 eps_C (log-log), with their bounds"
 
 FP_RTOL = 1e-9
 
 
 def _random_cut(tree: Tree, rng: np.random.Generator, rounds: int) -> Cut:
-    """Expand a random half of the entries, ``rounds`` times (single query)."""
+    """Expand a random half of the entries, ``rounds`` times (single query).
+
+    A node expands into its children with ``n_c > 0``, a leaf into its
+    targets ``order[start[v]:stop[v]]`` (single-target entries).
+    """
     node, target = np.zeros(1, np.int64), np.zeros(0, np.int64)
     for _ in range(rounds):
         if node.size == 0:
             break
         marked = rng.random(node.size) < 0.5
-        _, nv, ny = _expand(tree, np.zeros(int(marked.sum()), np.int64), node[marked])
-        node = np.concatenate([node[~marked], nv[nv >= 0]])
-        target = np.concatenate([target, ny[ny >= 0]])
+        children, targets = [], []
+        for v in node[marked]:
+            if tree.is_leaf[v]:
+                targets.append(tree.order[tree.start[v]:tree.stop[v]])
+            else:
+                c = tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
+                children.append(c[tree.count[c] > 0])
+        node = np.concatenate([node[~marked], *children])
+        target = np.concatenate([target, *targets])
     return Cut.from_entries(node, target)
+
+
+#: The TV bound is called trivial where it is at least this (TV <= 1 always).
+TRIVIAL_TV = 0.9
+
+
+def _legend_name(label: str) -> str:
+    """Plain-words legend entry for a CSV ``cut`` label."""
+    kind, _, arg = label.partition(" ")
+    if kind == "adaptive":
+        return f"adaptive cut, tolerance {arg.split('=')[1]}"
+    r = int(arg.split()[0])
+    return f"random cut, {r} round{'s' if r > 1 else ''} of splitting"
+
+
+def _plot(rows: dict[str, list], labels: list[str], n: int, n_queries: int) -> "plt.Figure":
+    """Both panels on log-log axes against ``2 eps_C``; points with a zero coordinate are counted, not drawn."""
+    x = 2.0 * np.asarray(rows["eps_c"], float)
+    ys = (np.asarray(rows["sup_log_ratio"], float), np.asarray(rows["tv"], float))
+    lab_arr = np.array(rows["cut"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.6))
+    shown = [(x > 0) & (y > 0) for y in ys]
+    for lab_i, lab in enumerate(dict.fromkeys(labels)):
+        style = dict(s=10, alpha=0.75, color=f"C{lab_i}", marker="o" if lab.startswith("adaptive") else "^",
+                     linewidths=0, label=_legend_name(lab))
+        for ax, y, ok in zip(axes, ys, shown):
+            m = (lab_arr == lab) & ok
+            ax.scatter(x[m], y[m], **style)
+    pos = x[x > 0]
+    xs = np.geomspace(pos.min() / 2, pos.max() * 2, 400) if pos.size else np.geomspace(1e-3, 1e3, 400)
+    x_triv = -np.log1p(-TRIVIAL_TV)  # 1 - exp(-x) = TRIVIAL_TV
+    # left: the pointwise log-ratio, bound y = x
+    axes[0].plot(xs, xs, "k-", lw=1.2, label="bound (y = 2 eps_C)")
+    axes[0].plot(xs, xs / 10, color="0.5", ls=":", lw=1, label="bound / 10 (guide)")
+    axes[0].set_ylabel("measured max over targets y of |log Phat_C(y) - log P(y)|")
+    titles = ("pointwise log-probability error vs its bound 2 eps_C",
+              "total variation vs its bound 1 - exp(-2 eps_C)")
+    # right: the total variation, bound y = 1 - exp(-x) (~x for small x, ~1 for large x)
+    tvb = -np.expm1(-xs)
+    axes[1].axvspan(x_triv, xs.max(), color="0.88", zorder=0,
+                    label=f"shaded: bound >= {TRIVIAL_TV:g}, trivial (TV <= 1 always)")
+    axes[1].axhline(1.0, color="0.3", ls="--", lw=0.8, label="TV = 1 (largest possible)")
+    axes[1].plot(xs, tvb, "k-", lw=1.2, label="bound (y = 1 - exp(-2 eps_C))")
+    axes[1].plot(xs, tvb / 10, color="0.5", ls=":", lw=1, label="bound / 10 (guide)")
+    axes[1].set_ylabel("measured total variation TV(Phat_C, P)")
+    for ax, y, ok, what, title in zip(axes, ys, shown, ("the error", "TV"), titles):
+        ax.set(xscale="log", yscale="log", xlim=(xs.min(), xs.max()),
+               xlabel="2 eps_C   (eps_C = max over the cut's nodes v of ||q|| rho_v; larger = coarser cut)")
+        ax.grid(True, which="major", lw=0.3)
+        hidden = int((~ok).sum())
+        note = (f"{hidden} of {ok.size} points not drawn: 2 eps_C = 0 (exact cut) or {what} = 0 (log axes)"
+                if hidden else f"all {ok.size} points drawn")
+        ax.set_title(f"{title}\n({note})", fontsize=10)
+    # legends below the panels, where they cannot hide a point: the point markers (the same in both
+    # panels) under the left panel, each panel's lines under it
+    below = dict(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    axes[0].legend(markerscale=2, title="points: one per (query, cut), by kind of cut", title_fontsize=8, **below)
+    lines = [h for h in axes[1].get_legend_handles_labels()[0] if not isinstance(h, PathCollection)]
+    axes[1].legend(handles=lines, title="points: as under the left panel", title_fontsize=8, **below)
+    fig.suptitle(f"Cut distribution Phat_C vs softmax P (P4): every point lies on or below its bound (black); "
+                 f"distance below it = looseness.  N={n}, {n_queries} queries, {len(x)} cuts", fontsize=10)
+    return fig
 
 
 def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
@@ -90,25 +180,6 @@ def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
         assert sup <= rows["log_bound"][-1] + tol, f"P4 pointwise bound violated ({lab}, query {b})"
         assert tv <= rows["tv_bound"][-1] + 1e-9, f"P4 TV bound violated ({lab}, query {b})"
         assert max(kl1, kl2) <= rows["kl_bound"][-1] + tol, f"P4 KL bound violated ({lab}, query {b})"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    lab_arr = np.array(rows["cut"])
-    for lab in dict.fromkeys(labels):
-        m = lab_arr == lab
-        axes[0].scatter(np.array(rows["log_bound"])[m], np.array(rows["sup_log_ratio"])[m], s=8, label=lab)
-        axes[1].scatter(np.array(rows["tv_bound"])[m], np.array(rows["tv"])[m], s=8, label=lab)
-    positive = [x for x in rows["log_bound"] if x > 0]
-    lo_lim, hi_lim = min(positive) / 2, max(positive) * 1.2
-    axes[0].plot([lo_lim, hi_lim], [lo_lim, hi_lim], "k-", lw=0.8, label="bound (y = x)")
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("2 eps_C")
-    axes[0].set_ylabel("measured sup_y |log Phat_C(y) - log P(y)|")
-    axes[0].set_title("pointwise log-ratio (P4)")
-    axes[0].legend(fontsize=7)
-    axes[1].plot([0, 1], [0, 1], "k-", lw=0.8, label="bound (y = x)")
-    axes[1].set_xlabel("1 - exp(-2 eps_C)")
-    axes[1].set_ylabel("measured TV(Phat_C, P)")
-    axes[1].set_title(f"total variation (P4); N={n}, {n_queries} queries, {len(cuts)} cuts")
-    axes[1].legend(fontsize=7)
     stem = Path(out_dir) / "fig_cut_distribution"
-    return [save(fig, stem.with_suffix(".png")), write_csv(stem.with_suffix(".csv"), rows)]
+    return [save(_plot(rows, labels, n, n_queries), stem.with_suffix(".png")),
+            write_csv(stem.with_suffix(".csv"), rows)]

@@ -7,15 +7,27 @@ else it runs a small benchmark itself (``quick``: N = 1000, 3000, 10000 with
 50 queries; otherwise N = 1e4, 3e4, 1e5 with 100 queries; one repeat, both
 data sets) and saves that JSON next to the figure as ``scaling.json``.
 
-Panels (clustered data solid, unclustered dashed):
+Panels (log-log, one line per series, every series named in a legend
+placed under its panel so that no legend covers data):
 
-1. wall-clock time per query against N, for the tree (rejection sampling of
-   the negatives, P6; top-k, P8) and for brute force (all N logits, then
-   inverse-CDF sampling / argpartition), measured in the same run;
+1. wall-clock time per query (microseconds) against N, for the tree
+   (rejection sampling of the negatives, P6; top-k, P8) and for brute force
+   (all N logits, then inverse-CDF sampling / argpartition), measured in the
+   same run: one series per (data set, method, operation), 8 with both
+   data sets;
 2. logits evaluated per query against N (node plus target inner products,
-   from the samplers' counters; brute force evaluates N), with a reference
+   from the samplers' counters): the tree's series (data set x operation);
+   brute force evaluates N for either operation on any data set, so its
+   CSV series coincide and are drawn as one line ``y = N``; and a reference
    line ``~ N^0.5`` through the smallest clustered point, the growth the
    benchmark's target allows.
+
+Encoding: the colour names the (method, data set) pair (``COLOURS``: blues
+for the tree, oranges for brute force; dark for clustered, light for
+isotropic), the line style and marker shape the operation (``OP_STYLE``:
+sampling solid with circles, top-k dashed with triangles), and the marker
+fill repeats the data set (filled for the first data set of the run, open
+for the others). The x ticks are the benchmark's N.
 
 Checked on the plotted data (a violation is a bug report, not a figure):
 every plotted tree top-k equals the brute-force top-k and every sampled id
@@ -33,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import LogFormatter, NullFormatter
 
 from figures.common import plt, save, write_csv
 from reference import bench as B
@@ -109,6 +122,84 @@ def _check(result: dict[str, Any], csv_path: Path, cols: dict[str, list]) -> Non
             assert float(row[key]) == cols[key][i], f"CSV row {i} column {key}"
 
 
+#: One colour per (method, data set): blues for the tree, oranges for brute force (Okabe-Ito, colour-blind safe).
+COLOURS = {("tree", "clustered"): "#0072B2", ("tree", "isotropic"): "#56B4E9",
+           ("brute", "clustered"): "#D55E00", ("brute", "isotropic"): "#E69F00"}
+_EXTRA_COLOURS = ("#009E73", "#CC79A7", "#000000", "#F0E442")  # for data sets other than the two above
+#: Line style and marker shape by operation; the marker is filled for the first data set, open for the others.
+OP_STYLE = {"sample": dict(ls="-", marker="o"), "topk": dict(ls="--", marker="^")}
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (``20``, ``0.5``, ``10000``), on the ticks LogFormatter would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _colour(method: str, data: str, datasets: list[str]) -> str:
+    if (method, data) in COLOURS:
+        return COLOURS[(method, data)]
+    i = 2 * datasets.index(data) + (method == "brute")
+    return _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)]
+
+
+def _plot(result: dict[str, Any], cols: dict[str, list], json_path: Path) -> "plt.Figure":
+    """Both panels (see the module docstring); legends below the panels so that they hide no data."""
+    cfg = result["config"]
+    datasets = list(cfg["data"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.8))
+    name = {"sample": f"sampling ({cfg['negatives']} negatives)", "topk": f"top-{cfg['topk']}"}
+    a = {k: np.asarray(v) for k, v in cols.items()}
+    ns = np.array(sorted(set(cols["n"])), float)
+    for data in datasets:
+        for method in ("tree", "brute"):
+            for op in _OPS:
+                sel = (a["data"] == data) & (a["op"] == op) & (a["method"] == method)
+                order = np.argsort(a["n"][sel])
+                n = a["n"][sel][order]
+                colour = _colour(method, data, datasets)
+                style = dict(color=colour, ms=6, lw=1.6, mec=colour, mew=1.3,
+                             mfc=colour if data == datasets[0] else "white", **OP_STYLE[op])
+                who = "tree" if method == "tree" else "brute force"
+                axes[0].plot(n, 1e6 * a["seconds_per_query"][sel][order],
+                             label=f"{who}, {data}: {name[op]}", **style)
+                if method == "tree":
+                    axes[1].plot(n, a["logits_per_query"][sel][order], label=f"tree, {data}: {name[op]}", **style)
+    # brute force evaluates all N logits for either operation on any data set: one line, not one per
+    # (data set, operation) drawn on top of each other (the CSV holds them all)
+    brute = a["method"] == "brute"
+    nb = np.array(sorted(set(a["n"][brute].tolist())), float)
+    axes[1].plot(nb, nb, color="0.35", lw=2.2, marker="s", ms=5,
+                 label="brute force, any data set: N logits (sampling and top-k alike)")
+    clustered = [r for r in result["runs"] if r["data"] == "clustered"]
+    if clustered:
+        r0 = min(clustered, key=lambda r: r["n"])
+        y0 = max(r0["sample"]["logits_per_query"], r0["topk"]["logits_per_query"])
+        axes[1].plot(ns, y0 * (ns / r0["n"]) ** 0.5, ":", color="k", lw=1.2,
+                     label="~ N^0.5 through the smallest clustered point (the benchmark's target growth)")
+    axes[0].set(ylabel="wall-clock time per query (microseconds)", title="time per query (best of repeats)")
+    axes[1].set(ylabel="logits evaluated per query", title="logits per query (node + target inner products)")
+    key = "colour: method and data set;  line and marker shape: operation"
+    if len(datasets) > 1:
+        key += f";  filled marker: {datasets[0]}, open: {', '.join(datasets[1:])}"
+    for ax in axes:
+        ax.set(xscale="log", yscale="log", xlabel="N (number of targets)")
+        ax.set_xticks(ns, [f"{int(v):,}" for v in ns])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.grid(True, which="both", lw=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1 if ax is axes[1] else 2,
+                  frameon=False, title=key, title_fontsize=8)
+    mach = result["machine"]
+    fig.suptitle(f"Cost per query vs N: tree index vs brute force, exact sampling and exact top-k.  "
+                 f"k = {cfg['k']}, {cfg['queries']} queries, perplexity ~{cfg['perplexity']:g}, "
+                 f"{mach['cpus']} CPUs, load average {mach['load_start']}-{mach['load_end']} -- {json_path.name}",
+                 fontsize=10)
+    return fig
+
+
 def make(out_dir: Path, *, quick: bool = False, source: Path | None = None) -> list[Path]:
     """Plot cost per query against N; write the PNG and the CSV behind it.
 
@@ -135,40 +226,6 @@ def make(out_dir: Path, *, quick: bool = False, source: Path | None = None) -> l
     csv_path = write_csv(out_dir / "scaling.csv", cols)
     _check(result, csv_path, cols)
 
-    cfg = result["config"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    style = {"clustered": "-", "isotropic": "--"}
-    color = {("sample", "tree"): "C0", ("topk", "tree"): "C1", ("sample", "brute"): "C2", ("topk", "brute"): "C3"}
-    name = {"sample": f"exact sampling (n={cfg['negatives']})", "topk": f"exact top-{cfg['topk']}"}
-    data_col = np.asarray(cols["data"])
-    for data in cfg["data"]:
-        for op in _OPS:
-            for method in ("tree", "brute"):
-                sel = (data_col == data) & (np.asarray(cols["op"]) == op) & (np.asarray(cols["method"]) == method)
-                n = np.asarray(cols["n"])[sel]
-                label = f"{method}: {name[op]}, {data}"
-                axes[0].plot(n, 1e3 * np.asarray(cols["seconds_per_query"])[sel], style[data],
-                             color=color[(op, method)], marker="o", ms=4, label=label)
-                if method == "tree" or op == "sample":  # brute force evaluates N for both operations
-                    lab = label if method == "tree" else f"brute force (N logits), {data}"
-                    axes[1].plot(n, np.asarray(cols["logits_per_query"])[sel], style[data],
-                                 color=color[(op, method)], marker="o", ms=4, label=lab)
-    clustered = [r for r in result["runs"] if r["data"] == "clustered"]
-    if clustered:
-        r0 = min(clustered, key=lambda r: r["n"])
-        ns = np.array(sorted({r["n"] for r in result["runs"]}), float)
-        y0 = max(r0["sample"]["logits_per_query"], r0["topk"]["logits_per_query"])
-        axes[1].plot(ns, y0 * (ns / r0["n"]) ** 0.5, ":", color="k", lw=1, label="~ N^0.5 (target growth)")
-    axes[0].set(xscale="log", yscale="log", xlabel="N (targets)", ylabel="wall time per query (ms)",
-                title="time per query (best of repeats)")
-    axes[1].set(xscale="log", yscale="log", xlabel="N (targets)", ylabel="logits evaluated per query",
-                title="logits per query (node + target inner products)")
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(True, which="both", lw=0.3)
-    mach = result["machine"]
-    fig.suptitle(f"k = {cfg['k']}, {cfg['queries']} queries, perplexity ~{cfg['perplexity']:g}, "
-                 f"{mach['cpus']} CPUs, load average {mach['load_start']}-{mach['load_end']} -- {json_path.name}",
-                 fontsize=10)
+    fig = _plot(result, cols, json_path)
     png = save(fig, out_dir / "scaling.png")
     return [png, csv_path, json_path]
