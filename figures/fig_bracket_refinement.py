@@ -1,12 +1,16 @@
 """Figure: the certified bracket [lo, hi] on log Z closing in as the cut is refined (P2, P3, P7).
 
 Clustered targets (``reference.data.make_targets``), a tree right after
-``Tree.build`` (so I4 holds), a few queries. Starting from the root cut, each
-step expands the 10% of entries with the largest slack
-``n_v exp(<q,r_v>) (exp(eps_v) - exp(-eps_v))`` (a node into its non-empty
-children, a leaf into its targets). Each step is a refinement of the previous
-cut, so by P3 lo never decreases and hi never increases; by P2 the bracket
-always contains the brute-force log Z and hi - lo <= 2 eps_C.
+``Tree.build`` (so I4 holds), a few queries. Starting from the root cut, the
+cut is refined by the rule of the adaptive cut without its stop: the entry
+of largest slack ``n_v exp(<q,r_v>) (exp(eps_v) - exp(-eps_v))`` first, a
+node into its non-empty children, a leaf into its targets
+(``reference.plain.refinement_order`` and ``reference.plain.expand``), until
+every entry has eps_v = 0. The bracket is drawn after about ``N_STEPS``
+geometrically spaced numbers of expansions (the CSV's ``step``), from the
+root cut to the last one. Each drawn cut refines the one before, so by P3 lo
+never decreases and hi never increases; by P2 the bracket always contains
+the brute-force log Z and hi - lo <= 2 eps_C.
 
 Checked on the plotted data (AssertionError otherwise): lo <= log Z <= hi,
 hi - lo <= 2 eps_C, lo non-decreasing and hi non-increasing along the
@@ -22,7 +26,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from figures.common import plt, save, write_csv
-from reference.bounds import Cut, _expand, _terms, cut_eps, log_partition_bracket
+from reference import plain
+from reference.bounds import Cut, cut_eps, log_partition_bracket
 from reference.data import make_targets
 from reference.tree import Tree
 
@@ -30,25 +35,29 @@ TITLE = "Certified bracket [lo, hi] on log Z vs cut size, as the cut is refined 
 
 FP_RTOL = 1e-9
 
+#: About this many cuts are drawn per query, at geometrically spaced numbers of expansions.
+N_STEPS = 40
 
-def _refine_step(tree: Tree, q: np.ndarray, cut: Cut, frac: float) -> Cut:
-    """Expand the ``frac`` share (at least one) of the cut's entries with the largest slack."""
-    Q = q[None, :]
-    t = _terms(tree, Q, cut.query, cut.node, cut.target)
-    e = t.eps
-    with np.errstate(divide="ignore"):
-        log_slack = np.where(e > 0, t.log_n + t.s + e + np.log(-np.expm1(-2.0 * np.maximum(e, 1e-300))), -np.inf)
-    n_pos = int(np.count_nonzero(np.isfinite(log_slack)))
-    if n_pos == 0:
-        return cut
-    m = max(1, min(n_pos, int(np.ceil(frac * len(cut)))))
-    pick = np.argsort(-log_slack, kind="stable")[:m]
-    marked = np.zeros(len(cut), bool)
-    marked[pick] = True
-    nq, nv, ny = _expand(tree, cut.query[marked], cut.node[marked])
-    node = np.concatenate([cut.node[~marked], nv])
-    target = np.concatenate([cut.target[~marked], ny])
-    return Cut(np.zeros(node.size, np.int64), node, target, 1)
+
+def _refinement(tree: Tree, q: np.ndarray) -> list[tuple[int, Cut]]:
+    """``(m, the cut after m expansions)`` along ``plain.refinement_order``, for the drawn m.
+
+    The m are about ``N_STEPS`` geometrically spaced numbers from 0 (the root
+    cut) to the number of expansions (every entry has eps_v = 0).
+    """
+    order = plain.refinement_order(tree, q)
+    drawn = set(np.unique(np.geomspace(1, order.size + 1, N_STEPS).round().astype(int) - 1).tolist())
+    nodes, targets = {tree.root}, []  # the root cut: node entries and single targets
+    cuts = []
+    for m in range(order.size + 1):
+        if m in drawn:
+            cuts.append((m, Cut.from_entries(sorted(nodes), targets)))
+        if m < order.size:  # expansion m: node order[m] is replaced by its children or its targets
+            children, leaf_targets = plain.expand(tree, int(order[m]))
+            nodes.remove(int(order[m]))
+            nodes.update(children)
+            targets += leaf_targets
+    return cuts
 
 
 def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
@@ -68,9 +77,8 @@ def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
         scale = 1.0 + np.linalg.norm(q) * (np.linalg.norm(z, axis=1).max() + np.linalg.norm(tree.rep, axis=1).max()
                                            + tree.radius[0]) + np.log(n)
         tol = FP_RTOL * scale
-        cut, step = Cut.root(), 0
         prev_lo, prev_hi = -np.inf, np.inf
-        while True:
+        for step, cut in _refinement(tree, q):
             lo, hi, hat = log_partition_bracket(tree, q, cut)
             eps_c = float(cut_eps(tree, q, cut))
             assert lo <= log_z + tol and log_z <= hi + tol, f"P2 violated at step {step}: {lo} {log_z} {hi}"
@@ -78,12 +86,9 @@ def make(out_dir: Path, *, quick: bool = False) -> list[Path]:
             assert lo >= prev_lo - tol and hi <= prev_hi + tol, f"P3 violated at step {step}"
             for k, v in zip(rows, (b, step, len(cut), lo, hi, hat, log_z, eps_c, int(cut.is_target.sum()), tol)):
                 rows[k].append(v)
-            if eps_c == 0:
-                assert abs(hi - lo) <= tol and abs(lo - log_z) <= tol, "fully refined cut must give log Z"
-                break
             prev_lo, prev_hi = lo, hi
-            cut = _refine_step(tree, q, cut, 0.10)
-            step += 1
+        assert eps_c == 0, "the refinement ends when every entry has eps_v = 0"
+        assert abs(hi - lo) <= tol and abs(lo - log_z) <= tol, "fully refined cut must give log Z"
         sel = np.array(rows["query"]) == b
         size = np.array(rows["cut_size"])[sel]
         lo_b, hi_b = np.array(rows["lo"])[sel] - log_z, np.array(rows["hi"])[sel] - log_z

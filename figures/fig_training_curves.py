@@ -36,6 +36,7 @@ import numpy as np
 
 from figures.common import plt, save, write_csv
 from reference import train as T
+from reference.jsonio import write_json
 
 TITLE = "Training curves per miner (test loss, recall@10, gradient error vs step) from `compare`"
 
@@ -55,7 +56,7 @@ def _load_or_run(out_dir: Path, quick: bool, source: Path | None) -> tuple[dict[
     preset.pop("seeds", None)
     result = T.compare(T.TrainConfig(**preset), seeds=[0])
     path = out_dir / "training_curves.json"
-    T._write_json(path, result)
+    write_json(path, result)
     return result, path
 
 

@@ -31,6 +31,7 @@ from scipy.special import logsumexp
 
 from proofs.strategies_tree import make_point_set, point_sets, seeds, tree_params
 from reference.bounds import Cut
+from reference.plain import expand
 from reference.tree import Tree
 
 __all__ = [
@@ -109,18 +110,16 @@ def random_cut(tree: Tree, rng: np.random.Generator, n_expand: int) -> Cut:
     """A single-query cut: expand ``n_expand`` random entries of the root cut.
 
     A node expands into its children with ``n_c > 0``; a leaf into its live
-    targets (single-target entries). Stops early when only targets remain.
+    targets (single-target entries): :func:`reference.plain.expand`. Stops
+    early when only targets remain.
     """
-    nodes, targets = [0], []
+    nodes, targets = [tree.root], []
     for _ in range(n_expand):
         if not nodes:
             break
-        v = nodes.pop(int(rng.integers(len(nodes))))
-        if tree.is_leaf[v]:
-            targets.extend(tree.order[tree.start[v]:tree.stop[v]].tolist())
-        else:
-            ch = tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
-            nodes.extend(int(c) for c in ch if tree.count[c] > 0)
+        children, leaf_targets = expand(tree, nodes.pop(int(rng.integers(len(nodes)))))
+        nodes += children
+        targets += leaf_targets
     return Cut.from_entries(nodes, targets)
 
 
@@ -171,37 +170,3 @@ def line_pair_tree() -> Tree:
 
 # Re-exported for convenience of the proof modules.
 __all__ += ["make_point_set", "point_sets", "seeds", "tree_params"]
-
-
-def gof_pvalue(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> float:
-    """G-test (log-likelihood ratio) p-value of ``counts`` against ``probs``.
-
-    Bins with expected count below ``min_expected`` are merged into one pooled
-    bin (with the smallest remaining bin added if the pool is still below
-    ``min_expected``), so that the chi-square approximation of the
-    G statistic holds. Used with failure at p < 1e-6: the false-alarm rate of
-    each test is 1e-6.
-    """
-    from scipy.stats import power_divergence
-
-    counts = np.asarray(counts, dtype=np.float64)
-    n = counts.sum()
-    expected = n * np.asarray(probs, dtype=np.float64) / np.sum(probs)
-    if np.any((expected == 0) & (counts > 0)):
-        return 0.0  # a draw with probability zero: impossible under H0
-    o = np.argsort(expected, kind="stable")
-    e, c = expected[o], counts[o]
-    k = int(np.count_nonzero(e < min_expected))   # every bin below the threshold goes into one pool
-    if 0 < k < e.size and e[:k].sum() < min_expected:
-        k += 1                                      # pool still too small: add the smallest remaining bin
-    if k:
-        e = np.concatenate([[e[:k].sum()], e[k:]])
-        c = np.concatenate([[c[:k].sum()], c[k:]])
-    keep = e > 0
-    e, c = e[keep], c[keep]
-    if e.size < 2:
-        return 1.0
-    return float(power_divergence(c, e, lambda_="log-likelihood").pvalue)
-
-
-__all__ += ["gof_pvalue"]

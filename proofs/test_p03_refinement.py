@@ -14,21 +14,25 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proofs.strategies_bounds import FP_RTOL, fp_scale, make_queries, random_cut, seeds, trees_with_queries
+from proofs.strategies_bounds import (
+    FP_RTOL,
+    brute_log_z,
+    fp_scale,
+    make_queries,
+    random_cut,
+    seeds,
+    trees_with_queries,
+)
 from reference.bounds import Cut, log_partition_bracket
+from reference.plain import expand, refinement_order
 
 
 def _refine_entry(tree, cut: Cut, e: int) -> Cut:
     """Replace node entry ``e`` of a single-query cut by its non-empty children (targets for a leaf)."""
-    v = int(cut.node[e])
+    children, leaf_targets = expand(tree, int(cut.node[e]))
     nodes = [int(x) for i, x in enumerate(cut.node) if x >= 0 and i != e]
     targets = [int(x) for x in cut.target if x >= 0]
-    if tree.is_leaf[v]:
-        targets += tree.order[tree.start[v]:tree.stop[v]].tolist()
-    else:
-        ch = tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
-        nodes += [int(c) for c in ch if tree.count[c] > 0]
-    return Cut.from_entries(nodes, targets)
+    return Cut.from_entries(nodes + children, targets + leaf_targets)
 
 
 def _aligned_to_widest_child(tree, rng, n):
@@ -86,6 +90,29 @@ def test_p3_after_build(data, n_expand):
     tree, Q, seed = data
     rng = np.random.default_rng(seed)
     _check_refinement(tree, np.vstack([Q, _aligned_to_widest_child(tree, rng, 2)]), rng, n_expand)
+
+
+@given(trees_with_queries(n_queries=2))
+def test_p3_refined_to_the_end(data):
+    """The consequence: along the adaptive cut's expansions until no entry has eps_v > 0
+    (``reference.plain.refinement_order``), lo never falls and hi never rises, down to lo = hi = log Z."""
+    tree, Q, _ = data
+    assert tree.nested, "P3 is stated under I4; this tree does not guarantee it"
+    for q in Q:
+        tol = FP_RTOL * fp_scale(tree, q)
+        nodes, targets = [tree.root], []
+        lo, hi, _ = log_partition_bracket(tree, q, Cut.root())
+        for v in refinement_order(tree, q):
+            children, leaf_targets = expand(tree, int(v))
+            nodes.remove(int(v))
+            nodes += children
+            targets += leaf_targets
+            lo2, hi2, _ = log_partition_bracket(tree, q, Cut.from_entries(nodes, targets))
+            assert lo2 >= lo - tol, f"expanding node {v} lowered lo: {lo} -> {lo2}"
+            assert hi2 <= hi + tol, f"expanding node {v} raised hi: {hi} -> {hi2}"
+            lo, hi = lo2, hi2
+        log_z = brute_log_z(tree, q)
+        assert abs(hi - lo) <= tol and abs(lo - log_z) <= tol, f"refined to the end: [{lo}, {hi}], log Z = {log_z}"
 
 
 @given(trees_with_queries(n_queries=2), seeds)

@@ -2,10 +2,11 @@
 
 Proof: ``proofs/p06_rejection_exact.md``.
 
-Statistical tests: fixed seeds; goodness of fit by a G-test with bins of
-expected count < 5 merged, acceptance rates by a two-sided exact binomial
-test; both fail at p < 1e-6, the false-alarm rate of each test. Deterministic
-inequalities: 1e-9 of the term magnitude (SPEC section 6).
+Statistical tests: fixed seeds; goodness of fit by the G-test of
+reference.stats (groups of >= 20 expected draws), acceptance rates by a
+two-sided exact binomial test; both fail at p < 1e-6, the false-alarm rate of
+each test. Deterministic inequalities: 1e-9 of the term magnitude (SPEC
+section 6).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from proofs.strategies_bounds import (
     brute_log_p,
     brute_log_z,
     fp_scale,
-    gof_pvalue,
     make_point_set,
     make_queries,
     trees_with_queries,
 )
 from reference.bounds import adaptive_cut, log_partition_bracket
-from reference.sampling import _envelope_cut, rejection_sample
+from reference.sampling import rejection_envelope, rejection_sample
+from reference.stats import g_test
 from reference.tree import Tree
 
 ALPHA = 1e-6
@@ -52,7 +53,7 @@ def _assert_fits_softmax(tree, Q, ids, label):
     p = np.exp(brute_log_p(tree, Q))
     for b in range(Q.shape[0]):
         counts = np.bincount(ids[b], minlength=tree.points.shape[0])
-        pv = gof_pvalue(counts, p[b])
+        pv = g_test(counts, p[b]).p_value
         assert pv >= ALPHA, f"{label}: draws of query {b} do not follow the softmax (G-test p = {pv:.2e})"
 
 
@@ -92,7 +93,7 @@ def test_p6_acceptance_rate(case, tol):
     q = Q[0]
     n = 4000
     if tol is None:  # the default cut of rejection_sample (cost-balanced for n draws)
-        cut = _envelope_cut(tree, Q, n, None).cut()
+        cut = rejection_envelope(tree, Q, n, None)
     else:
         cut = adaptive_cut(tree, Q, tol)
     lo, hi, _ = log_partition_bracket(tree, Q, cut)

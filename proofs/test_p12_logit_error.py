@@ -5,13 +5,13 @@ certifies P1-P8 for the approximate softmax at every step without being touched.
 
 Tolerances: 1e-9 relative to the logits' magnitude (SPEC float64 tolerance;
 the two sides are computed along different paths, ~1e-15 apart). Statistical
-tests: G-test, failure at p < 1e-6 per test (bins with expected < 5 merged).
+tests: G-test (reference.stats.g_test: groups of >= 20 expected draws),
+failure at p < 1e-6 per test.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -19,6 +19,7 @@ from scipy.special import logsumexp
 from proofs.strategies_nystrom import kernels, seeds
 from reference.dynamic import DynamicIndex
 from reference.nystrom import linear, rbf
+from reference.stats import g_test
 
 REL_TOL = 1e-9
 P_FAIL = 1e-6
@@ -107,20 +108,6 @@ def test_p12_tree_certifies_the_approximate_softmax_at_every_step_untouched():
     tree.check_invariants()
 
 
-def _g_test(ids: np.ndarray, p: np.ndarray) -> float:
-    """p-value of the G-test of the draws ids against p; expected counts < 5 merged."""
-    n = ids.size
-    obs = np.bincount(ids, minlength=p.size).astype(float)
-    exp = n * p
-    order = np.argsort(exp)
-    small = exp[order] < 5
-    merged_obs = np.r_[obs[order][~small], obs[order][small].sum()]
-    merged_exp = np.r_[exp[order][~small], exp[order][small].sum()]
-    if merged_exp[-1] == 0:
-        merged_obs, merged_exp = merged_obs[:-1], merged_exp[:-1]
-    return float(scipy.stats.power_divergence(merged_obs, merged_exp, lambda_="log-likelihood").pvalue)
-
-
 def test_p12_rejection_sampler_is_exact_for_the_approximate_softmax_across_steps():
     """P12 + P6: at three steps the rejection sampler draws from Phat_t (not from P_t)."""
     rng, G0, L, index, Gs = _simulation(N=150, steps=24, beta=5.0)
@@ -134,8 +121,9 @@ def test_p12_rejection_sampler_is_exact_for_the_approximate_softmax_across_steps
         a_hat = index.beta * (f @ ghat.T)[0]
         p_hat = np.exp(a_hat - logsumexp(a_hat))
         ids, counters = index.rejection_sample(f, n, np.random.default_rng(100 + t), tol=0.5)
-        assert _g_test(ids[0], p_hat) > P_FAIL, f"rejection sampler is not Phat_t at step {t}"
+        counts = np.bincount(ids[0], minlength=p_hat.size)
+        assert g_test(counts, p_hat).p_value > P_FAIL, f"rejection sampler is not Phat_t at step {t}"
         if t == 23:
             a = index.beta * (f @ G.T)[0]
             p = np.exp(a - logsumexp(a))
-            assert _g_test(ids[0], p) < P_FAIL  # the drift is visible: the test has power
+            assert g_test(counts, p).p_value < P_FAIL  # the drift is visible: the test has power

@@ -17,9 +17,10 @@ index dimensions, the benchmark
    targets per query (:func:`reference.sampling.rejection_sample`, P6) and
    exact top-10 (:func:`reference.sampling.topk`, P8) for ``--queries``
    queries, and the same two operations by brute force in NumPy (one matrix
-   product per block of queries, then inverse-CDF sampling /
-   ``argpartition``), in the same process; each repeat runs the four in
-   turn, so that tree and brute force see the same machine load;
+   product per block of queries, then :func:`reference.softmax.inverse_cdf`
+   / :func:`reference.softmax.topk_ids`), in the same process; each repeat
+   runs the four in turn, so that tree and brute force see the same machine
+   load;
 4. reports the speed-ups, the logits the tree evaluated per query (node
    inner products ``<q, r_v>`` plus target inner products ``<q, z_y>``, from
    the samplers' counters) as a fraction of N, and the exponent of a
@@ -34,44 +35,10 @@ N, normally 1e6) beside the measured figure, with PASS or MISS. Timings are
 wall-clock on whatever else the machine is doing: the load average is
 recorded next to every phase.
 
-Where the time goes (py-spy, N = 1e6 clustered, 1000 queries, measured
-2026-11-25 after the changes below; see the README for the PASS/MISS table):
-
-- ``rejection_sample``: 84% is building the cut (``bounds._refine``); 41% is
-  ``bounds._grouped_logits`` (batched matrix products: leaf and small-node
-  targets 31%, children's node logits 13%; row gathers and the products
-  about equal), 10% ``bounds._group_logsumexp``, about 5% filtering the
-  entry pool, 7% the inverse CDFs; proposals about 16%. About 15.5k target
-  and 3.1k node inner products per query; the cut keeps each evaluated leaf
-  (or node of <= 48 targets) as one exact entry.
-- ``topk``: 55% is ``bounds._grouped_logits`` (leaves 37.5%, children 22%);
-  re-scoring the surviving candidates row-wise (bit-reproducible ties) 4%.
-- ``Tree.build``: 81% is k-means, mainly the batched distance products and
-  the k-means++ seeding.
-
-The logits are many because ``||q|| rho_v`` is loose in 64 dimensions. The
-default data has 512 leaf clusters whatever N is, so at N = 1e6 each holds
-about 2000 points of isotropic noise that no bound can separate: a leaf's
-slack is about 15 nats, and the median gap between a leaf's bound and its
-true best logit is 13 nats. The clusters that carry the softmax mass must be
-evaluated almost in full, and they grow in proportion to N: that is why the
-logits per query grow like N^0.8 on this data (the N^0.5 target is met with
-``--depth auto``, whose clusters keep about 25 targets at every N). Design
-changes, in order of measured effect:
-
-(a) [done: Tree.points_dfs] keep the points in DFS order (``points[order]``),
-    so a node's targets are consecutive rows: ``topk`` 1.35-1.76x faster;
-(b) [done: Tree.rep_norm] cache ``||r_v||`` on the tree (about 6% of each
-    operation);
-(c) [done] the rejection envelope keeps an evaluated leaf, or a node of
-    <= 48 targets, as one exact cut entry (logsumexp of its target logits,
-    eps = 0) and draws inside it from its own softmax (acceptance 1);
-(d) [done] targets and children's representatives are scored by batched
-    matrix products, (query, node) pairs grouped by node and nodes by shape
-    (``bounds._grouped_logits``); top-k re-scores only its candidates row by
-    row. (c)+(d): sampling 4.5 -> 1.8 ms/query, top-10 2.8 -> 1.3 ms/query;
-(e) [open] the row gathers of (d) are memory-latency bound (~15% of
-    sampling); processing nodes in DFS order or huge pages might give 5-10%.
+The profile of the fast path (where the time goes at N = 1e6) and the
+history of its design changes, with their measured effects, are in the
+README, section "Profile and design history of the fast path"; a profile is
+taken by running this benchmark under ``py-spy record``.
 
 Peak memory of the build is measured two ways: the process's peak resident
 set size during the build (Linux ``VmHWM``, reset at the start of the phase
@@ -97,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -114,10 +80,11 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from reference import persist
 from reference._validation import as_float_array, check_choice, check_int, check_positive, check_rng
 from reference.data import make_isotropic, make_targets
+from reference.jsonio import write_json
 from reference.sampling import rejection_sample, topk
+from reference.softmax import inverse_cdf, topk_ids
 from reference.tree import Tree
 
 __all__ = [
@@ -255,37 +222,16 @@ def _check_points_queries(points: Any, queries: Any) -> tuple[np.ndarray, np.nda
     return Z, Q
 
 
-def _row_search(cdf: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """First column j with ``cdf[r, j] > t[r, i]`` for every (row r, draw i), by vectorised bisection.
-
-    ``cdf`` (R, N) is non-decreasing along rows; ``t`` (R, n). ``ceil(log2 N)``
-    rounds of gather-and-compare over all (row, draw) pairs at once. A ``t``
-    that rounding pushed to the row total returns N - 1.
-    """
-    R, N = cdf.shape
-    flat = cdf.reshape(-1)
-    base = (np.arange(R, dtype=np.int64) * N)[:, None]
-    lo = np.zeros(t.shape, np.int64)
-    hi = np.full(t.shape, N - 1, np.int64)
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) // 2
-        right = flat[base + mid] <= t
-        lo = np.where(active & right, mid + 1, lo)
-        hi = np.where(active & ~right, mid, hi)
-
-
 def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generator, *,
                        block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact softmax samples by brute force: all N logits, then inverse CDF (the baseline).
 
     For each block of queries: ``A = Q_b Z^T`` (one matrix product), then in
     place ``w = exp(A - max)``, cumulative sums ``W``, and for each draw the
-    first ``j`` with ``W_j > u W_{N-1}`` (``u`` uniform in [0, 1)), so
-    ``Pr(j) = exp(a_j) / Z`` up to float64 rounding of the sums (SPEC
-    section 2). Also returns ``log Z = max + log W_{N-1}``.
+    first ``j`` with ``W_j > u W_{N-1}`` (``u`` uniform in [0, 1);
+    :func:`reference.softmax.inverse_cdf`), so ``Pr(j) = exp(a_j) / Z`` up
+    to float64 rounding of the sums (SPEC section 2). Also returns
+    ``log Z = max + log W_{N-1}``.
 
     Parameters
     ----------
@@ -320,17 +266,21 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
         np.cumsum(A, axis=1, out=A)
         total = A[:, -1].copy()
         log_z[b0:b1] = m[:, 0] + np.log(total)
-        ids[b0:b1] = _row_search(A, rng.random((b1 - b0, n)) * total[:, None])
+        ids[b0:b1] = inverse_cdf(A, rng.random((b1 - b0, n)) * total[:, None])
     return ids, log_z
 
 
 def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by brute force: all N logits, then ``argpartition`` (the baseline).
+    """Exact top-k by brute force: all N logits, then :func:`reference.softmax.topk_ids` (the baseline).
 
-    Rows are ordered by decreasing logit, ties by smaller id (the order of
-    :func:`reference.sampling.topk`); which of several targets tied at the
-    k-th logit is kept is up to ``argpartition``.
+    For each block of queries ``A = Q_b Z^T`` (one matrix product), then the
+    k ids of largest logit in decreasing order, exact ties by the smaller id,
+    at the k-th place too (P8's rule, that of :func:`reference.sampling.topk`).
+    Ties are ties of the computed logits: two copies of a point get the same
+    logit only as far as the matrix product computes them alike (the
+    conformance kit therefore selects on logits computed once per distinct
+    point, with the same :func:`reference.softmax.topk_ids`).
 
     Parameters
     ----------
@@ -351,14 +301,11 @@ def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = N
     bq = _query_block(N) if block is None else check_int(block, "block", low=1)
     ids = np.empty((Q.shape[0], k), np.int64)
     vals = np.empty((Q.shape[0], k))
-    for b0 in range(0, Q.shape[0], bq):
+    for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
         b1 = min(b0 + bq, Q.shape[0])
         A = Q[b0:b1] @ Z.T
-        part = np.argpartition(A, N - k, axis=1)[:, N - k:]
-        a = np.take_along_axis(A, part, axis=1)
-        o = np.lexsort((part, -a), axis=-1)
-        ids[b0:b1] = np.take_along_axis(part, o, axis=1)
-        vals[b0:b1] = np.take_along_axis(a, o, axis=1)
+        ids[b0:b1] = topk_ids(A, k)
+        vals[b0:b1] = np.take_along_axis(A, ids[b0:b1], axis=1)
     return ids, vals
 
 
@@ -1015,13 +962,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed, branching=args.branching, leaf_size=args.leaf_size, memmap=args.memmap, quick=quick,
         depth=args.depth,
     )
-
-
-def write_json(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
-    """Write ``result`` as JSON (atomically; the directory is created)."""
-    text = json.dumps(result, indent=1, allow_nan=False).encode("utf-8")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    persist.atomic_write(path, lambda f: f.write(text))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -88,13 +88,15 @@ False alarms
 ------------
 Only the sampler check is random; its false-alarm rate is ``alpha`` for the
 whole run: a correct exact sampler fails with probability at most ``alpha``,
-up to the chi-square approximation of the G statistic's tail. That
-approximation is kept honest by merging bins until every group expects at
-least 20 draws and by Williams' correction: simulating 10^6 exact count
-vectors for each of three scenario queries (moderate, peaked, duplicates),
-the rates of p < 1e-3, 1e-4, 1e-5 were within 0.8x-1.3x of nominal (with the
-textbook minimum of 5 expected per group they reached 2.1x at 1e-5, growing
-into the tail); ``tests/test_conformance.py`` repeats this (marked slow).
+up to the chi-square approximation of the G statistic's tail. The test is
+:func:`reference.stats.g_test` (re-exported here), the one G-test of the
+repository: it keeps that approximation honest by merging bins until every
+group expects at least 20 draws and by Williams' correction: simulating 10^6
+exact count vectors for each of three scenario queries (moderate, peaked,
+duplicates), the rates of p < 1e-3, 1e-4, 1e-5 were within 0.8x-1.3x of
+nominal (with the textbook minimum of 5 expected per group they reached 2.1x
+at 1e-5, growing into the tail); ``tests/test_conformance.py`` repeats this
+(marked slow).
 Every other check compares deterministic numbers with a stated rounding
 tolerance.
 
@@ -126,6 +128,8 @@ from reference._validation import (
     check_int,
     check_positive,
 )
+from reference.softmax import topk_ids
+from reference.stats import MIN_EXPECTED, GTestResult, g_test, merge_small_bins, williams_factor
 
 __all__ = [
     "CHECKS",
@@ -165,9 +169,6 @@ DEFAULT_ALPHA = 1e-6
 #: Default TV error the sampler check must detect with probability DEFAULT_POWER.
 DEFAULT_TV = 0.05
 DEFAULT_POWER = 0.9
-#: Bins are merged until every group expects at least this many draws (the textbook
-#: rule is 5; 20 keeps the G-test's far tail close to chi-square, see "False alarms").
-MIN_EXPECTED = 20.0
 #: A draw of a target whose probability is below this is an error on its own
 #: (the chance that a correct sampler makes one is below 1e-20 in any run).
 IMPOSSIBLE_PROBABILITY = 1e-30
@@ -197,139 +198,8 @@ NYSTROM_RTOL = 1e-8
 
 
 # ============================================================================
-# Statistics: G-test with merged bins, its power, and the sample size
+# Statistics: the G-test's power and the sample size (the test itself: reference.stats)
 # ============================================================================
-
-
-def merge_small_bins(expected: Any, min_expected: float = MIN_EXPECTED) -> np.ndarray:
-    """Group bins so that every group has expected count >= ``min_expected``.
-
-    Bins with expected count >= ``min_expected`` stay on their own. The others
-    are sorted by expected count (ascending) and merged greedily into
-    consecutive groups that each reach ``min_expected``; a last group that
-    falls short is merged into the previous small group, or, if there is
-    none, into the smallest large bin. The grouping depends only on the
-    expected counts, never on the observed ones, so the test stays valid.
-    If the total is below ``min_expected`` everything ends in one group.
-
-    Parameters
-    ----------
-    expected : array_like, shape (J,)
-        Expected counts n P(y) (non-negative, finite).
-    min_expected : float, default 20.0
-        Minimum expected count per group (the textbook rule of thumb is 5;
-        the default is stricter for the far tail, see the module docstring).
-
-    Returns
-    -------
-    numpy.ndarray of int64, shape (J,)
-        Group label of every bin, in ``0 .. G-1``.
-    """
-    e = as_float_array(expected, "expected", ndim=1)
-    if (e < 0).any():
-        raise ValueError(f"expected: expected non-negative counts, got minimum {e.min()!r}")
-    m = check_positive(min_expected, "min_expected")
-    order = np.argsort(e, kind="stable")
-    es = e[order]
-    n_small = int(np.searchsorted(es, m, side="left"))  # es[:n_small] < m
-    labels = np.empty(e.size, dtype=np.int64)
-    cum = np.cumsum(es[:n_small])
-    group, start, base, last_sum = 0, 0, 0.0, m
-    while start < n_small:  # a loop over groups, not over bins
-        end = min(int(np.searchsorted(cum, base + m, side="left")), n_small - 1)
-        labels[start : end + 1] = group
-        last_sum = cum[end] - base
-        base, start, group = cum[end], end + 1, group + 1
-    # large bins: one group each, after the small ones
-    labels[n_small:] = group + np.arange(e.size - n_small)
-    if n_small and last_sum < m:  # the last small group is short
-        if group >= 2:
-            labels[labels == group - 1] = group - 2
-        elif e.size > n_small:
-            labels[labels == group - 1] = group  # join the smallest large bin
-    out = np.empty_like(labels)
-    out[order] = labels
-    return np.unique(out, return_inverse=True)[1].astype(np.int64).reshape(e.shape)
-
-
-@dataclass(frozen=True)
-class GTestResult:
-    """Result of :func:`g_test`.
-
-    Attributes
-    ----------
-    statistic : float
-        The G statistic with Williams' correction, G / (1 + (J + 1) / (6 n)).
-    df : int
-        Degrees of freedom J - 1 (J merged groups); 0 means no test was possible.
-    p_value : float
-        Upper tail of chi-square(df) at ``statistic`` (1.0 when df == 0).
-    labels : ndarray (bins,)
-        Group of every original bin (see :func:`merge_small_bins`).
-    observed, expected : ndarray (J,)
-        Observed and expected counts per group.
-    """
-
-    statistic: float
-    df: int
-    p_value: float
-    labels: np.ndarray
-    observed: np.ndarray
-    expected: np.ndarray
-
-
-def g_test(observed: Any, probabilities: Any, *, min_expected: float = MIN_EXPECTED) -> GTestResult:
-    """Likelihood-ratio (G) goodness-of-fit test of counts against probabilities.
-
-    G = 2 sum_j O_j log(O_j / E_j) over the merged groups j (E_j = n P(group j)),
-    divided by Williams' correction q = 1 + (J + 1) / (6 n), is approximately
-    chi-square with J - 1 degrees of freedom under H0: the counts are a
-    multinomial draw from ``probabilities``. Merging (expected >= 20 per group)
-    and the correction keep the approximation conservative in the tail.
-
-    Parameters
-    ----------
-    observed : array_like of int, shape (bins,)
-        Counts per bin (their sum is n).
-    probabilities : array_like, shape (bins,)
-        Probabilities under H0 (non-negative, summing to 1 within 1e-6).
-    min_expected : float, default 20.0
-        Minimum expected count per merged group.
-
-    Returns
-    -------
-    GTestResult
-
-    References
-    ----------
-    Sokal, Rohlf, *Biometry* (3rd ed., 1995), section 17.2 (G-test, Williams'
-    correction); Cochran, "Some methods for strengthening the common
-    chi-square tests", Biometrics 10 (1954) (expected-count rule).
-    """
-    o = np.asarray(observed)
-    if o.ndim != 1 or o.dtype.kind not in "iu" or (o.size and o.min() < 0):
-        raise ValueError(f"observed: expected a 1-D array of non-negative integer counts, got {o.dtype} {o.shape}")
-    p = as_float_array(probabilities, "probabilities", shape=(o.size,))
-    if (p < 0).any() or abs(p.sum() - 1.0) > 1e-6:
-        raise ValueError(f"probabilities: expected non-negative values summing to 1, got sum {p.sum()!r}")
-    n = int(o.sum())
-    if n == 0:
-        raise ValueError("observed: expected at least one count, got all zeros")
-    expected = n * p
-    labels = merge_small_bins(expected, min_expected)
-    J = int(labels.max()) + 1
-    og = np.bincount(labels, weights=o, minlength=J)
-    eg = np.bincount(labels, weights=expected, minlength=J)
-    pos = og > 0
-    if (pos & (eg <= 0)).any():
-        G = math.inf
-    else:
-        G = 2.0 * float(np.sum(og[pos] * np.log(og[pos] / eg[pos])))
-        G = max(G, 0.0)  # rounding can make a perfect fit a few ulp negative
-    G /= 1.0 + (J + 1) / (6.0 * n)
-    df = J - 1
-    p_value = float(stats.chi2.sf(G, df)) if df > 0 else 1.0
-    return GTestResult(statistic=G, df=df, p_value=p_value, labels=labels, observed=og, expected=eg)
 
 
 def detectable_tv(
@@ -383,7 +253,7 @@ def detectable_tv(
     if J < 2:
         return math.inf
     df = J - 1
-    c = stats.chi2.isf(alpha, df) * (1.0 + (J + 1) / (6.0 * n))
+    c = stats.chi2.isf(alpha, df) * williams_factor(J, n)
 
     def shortfall(lam: float) -> float:
         return float(stats.ncx2.sf(c, df, lam)) - power
@@ -1229,16 +1099,13 @@ def topk_scenarios() -> list[TopkScenario]:
     ]
 
 
-def brute_force_topk(points: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k ids (B, k): decreasing logit, exact ties by smaller id (the P8 rule)."""
-    a = _logits(points, queries)
-    ids = np.broadcast_to(np.arange(a.shape[1]), a.shape)
-    order = np.lexsort((ids, -a), axis=-1)  # primary key -a, then the id
-    return order[:, :k]
-
-
 def check_topk(topk: Callable[..., Any], *, scenarios: Sequence[TopkScenario] | None = None) -> CheckReport:
     """Check ``topk(points, queries, k) -> ids (B, k)`` against the brute-force top-k (P8).
+
+    The oracle is :func:`reference.softmax.topk_ids` (the repository's one
+    brute-force top-k, also behind :func:`reference.bench.brute_force_topk`)
+    on the logits of :func:`_logits`, computed once per distinct point so that
+    duplicate points tie exactly.
 
     Position j of a row is right when it holds the oracle's id, or when the
     two ids' logits differ (not an exact tie) by at most
@@ -1266,7 +1133,7 @@ def check_topk(topk: Callable[..., Any], *, scenarios: Sequence[TopkScenario] | 
     for sc in scenarios:
         B, N = sc.queries.shape[0], sc.points.shape[0]
         a = _logits(sc.points, sc.queries)
-        want = brute_force_topk(sc.points, sc.queries, sc.k)
+        want = topk_ids(a, sc.k)
         result, err = _call(topk, sc.points.copy(), sc.queries.copy(), sc.k)
         if err is None:
             got, err = _as_ids(result, (B, sc.k), N, "output")

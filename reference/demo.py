@@ -32,8 +32,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,8 @@ import numpy as np
 from reference import persist
 from reference._validation import check_int, check_positive
 from reference.data import make_dataset
-from reference.encoder import ACTIVATIONS, DTYPES, DualEncoder, EncoderConfig
+from reference.encoder import ACTIVATIONS, DTYPES, DualEncoder, EncoderConfig, params_sha256
+from reference.jsonio import write_json
 from reference.metrics import evaluate
 from reference.optim import Adam
 
@@ -135,21 +134,6 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         out[name] = list(value) if isinstance(value, (list, tuple)) else value
     return out
-
-
-def params_sha256(params: dict[str, np.ndarray]) -> str:
-    """SHA-256 (hex) of the parameters: for every name in sorted order, its name, dtype, shape and bytes.
-
-    Two models agree on this digest iff their parameters agree bitwise (up to
-    SHA-256 collisions); used by ``--out`` to compare a resumed run with an
-    uninterrupted one.
-    """
-    h = hashlib.sha256()
-    for name in sorted(params):
-        a = np.ascontiguousarray(params[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,7 +254,5 @@ def run(args: argparse.Namespace) -> int:
                         "rows": [[None if np.isnan(v) else v for v in row] for row in history]},
             "params_sha256": params_sha256(model.params),
         }  # fmt: skip
-        text = json.dumps(result, indent=1, allow_nan=False).encode("utf-8")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        persist.atomic_write(args.out, lambda f: f.write(text))
+        write_json(args.out, result)
     return 0

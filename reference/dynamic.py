@@ -117,6 +117,12 @@ class DynamicIndex:
         rebuild depth, largest move of a point phi(y)).
     """
 
+    #: What :mod:`reference.persist` saves of an index (its file format: a
+    #: change here is a new ``persist.FORMAT_VERSION``); nothing is derived.
+    SAVED_FIELDS = ("cache", "nmap", "tree", "W0", "W", "beta", "rebuild_depth", "steps_since_refresh",
+                    "n_refreshes", "last_refresh")  # fmt: skip
+    DERIVED_FIELDS = ()
+
     def __init__(
         self,
         cache: Any,

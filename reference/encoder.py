@@ -35,6 +35,8 @@ parameter's gradient with central finite differences.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,7 @@ __all__ = [
     "TowerCache",
     "DualEncoder",
     "param_shapes",
+    "params_sha256",
 ]
 
 #: Supported activations (applied after every hidden layer, never after the last).
@@ -185,6 +188,37 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"{tower}.W{layer}"] = (w[layer], w[layer + 1])
             shapes[f"{tower}.b{layer}"] = (w[layer + 1],)
     return shapes
+
+
+def params_sha256(params: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a set of parameters: for every name in sorted order, its name, dtype, shape and bytes.
+
+    Two models agree on this digest iff their parameters agree bitwise (names,
+    dtypes, shapes and values; up to SHA-256 collisions). It is the
+    ``params_sha256`` that ``python -m reference demo --out`` and
+    ``python -m reference compare`` write, by which a resumed run is compared
+    with an uninterrupted one.
+
+    Parameters
+    ----------
+    params : mapping of str to array_like
+        E.g. :attr:`DualEncoder.params`.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
+    if not isinstance(params, Mapping) or not all(isinstance(name, str) for name in params):
+        raise ValueError(f"params: expected a mapping of parameter names (str) to arrays, got {type(params).__name__}")
+    h = hashlib.sha256()
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        if a.dtype.hasobject:
+            raise ValueError(f"params[{name!r}]: expected a numeric array, got dtype {a.dtype}")
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -124,6 +124,7 @@ from reference._validation import (
 )
 from reference.dynamic import DynamicIndex
 from reference.nystrom import LANDMARK_METHODS, make_kernel, select_landmarks
+from reference.softmax import topk_ids  # the one exact top-k (P8's tie rule); re-exported
 from reference.tree import Tree
 
 __all__ = [
@@ -265,46 +266,6 @@ class Sizes:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def topk_ids(scores: Any, k: int, exclude: Any | None = None) -> np.ndarray:
-    """The k largest scores of each row, ties broken by smaller id (SPEC P8's rule).
-
-    Vectorised O(B N): the k-th largest value of each row (``np.partition``),
-    every id above it, and the smallest ids among those equal to it; then the
-    k ids are ordered by decreasing score, equal scores by increasing id.
-
-    Parameters
-    ----------
-    scores : array_like, shape (B, N)
-        Finite scores (logits).
-    k : int
-        1 <= k <= N (N - 1 when ``exclude`` is given).
-    exclude : array_like of int, shape (B,), optional
-        One id per row that may not be returned (the positive).
-
-    Returns
-    -------
-    ndarray of int64, shape (B, k)
-    """
-    s = as_float_array(scores, "scores", ndim=2)
-    B, N = s.shape
-    avail = N if exclude is None else N - 1
-    k = check_int(k, "k", low=1, high=avail)
-    if exclude is not None:
-        ex = as_index_array(exclude, "exclude", upper=N)
-        if ex.shape != (B,):
-            raise ValueError(f"exclude: expected shape ({B},), got {ex.shape}")
-        s = s.copy()
-        s[np.arange(B), ex] = -np.inf
-    kth = np.partition(s, N - k, axis=1)[:, N - k]  # the k-th largest value of each row
-    above = s > kth[:, None]
-    tie = s == kth[:, None]
-    need = k - above.sum(axis=1)  # >= 1 ids equal to the k-th value are needed
-    take = above | (tie & (np.cumsum(tie, axis=1) <= need[:, None]))
-    ids = np.nonzero(take)[1].reshape(B, k)  # row-major: each row's ids ascending
-    order = np.argsort(-np.take_along_axis(s, ids, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1).astype(np.int64)
 
 
 def _check_batch(model: Any, targets: Any, x: Any, pos: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

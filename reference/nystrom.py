@@ -407,6 +407,11 @@ class NystromMap:
     Williams, Seeger, NIPS 2001; Monath et al., AISTATS 2023, section 4.
     """
 
+    #: What :mod:`reference.persist` saves of a map (its file format: a change
+    #: here is a new ``persist.FORMAT_VERSION``); nothing is derived.
+    SAVED_FIELDS = ("kernel", "cutoff", "ridge", "landmarks", "anchor", "eigenvalues", "inv_sqrt", "rank", "record")
+    DERIVED_FIELDS = ()
+
     def __init__(self, kernel: KernelSpec = "linear", *, cutoff: float = 1e-10, ridge: float = 0.0):
         self.kernel = make_kernel(kernel)
         cutoff = check_nonnegative(cutoff, "cutoff")

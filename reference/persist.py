@@ -37,18 +37,35 @@ Objects
 -------
 :func:`save_tree` / :func:`load_tree`, :func:`save_nystrom` / :func:`load_nystrom`,
 :func:`save_dynamic_index` / :func:`load_dynamic_index` and
-:func:`save_checkpoint` / :func:`load_checkpoint` store a whole object graph:
-every instance attribute (public or not) of the object and of the objects it
-owns, so that the loaded object behaves identically (same arrays bitwise,
-same query results, same future random draws). The graph is described in the
+:func:`save_checkpoint` / :func:`load_checkpoint` store a whole object graph,
+so that the loaded object behaves identically (same arrays bitwise, same
+query results, same future random draws). The graph is described in the
 header's ``meta`` as JSON and its arrays are members named by their attribute
 path (``tree.points``, ``index.nmap.inv_sqrt``, ...). Only the classes listed
-in :data:`OBJECT_CLASSES` can be created on load, without calling their
-``__init__`` (frozen dataclasses, the kernels, are built through their
-validating constructor); everything else is plain data: arrays, Python
-scalars (floats stored exactly as ``float.hex``), numpy scalars, generators,
-and dicts / lists / tuples of those. Shared references (one array or object
-reachable twice) are stored once and come back shared.
+in :data:`OBJECT_CLASSES` can be created on load; everything else is plain
+data: arrays, Python scalars (floats stored exactly as ``float.hex``), numpy
+scalars, generators, and dicts / lists / tuples of those. Shared references
+(one array or object reachable twice) are stored once and come back shared.
+
+What an object saves is declared by its class, never read off its private
+attributes (:func:`declared_fields`):
+
+``SAVED_FIELDS``
+    The public attributes written to the file, in order. They *are* the file
+    format of that class: changing them changes :data:`FORMAT_VERSION`.
+``DERIVED_FIELDS``
+    Attributes computed from the saved ones (caches such as a tree's
+    ``points_dfs = points[order]`` and ``rep_norm = ||rep||``). They are not
+    written; on load the class's ``restore_derived()`` recomputes them,
+    bitwise equal to the saved object's.
+
+Saving refuses an object holding an attribute listed in neither (a new
+attribute must be declared, so nothing is silently dropped); loading refuses
+a file whose fields for a class differ from ``SAVED_FIELDS``. Loading creates
+the object without calling ``__init__``, sets the saved fields, then calls
+``restore_derived()``. Frozen dataclasses (the kernels) declare themselves
+through their dataclass fields and are rebuilt by their validating
+constructor.
 
 Random generators
 -----------------
@@ -94,6 +111,9 @@ __all__ = [
     "rng_from_array",
     "restore_rng",
     "OBJECT_CLASSES",
+    "declared_fields",
+    "object_to_arrays",
+    "object_from_arrays",
     "save_object",
     "load_object",
     "save_tree",
@@ -109,8 +129,15 @@ __all__ = [
 FORMAT = "reference.persist"
 """The ``format`` field of every header: identifies files written by this module."""
 
-FORMAT_VERSION = 1
-"""Version of the container layout and of the per-kind layouts built on it."""
+FORMAT_VERSION = 2
+"""Version of the container layout and of the per-kind layouts built on it.
+
+A file of any other version is refused (:class:`UnsupportedVersionError`).
+History: 1, objects saved as every instance attribute, private ones
+included, and ``compare`` checkpoints in a layout of their own; 2, objects
+saved as the ``SAVED_FIELDS`` their class declares (derived caches
+recomputed on load), every checkpoint written by :func:`save_checkpoint`.
+"""
 
 _HEADER = "__header__"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -449,9 +476,10 @@ def _read_header_from(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
         got = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise ForeignFileError(path, f"header format is {got!r}, expected {FORMAT!r}")
     version = header.get("version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise UnsupportedVersionError(
-            path, f"format version {version!r}, this code reads version {FORMAT_VERSION} only"
+            path, f"format version {version!r}, expected version {FORMAT_VERSION} (the only one this code reads; "
+            "re-create the file with this code)"
         )
     ok = (
         isinstance(header.get("kind"), str)
@@ -708,6 +736,30 @@ def _class_name(obj: Any) -> str | None:
     return None
 
 
+def declared_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(SAVED_FIELDS, DERIVED_FIELDS)`` of a class saved as an object (module docstring, "Objects").
+
+    Raises ``ValueError`` if the class does not declare both as tuples of
+    attribute names, if a name is private (starts with ``_``) or listed
+    twice, or if it has derived fields but no ``restore_derived`` method.
+    """
+    saved, derived = getattr(cls, "SAVED_FIELDS", None), getattr(cls, "DERIVED_FIELDS", None)
+    ok = all(
+        isinstance(names, tuple) and all(isinstance(n, str) and n and not n.startswith("_") for n in names)
+        for names in (saved, derived)
+    )
+    if not ok:
+        raise ValueError(
+            f"{cls.__name__}: expected class attributes SAVED_FIELDS and DERIVED_FIELDS, tuples of public "
+            f"attribute names, got {saved!r} and {derived!r}"
+        )
+    if len(set(saved) | set(derived)) != len(saved) + len(derived):
+        raise ValueError(f"{cls.__name__}: a field is listed twice in SAVED_FIELDS {saved} / DERIVED_FIELDS {derived}")
+    if derived and not callable(getattr(cls, "restore_derived", None)):
+        raise ValueError(f"{cls.__name__}: DERIVED_FIELDS {derived} need a restore_derived() method")
+    return saved, derived
+
+
 class _Encoder:
     """Object graph -> (JSON spec, arrays). Arrays are named by their attribute path."""
 
@@ -772,7 +824,14 @@ class _Encoder:
             fields = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.init]
             kind = "dataclass"
         else:
-            fields = list(vars(value).items())
+            saved, derived = declared_fields(type(value))
+            undeclared = sorted(set(vars(value)) - set(saved) - set(derived))
+            if undeclared:
+                raise ValueError(
+                    f"{path}: {cname} has attributes {undeclared} in neither SAVED_FIELDS nor DERIVED_FIELDS "
+                    f"(declare them; a change of SAVED_FIELDS is a new persist.FORMAT_VERSION)"
+                )
+            fields = [(k, getattr(value, k)) for k in saved]
             kind = "object"
         return {
             "t": kind, "c": cname, "id": oid,
@@ -832,10 +891,16 @@ class _Decoder:
                 obj = cls(**{k: self.decode(v) for k, v in spec["v"]})
                 self.shared[("o", spec["id"])] = obj
                 return obj
+            saved, derived = declared_fields(cls)
+            names = [k for k, _ in spec["v"]]
+            if sorted(names) != sorted(saved):
+                raise ValueError(f"{spec['c']} was saved with the fields {names}, this code saves {list(saved)}")
             obj = cls.__new__(cls)
             self.shared[("o", spec["id"])] = obj  # before the attributes: cycles resolve
             for k, v in spec["v"]:
                 setattr(obj, k, self.decode(v))
+            if derived:
+                obj.restore_derived()
             return obj
         raise ValueError(f"unknown entry type {t!r}")
 
@@ -904,7 +969,7 @@ def _load_graph(path: str | os.PathLike[str], kind: str, expected: type | tuple[
         raise CorruptFileError(os.fspath(path), str(exc)) from None
     if expected is not None and not isinstance(obj, expected):
         raise CorruptFileError(os.fspath(path), f"holds a {type(obj).__name__}, expected {expected}")
-    return obj, meta.get("user", {})
+    return obj, meta
 
 
 def load_object(path: str | os.PathLike[str], kind: str, expected: type | tuple[type, ...] | None = None) -> Any:
@@ -1039,6 +1104,13 @@ def save_checkpoint(
         Anything else made of plain data (history lists, counters).
     meta : dict, optional
         JSON metadata (e.g. the run's configuration), returned as ``"meta"``.
+
+    Notes
+    -----
+    The one checkpoint format of the package: ``python -m reference demo``
+    and ``python -m reference compare`` both write it. The header's meta also
+    records ``step``, so ``read_header(path)["meta"]["step"]`` tells how far
+    a run got without loading the checkpoint.
     """
     step = check_int(step, "step", low=0)
     if not isinstance(params, Mapping) or not all(isinstance(v, np.ndarray) for v in params.values()):
@@ -1048,7 +1120,8 @@ def save_checkpoint(
     ):
         raise ValueError("rngs: expected a dict name -> numpy.random.Generator")
     state = {"step": step, "params": dict(params), "optimizer": optimizer, "rngs": rngs, "miner": miner, "extra": extra}
-    save_object(path, "checkpoint", state, meta)
+    graph, arrays = object_to_arrays(state, "checkpoint")
+    save_arrays(path, "checkpoint", arrays, {_GRAPH: graph, "user": _check_meta(meta), "step": step})
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -1066,5 +1139,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     state, meta = _load_graph(path, "checkpoint", dict)
     if sorted(state) != sorted(_CHECKPOINT_KEYS):
         raise CorruptFileError(os.fspath(path), f"a checkpoint must hold {list(_CHECKPOINT_KEYS)}, got {sorted(state)}")
-    state["meta"] = meta
+    if meta.get("step") != state["step"]:
+        raise CorruptFileError(
+            os.fspath(path), f"the header says step {meta.get('step')!r}, the checkpoint {state['step']!r}"
+        )
+    state["meta"] = meta.get("user", {})
     return state

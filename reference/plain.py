@@ -4,7 +4,9 @@ Each function here is a loop and a heap over the entries of one query's cut,
 short enough to read with the paper open. The batched, vectorised versions of
 the same names (:mod:`reference.bounds`, :mod:`reference.sampling`) are the
 fast path; ``tests/test_plain.py`` checks them against these, and these
-against brute force.
+against brute force. Two building blocks are public as well, for figures and
+proofs that follow a refinement step by step: :func:`expand` (4) and
+:func:`refinement_order` (5).
 
 Notation (SPEC section 2): query q in R^k, targets z_y, logits a_y = <q, z_y>,
 Z = sum_y exp(a_y), P(y) = exp(a_y) / Z. A node v of the tree has the
@@ -74,7 +76,8 @@ from reference._validation import as_float_array, check_int, check_positive, che
 from reference.bounds import DEFAULT_TOL, Cut
 from reference.tree import Tree
 
-__all__ = ["ROUNDING", "adaptive_cut", "bracket", "cut_sample", "rejection_sample", "topk"]
+__all__ = ["ROUNDING", "adaptive_cut", "bracket", "cut_sample", "expand", "refinement_order", "rejection_sample",
+           "topk"]
 
 #: Relative rounding margin of (10): far above the k 2^-53 relative error of an
 #: inner product for any k < 1e6, far below any real gap between logits.
@@ -143,11 +146,16 @@ class _RunningLogSum:
         return self.shift + math.log(self.total)
 
 
-def _check_query(tree: Any, q: Any) -> np.ndarray:
-    """Validate the tree and ``q`` (shape ``(tree.dim,)``, finite); return q as float64."""
+def _check_tree(tree: Any) -> None:
+    """Validate the tree: a :class:`reference.tree.Tree` with at least one live target."""
     if not isinstance(tree, Tree) or tree.n_live < 1:
         got = f"a Tree with n_live = {tree.n_live}" if isinstance(tree, Tree) else type(tree).__name__
         raise ValueError(f"tree: expected a reference.tree.Tree with at least one live target, got {got}")
+
+
+def _check_query(tree: Any, q: Any) -> np.ndarray:
+    """Validate the tree and ``q`` (shape ``(tree.dim,)``, finite); return q as float64."""
+    _check_tree(tree)
     return as_float_array(q, "q", shape=(tree.dim,)).astype(np.float64)
 
 
@@ -159,13 +167,36 @@ def _target_entry(tree: Tree, q: np.ndarray, y: int) -> _Entry:
     return _Entry(-1, y, 0.0, float(q @ tree.points[y]), 0.0)  # a single target: r = z_y, n = 1, eps = 0
 
 
-def _expand(tree: Tree, q: np.ndarray, qnorm: float, e: _Entry) -> list[_Entry]:
-    """The entries that replace node entry ``e`` in the cut (4)."""
-    v = e.node
+def expand(tree: Tree, v: int) -> tuple[list[int], list[int]]:
+    """The entries that replace node ``v`` in a cut (4): ``(nodes, targets)``.
+
+    Parameters
+    ----------
+    tree : Tree
+    v : int
+        A node id, ``0 <= v < tree.count.size``.
+
+    Returns
+    -------
+    nodes, targets : list of int
+        For an internal node, its children with n_c > 0, in the order of
+        ``tree.child_idx``, and no targets; for a leaf, no nodes and its live
+        targets D(v) = ``tree.order[tree.start[v]:tree.stop[v]]``, which
+        become single-target entries. Either way the D of these entries
+        partition D(v).
+    """
+    _check_tree(tree)
+    v = check_int(v, "v", low=0, high=tree.count.size - 1)
     if tree.is_leaf[v]:
-        return [_target_entry(tree, q, int(y)) for y in tree.order[tree.start[v]:tree.stop[v]]]
+        return [], [int(y) for y in tree.order[tree.start[v]:tree.stop[v]]]
     children = tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
-    return [_node_entry(tree, q, qnorm, int(c)) for c in children if tree.count[c] > 0]
+    return [int(c) for c in children if tree.count[c] > 0], []
+
+
+def _expand(tree: Tree, q: np.ndarray, qnorm: float, e: _Entry) -> list[_Entry]:
+    """The entries that replace node entry ``e`` in the cut (4), scored for ``q``."""
+    nodes, targets = expand(tree, e.node)
+    return [_node_entry(tree, q, qnorm, c) for c in nodes] + [_target_entry(tree, q, y) for y in targets]
 
 
 def _log_slack(e: _Entry) -> float:
@@ -173,8 +204,11 @@ def _log_slack(e: _Entry) -> float:
     return e.log_n + e.s + e.eps + math.log(-math.expm1(-2.0 * e.eps))
 
 
-def _cut_entries(tree: Tree, q: np.ndarray, tol: float) -> list[_Entry]:
-    """The entries of the adaptive cut (5), with lo and hi of (2) kept as running sums."""
+def _cut_entries(tree: Tree, q: np.ndarray, tol: float, expanded: list[int] | None = None) -> list[_Entry]:
+    """The entries of the adaptive cut (5), with lo and hi of (2) kept as running sums.
+
+    With ``expanded``, the expanded nodes are appended to it, in order.
+    """
     qnorm = float(np.linalg.norm(q))
     heap: list[tuple[float, int, _Entry]] = []  # entries with eps > 0; largest slack (3) on top
     done: list[_Entry] = []                     # entries with eps = 0: no slack, never expanded
@@ -197,6 +231,8 @@ def _cut_entries(tree: Tree, q: np.ndarray, tol: float) -> list[_Entry]:
             if hi.log - lo.log <= tol:                                 # (5): narrow enough
                 break
         _, _, e = heapq.heappop(heap)                                  # (5): the largest slack (3)
+        if expanded is not None:
+            expanded.append(e.node)
         lo.add(e.lo, -1.0)
         hi.add(e.hi, -1.0)
         for c in _expand(tree, q, qnorm, e):                           # (4)
@@ -225,6 +261,36 @@ def adaptive_cut(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> Cut:
     q = _check_query(tree, q)
     entries = _cut_entries(tree, q, check_positive(tol, "tol"))
     return Cut.from_entries([e.node for e in entries if e.node >= 0], [e.target for e in entries if e.node < 0])
+
+
+def refinement_order(tree: Tree, q: Any) -> np.ndarray:
+    """The nodes that the rule of (5) expands, in order, when no ``tol`` stops it: P3, P7.
+
+    Expansion m (4) replaces ``order[m]``, the entry of largest slack (3) of
+    the cut that the m expansions before it leave, by its children or its
+    targets. The sequence ends when no entry has eps_v > 0; the cut is then
+    exact, lo = hi = log Z (P7). Each cut along the way refines the one
+    before, so on a nested tree (I4) its bracket (2) never widens (P3).
+    :func:`adaptive_cut` with any ``tol`` is the root cut after a prefix of
+    this order: it stops at the first of these cuts whose bracket has
+    ``hi - lo <= tol`` (up to the rounding of its running sums,
+    ``_SUM_ACCURACY``).
+
+    Parameters
+    ----------
+    tree : Tree
+    q : array_like, shape (tree.dim,)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (number of expansions,)
+        Node ids, each at most once. Apply them with :func:`expand` to follow
+        the cut step by step.
+    """
+    q = _check_query(tree, q)
+    expanded: list[int] = []
+    _cut_entries(tree, q, -math.inf, expanded)  # (5) without its stop: hi - lo <= -inf never holds
+    return np.array(expanded, dtype=np.int64)
 
 
 def bracket(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> tuple[float, float]:

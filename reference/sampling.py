@@ -32,22 +32,20 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int, check_positive, check_rng
-from reference.bounds import (
-    _ROUNDING,
-    DEFAULT_TOL,
-    Cut,
-    _as_queries,
-    _child_logits,
-    _group_logsumexp,
-    _ptr,
-    _rowdot,
-    _range_logits,
-    _refine,
-    _segment_logsumexp,
-    _terms,
-    validate_cut,
+from reference._fastpath import (
+    ROUNDING,
+    as_queries,
+    child_logits,
+    group_logsumexp,
+    query_ptr,
+    range_logits,
+    refine,
+    rowdot,
+    segment_logsumexp,
+    terms,
 )
+from reference._validation import check_int, check_positive, check_rng
+from reference.bounds import DEFAULT_TOL, Cut, validate_cut
 
 __all__ = ["cut_sample", "rejection_envelope", "rejection_sample", "topk"]
 
@@ -97,7 +95,7 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
     log_q : numpy.ndarray of float64, same shape
         ``log Phat_C(ids)``, for the logQ correction of the sampled softmax (P13).
     """
-    Q, single = _as_queries(tree, queries, "queries")
+    Q, single = as_queries(tree, queries, "queries")
     n = check_int(n, "n", low=1)
     rng = check_rng(rng)
     tol = check_positive(tol, "tol")
@@ -109,18 +107,18 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
     for b0 in range(0, B, _QUERY_BLOCK):
         b1 = min(b0 + _QUERY_BLOCK, B)
         if cut is None:
-            st = _refine(tree, Q[b0:b1], tol=tol)
+            st = refine(tree, Q[b0:b1], tol=tol)
             query, node, target, t = st.query, st.node, st.target, st.terms
         else:
             p = cut.ptr
             sl = slice(p[b0], p[b1])
             query, node, target = cut.query[sl] - b0, cut.node[sl], cut.target[sl]
-            t = _terms(tree, Q[b0:b1], query, node, target)
+            t = terms(tree, Q[b0:b1], query, node, target)
         live = np.isfinite(t.log_n)  # skip entries with n_v == 0 (emptied by deletes)
         query, node, target = query[live], node[live], target[live]
         s, log_w = t.s[live], (t.log_n + t.s)[live]
-        ptr = _ptr(query, b1 - b0)
-        log_z_hat = _segment_logsumexp(log_w, ptr)
+        ptr = query_ptr(query, b1 - b0)
+        log_z_hat = segment_logsumexp(log_w, ptr)
         qb = np.repeat(np.arange(b1 - b0), n)
         e = _SegmentCDF(log_w, log_z_hat, ptr).draw(qb, rng)
         ids[b0:b1] = _uniform_descendant(tree, node[e], target[e], rng)[0].reshape(-1, n)
@@ -155,7 +153,7 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         If given, the envelope's cut is ``adaptive_cut(tree, queries, tol)``
         (SPEC section 4), so the acceptance rate is ``>= exp(-tol)``. If
         ``None`` (default), the cut balances refinement against proposals for
-        ``n`` draws (see ``reference.bounds._refine``), and is refined further
+        ``n`` draws (see ``reference._fastpath.refine``), and is refined further
         where needed so that ``hi - lo <= max(1, log(N_live / n))``: the
         acceptance rate is then ``>= min(1/e, n / N_live)``, so the expected
         number of proposals never exceeds about the brute-force cost
@@ -183,7 +181,7 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         If a query needs more than ``100 (n + 10) exp(hi - lo)`` proposals
         (probability < e^-100 for a valid tree): the tree is corrupt.
     """
-    Q, single = _as_queries(tree, queries, "queries")
+    Q, single = as_queries(tree, queries, "queries")
     n = check_int(n, "n", low=1)
     rng = check_rng(rng)
     if tol is not None:
@@ -230,11 +228,11 @@ def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None
     Cut
         One cut per query (``n_queries == B``, 1 for a single query).
     """
-    Q, _ = _as_queries(tree, queries, "queries")
+    Q, _ = as_queries(tree, queries, "queries")
     n = check_int(n, "n", low=1)
     if tol is not None:
         tol = check_positive(tol, "tol")
-    cuts = [_envelope_cut(tree, Q[b0:b0 + _QUERY_BLOCK], n, tol).cut()
+    cuts = [Cut(*_envelope_cut(tree, Q[b0:b0 + _QUERY_BLOCK], n, tol).cut_fields())
             for b0 in range(0, Q.shape[0], _QUERY_BLOCK)]
     return cuts[0] if len(cuts) == 1 else Cut.stack(cuts)
 
@@ -266,7 +264,7 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
         ``a_y = <q, z_y>`` of the returned ids, non-increasing along each row.
     counters : dict, only if ``return_counters``
     """
-    Q, single = _as_queries(tree, queries, "queries")
+    Q, single = as_queries(tree, queries, "queries")
     n_live = int(tree.n_live)
     if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > n_live:
         raise ValueError(f"k: expected at most the number of live targets ({n_live}), got {k}")
@@ -343,9 +341,9 @@ def _envelope_cut(tree: Any, Q: np.ndarray, n: int, tol: float | None):
     """The cut of the rejection envelope: ``adaptive_cut`` with ``tol``, or (``tol=None``) the
     cost-balanced cut for ``n`` draws with ``hi - lo <= max(1, log(N_live / n))`` as a safety net."""
     if tol is None:
-        return _refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n, exact_leaves=True,
+        return refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n, exact_leaves=True,
                        full_count=_FULL_COUNT)
-    return _refine(tree, Q, tol=tol, exact_leaves=True)
+    return refine(tree, Q, tol=tol, exact_leaves=True)
 
 
 def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator, tol: float | None,
@@ -356,9 +354,9 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     raw = st.raw                                   # entry arrays, unsorted; st.order sorts them by query
     base = raw["log_n"] + raw["s"]
     log_u = base + raw["eps"]                      # log U_v, the envelope
-    hi = _group_logsumexp(log_u, raw["query"], B)  # log U = hi
-    lo = _group_logsumexp(base - raw["eps"], raw["query"], B)
-    log_z_hat = _group_logsumexp(base, raw["query"], B)
+    hi = group_logsumexp(log_u, raw["query"], B)  # log U = hi
+    lo = group_logsumexp(base - raw["eps"], raw["query"], B)
+    log_z_hat = group_logsumexp(base, raw["query"], B)
     cdf = _SegmentCDF(log_u[st.order], hi, st.ptr)
     # Exact entries (evaluated leaves): a proposal of one is accepted with probability 1
     # and its target drawn from the leaf's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
@@ -400,11 +398,11 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         v = v[isn]
         # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
         log_acc = np.zeros(qb.size)
-        a = _rowdot(tree.points_dfs, pos, Q, qb[isn])  # rows of D(v) are consecutive in points_dfs
+        a = rowdot(tree.points_dfs, pos, Q, qb[isn])  # rows of D(v) are consecutive in points_dfs
         log_acc[isn] = a - raw["s"][e[isn]] - raw["eps"][e[isn]]
         counters["target_logits"] += int(isn.sum())
         scale = qnorm[qb[isn]] * (tree.rep_norm[v] + tree.radius[v])
-        excess = log_acc[isn] - _ROUNDING * (1.0 + scale)
+        excess = log_acc[isn] - ROUNDING * (1.0 + scale)
         if np.any(excess > 0):
             raise _i3_violation("rejection_sample", v, y[isn], excess)
         accept = rng.random(qb.size) < np.exp(np.minimum(log_acc, 0.0))
@@ -434,7 +432,7 @@ def _merge_topk(best_a: np.ndarray, best_y: np.ndarray, cq: np.ndarray, cy: np.n
     all_y = np.concatenate([best_y.ravel(), cy])
     o = np.lexsort((all_y, -all_a, all_q))
     all_q, all_a, all_y = all_q[o], all_a[o], all_y[o]
-    rank = np.arange(all_q.size) - _ptr(all_q, B)[all_q]
+    rank = np.arange(all_q.size) - query_ptr(all_q, B)[all_q]
     take = rank < k                                 # every query has >= k rows (the running top-k)
     return all_a[take].reshape(B, k), all_y[take].reshape(B, k)
 
@@ -442,9 +440,9 @@ def _merge_topk(best_a: np.ndarray, best_y: np.ndarray, cq: np.ndarray, cy: np.n
 def _node_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarray,
                  q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``ub = <q,r_v> + ||q|| rho_v`` and the rounding margin of that bound, per (query, node) pair."""
-    s = _rowdot(tree.rep, v, Q, q)
+    s = rowdot(tree.rep, v, Q, q)
     ub = s + qnorm[q] * tree.radius[v]
-    margin = _ROUNDING * (1.0 + qnorm[q] * (rep_norm[v] + tree.radius[v]))
+    margin = ROUNDING * (1.0 + qnorm[q] * (rep_norm[v] + tree.radius[v]))
     return ub, margin
 
 
@@ -453,13 +451,13 @@ def _child_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndar
     """``(query, child, ub, margin)`` for the children with ``n_c > 0`` of internal nodes ``v``.
 
     As :func:`_node_bounds`, with ``<q, r_c>`` from batched matrix products
-    (:func:`reference.bounds._child_logits`); its last-bit rounding is far
+    (:func:`reference._fastpath.child_logits`); its last-bit rounding is far
     inside ``margin``.
     """
-    qc, c, s = _child_logits(tree, Q, q, v)
+    qc, c, s = child_logits(tree, Q, q, v)
     counters["node_logits"] += int((tree.child_ptr[v + 1] - tree.child_ptr[v]).sum())
     ub = s + qnorm[qc] * tree.radius[c]
-    margin = _ROUNDING * (1.0 + qnorm[qc] * (rep_norm[c] + tree.radius[c]))
+    margin = ROUNDING * (1.0 + qnorm[qc] * (rep_norm[c] + tree.radius[c]))
     return qc, c, ub, margin
 
 
@@ -467,11 +465,11 @@ def _leaf_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, ub: np.
                  counters: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits of all targets of the leaves ``v`` (for queries ``q``), with the I3 check ``a_y <= ub_v``.
 
-    Scored by :func:`reference.bounds._range_logits` (one matrix product per
+    Scored by :func:`reference._fastpath.range_logits` (one matrix product per
     leaf and block of queries). Returns ``(a, owner, pos)``: logit, index of
     the (query, leaf) pair, and DFS position of each target.
     """
-    a, ptr, perm = _range_logits(tree, Q, q, v)
+    a, ptr, perm = range_logits(tree, Q, q, v)
     counters["target_logits"] += int(a.size)
     owner = np.repeat(perm, np.diff(ptr))
     pos = tree.start[v][owner] + (np.arange(a.size) - np.repeat(ptr[:-1], np.diff(ptr)))
@@ -487,14 +485,14 @@ def _evaluate_leaves(tree, Q, q, v, ub, margin, tau, counters):
     A target with ``a_y + margin < tau`` (``k`` better targets are known) is
     dropped. The logits of the matrix products may differ from a row-wise
     inner product in the last bits (within ``margin``); the kept targets are
-    re-scored row by row (:func:`reference.bounds._rowdot`, counted in
+    re-scored row by row (:func:`reference._fastpath.rowdot`, counted in
     ``target_logits``), so that returned logits, and the order of exactly tied
     duplicates, do not depend on how the queries were batched.
     """
     a, owner, pos = _leaf_logits(tree, Q, q, v, ub, margin, counters)
     keep = a + margin[owner] >= tau[q[owner]]
     tq, pos = q[owner[keep]], pos[keep]
-    a = _rowdot(tree.points_dfs, pos, Q, tq)
+    a = rowdot(tree.points_dfs, pos, Q, tq)
     counters["target_logits"] += int(a.size)
     return tq, tree.order[pos], a
 
@@ -523,7 +521,7 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
         margin = np.concatenate([margin[leaf], cmargin])
         o = np.lexsort((-ub, q))
         q, v, ub, margin = q[o], v[o], ub[o], margin[o]
-        keep = (np.arange(q.size) - _ptr(q, B)[q]) < _TOPK_BEAM
+        keep = (np.arange(q.size) - query_ptr(q, B)[q]) < _TOPK_BEAM
         q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
     # a - margin <= the row-wise logit of each target: the k-th best of these lower bounds is
     # a valid lower bound on the final k-th logit.

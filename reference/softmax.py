@@ -10,6 +10,9 @@ Functions
 log_partition(logits)             log Z per row.
 softmax(logits)                   P per row.
 sample_softmax(logits, n, rng)    n exact i.i.d. draws from each row's softmax.
+inverse_cdf(cdf, t)               the inverse-CDF search behind every exact
+                                  sampler of a logits matrix (vectorised bisection).
+topk_ids(scores, k, exclude)      the exact top-k of each row, ties by smaller id (P8).
 sampled_log_partition(a, log_q)   the P13 importance-sampling estimate of log Z.
 full_softmax_loss(logits, pos)    -log P(pos) averaged over the batch, and its gradient.
 sampled_softmax_loss(a_pos, a_neg, log_q)
@@ -33,6 +36,8 @@ __all__ = [
     "log_partition",
     "softmax",
     "sample_softmax",
+    "inverse_cdf",
+    "topk_ids",
     "sampled_log_partition",
     "full_softmax_loss",
     "sampled_softmax_loss",
@@ -154,22 +159,116 @@ def sample_softmax(logits: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     w = np.exp(a2 - a2.max(axis=1, keepdims=True))  # max entry of every row is exactly 1
     cdf = np.cumsum(w, axis=1)  # (B, N), non-decreasing, cdf[:, -1] >= 1
     t = rng.random((B, n)) * cdf[:, -1:]  # thresholds u * W_{N-1}
-    rows = np.arange(B)[:, None]
-    lo = np.zeros((B, n), dtype=np.int64)
-    hi = np.full((B, n), N - 1, dtype=np.int64)
-    # Invariant: the first j with cdf[j] > t lies in [lo, hi] (or is past the end,
-    # in which case the search ends at N - 1 and is clamped below).
-    for _ in range((N - 1).bit_length()):  # = ceil(log2 N) halvings of [0, N - 1]
-        mid = (lo + hi) // 2
-        right = cdf[rows, mid] <= t
-        lo = np.where(right, mid + 1, lo)
-        hi = np.where(right, hi, mid)
     # u * W_{N-1} can round up to W_{N-1} itself (u within 1 ulp of 1); the
     # search then lands on N - 1, which may have w = 0. Clamp to the last id
     # with positive weight, so a zero-probability id is never returned.
     last_positive = N - 1 - np.argmax(w[:, ::-1] > 0, axis=1)
-    ids = np.minimum(lo, last_positive[:, None])
+    ids = np.minimum(inverse_cdf(cdf, t), last_positive[:, None])
     return ids[0] if single else ids
+
+
+def inverse_cdf(cdf: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For every (row r, threshold i): the first column j with ``cdf[r, j] > t[r, i]``.
+
+    The search of inverse-CDF sampling (L. Devroye, *Non-Uniform Random Variate
+    Generation*, 1986, section 2.2): with ``cdf`` the cumulative weights
+    W_j = w_0 + ... + w_j of a row and ``t = u W_{N-1}`` (u uniform in [0, 1)),
+    the answer is j with probability w_j / W_{N-1}. A column with w_j = 0 has
+    W_j = W_{j-1} and is never the answer while ``t < W_{N-1}``. Used by
+    :func:`sample_softmax` and by the brute-force baseline
+    :func:`reference.bench.brute_force_sample`.
+
+    Method: a vectorised binary search over all (row, threshold) pairs at once,
+    ceil(log2 N) rounds of gather-and-compare; no loop over rows or draws.
+    Cost O(R n log N), memory O(R n).
+
+    Parameters
+    ----------
+    cdf : ndarray, shape (R, N), N >= 1
+        Non-decreasing along each row (not checked: that would cost a pass over
+        the whole array, as much as the search); the last column must be
+        finite.
+    t : ndarray, shape (R, n)
+        Finite thresholds, one row of them per row of ``cdf``.
+
+    Returns
+    -------
+    ndarray of int64, shape (R, n)
+        The first j with ``cdf[r, j] > t[r, i]``; N - 1 when there is none
+        (``t`` at or above the row total, e.g. ``u W_{N-1}`` rounded up to it).
+    """
+    c = as_float_array(cdf, "cdf", ndim=2, finite=False)
+    R, N = c.shape
+    if N == 0:
+        raise ValueError("cdf: expected at least one column, got shape (R, 0)")
+    if not np.isfinite(c[:, -1]).all():
+        raise ValueError("cdf: expected finite row totals (last column), got a non-finite one")
+    t = as_float_array(t, "t", ndim=2, allow_empty=True)
+    if t.shape[0] != R:
+        raise ValueError(f"t: expected shape ({R}, n) to match cdf's rows, got {t.shape}")
+    flat = c.reshape(-1)
+    base = (np.arange(R, dtype=np.int64) * N)[:, None]
+    lo = np.zeros(t.shape, dtype=np.int64)
+    hi = np.full(t.shape, N - 1, dtype=np.int64)
+    # Invariant: the answer lies in [lo, hi], or is past the end (then lo runs to N).
+    for _ in range((N - 1).bit_length()):  # = ceil(log2 N) halvings of [0, N - 1]
+        mid = (lo + hi) // 2
+        right = flat[base + mid] <= t
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(right, hi, mid)
+    return np.minimum(lo, N - 1)
+
+
+def topk_ids(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The k largest scores of each row, in decreasing order, exact ties by the smaller id (P8's rule).
+
+    The rule is that of the tree's top-k (:func:`reference.sampling.topk`, P8,
+    proofs/README.md): order the ids by (-score, id) and keep the first k. It
+    holds at the k-th place too: of several ids tied at the k-th score, the
+    smallest are kept. This is the one brute-force top-k of the repository:
+    :func:`reference.bench.brute_force_topk` (blocks of queries, the
+    benchmark's baseline), the conformance kit's top-k oracle and the miners
+    ``brute_topk`` / ``stale_topk`` all select with it.
+
+    Method, vectorised O(B N): the k-th largest score of each row
+    (``np.partition``); every id scoring at least that; in the rows where more
+    ids tie at the k-th score than fit, the smallest of the tied ids; then the
+    k ids ordered by decreasing score, equal scores by increasing id.
+
+    Parameters
+    ----------
+    scores : array_like, shape (B, N)
+        Finite scores (logits).
+    k : int
+        1 <= k <= N (N - 1 when ``exclude`` is given).
+    exclude : array_like of int, shape (B,), optional
+        One id per row that may not be returned (e.g. the positive).
+
+    Returns
+    -------
+    ndarray of int64, shape (B, k)
+    """
+    s = as_float_array(scores, "scores", ndim=2)
+    B, N = s.shape
+    avail = N if exclude is None else N - 1
+    k = check_int(k, "k", low=1, high=avail)
+    if exclude is not None:
+        ex = as_index_array(exclude, "exclude", upper=N)
+        if ex.shape != (B,):
+            raise ValueError(f"exclude: expected shape ({B},), got {ex.shape}")
+        s = s.copy()
+        s[np.arange(B), ex] = -np.inf
+    kth = np.partition(s, N - k, axis=1)[:, N - k : N - k + 1]  # the k-th largest score of each row
+    take = s >= kth
+    crowded = np.flatnonzero(np.count_nonzero(take, axis=1) > k)  # more ids tie at the k-th score than fit
+    if crowded.size:
+        sc, kc = s[crowded], kth[crowded]
+        tie = sc == kc
+        need = k - np.count_nonzero(sc > kc, axis=1)  # >= 1 ids equal to the k-th score are needed
+        take[crowded] = (sc > kc) | (tie & (np.cumsum(tie, axis=1) <= need[:, None]))
+    ids = np.nonzero(take)[1].reshape(B, k)  # row-major: each row's ids ascending
+    order = np.argsort(-np.take_along_axis(s, ids, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1).astype(np.int64)
 
 
 def sampled_log_partition(a: np.ndarray, log_q: np.ndarray) -> np.ndarray:

@@ -35,18 +35,17 @@ Determinism and resuming
 All randomness comes from two explicit generators per run, derived from the
 seed: one draws the training batches (so every miner of a seed sees the same
 batches), one is handed to the miner. Every ``checkpoint_every`` steps the run
-writes, atomically through :mod:`reference.persist`, the parameters, the Adam
-state, both generator states, the step, the miner's ``state_dict`` and the
-history so far; ``--resume`` continues from there, and a run killed (even by
-SIGKILL) and resumed ends bitwise identical to an uninterrupted one (only the
-wall-clock fields differ).
+writes, atomically with :func:`reference.persist.save_checkpoint` (the format
+``demo`` writes too), the parameters, the Adam state, both generator states,
+the step, the miner's ``state_dict`` and the history so far; ``--resume``
+continues from there, and a run killed (even by SIGKILL) and resumed ends
+bitwise identical to an uninterrupted one (only the wall-clock fields differ).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -62,7 +61,8 @@ import numpy as np
 from reference import metrics, persist
 from reference._validation import check_choice, check_int, check_nonnegative, check_positive
 from reference.data import RetrievalData, make_dataset
-from reference.encoder import DualEncoder, EncoderConfig
+from reference.encoder import DualEncoder, EncoderConfig, params_sha256
+from reference.jsonio import write_json
 from reference.miners import MINERS, MinerConfig, Sizes, make_miner, memory_accounting
 from reference.optim import Adam
 
@@ -251,61 +251,52 @@ class _History:
         self.logits_mining = 0
         self.logits_loss = 0
 
-    @staticmethod
-    def _key(field: str) -> str:
-        return "hist." + field.replace("@", "_at_")  # persist's array names allow no "@"
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every list as an array (one entry per field) and the three counters (plain arrays)."""
         out = {}
         for f, v in self.lists.items():
             dtype = np.int64 if f in ("eval_step", "eval_rows", "eval_logits", "grad_step") else np.float64
-            out[self._key(f)] = np.asarray(v, dtype=dtype)
-        out["hist.counters"] = np.array([self.rows, self.logits_mining, self.logits_loss], dtype=np.int64)
+            out[f] = np.asarray(v, dtype=dtype)
+        out["counters"] = np.array([self.rows, self.logits_mining, self.logits_loss], dtype=np.int64)
         return out
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.lists = {f: arrays[self._key(f)].tolist() for f in self.FIELDS}
-        self.rows, self.logits_mining, self.logits_loss = (int(v) for v in arrays["hist.counters"])
-
-
-def _params_digest(model: DualEncoder) -> str:
-    h = hashlib.sha256()
-    for name in sorted(model.params):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(model.params[name]).tobytes())
-    return h.hexdigest()
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict` (float64 and int64 round-trip exactly through ``tolist``)."""
+        lists = {f: np.asarray(state[f]).tolist() for f in self.FIELDS}
+        rows, logits_mining, logits_loss = (int(v) for v in state["counters"])
+        self.lists, self.rows, self.logits_mining, self.logits_loss = lists, rows, logits_mining, logits_loss
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, miner_name: str, step: int, model: DualEncoder,
                      opt: Adam, batch_rng: np.random.Generator, miner_rng: np.random.Generator,
                      miner: Any, hist: _History) -> None:
-    arrays: dict[str, np.ndarray] = {f"param.{k}": v for k, v in model.params.items()}
-    adam = opt.state_dict()
-    arrays.update({f"adam.{k}": v for k, v in adam.items() if k != "step"})
-    arrays["rng.batch"] = persist.rng_to_array(batch_rng)
-    arrays["rng.miner"] = persist.rng_to_array(miner_rng)
-    arrays.update({f"miner.{k}": v for k, v in miner.state_dict().items()})
-    arrays.update(hist.to_arrays())
-    meta = {"config": config.to_dict(), "miner": miner_name, "step": int(step), "adam_step": int(adam["step"])}
-    persist.save_arrays(path, "checkpoint", arrays, meta)
+    """The package's one checkpoint format (:func:`reference.persist.save_checkpoint`, as ``demo``)."""
+    persist.save_checkpoint(
+        path, step=step, params=model.params, optimizer=opt.state_dict(),
+        rngs={"batch": batch_rng, "miner": miner_rng}, miner=miner.state_dict(), extra={"history": hist.state_dict()},
+        meta={"command": "compare", "config": config.to_dict(), "miner": miner_name},
+    )  # fmt: skip
 
 
 def _load_checkpoint(path: Path, config: TrainConfig, miner_name: str, model: DualEncoder, opt: Adam,
                      miner: Any, hist: _History) -> tuple[int, np.random.Generator, np.random.Generator]:
-    arrays, meta = persist.load_arrays(path, "checkpoint")
+    """Restore a run from :func:`_save_checkpoint`; return (completed steps, batch generator, miner generator)."""
+    ckpt = persist.load_checkpoint(path)  # PersistError (a ValueError) names the file
+    meta = ckpt["meta"]
     if meta.get("config") != config.to_dict() or meta.get("miner") != miner_name:
         raise ValueError(
             f"{path}: checkpoint of miner {meta.get('miner')!r} with config {meta.get('config')}, "
             f"expected miner {miner_name!r} with config {config.to_dict()} (delete it or drop --resume)"
         )
-    model.set_params({k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")})
-    adam = {k[len("adam."):]: v for k, v in arrays.items() if k.startswith("adam.")}
-    adam["step"] = int(meta["adam_step"])
-    opt.load_state_dict(adam)
-    miner.load_state_dict({k[len("miner."):]: v for k, v in arrays.items() if k.startswith("miner.")})
-    hist.load_arrays(arrays)
-    return (int(meta["step"]), persist.rng_from_array(arrays["rng.batch"]),
-            persist.rng_from_array(arrays["rng.miner"]))
+    try:  # validated by each setter before it changes anything
+        model.set_params(ckpt["params"])
+        opt.load_state_dict(ckpt["optimizer"])
+        miner.load_state_dict(ckpt["miner"])
+        hist.load_state_dict(ckpt["extra"]["history"])
+        batch_rng, miner_rng = ckpt["rngs"]["batch"], ckpt["rngs"]["miner"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: checkpoint does not fit this run ({type(exc).__name__}: {exc})") from None
+    return ckpt["step"], batch_rng, miner_rng
 
 
 def train(
@@ -426,7 +417,7 @@ def train(
             "at_n": memory_accounting(miner_name, sizes),
             "at_1e6": memory_accounting(miner_name, dataclasses.replace(sizes, n_targets=CLAIM_N)),
         },
-        "params_sha256": _params_digest(model),
+        "params_sha256": params_sha256(model.params),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -562,12 +553,6 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=False).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    persist.atomic_write(path, lambda f: f.write(text))
-
-
 class _Progress:
     """Progress lines on stderr: miner, seed, step, loss, elapsed and expected remaining time.
 
@@ -681,7 +666,7 @@ def compare(
                         resume=resume, progress=report)
             res["config"] = cfg.to_dict()
             if done_path is not None:
-                _write_json(done_path, res)
+                write_json(done_path, res)
                 if ckpt.exists():
                     ckpt.unlink()
             runs.append(res)
@@ -748,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
                      resume=args.resume, progress=not args.quiet)
     result["preset"] = args.preset
     result["environment"] = {"python": sys.version.split()[0], "numpy": np.__version__}
-    _write_json(out, result)
+    write_json(out, result)
     print(markdown_table(result))
     print(f"\nJSON: {out} ({time.perf_counter() - t0:.1f}s)")
     return 0

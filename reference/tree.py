@@ -49,22 +49,21 @@ Design choices
 
 Cost
 ----
-``build`` is O(N k b (iters + 2)) per level, with memory about the tree's own
-float64 copy of the points plus O(_BLOCK b k) temporaries (memmap input is
-read in blocks; float64 input is therefore held twice, input and copy).
-Measured on 2 cores for ``make_targets(N, 64)``, b = 8, leaf_size = 32:
-N = 1e4 0.1 s, 1e5 0.9 s, 1e6 14 s with peak RSS 1.4 GiB (points 0.5 GiB) before ``points_dfs``
-was added; about 1.8 GiB since (measured by ``bench``).
+``build`` is O(N k b (iters + 2)) per level. Its memory is the tree's two
+float64 N x k arrays (``points`` and ``points_dfs``), O(N) integers, the
+O(M k) node arrays and O(_BLOCK b k) temporaries. Memmap input is read in
+blocks (it stays on disk); in-RAM float64 input is held three times (input,
+``points``, ``points_dfs``).
 With ``Tree.build(..., storage=dir)`` the two N x k float64 arrays are
-memory-mapped files (a disk-backed tree, for N beyond RAM); the build then
-allocates about 277 bytes per target plus about 45 MiB of block temporaries
-(tracemalloc, k = 64, N = 1e5 and 1e6: 0.54 of the float64 points), and
-queries allocate per block of queries only.
+memory-mapped files (a disk-backed tree, for N beyond RAM): the build then
+allocates only the O(N) integers, the node arrays and the block temporaries,
+and queries allocate per block of queries only.
 ``insert`` and ``delete`` recompute the order in O(N) and ``insert``
-reallocates ``points``, so insert in batches (1e3 points into a 1e6 tree:
-~1 s). ``update`` is O(|ids| height k) (all 1e6 targets: ~4 s); ``refresh``
-O(N k) (~0.8 s at 1e6); ``rebuild(d)`` re-clusters all live targets below
-depth d (12-18 s at 1e6).
+reallocates ``points``, so insert in batches. ``update`` is
+O(|ids| height k); ``refresh`` O(N k); ``rebuild(d)`` re-clusters all live
+targets below depth d (the cost of ``build`` on them). Measured times and
+memory at N up to 1e6 are in the README, section "Profile and design history
+of the fast path".
 
 References
 ----------
@@ -463,11 +462,24 @@ class Tree:
     nested : bool
         Whether I4 is guaranteed (set by build/refresh/rebuild, cleared by
         insert/update; delete keeps it).
-    branching, leaf_size : int
+    branching, leaf_size, kmeans_iters : int
         Build parameters, reused by :meth:`rebuild`.
+    kmeans_rng : numpy.random.Generator
+        The generator :meth:`build` drew from; later :meth:`rebuild` calls
+        continue its stream.
     """
 
     root: int = 0
+
+    #: What :mod:`reference.persist` saves of a tree (its file format: a change
+    #: here is a new ``persist.FORMAT_VERSION``).
+    SAVED_FIELDS = (
+        "points", "alive", "n_live", "dim", "rep", "radius", "count", "parent", "child_ptr", "child_idx",
+        "depth", "is_leaf", "order", "start", "stop", "leaf_of", "nested", "branching", "leaf_size",
+        "kmeans_iters", "kmeans_rng",
+    )  # fmt: skip
+    #: Caches not saved: :meth:`restore_derived` recomputes them on load.
+    DERIVED_FIELDS = ("points_dfs", "rep_norm")
 
     def __init__(self) -> None:  # use Tree.build
         self.points = np.zeros((0, 0))
@@ -492,7 +504,7 @@ class Tree:
         self.branching = 8
         self.leaf_size = 32
         self.kmeans_iters = 4
-        self._rng = np.random.default_rng(0)
+        self.kmeans_rng = np.random.default_rng(0)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -529,10 +541,11 @@ class Tree:
             float64 arrays (:attr:`points`, :attr:`points_dfs`) are ``.npy``
             files there, memory-mapped, instead of RAM: a disk-backed tree,
             for N beyond RAM. The RAM it needs is then O(N) integers and the
-            O(M k) node arrays (about 0.3 of the float64 points at k = 64,
-            see ``tests/test_tree_storage.py``); the operating system's page
-            cache decides how much of the files stays in memory. Results are
-            bitwise those of the in-RAM tree. Operations that reallocate an
+            O(M k) node arrays (``tests/test_tree_storage.py`` runs it with
+            the process's data memory capped at 0.9 of the float64 points);
+            the operating system's page cache decides how much of the files
+            stays in memory. Results are bitwise those of the in-RAM tree.
+            Operations that reallocate an
             array (insert, delete, rebuild) write a new file and delete the
             old one; the files of a live tree are its own, so delete the
             directory only when the tree is gone. A tree saved with
@@ -552,7 +565,7 @@ class Tree:
         storage = None if storage is None else _check_storage(storage)
         z = _copy_points(points, "points", None, storage)
         t = cls()
-        t.branching, t.leaf_size, t.kmeans_iters, t._rng = branching, leaf_size, kmeans_iters, rng
+        t.branching, t.leaf_size, t.kmeans_iters, t.kmeans_rng = branching, leaf_size, kmeans_iters, rng
         n, k = z.shape
         t.points = z
         t.dim = k
@@ -571,6 +584,21 @@ class Tree:
     def storage(self) -> str | None:
         """Directory holding the files of a disk-backed tree (see :meth:`build`); None if in RAM."""
         return _storage_of(self.points)
+
+    def restore_derived(self) -> None:
+        """Recompute the caches :attr:`points_dfs` (``points[order]``) and :attr:`rep_norm` (``||r_v||``).
+
+        :mod:`reference.persist` calls this after loading the saved fields
+        (:attr:`SAVED_FIELDS`). The tree keeps both caches equal to these
+        expressions bitwise at all times (``check_invariants`` checks it), so
+        the loaded tree's caches are bitwise those of the saved tree.
+        """
+        old = self.__dict__.pop("points_dfs", None)  # at most one N x k copy in DFS order at a time
+        if old is not None:
+            _release(old)
+            del old
+        self.points_dfs = _gather_rows(self.points, self.order, self.storage, "points_dfs")
+        self.rep_norm = np.linalg.norm(self.rep, axis=1)
 
     # --------------------------------------------------------------- layout
     def _install(
@@ -885,7 +913,7 @@ class Tree:
         # Frontier ranges partition order in DFS order, so order is the work list.
         g_parent, g_depth, g_leaf, leaf_ids, leaf_nodes = _grow(
             self.points, self.order.copy(), self.count[frontier], self.depth[frontier],
-            self.branching, self.leaf_size, self.kmeans_iters, self._rng,
+            self.branching, self.leaf_size, self.kmeans_iters, self.kmeans_rng,
         )
         G = frontier.shape[0]
         fp = self.parent[frontier]

@@ -2,8 +2,9 @@
 
 Three groups:
 
-1. the statistics: bin merging, the G-test's calibration under H0, the
-   power statement of ``detectable_tv``, the sample-size search;
+1. the statistics: bin merging and the G-test (``reference.stats``, the one
+   G-test of the repository, which the kit re-exports), its calibration under
+   H0, the power statement of ``detectable_tv``, the sample-size search;
 2. the kit on backends: the reference and an independent NumPy port pass,
    every deliberately wrong backend of ``tests/wrong_backends.py`` fails in
    exactly the scenarios that expose its bug, with a report naming it;
@@ -30,12 +31,11 @@ from reference.conformance import (
     check_encoder,
     check_sampler,
     detectable_tv,
-    g_test,
     load_backend,
-    merge_small_bins,
     run_conformance,
     sample_size_for_tv,
 )
+from reference.stats import g_test, merge_small_bins
 from tests import wrong_backends as wb
 
 # ----------------------------------------------------------------------------
@@ -80,6 +80,21 @@ def test_g_test_perfect_fit_and_gross_misfit():
     assert fit.df == 9
     bad = g_test(np.array([1000] + [0] * 9), p)
     assert bad.p_value < 1e-100
+
+
+def test_g_test_rejects_a_draw_of_probability_zero_in_any_group():
+    """One draw of a zero-probability bin is impossible under H0: p = 0 even though
+    merging puts that bin in a group with 25 expected draws (it would fit otherwise)."""
+    p = np.array([0.0, 0.025, 0.975])
+    counts = np.array([1, 24, 975])
+    assert g_test(counts, p).labels[0] == g_test(counts, p).labels[1]
+    assert g_test(np.array([0, 25, 975]), p).p_value > 0.5
+    res = g_test(counts, p)
+    assert res.statistic == np.inf and res.p_value == 0.0
+
+
+def test_the_kit_uses_the_one_g_test():
+    assert conformance.g_test is g_test and conformance.merge_small_bins is merge_small_bins
 
 
 def test_g_test_is_calibrated_under_h0():

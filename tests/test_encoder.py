@@ -23,7 +23,15 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from reference import softmax as sm
-from reference.encoder import ACTIVATIONS, NORM_EPS, DualEncoder, EncoderConfig, TowerCache, param_shapes
+from reference.encoder import (
+    ACTIVATIONS,
+    NORM_EPS,
+    DualEncoder,
+    EncoderConfig,
+    TowerCache,
+    param_shapes,
+    params_sha256,
+)
 
 RTOL = 1e-6
 ATOL = 1e-9
@@ -475,3 +483,17 @@ def test_set_params_writes_in_place_and_get_params_copies() -> None:
     for k, v in arrays.items():
         assert m.params[k] is v
         np.testing.assert_array_equal(v, 0.5)
+
+
+def test_params_sha256_changes_exactly_when_the_parameters_do() -> None:
+    """Equal for a copy in another key order; different after a 1-ulp change, a dtype
+    change with equal values, or a reshape with equal bytes."""
+    p = _model().get_params()
+    digest = params_sha256(p)
+    assert len(digest) == 64 and params_sha256(dict(reversed(list(p.items())))) == digest
+    ulp = {**p, "query.b0": np.nextafter(p["query.b0"], np.inf)}
+    as32 = {**p, "query.b0": p["query.b0"].astype(np.float32)}  # zeros: equal values
+    flat = {**p, "query.W0": p["query.W0"].reshape(-1)}
+    assert len({digest, params_sha256(ulp), params_sha256(as32), params_sha256(flat)}) == 4
+    with pytest.raises(ValueError, match="mapping"):
+        params_sha256([p["query.W0"]])

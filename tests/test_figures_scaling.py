@@ -11,6 +11,7 @@ import pytest
 
 from figures import fig_scaling as fig
 from reference import bench
+from reference.jsonio import write_json
 
 
 def read_csv(path):
@@ -45,7 +46,7 @@ def test_quick_figure_runs_its_own_bench(tmp_path, monkeypatch):
 
 
 def test_figure_reads_the_bench_json(tmp_path, tiny_result):
-    bench.write_json(tmp_path / "bench.json", tiny_result)
+    write_json(tmp_path / "bench.json", tiny_result)
     png, csv_path, json_path = fig.make(tmp_path, quick=True)
     assert json_path == tmp_path / "bench.json"
     rows = read_csv(csv_path)
@@ -56,12 +57,12 @@ def test_figure_reads_the_bench_json(tmp_path, tiny_result):
 def test_figure_refuses_inconsistent_data(tmp_path, tiny_result):
     bad = copy.deepcopy(tiny_result)
     bad["runs"][1]["topk"]["agree"] = False
-    bench.write_json(tmp_path / "bench.json", bad)
+    write_json(tmp_path / "bench.json", bad)
     with pytest.raises(AssertionError, match="tree top-k differs from brute force"):
         fig.make(tmp_path)
     bad = copy.deepcopy(tiny_result)
     bad["fits"]["clustered"]["sample"] = float(np.float64(bad["fits"]["clustered"]["sample"]) + 0.01)
-    bench.write_json(tmp_path / "bench.json", bad)
+    write_json(tmp_path / "bench.json", bad)
     with pytest.raises(AssertionError, match="clustered sample: exponent"):
         fig.make(tmp_path)
     with pytest.raises(ValueError, match="source: expected an existing JSON"):

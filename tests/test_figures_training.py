@@ -11,6 +11,7 @@ import pytest
 
 from figures import fig_training_curves as fig
 from reference import train as T
+from reference.jsonio import write_json
 
 
 def read_csv(path):
@@ -38,7 +39,7 @@ def test_figure_reads_the_json_written_by_compare(tmp_path):
     cfg = T.TrainConfig(n_targets=120, dim=8, queries_per_target=2, hidden=(8,), out_dim=8, steps=4,
                         batch_size=8, negatives=3, refresh_every=2, cache_size=20, landmarks=10, eval_every=2)
     result = T.compare(cfg, ["full", "uniform"], seeds=[0, 1])
-    T._write_json(tmp_path / "compare.json", result)
+    write_json(tmp_path / "compare.json", result)
     png, csv_path, json_path = fig.make(tmp_path, quick=True)
     assert json_path == tmp_path / "compare.json"
     rows = read_csv(csv_path)
@@ -54,7 +55,7 @@ def test_figure_refuses_inconsistent_data(tmp_path):
     result = T.compare(cfg, ["full", "uniform"], seeds=[0])
     result["runs"][0]["curve"]["grad_error"][0] = 1e-3
     path = tmp_path / "tampered.json"
-    T._write_json(path, result)
+    write_json(path, result)
     with pytest.raises(AssertionError, match="full softmax"):
         fig.make(tmp_path, source=path)
     with pytest.raises(ValueError, match="source"):
@@ -62,6 +63,6 @@ def test_figure_refuses_inconsistent_data(tmp_path):
     bad = dataclasses.replace(cfg)  # summary mean that disagrees with the runs
     result = T.compare(bad, ["full"], seeds=[0])
     result["summary"]["per_miner"]["full"]["loss"]["mean"] += 0.1
-    T._write_json(path, result)
+    write_json(path, result)
     with pytest.raises(AssertionError, match="summary"):
         fig.make(tmp_path, source=path)

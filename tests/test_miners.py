@@ -1,9 +1,9 @@
 """Tests of reference/miners.py: every miner's negatives against a brute-force definition.
 
 Deterministic identities are checked exactly or to 1e-9 (float64 rounding of
-a few dozen operations, SPEC section 6). Distributional checks are G-tests with
-fixed seeds, small-expected bins (< 5) merged, failing at p < 1e-6: the
-false-alarm rate of each is 1e-6.
+a few dozen operations, SPEC section 6). Distributional checks are G-tests
+(reference.stats.g_test: groups of >= 20 expected draws) with fixed seeds,
+failing at p < 1e-6: the false-alarm rate of each is 1e-6.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats
 from scipy.special import logsumexp
 
 from reference import bounds
@@ -27,8 +26,9 @@ from reference.miners import (
     Sizes,
     make_miner,
     memory_accounting,
-    topk_ids,
 )
+from reference.softmax import topk_ids
+from reference.stats import g_test
 
 P_FAIL = 1e-6  # G-test rejection level (false-alarm rate per test)
 TOL = 1e-9  # float64 identities
@@ -61,17 +61,6 @@ def batch(data, B=12, seed=0):
 
 
 CFG = MinerConfig(negatives=5, refresh_every=3, cache_size=40, landmarks=12, leaf_size=4, cut_tol=2.0)
-
-
-def g_test(counts, probs):
-    """p-value of a G-test of ``counts`` against ``probs``, bins with expected < 5 merged."""
-    counts = np.asarray(counts, dtype=float)
-    expected = np.asarray(probs, dtype=float) * counts.sum()
-    small = expected < 5
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    keep = exp > 0
-    return stats.power_divergence(obs[keep], exp[keep], lambda_="log-likelihood").pvalue
 
 
 def brute_topk(scores, k, exclude):
@@ -154,7 +143,7 @@ def test_uniform_log_q_and_distribution(data):
     neg = miner.mine(model, data.targets, x, pos, 0, np.random.default_rng(1))
     assert neg.ids.shape == (2, 30000) and neg.ids.min() >= 0 and neg.ids.max() < N
     np.testing.assert_allclose(neg.log_q, -np.log(N), rtol=TOL)
-    assert g_test(np.bincount(neg.ids.ravel(), minlength=N), np.full(N, 1 / N)) > P_FAIL
+    assert g_test(np.bincount(neg.ids.ravel(), minlength=N), np.full(N, 1 / N)).p_value > P_FAIL
 
 
 def test_in_batch_is_the_other_positives_with_their_frequency(data):
@@ -272,7 +261,7 @@ def test_negative_cache_draws_follow_the_softmax_over_slots(data):
         probs = np.zeros(data.n_targets)
         np.add.at(probs, state["ids"], np.exp(log_p[b]))
         counts = np.bincount(neg.ids[b], minlength=data.n_targets)
-        assert g_test(counts, probs) > P_FAIL
+        assert g_test(counts, probs).p_value > P_FAIL
         np.testing.assert_allclose(neg.log_q[b], np.log(probs[neg.ids[b]]), rtol=1e-9, atol=1e-12)
 
 
@@ -307,7 +296,7 @@ def test_tree_stale_draws_follow_log_q(data):
     q = model.beta * model.encode_queries(x)
     want = brute_cut_log_prob(miner.tree, q, bounds.adaptive_cut(miner.tree, q, 2.0))
     for b in range(2):
-        assert g_test(np.bincount(neg.ids[b], minlength=data.n_targets), np.exp(want[b])) > P_FAIL
+        assert g_test(np.bincount(neg.ids[b], minlength=data.n_targets), np.exp(want[b])).p_value > P_FAIL
 
 
 def test_tree_nystrom_uses_fresh_landmarks_and_samples_its_cut_distribution(data):

@@ -17,11 +17,18 @@ What is proved here:
   every attribute bitwise equal, and then *behave* identically: the same
   queries, samples (same generator), mutations, rebuilds and training steps
   give bitwise equal results on the original and on the loaded copy;
-- loading an object graph instantiates only whitelisted classes.
+- loading an object graph instantiates only whitelisted classes;
+- every saved class declares its saved fields (pinned per format version) and
+  its derived caches (recomputed on load, bitwise); an undeclared attribute is
+  refused on save, a file whose fields differ from the declaration on load,
+  and a file of any other format version with a message naming the file, its
+  version and the expected one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import io
 import json
 import os
@@ -86,7 +93,7 @@ def assert_same_state(a, b, path: str = "obj") -> None:
 
     Arrays: same dtype (with byte order), shape, bytes and writeable flag.
     Generators: same bit-generator state. Floats: same bits (NaN equal to NaN).
-    Objects: same class, then the same attributes compared recursively.
+    Objects: same class, then the same attributes (in any order) compared recursively.
     """
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), path
@@ -110,8 +117,8 @@ def assert_same_state(a, b, path: str = "obj") -> None:
         assert np.float64(a).tobytes() == np.float64(b).tobytes(), f"{path}: {a!r} vs {b!r}"
     elif isinstance(a, np.generic):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"{path}: {a!r} vs {b!r}"
-    elif hasattr(a, "__dict__") and not isinstance(a, type):
-        assert_same_state(vars(a), vars(b), path)
+    elif hasattr(a, "__dict__") and not isinstance(a, type):  # the attributes, whatever order they were set in
+        assert_same_state(dict(sorted(vars(a).items())), dict(sorted(vars(b).items())), path)
     else:
         assert a == b, f"{path}: {a!r} vs {b!r}"
 
@@ -396,11 +403,50 @@ def test_wrong_kind(saved) -> None:
 
 def test_unsupported_version(saved) -> None:
     path, _, _ = saved
-    _rewrite_header(path, lambda h: {**h, "version": 99})
-    with pytest.raises(UnsupportedVersionError, match=r"format version 99, this code reads version 1"):
-        load_arrays(path, "tree")
-    with pytest.raises(UnsupportedVersionError):
-        persist.read_header(path)
+    for version in (99, 0, "2", 2.0, True, None):
+        _rewrite_header(path, lambda h: {**h, "version": version})
+        want = f"{path}: format version {version!r}, expected version {persist.FORMAT_VERSION} "
+        with pytest.raises(UnsupportedVersionError) as info:
+            load_arrays(path, "tree")
+        assert str(info.value).startswith(want)
+        with pytest.raises(UnsupportedVersionError):
+            persist.read_header(path)
+
+
+def _save_as_version(monkeypatch, version: int, save) -> None:
+    """Run ``save()`` as a persist of format ``version`` would: header version and checksum both say it."""
+    with monkeypatch.context() as m:
+        m.setattr(persist, "FORMAT_VERSION", version)
+        save()
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_file_of_another_version_is_refused_naming_file_and_versions(tmp_path: Path, monkeypatch, version) -> None:
+    """A valid file of format 1 (the old attribute-scraping layout) or of a future 3 is refused, not misread.
+
+    The files are complete and self-consistent for their version (the
+    checksum covers the version), so only the version check can refuse them.
+    """
+    assert persist.FORMAT_VERSION == 2
+    tree = Tree.build(np.random.default_rng(0).standard_normal((40, 3)), leaf_size=4)
+    cases = [
+        ("tree.npz", lambda p: persist.save_tree(p, tree), persist.load_tree),
+        ("ckpt.npz", lambda p: persist.save_checkpoint(p, step=1, params={"w": np.ones(2)}), persist.load_checkpoint),
+        ("arrays.npz", lambda p: save_arrays(p, "tree", {"a": np.ones(2)}), lambda p: load_arrays(p, "tree")),
+    ]
+    for name, save, load in cases:
+        path = tmp_path / name
+        _save_as_version(monkeypatch, version, lambda: save(path))
+        header = json.loads(np.load(path)["__header__"].tobytes())
+        assert header["version"] == version
+        with monkeypatch.context() as m:  # the file is valid for its own version
+            m.setattr(persist, "FORMAT_VERSION", version)
+            load(path)
+        want = f"{path}: format version {version}, expected version 2 "
+        for read in (load, persist.read_header):
+            with pytest.raises(UnsupportedVersionError) as info:
+                read(path)
+            assert str(info.value).startswith(want), str(info.value)
 
 
 def test_header_and_members_must_agree(saved) -> None:
@@ -704,6 +750,125 @@ def test_dynamic_index_round_trip_and_identical_behaviour(tmp_path: Path) -> Non
         idx.step(G2[idx.landmarks])
         idx.refresh(G2[idx.ids[: 50]], ids=idx.ids[:50])
     assert_same_state(index, loaded, "index after refresh")
+
+
+# --------------------------------------------------------------------------- declarations
+
+#: The saved fields of every object class in format version 2. A change of a
+#: class's SAVED_FIELDS changes the files it writes: bump persist.FORMAT_VERSION
+#: and pin the new layout here under the new number.
+PINNED_LAYOUTS = {
+    2: {
+        "Tree": ("points", "alive", "n_live", "dim", "rep", "radius", "count", "parent", "child_ptr", "child_idx",
+                 "depth", "is_leaf", "order", "start", "stop", "leaf_of", "nested", "branching", "leaf_size",
+                 "kmeans_iters", "kmeans_rng"),
+        "NystromMap": ("kernel", "cutoff", "ridge", "landmarks", "anchor", "eigenvalues", "inv_sqrt", "rank",
+                       "record"),
+        "DynamicIndex": ("cache", "nmap", "tree", "W0", "W", "beta", "rebuild_depth", "steps_since_refresh",
+                         "n_refreshes", "last_refresh"),
+        "LinearKernel": ("const",),
+        "RBFKernel": ("gamma",),
+        "PolynomialKernel": ("degree", "c"),
+    },
+}
+
+
+def _object_class(name: str) -> type:
+    module, attr = persist.OBJECT_CLASSES[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def _layout() -> dict[str, tuple[str, ...]]:
+    """Each object class's saved fields as persist sees them (dataclass fields for the kernels)."""
+    out = {}
+    for name in persist.OBJECT_CLASSES:
+        cls = _object_class(name)
+        if dataclasses.is_dataclass(cls):
+            out[name] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+        else:
+            out[name] = persist.declared_fields(cls)[0]
+    return out
+
+
+def _used_instances() -> list:
+    """An instance of every non-dataclass object class, after the operations that set every attribute."""
+    dynamic = pytest.importorskip("reference.dynamic")
+    tree = _tree_after_mutations()
+    tree.rebuild(1)
+    rng = np.random.default_rng(4)
+    G = rng.standard_normal((120, 5))
+    index = dynamic.DynamicIndex(G, np.arange(0, 120, 12), leaf_size=8)
+    index.step(G[index.landmarks] * 1.1)
+    index.add(rng.standard_normal((3, 5)))
+    index.refresh(G[index.landmarks], ids=index.landmarks)
+    return [tree, NystromMap("rbf"), index.nmap, index]
+
+
+def test_saved_fields_are_pinned_to_the_format_version() -> None:
+    """Fails when a class's SAVED_FIELDS change while FORMAT_VERSION stays (the file format changed)."""
+    assert persist.FORMAT_VERSION in PINNED_LAYOUTS, (
+        f"FORMAT_VERSION {persist.FORMAT_VERSION} has no pinned layout: add it to PINNED_LAYOUTS")
+    assert _layout() == PINNED_LAYOUTS[persist.FORMAT_VERSION], (
+        "the saved fields of an object class changed: that changes the file format, so bump "
+        "persist.FORMAT_VERSION and pin the new layout in PINNED_LAYOUTS")
+
+
+def test_declarations_cover_every_attribute() -> None:
+    """Every attribute of every saved class is declared saved or derived, once, and no private one is saved.
+
+    A new attribute (an ndarray cache, a counter) fails here until it is
+    declared: saved (a format change) or derived (recomputed on load).
+    """
+    instances = _used_instances()
+    covered = {type(obj).__name__ for obj in instances}
+    for name in persist.OBJECT_CLASSES:
+        assert dataclasses.is_dataclass(_object_class(name)) or name in covered, (
+            f"{name} is saved as an object but has no instance in _used_instances()")
+    for obj in instances:
+        saved, derived = persist.declared_fields(type(obj))
+        assert not set(saved) & set(derived)
+        assert set(vars(obj)) == set(saved) | set(derived), (
+            f"{type(obj).__name__}: attributes {sorted(set(vars(obj)) - set(saved) - set(derived))} undeclared, "
+            f"declared {sorted(set(saved) | set(derived) - set(vars(obj)))} absent")
+
+
+def test_derived_fields_are_recomputed_on_load_bitwise(tmp_path: Path) -> None:
+    """Derived caches are not in the file, and come back bitwise equal (with every saved field)."""
+    for obj in _used_instances():
+        path = tmp_path / "obj.npz"
+        persist.save_object(path, "bag", {"obj": obj})
+        saved, derived = persist.declared_fields(type(obj))
+        members = persist.read_header(path)["arrays"]
+        for field in derived:
+            assert not any(m.split(".")[-1].startswith(field) for m in members), (field, sorted(members))
+        loaded = persist.load_object(path, "bag", dict)["obj"]
+        assert_same_state(obj, loaded, type(obj).__name__)  # every attribute, the derived ones included
+
+
+def test_saving_refuses_an_undeclared_attribute(tmp_path: Path) -> None:
+    tree, _, _, index = _used_instances()
+    tree.points_by_leaf = np.zeros(3)  # a new cache nobody declared
+    with pytest.raises(ValueError, match=re.escape(
+            "tree: Tree has attributes ['points_by_leaf'] in neither SAVED_FIELDS nor DERIVED_FIELDS")):
+        persist.save_tree(tmp_path / "t.npz", tree)
+    index.tree.extra = 1
+    with pytest.raises(ValueError, match=re.escape("dynamic_index.tree: Tree has attributes ['extra']")):
+        persist.save_dynamic_index(tmp_path / "i.npz", index)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_refuses_fields_that_differ_from_the_declaration(tmp_path: Path) -> None:
+    """A self-consistent file whose Tree lacks a declared field (or has an extra one) is refused by name."""
+    path = tmp_path / "t.npz"
+    persist.save_tree(path, Tree.build(np.eye(4), leaf_size=1))
+    arrays, meta = load_arrays(path, "tree")
+    fields = meta["graph"]["v"]
+    for edited in ([f for f in fields if f[0] != "nested"], [*fields, ["_rng", {"t": "json", "v": None}]]):
+        save_arrays(path, "tree", arrays, {**meta, "graph": {**meta["graph"], "v": edited}})
+        with pytest.raises(CorruptFileError) as info:
+            persist.load_tree(path)
+        assert str(info.value).startswith(f"{path}: the object graph does not decode")
+        assert "Tree was saved with the fields" in str(info.value) and "this code saves" in str(info.value)
 
 
 def test_checkpoint_resumes_training_bitwise(tmp_path: Path) -> None:

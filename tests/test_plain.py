@@ -35,9 +35,9 @@ from scipy.special import logsumexp
 
 from reference import plain
 from reference.bounds import Cut, adaptive_cut, cut_distribution, log_partition_bracket, validate_cut
-from reference.conformance import g_test
 from reference.data import make_targets
 from reference.sampling import topk as fast_topk
+from reference.stats import g_test
 from reference.tree import Tree
 
 ALPHA = 1e-6      # false-alarm rate of each G-test
@@ -125,8 +125,11 @@ def test_bracket_contains_log_z_and_is_within_tol(trees, name, scale):
             assert_allclose([lo, hi], [f_lo, f_hi], rtol=0, atol=fp)
 
 
-def _sequential_cut(tree: Tree, q: np.ndarray, tol: float) -> set[tuple[int, int]]:
-    """Statement (5) by brute force: every step recomputes every entry's terms, lo, hi and slack."""
+def _sequential_cut(tree: Tree, q: np.ndarray, tol: float, expanded: list[int] | None = None) -> set[tuple[int, int]]:
+    """Statement (5) by brute force: every step recomputes every entry's terms, lo, hi and slack.
+
+    With ``expanded``, the expanded nodes are appended to it, in order.
+    """
     entries = [(0, -1)]
     while True:
         node = np.array([v for v, _ in entries])
@@ -143,6 +146,8 @@ def _sequential_cut(tree: Tree, q: np.ndarray, tol: float) -> set[tuple[int, int
         pos = eps > 0
         slack[pos] = log_n[pos] + s[pos] + eps[pos] + np.log(-np.expm1(-2.0 * eps[pos]))
         v, _ = entries.pop(int(np.argmax(slack)))
+        if expanded is not None:
+            expanded.append(v)
         if tree.is_leaf[v]:
             entries += [(-1, int(y)) for y in tree.order[tree.start[v]:tree.stop[v]]]
         else:
@@ -164,6 +169,53 @@ def test_adaptive_cut_is_the_sequential_largest_slack_cut(trees, name):
         for tol in (1.0, 0.3, 0.05):
             got = _entries(plain.adaptive_cut(tree, q, tol))
             assert got == _sequential_cut(tree, q, tol), f"{name}, scale {scale}, tol {tol}: cuts differ"
+
+
+@pytest.mark.parametrize("name", ["clustered", "deleted"])
+def test_refinement_order_is_the_sequential_rule_to_the_end(trees, name):
+    """(5) without its stop: the from-scratch rule's expansions, in order, up to a cut that is exact (P7).
+
+    Followed with :func:`plain.expand`, the order passes through every
+    adaptive cut (a prefix of it, whatever tol), its brackets never widen
+    (P3: these trees are nested) and its last cut has lo = hi = log Z.
+    """
+    tree = trees[name]
+    for seed, scale in [(0, 3.0), (1, 40.0), (2, 1e3)]:
+        q = _query(tree, seed, scale)
+        order = plain.refinement_order(tree, q)
+        want: list[int] = []
+        _sequential_cut(tree, q, -np.inf, want)
+        assert order.tolist() == want, f"{name}, scale {scale}: expansion orders differ"
+        log_z = _log_z(tree, q)
+        fp = RTOL * max(1.0, abs(log_z))
+        nodes, targets = [tree.root], []
+        cuts = [Cut.root()]
+        for v in order:
+            children, leaf_targets = plain.expand(tree, int(v))
+            nodes.remove(int(v))
+            nodes += children
+            targets += leaf_targets
+            cuts.append(Cut.from_entries(nodes, targets))
+        prefixes = [_entries(c) for c in cuts]
+        for tol in (1.0, 0.1, 1e-3):
+            assert _entries(plain.adaptive_cut(tree, q, tol)) in prefixes, f"{name}, tol {tol}: not on the order"
+        brackets = np.array([log_partition_bracket(tree, q, c)[:2] for c in cuts])
+        assert (np.diff(brackets[:, 0]) >= -fp).all() and (np.diff(brackets[:, 1]) <= fp).all()
+        validate_cut(tree, cuts[-1], full=True)
+        assert_allclose(brackets[-1], [log_z, log_z], rtol=0, atol=fp)
+
+
+def test_expand_is_statement_4(trees):
+    """(4): children with n_c > 0 of an internal node, live targets of a leaf; their D partition D(v)."""
+    tree = trees["deleted"]
+    for v in range(tree.count.size):
+        nodes, targets = plain.expand(tree, v)
+        below = sorted(targets + [int(y) for c in nodes for y in tree.order[tree.start[c]:tree.stop[c]]])
+        assert below == sorted(tree.order[tree.start[v]:tree.stop[v]].tolist())
+        assert (tree.count[nodes] > 0).all() and (not nodes if tree.is_leaf[v] else not targets)
+    for bad in (-1, tree.count.size, 1.0, True):
+        with pytest.raises(ValueError, match="v: expected"):
+            plain.expand(tree, bad)
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

@@ -324,26 +324,26 @@ def test_default_cut_sample_tol_is_default_adaptive_cut(tree, Q):
 
 @pytest.mark.parametrize("chunk_rows", [1 << 16, 7])
 def test_range_logits_match_row_wise_inner_products(tree, monkeypatch, chunk_rows):
-    """``_range_logits`` returns <q, z_y> for every target of every pair, in DFS order.
+    """``range_logits`` returns <q, z_y> for every target of every pair, in DFS order.
 
     Pairs repeat nodes (groups of 1 to 40 queries, i.e. several buckets) and
     include leaves, internal nodes and the root; ``chunk_rows = 7`` forces one
     node per chunk. Tolerance 1e-12 relative to ||q|| ||z_y||: the two
     evaluation orders differ by about k 2^-53 of that scale.
     """
-    import reference.bounds as bounds
+    from reference import _fastpath
 
-    monkeypatch.setattr(bounds, "_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(_fastpath, "CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(3)
     Qm = make_queries(tree, rng, 40, 20.0)
     nodes = np.flatnonzero(tree.count > 0)
     v = np.concatenate([np.zeros(3, np.int64), rng.choice(nodes, 200), np.repeat(nodes[:5], 40)])
     q = rng.integers(0, Qm.shape[0], v.size)
-    a, ptr, perm = bounds._range_logits(tree, Qm, q, v)
+    a, ptr, perm = _fastpath.range_logits(tree, Qm, q, v)
     assert np.array_equal(np.sort(perm), np.arange(v.size))
     n = tree.stop[v[perm]] - tree.start[v[perm]]
     np.testing.assert_array_equal(np.diff(ptr), n)
-    rows = bounds._ranges(tree.start[v[perm]], n)
+    rows = _fastpath.ranges(tree.start[v[perm]], n)
     qq = np.repeat(q[perm], n)
     want = np.einsum("ij,ij->i", tree.points_dfs[rows], Qm[qq])
     scale = np.linalg.norm(Qm[qq], axis=1) * np.linalg.norm(tree.points_dfs[rows], axis=1)
@@ -354,12 +354,12 @@ def test_range_logits_match_row_wise_inner_products(tree, monkeypatch, chunk_row
 def test_envelope_cut_with_exact_entries_is_the_cut_it_claims(tree, Q, tol, n):
     """The rejection envelope keeps evaluated leaves (and small nodes) as exact entries.
 
-    Its :meth:`cut` lists them as single targets: a full partition of the live
+    Its :meth:`cut_fields` list them as single targets: a full partition of the live
     targets whose bracket (P2, recomputed from scratch) equals the envelope's
     own ``lo``, ``hi``, ``log_z_hat`` to 1e-9 relative (deterministic float64,
     reordered sums), and ``cut_entries`` counts those single targets.
     """
-    from reference.bounds import _group_logsumexp
+    from reference._fastpath import group_logsumexp
     from reference.sampling import _envelope_cut
 
     st = _envelope_cut(tree, Q, n, tol)
@@ -368,14 +368,14 @@ def test_envelope_cut_with_exact_entries_is_the_cut_it_claims(tree, Q, tol, n):
     assert st.n_exact == x.sum() > 0
     if tol is None:  # nodes with few targets are evaluated in full, not only leaves
         assert not tree.is_leaf[raw["node"][x]].all()
-    cut = st.cut()
+    cut = Cut(*st.cut_fields())
     validate_cut(tree, cut, n_queries=Q.shape[0], full=True)
     assert len(cut) == st.size
     lo, hi, hat = log_partition_bracket(tree, Q, cut)
     base = raw["log_n"] + raw["s"]
     B = Q.shape[0]
     for got, want in ((lo, base - raw["eps"]), (hi, base + raw["eps"]), (hat, base)):
-        np.testing.assert_allclose(got, _group_logsumexp(want, raw["query"], B), rtol=1e-9)
+        np.testing.assert_allclose(got, group_logsumexp(want, raw["query"], B), rtol=1e-9)
     _, counters = rejection_sample(tree, Q, n, np.random.default_rng(0), tol=tol)
     assert counters["cut_entries"] == len(cut)
 

@@ -8,16 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose, assert_array_equal
-from scipy import stats
 
 from reference.softmax import (
     full_softmax_loss,
+    inverse_cdf,
     log_partition,
     sample_softmax,
     sampled_log_partition,
     sampled_softmax_loss,
     softmax,
 )
+from reference.stats import g_test
 
 # Goodness-of-fit tests fail at p < 1e-6 (SPEC section 6): with the handful of
 # fixed-seed G-tests below the false-alarm rate of this module is < 1e-5.
@@ -115,33 +116,8 @@ def test_sampled_log_partition_shapes_and_dtypes() -> None:
 
 
 # ---------------------------------------------------------------------------
-# sample_softmax: exactness by a G-test
-
-
-def g_test_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    """G-test of observed ``counts`` against ``probs``; bins with expected count < 5 merged.
-
-    Bins are sorted by expected count; all bins with expected < 5 are pooled
-    into one, and if that pool is still < 5 it is merged into the smallest
-    remaining bin (the chi-square approximation of G needs expected >= 5).
-    Returns the p-value of G = 2 sum O log(O / E) with (bins - 1) degrees of freedom.
-    """
-    expected = probs * counts.sum()
-    order = np.argsort(expected)
-    e, o = expected[order], counts[order].astype(np.float64)
-    small = e < 5
-    if small.any():
-        e = np.concatenate([[e[small].sum()], e[~small]])
-        o = np.concatenate([[o[small].sum()], o[~small]])
-        if e[0] < 5 and e.size > 1:
-            e = np.concatenate([[e[0] + e[1]], e[2:]])
-            o = np.concatenate([[o[0] + o[1]], o[2:]])
-    if e.size < 2:
-        return 1.0  # a single bin: nothing to test
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(o > 0, o * np.log(o / e), 0.0)
-    g = 2.0 * terms.sum()
-    return float(stats.chi2.sf(g, df=e.size - 1))
+# sample_softmax: exactness by the repository's G-test (reference.stats.g_test:
+# groups of >= 20 expected draws, Williams' correction)
 
 
 def _logit_rows() -> np.ndarray:
@@ -166,7 +142,7 @@ def test_sample_softmax_matches_softmax_g_test() -> None:
     probs = softmax(logits)
     for row in range(logits.shape[0]):
         counts = np.bincount(ids[row], minlength=logits.shape[1])
-        p = g_test_pvalue(counts, probs[row])
+        p = g_test(counts, probs[row]).p_value
         assert p >= P_FAIL, f"row {row}: G-test p = {p:.3g} < {P_FAIL}"
     # Zero-probability targets (logit 1e4 below the maximum) are never drawn.
     assert not np.isin(ids[4], np.arange(0, logits.shape[1], 3)).any()
@@ -177,7 +153,7 @@ def test_g_test_has_power() -> None:
     logits = _logit_rows()[1]
     wrong = logits + 0.2 * np.random.default_rng(1).standard_normal(logits.size)
     ids = sample_softmax(wrong, 40000, np.random.default_rng(2))
-    assert g_test_pvalue(np.bincount(ids, minlength=logits.size), softmax(logits)) < P_FAIL
+    assert g_test(np.bincount(ids, minlength=logits.size), softmax(logits)).p_value < P_FAIL
 
 
 def test_sample_softmax_deterministic_shapes_and_edge_cases() -> None:
@@ -198,6 +174,23 @@ def test_sample_softmax_deterministic_shapes_and_edge_cases() -> None:
 
 
 # ---------------------------------------------------------------------------
+# inverse_cdf: the search of every inverse-CDF sampler
+
+
+@given(N=st.integers(1, 70), data=st.data())
+def test_inverse_cdf_is_a_row_wise_searchsorted(N: int, data: st.DataObject) -> None:
+    """Definition: the first j with cdf[r, j] > t (searchsorted, side='right'), N - 1 if none;
+    zero weights (flat steps of the CDF) included, thresholds up to 10% past the total."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    w = rng.random((3, N)) * (rng.random((3, N)) < 0.6)
+    cdf = np.cumsum(w, axis=1)
+    t = rng.random((3, 25)) * 1.1 * cdf[:, -1:]
+    t[:, 0] = cdf[:, -1]  # exactly the total: no j has cdf > t
+    want = np.stack([np.minimum(np.searchsorted(c, tt, side="right"), N - 1) for c, tt in zip(cdf, t)])
+    assert_array_equal(inverse_cdf(cdf, t), want)
+
+
+# ---------------------------------------------------------------------------
 # bad inputs
 
 rng0 = np.random.default_rng(0)
@@ -215,6 +208,10 @@ bad_cases = [
     (lambda: sample_softmax(ok2, 3, np.random.RandomState(0)), "rng"),
     (lambda: sample_softmax(np.zeros((2, 2, 2)), 3, rng0), "2-D"),
     (lambda: sample_softmax(np.array([[0.0, np.nan]]), 3, rng0), "finite"),
+    (lambda: inverse_cdf(np.zeros((2, 0)), np.zeros((2, 1))), "cdf"),
+    (lambda: inverse_cdf(np.array([[0.0, np.inf]]), np.zeros((1, 1))), "finite row totals"),
+    (lambda: inverse_cdf(ok2, np.zeros((3, 1))), "t: expected shape"),
+    (lambda: inverse_cdf(ok2, np.full((2, 1), np.nan)), "finite"),
     (lambda: sampled_log_partition(ok2, np.zeros((2, 4))), "log_q: expected the shape"),
     (lambda: sampled_log_partition(ok2, np.full((2, 3), 0.5)), "log-probabilities <= 0"),
     (lambda: sampled_log_partition(ok2, np.full((2, 3), -np.inf)), "finite"),

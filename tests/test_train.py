@@ -160,6 +160,38 @@ def test_resume_refuses_a_checkpoint_of_another_budget(data, tmp_path):
         T.train(other, "uniform", data=data, checkpoint=ckpt, resume=True)
 
 
+def test_checkpoints_are_persist_checkpoints(data, tmp_path):
+    """``compare`` writes the package's one checkpoint format (``persist.save_checkpoint``, as ``demo``)."""
+    from reference import persist
+
+    ckpt = tmp_path / "run.ckpt.npz"
+    T.train(CFG, "neg_cache", data=data, checkpoint=ckpt, checkpoint_every=5)
+    ck = persist.load_checkpoint(ckpt)
+    assert ck["step"] == 10 and persist.read_header(ckpt)["meta"]["step"] == 10
+    assert ck["meta"] == {"command": "compare", "config": CFG.to_dict(), "miner": "neg_cache"}
+    assert sorted(ck["rngs"]) == ["batch", "miner"] and sorted(ck["miner"]) == ["emb", "head", "ids"]
+    assert ck["optimizer"]["step"] == 10 and len(ck["extra"]["history"]["train_loss"]) == 10
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit_naming_the_file(data, tmp_path):
+    """A valid checkpoint of the right budget whose state does not fit (here the miner's) is refused."""
+    from reference import persist
+
+    ckpt = tmp_path / "run.ckpt.npz"
+    T.train(CFG, "neg_cache", data=data, checkpoint=ckpt, checkpoint_every=5)
+    ck = persist.load_checkpoint(ckpt)
+    ck["miner"]["head"] = np.array(10**6)  # beyond the cache
+    persist.save_checkpoint(ckpt, **{k: ck[k] for k in ("step", "params", "optimizer", "rngs", "miner", "extra")},
+                            meta=ck["meta"])
+    with pytest.raises(ValueError) as info:
+        T.train(CFG, "neg_cache", data=data, checkpoint=ckpt, resume=True)
+    assert str(info.value).startswith(f"{ckpt}: checkpoint does not fit this run (ValueError: state: ")
+    demo_ckpt = tmp_path / "demo.ckpt.npz"  # a demo checkpoint: same format, another run
+    persist.save_checkpoint(demo_ckpt, step=3, params=ck["params"], meta={"command": "demo", "config": {}})
+    with pytest.raises(ValueError, match=re.escape(f"{demo_ckpt}: checkpoint of miner None")):
+        T.train(CFG, "neg_cache", data=data, checkpoint=demo_ckpt, resume=True)
+
+
 def test_compare_resume_after_sigkill_is_bitwise_identical(tmp_path):
     """``python -m reference compare`` killed by SIGKILL after a checkpoint, then ``--resume``."""
     args = ["--preset", "quick", "--miners", "neg_cache", "tree_nystrom", "--seeds", "0",
