@@ -49,6 +49,7 @@ from matplotlib.ticker import LogFormatter, NullFormatter
 
 from figures.common import plt, save, write_csv
 from reference import bench as B
+from reference.jsonio import write_json
 
 TITLE = "Cost per query vs N (log-log): tree vs brute force, exact sampling and top-k, from `bench`"
 
@@ -73,7 +74,7 @@ def _load_or_run(out_dir: Path, quick: bool, source: Path | None) -> tuple[dict[
         raise ValueError(f"source: expected an existing JSON written by `bench`, got {source}")
     result = B.run_bench(B.BenchConfig(**OWN_RUN[bool(quick)], quick=bool(quick)))
     path = out_dir / "scaling.json"
-    B.write_json(path, result)
+    write_json(path, result)
     return result, path
 
 

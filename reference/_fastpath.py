@@ -10,7 +10,8 @@ section 4.3) with the state it returns (:class:`CutState`). Notation as in
 :mod:`reference.bounds`.
 
 The module is private as a whole, so its names carry no leading underscore;
-only ``bounds``, ``sampling`` and tests of these internals import it.
+only ``bounds``, ``sampling`` and tests of these internals import it, and
+``tree`` for :func:`ranges` (the positions of contiguous runs of rows).
 """
 
 from __future__ import annotations

@@ -47,11 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from reference._fastpath import as_queries, check_tree, entry_counts, ranges, refine, terms
+from reference._fastpath import ROUNDING, as_queries, check_tree, entry_counts, ranges, refine, terms
 from reference._validation import as_index_array, check_nonnegative, check_positive
 
 __all__ = [
     "DEFAULT_TOL",
+    "ROUNDING",
     "Cut",
     "validate_cut",
     "log_partition_bracket",
@@ -67,6 +68,11 @@ __all__ = [
 #: Default bracket width ``hi - lo`` for :func:`adaptive_cut` and the samplers.
 #: The rejection sampler's acceptance rate per proposal is >= exp(-DEFAULT_TOL).
 DEFAULT_TOL = 1.0
+
+# ROUNDING (imported above, public here): the relative margin 1e-9 by which a computed
+# inner product may exceed its bound a_y <= <q, r_v> + eps_v (P1) before the samplers
+# and top-k treat it as a broken invariant rather than rounding; one value for the plain
+# and the fast paths.
 
 # --------------------------------------------------------------------------
 # The cut data structure

@@ -73,15 +73,15 @@ import numpy as np
 from scipy.special import logsumexp
 
 from reference._validation import as_float_array, check_int, check_positive, check_rng
-from reference.bounds import DEFAULT_TOL, Cut
+from reference.bounds import DEFAULT_TOL, ROUNDING, Cut
 from reference.tree import Tree
 
 __all__ = ["ROUNDING", "adaptive_cut", "bracket", "cut_sample", "expand", "refinement_order", "rejection_sample",
            "topk"]
 
-#: Relative rounding margin of (10): far above the k 2^-53 relative error of an
-#: inner product for any k < 1e6, far below any real gap between logits.
-ROUNDING = 1e-9
+# ROUNDING (from reference.bounds, the same margin the fast path uses) is the relative
+# rounding margin of (10): far above the k 2^-53 relative error of an inner product
+# for any k < 1e6, far below any real gap between logits.
 
 #: The running sums of (2) are recomputed from the cut's entries when their
 #: rounding error bound exceeds this fraction of the sum (1e-10 in log units).

@@ -81,6 +81,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from reference._fastpath import ranges
 from reference._validation import as_float_array, as_index_array, check_int
 
 __all__ = ["InvariantError", "Tree", "row_distances"]
@@ -121,15 +122,6 @@ def row_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     d = a - b
     return np.sqrt(np.einsum("ij,ij->i", d, d))
-
-
-def _segment_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for every (s, l), vectorised."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.cumsum(lens) - lens
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, lens)
 
 
 def _nearest_centers(
@@ -292,7 +284,7 @@ def _grow(
         group = np.repeat(np.arange(G, dtype=np.int64), act_lens)
         leaf = act_lens <= leaf_size
         if leaf.any():
-            pos = _segment_positions(starts[leaf], act_lens[leaf])
+            pos = ranges(starts[leaf], act_lens[leaf])
             leaf_parts_ids.append(work[pos])
             leaf_parts_nodes.append(np.repeat(act_nodes[leaf], act_lens[leaf]))
             leaf_marks.append(act_nodes[leaf])
