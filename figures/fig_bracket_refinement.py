@@ -15,7 +15,7 @@ the brute-force log Z and hi - lo <= 2 eps_C.
 Checked on the plotted data (AssertionError otherwise): lo <= log Z <= hi,
 hi - lo <= 2 eps_C, lo non-decreasing and hi non-increasing along the
 refinement, and lo = hi = log Z once only single targets remain. Tolerance:
-1e-9 of the term magnitude (SPEC section 6).
+1e-9 of the term magnitude (proofs/README.md section 6).
 """
 
 from __future__ import annotations

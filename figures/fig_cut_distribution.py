@@ -4,7 +4,7 @@ Clustered targets, many queries (softmax temperatures from flat to peaked) and
 many cuts per query: ``adaptive_cut`` at several tolerances and random
 refinements of the root cut. For each (query, cut) the figure measures
 ``sup_y |log Phat_C(y) - log P(y)|``, ``TV(Phat_C, P)`` and both KL
-divergences, and their P4 bounds (SPEC section 6): ``2 eps_C``,
+divergences, and their P4 bounds (proofs/README.md section 6): ``2 eps_C``,
 ``1 - exp(-2 eps_C)`` and ``2 eps_C``.
 
 Panels, one point per (query, cut), colour and marker by kind of cut, both on
@@ -27,7 +27,7 @@ checked and written to the CSV but not plotted. The CSV holds every
 
 Checked on the plotted data (AssertionError otherwise): every point lies
 below its bound (log-space quantities to 1e-9 of the term magnitude, TV to
-1e-9 absolute; SPEC section 6).
+1e-9 absolute; proofs/README.md section 6).
 """
 
 from __future__ import annotations

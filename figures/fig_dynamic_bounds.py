@@ -15,7 +15,7 @@ mean leaf radius.
 Checked on the plotted data at every step (AssertionError otherwise):
 ``Tree.check_invariants()``; both cuts bracket the brute-force log Z (P2);
 the adaptive cut has hi - lo <= 1 (P7). Tolerance 1e-9 of the term
-magnitude (SPEC section 6). Also checked: the leaf-cut bracket never narrows
+magnitude (proofs/README.md section 6). Also checked: the leaf-cut bracket never narrows
 under updates (radii only grow, representatives stay put, the leaves keep
 their targets), and each rebuild narrows it (the empirical claim the figure
 illustrates).

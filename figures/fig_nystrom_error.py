@@ -53,7 +53,7 @@ KERNELS = {"linear(c=1)": linear(1.0), "rbf(gamma=1)": rbf(1.0), "poly(2, c=1)":
 M_MAIN = 64  # > d + 1 = 33: the linear kernel's landmarks span the embeddings
 #: Rounding allowance of the asserted P12 inequalities: the two sides are
 #: computed along different paths (phi W vs G directly), each to ~1e-15
-#: relative of logits of magnitude <= beta; 1e-9 is the SPEC tolerance.
+#: relative of logits of magnitude <= beta; 1e-9 is the tolerance of proofs/README.md section 6.14.
 REL_TOL = 1e-9
 
 

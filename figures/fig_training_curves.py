@@ -1,6 +1,6 @@
 """Training curves of every negative miner: test loss, recall@10 and gradient error against step.
 
-The numbers come from ``python -m reference compare`` (SPEC section 8): the
+The numbers come from ``python -m reference compare`` (proofs/README.md section 8): the
 figure reads ``<out_dir>/compare.json`` when it exists (the default output of
 ``compare``, so ``compare`` then ``figures`` plot exactly the table's runs),
 else it runs a comparison itself (``quick``: the ``quick`` preset, one seed;

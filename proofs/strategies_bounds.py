@@ -8,7 +8,7 @@ The point sets come from :mod:`proofs.strategies_tree` (adversarial kinds:
 duplicates, collinear, huge norms, grid ties, d = 1, float32). On top of them:
 
 - ``trees_with_queries`` draws a built tree and a batch of queries whose
-  logit scale ``||q|| max ||z||`` ranges from 0 (a zero query) to 1e4 (SPEC
+  logit scale ``||q|| max ||z||`` ranges from 0 (a zero query) to 1e4 (proofs/README.md
   section 2: nothing may overflow there), including queries aligned with a
   node's worst-case direction ``z_y - r_v``, which make P1 an equality.
 - ``random_cut`` refines the root cut at random (nodes, leaves and single
@@ -49,10 +49,10 @@ __all__ = [
 ]
 
 #: ``||q|| * max_y ||z_y||`` values drawn for queries: a zero query, moderate
-#: softmaxes, near one-hot ones, and the SPEC's overflow limit 1e4.
+#: softmaxes, near one-hot ones, and the overflow limit 1e4 of proofs/README.md section 2.
 LOGIT_SCALES = (0.0, 1.0, 10.0, 60.0, 1e4)
 
-#: Relative tolerance of deterministic float64 identities (SPEC section 6),
+#: Relative tolerance of deterministic float64 identities (proofs/README.md section 6),
 #: applied to :func:`fp_scale` (the magnitude of the largest term involved).
 FP_RTOL = 1e-9
 

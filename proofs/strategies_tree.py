@@ -139,7 +139,7 @@ def tree_params(draw, *, max_branching: int = 5, max_leaf_size: int = 8) -> dict
 def query_for(points: np.ndarray, rng: np.random.Generator, *, logit_scale: float = 30.0) -> np.ndarray:
     """A query q with ``||q|| * max_y ||z_y|| = logit_scale`` (a random direction).
 
-    SPEC section 2 requires everything to stay finite for
+    proofs/README.md section 2 requires everything to stay finite for
     ``||q|| max ||z|| <= 1e4``; the default 30 gives softmaxes that are neither
     uniform nor one-hot.
     """

@@ -1,10 +1,10 @@
-"""P1 (SPEC section 6): |a_y - <q, r_v>| <= eps_v(q) = ||q|| rho_v for y in D(v).
+"""P1 (proofs/README.md section 6): |a_y - <q, r_v>| <= eps_v(q) = ||q|| rho_v for y in D(v).
 
 Proof: ``proofs/p01_node_bound.md``.
 
 Tolerance: an inner product of length k in float64 has absolute rounding error
 below k 2^-53 ||q|| ||x||; we allow FP_RTOL = 1e-9 of ||q|| (||z_y|| + ||r_v||)
-(SPEC section 6) plus ||q|| times the tree's certified containment tolerance
+(proofs/README.md section 6) plus ||q|| times the tree's certified containment tolerance
 (``Tree.containment_tolerance``, ~1e-14 rho_v). A 1% smaller radius moves the
 aligned-query case by 1% of eps_v, far above either.
 """

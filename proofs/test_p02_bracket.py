@@ -1,8 +1,8 @@
-"""P2 (SPEC section 6): lo <= log Z <= hi, hi - lo <= 2 eps_C, |log_z_hat - log Z| <= eps_C.
+"""P2 (proofs/README.md section 6): lo <= log Z <= hi, hi - lo <= 2 eps_C, |log_z_hat - log Z| <= eps_C.
 
 Proof: ``proofs/p02_bracket.md``.
 
-Tolerance: FP_RTOL = 1e-9 (SPEC section 6) times ``fp_scale`` = the largest
+Tolerance: FP_RTOL = 1e-9 (proofs/README.md section 6) times ``fp_scale`` = the largest
 term magnitude 1 + ||q|| (max ||z|| + max ||r_v|| + rho_root) + log N; the
 float64 logsumexp of such terms is exact to a few 1e-16 of it.
 """
@@ -83,7 +83,7 @@ def test_p2_line_pair_tight():
 
 @given(seeds)
 def test_p2_large_logits_finite(seed):
-    """||q|| max ||z|| = 1e4 (SPEC section 2): everything finite and the bracket holds."""
+    """||q|| max ||z|| = 1e4 (proofs/README.md section 2): everything finite and the bracket holds."""
     rng = np.random.default_rng(seed)
     tree = Tree.build(rng.normal(size=(200, 3)), branching=3, leaf_size=4)
     Q = rng.normal(size=(3, 3))

@@ -1,10 +1,10 @@
-"""P3 (SPEC section 6): under I4, refining a node of a cut never lowers lo nor raises hi.
+"""P3 (proofs/README.md section 6): under I4, refining a node of a cut never lowers lo nor raises hi.
 
 Proof: ``proofs/p03_refinement.md``. I4 holds right after ``Tree.build``,
 ``Tree.refresh`` and ``Tree.rebuild`` (``tree.nested``); the tests use exactly
 those trees.
 
-Tolerance: FP_RTOL = 1e-9 (SPEC section 6) of ``fp_scale`` (the largest term
+Tolerance: FP_RTOL = 1e-9 (proofs/README.md section 6) of ``fp_scale`` (the largest term
 magnitude); float64 logsumexp and inner products are exact to a few 1e-16 of it.
 """
 

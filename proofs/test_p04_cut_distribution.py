@@ -1,9 +1,9 @@
-"""P4 (SPEC section 6): the cut distribution Phat_C is within 2 eps_C of the softmax.
+"""P4 (proofs/README.md section 6): the cut distribution Phat_C is within 2 eps_C of the softmax.
 
 Proof: ``proofs/p04_cut_distribution.md``.
 
 Tolerances: log-space quantities FP_RTOL = 1e-9 of ``fp_scale`` (the largest
-term magnitude, SPEC section 6); TV, a probability summed over <= 121 terms,
+term magnitude, proofs/README.md section 6); TV, a probability summed over <= 121 terms,
 1e-9 absolute. The goodness-of-fit tests use the G-test of reference.stats
 (groups of >= 20 expected draws, Williams' correction) and fail at p < 1e-6
 (false-alarm rate 1e-6 per test), on fixed seeds.

@@ -1,9 +1,9 @@
-"""P5 (SPEC section 6): ||E_Phat[h] - E_P[h]|| <= 2 TV(Phat, P) H; grad_q log Z = E_P[z_y].
+"""P5 (proofs/README.md section 6): ||E_Phat[h] - E_P[h]|| <= 2 TV(Phat, P) H; grad_q log Z = E_P[z_y].
 
 Proof: ``proofs/p05_gradient_bias.md``.
 
 Tolerances: expectations are sums of <= 120 terms of size <= the norms
-involved, exact in float64 to ~1e-14 of them; we allow 1e-9 (SPEC section 6)
+involved, exact in float64 to ~1e-14 of them; we allow 1e-9 (proofs/README.md section 6)
 of (1 + H). Finite differences (step h = 1e-4 / max ||z||): truncation
 h^2 max||z||^3 / 6 plus rounding ~1e-16 |log Z| / h, below 1e-6 max ||z||.
 """

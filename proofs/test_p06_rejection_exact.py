@@ -1,11 +1,11 @@
-"""P6 (SPEC section 6): rejection_sample draws exactly from P; acceptance = exp(log Z - hi) >= exp(-(hi - lo)).
+"""P6 (proofs/README.md section 6): rejection_sample draws exactly from P; acceptance = exp(log Z - hi) >= exp(-(hi - lo)).
 
 Proof: ``proofs/p06_rejection_exact.md``.
 
 Statistical tests: fixed seeds; goodness of fit by the G-test of
 reference.stats (groups of >= 20 expected draws), acceptance rates by a
 two-sided exact binomial test; both fail at p < 1e-6, the false-alarm rate of
-each test. Deterministic inequalities: 1e-9 of the term magnitude (SPEC
+each test. Deterministic inequalities: 1e-9 of the term magnitude (proofs/README.md
 section 6).
 """
 

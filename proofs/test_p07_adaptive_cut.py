@@ -1,9 +1,9 @@
-"""P7 (SPEC section 6): adaptive_cut terminates with lo <= log Z <= hi and hi - lo <= tol
+"""P7 (proofs/README.md section 6): adaptive_cut terminates with lo <= log Z <= hi and hi - lo <= tol
 (or every entry has eps_v = 0, and then lo = hi = log Z).
 
 Proof: ``proofs/p07_adaptive_cut.md``.
 
-Tolerance: FP_RTOL = 1e-9 of ``fp_scale`` (the largest term magnitude, SPEC
+Tolerance: FP_RTOL = 1e-9 of ``fp_scale`` (the largest term magnitude, proofs/README.md
 section 6).
 """
 

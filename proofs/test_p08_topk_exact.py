@@ -1,4 +1,4 @@
-"""P8 (SPEC section 6): topk returns exactly the brute-force top-k (ties by smaller id).
+"""P8 (proofs/README.md section 6): topk returns exactly the brute-force top-k (ties by smaller id).
 
 Proof: ``proofs/p08_topk_exact.md``.
 
@@ -6,7 +6,7 @@ Brute force here sorts the live targets by (-a_y, y). Its logits use the same
 row-wise inner product as the tree code (``brute_logits``), so duplicated
 targets tie bit-for-bit in both; a second test uses integer data, where every
 evaluation order gives the same exact result, against a BLAS matrix product.
-Ids must match exactly; logits to 1e-9 of the term magnitude (SPEC section 6).
+Ids must match exactly; logits to 1e-9 of the term magnitude (proofs/README.md section 6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""P9 (SPEC section 6): dynamic soundness of the tree index.
+"""P9 (proofs/README.md section 6): dynamic soundness of the tree index.
 
 Proof: ``proofs/p09_dynamic_soundness.md``. A Hypothesis
 ``RuleBasedStateMachine`` builds a tree on an adversarial target set
@@ -23,7 +23,7 @@ sorted by name, hence the numeric prefixes):
                      rejection-sampler and cut-sampler ids are alive (P6 support),
                      top-k equals brute force (P8).
 
-Tolerances (float64 rounding, SPEC section 6):
+Tolerances (float64 rounding, proofs/README.md section 6):
 
 - P1: ``1e-12 * ||q|| (||z_y|| + ||r_v||)`` plus the tree's own containment
   tolerance (``Tree.containment_tolerance``, ~1e-14 relative to rho_v). An
@@ -111,7 +111,7 @@ def frontier(tree: Tree, d: int) -> np.ndarray:
 
 
 def local_bracket(tree: Tree, q: np.ndarray, nodes: np.ndarray) -> tuple[float, float, float, float, float]:
-    """(lo, hi, log_z_hat, eps_C, scale) of a node cut, straight from SPEC section 4."""
+    """(lo, hi, log_z_hat, eps_C, scale) of a node cut, straight from proofs/README.md section 4."""
     s = tree.rep[nodes] @ q
     eps = np.linalg.norm(q) * tree.radius[nodes]
     log_n = np.log(tree.count[nodes])

@@ -1,7 +1,7 @@
-"""P10 Nystrom interpolation (SPEC section 6; proof in p10_nystrom_interpolation.md).
+"""P10 Nystrom interpolation (proofs/README.md section 6; proof in p10_nystrom_interpolation.md).
 
 With K_LL non-singular and no ridge, ghat_t(l) = G_t(l) for every landmark l.
-Tolerance: 1e-9 relative to max |G_t(L)| (the SPEC's float64 tolerance for
+Tolerance: 1e-9 relative to max |G_t(L)| (the float64 tolerance of proofs/README.md section 6.14, for
 deterministic identities); the examples are restricted to cond(K_LL) <= 1e5,
 where the computed product K K^{-1/2} K^{-1/2} has error ~cond * 1e-16 <= 1e-11.
 """
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from proofs.strategies_nystrom import interpolation_problems, seeds
 from reference.nystrom import NystromMap, linear, rbf
 
-REL_TOL = 1e-9  # SPEC: deterministic identities in float64
+REL_TOL = 1e-9  # proofs/README.md section 6.14: deterministic identities in float64
 MAX_COND = 1e5  # keeps the rounding error of K K^{-1} below ~1e-11
 
 

@@ -1,8 +1,8 @@
-"""P11 Nystrom reproduction (SPEC section 6; proof in p11_nystrom_reproduction.md).
+"""P11 Nystrom reproduction (proofs/README.md section 6; proof in p11_nystrom_reproduction.md).
 
 Linear kernel with the constant feature: if g_t = A g_0 + b and the landmarks'
 augmented cached embeddings span those of all targets, ghat_t = g_t exactly;
-rank(Ghat_t) <= m always. Tolerance: 1e-9 relative to max |g_t| (SPEC float64
+rank(Ghat_t) <= m always. Tolerance: 1e-9 relative to max |g_t| (proofs/README.md section 6.14, float64
 tolerance); examples are restricted to a singular-value ratio >= 1e-2 of the
 landmarks' augmented embeddings (cond of the kept part of K_LL <= 1e4).
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from proofs.strategies_nystrom import affine_problems, kernels, seeds
 from reference.nystrom import NystromMap, linear
 
-REL_TOL = 1e-9  # SPEC: deterministic identities in float64
+REL_TOL = 1e-9  # proofs/README.md section 6.14: deterministic identities in float64
 MIN_SV_RATIO = 1e-2  # kept singular values of X_L; their squares are >= 1e-4 * max >> cutoff 1e-10
 
 

@@ -1,9 +1,9 @@
-"""P12 logit error (SPEC section 6; proof in p12_logit_error.md).
+"""P12 logit error (proofs/README.md section 6; proof in p12_logit_error.md).
 
 |<f, ghat(y)> - <f, g(y)>| <= ||f|| ||ghat(y) - g(y)||, and a tree over phi(y)
 certifies P1-P8 for the approximate softmax at every step without being touched.
 
-Tolerances: 1e-9 relative to the logits' magnitude (SPEC float64 tolerance;
+Tolerances: 1e-9 relative to the logits' magnitude (float64 tolerance of proofs/README.md section 6.14;
 the two sides are computed along different paths, ~1e-15 apart). Statistical
 tests: G-test (reference.stats.g_test: groups of >= 20 expected draws),
 failure at p < 1e-6 per test.

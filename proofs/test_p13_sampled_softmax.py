@@ -1,4 +1,4 @@
-"""P13 (SPEC section 6): sampled softmax with the logQ correction.
+"""P13 (proofs/README.md section 6): sampled softmax with the logQ correction.
 
 Proof: ``proofs/p13_sampled_softmax.md``. Notation: logits a_y = <q, z_y>,
 P = softmax(a), draws s_1..s_n ~ Q i.i.d., self-normalised weights
@@ -32,7 +32,7 @@ from reference.softmax import (
 # With the `ci` profile (25 derandomised examples) the suite-level rate is
 # <= 2.5e-5; with `thorough` (1000) it is <= 1e-3.
 ALPHA = 1e-6
-# Deterministic identities in float64 (SPEC section 6).
+# Deterministic identities in float64 (proofs/README.md section 6).
 RTOL = 1e-9
 
 seeds = st.integers(0, 2**32 - 1)

@@ -1,11 +1,11 @@
 """Internals of the batched fast path shared by bounds.py and sampling.py; not public API.
 
 :mod:`reference.bounds` and :mod:`reference.sampling` work on flat arrays of
-(query, entry) pairs for a whole batch of queries (SPEC section 4.8). What
+(query, entry) pairs for a whole batch of queries (proofs/README.md section 4.8). What
 both of them use lives here: the checks of the tree and the queries, the
 batched inner products (row by row, and grouped into matrix products), the
 per-entry terms of the bracket (P2), segment and group logsumexps, and the
-batched refinement of the root cut (:func:`refine`, the rounds of SPEC
+batched refinement of the root cut (:func:`refine`, the rounds of proofs/README.md
 section 4.3) with the state it returns (:class:`CutState`). Notation as in
 :mod:`reference.bounds`.
 

@@ -1,4 +1,4 @@
-"""Scale and speed of the tree index against brute force (SPEC sections 3-4).
+"""Scale and speed of the tree index against brute force (proofs/README.md sections 3-4).
 
 For each N (default 1e4, 1e5, 1e6) and each data set (hierarchical clusters
 from :func:`reference.data.make_targets`, and unclustered points from
@@ -230,7 +230,7 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     place ``w = exp(A - max)``, cumulative sums ``W``, and for each draw the
     first ``j`` with ``W_j > u W_{N-1}`` (``u`` uniform in [0, 1);
     :func:`reference.softmax.inverse_cdf`), so ``Pr(j) = exp(a_j) / Z`` up
-    to float64 rounding of the sums (SPEC section 2). Also returns
+    to float64 rounding of the sums (proofs/README.md section 2). Also returns
     ``log Z = max + log W_{N-1}``.
 
     Parameters
@@ -394,7 +394,7 @@ def calibrate_beta(points: Any, directions: Any, target: float, *, rtol: float =
 
 
 def make_queries(directions: np.ndarray, beta: float) -> np.ndarray:
-    """Queries ``q = beta u / ||u||`` (temperature folded in, SPEC section 2)."""
+    """Queries ``q = beta u / ||u||`` (temperature folded in, proofs/README.md section 2)."""
     U = as_float_array(directions, "directions", ndim=2)
     beta = check_positive(beta, "beta")
     norm = np.linalg.norm(U, axis=1, keepdims=True)

@@ -1,6 +1,6 @@
 """Certified bounds on the softmax partition function over a cut of the tree.
 
-SPEC section 4 and propositions P1-P5, P7 (SPEC section 6). Notation:
+proofs/README.md section 4 and propositions P1-P5, P7 (proofs/README.md section 6). Notation:
 a query vector ``q`` in R^k (temperature folded in), target vectors ``z_y``,
 logits ``a_y = <q, z_y>``, ``Z = sum_y exp(a_y)``. A tree node ``v`` has a
 representative ``r_v``, a count ``n_v`` of live descendant targets ``D(v)`` and
@@ -245,7 +245,7 @@ def validate_cut(tree: Any, cut: Any, *, n_queries: int | None = None, full: boo
 # --------------------------------------------------------------------------
 
 def log_partition_bracket(tree: Any, q: Any, cut: Cut) -> tuple[Any, Any, Any]:
-    """Certified bracket on ``log Z`` from a cut (P2, SPEC sections 4 and 6).
+    """Certified bracket on ``log Z`` from a cut (P2, proofs/README.md sections 4 and 6).
 
     ``lo = logsumexp_v(log n_v + <q,r_v> - eps_v)``,
     ``hi = logsumexp_v(log n_v + <q,r_v> + eps_v)``,
@@ -278,9 +278,9 @@ def log_partition_bracket(tree: Any, q: Any, cut: Cut) -> tuple[Any, Any, Any]:
 
 def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL, *, return_counters: bool = False
                  ) -> Cut | tuple[Cut, dict[str, int]]:
-    """Refine the root cut until the bracket is narrower than ``tol`` (P7, SPEC section 4).
+    """Refine the root cut until the bracket is narrower than ``tol`` (P7, proofs/README.md section 4).
 
-    SPEC states the sequential rule: expand the entry of largest slack until
+    proofs/README.md section 4.3 states the sequential rule: expand the entry of largest slack until
     ``hi - lo <= tol``. Here all queries are refined together, in rounds: in
     each round, for every query whose bracket is still wider than ``tol``,
     the largest-slack entries that together carry the excess slack are
@@ -347,7 +347,7 @@ def cut_eps(tree: Any, q: Any, cut: Cut) -> Any:
 
 
 def cut_distribution(tree: Any, q: Any, cut: Cut) -> np.ndarray:
-    """Dense ``log Phat_C(y)`` over all target ids (P4, SPEC section 4).
+    """Dense ``log Phat_C(y)`` over all target ids (P4, proofs/README.md section 4).
 
     ``Phat_C(y) = exp(<q, r_v(y)>) / Zhat_C`` where ``v(y)`` is the entry of
     the cut holding ``y`` and ``Zhat_C = sum_v n_v exp(<q, r_v>)``: the
@@ -377,22 +377,22 @@ def cut_distribution(tree: Any, q: Any, cut: Cut) -> np.ndarray:
 
 
 def log_prob_bound(tree: Any, q: Any, cut: Cut) -> Any:
-    """``2 eps_C``: bound on ``max_y |log Phat_C(y) - log P(y)|`` (P4, SPEC section 6)."""
+    """``2 eps_C``: bound on ``max_y |log Phat_C(y) - log P(y)|`` (P4, proofs/README.md section 6)."""
     return 2.0 * cut_eps(tree, q, cut)
 
 
 def tv_bound(tree: Any, q: Any, cut: Cut) -> Any:
-    """``1 - exp(-2 eps_C)``: bound on ``TV(Phat_C, P)`` (P4, SPEC section 6)."""
+    """``1 - exp(-2 eps_C)``: bound on ``TV(Phat_C, P)`` (P4, proofs/README.md section 6)."""
     return -np.expm1(-2.0 * cut_eps(tree, q, cut))
 
 
 def kl_bound(tree: Any, q: Any, cut: Cut) -> Any:
-    """``2 eps_C``: bound on ``KL(P || Phat_C)`` and ``KL(Phat_C || P)`` (P4, SPEC section 6)."""
+    """``2 eps_C``: bound on ``KL(P || Phat_C)`` and ``KL(Phat_C || P)`` (P4, proofs/README.md section 6)."""
     return 2.0 * cut_eps(tree, q, cut)
 
 
 def grad_bias_bound(tree: Any, q: Any, cut: Cut, H: float | None = None) -> Any:
-    """Bound on ``||E_Phat[h] - E_P[h]||`` for ``||h(y) - c|| <= H`` (P5, SPEC section 6).
+    """Bound on ``||E_Phat[h] - E_P[h]||`` for ``||h(y) - c|| <= H`` (P5, proofs/README.md section 6).
 
     Returns ``2 (1 - exp(-2 eps_C)) H``. With ``H=None`` the bound is for
     ``h(y) = z_y``, i.e. for the gradient ``grad_q log Z = E_P[z_y]`` and its

@@ -17,7 +17,7 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("reference.demo", "train the NumPy dual-encoder oracle with full softmax on a small synthetic dataset"),
-    "compare": ("reference.train", "train with every negative miner under one budget; table, JSON, claims (SPEC section 8)"),
+    "compare": ("reference.train", "train with every negative miner under one budget; table, JSON, claims (proofs/README.md section 8)"),
     "figures": ("figures.run", "regenerate every figure (PNG) and the CSV behind it"),
     "conformance": ("reference.conformance", "check another implementation (module:object) against the reference; golden vectors"),
     "bench": ("reference.bench", "tree vs brute force at N = 1e4..1e6: build time/memory, exact sampling and top-k speed, logits per query; targets PASS/MISS"),

@@ -1,4 +1,4 @@
-"""Conformance kit: check another implementation against the reference (SPEC section 9).
+"""Conformance kit: check another implementation against the reference (proofs/README.md section 9).
 
 A *backend* is any Python object (a module, a class instance, a
 ``types.SimpleNamespace`` or a ``dict``) that provides some of the five
@@ -81,7 +81,7 @@ Protocols
     ``{"name": "polynomial", "degree": p, "c": c}`` ((<a, b> + c)^p). Must
     return Ghat (N, d_out) with ``Ghat[y] = G_L^T K_LL^{-1} k(y)``, i.e.
     ``W^T phi(y)`` with ``phi = K_LL^{-1/2} k(y)``, ``W = K_LL^{-1/2} G_L``
-    (SPEC section 5; any square root gives the same Ghat). Checked by
+    (proofs/README.md section 5; any square root gives the same Ghat). Checked by
     :func:`check_nystrom` on well-conditioned K_LL to 1e-8 relative.
 
 False alarms
@@ -175,7 +175,7 @@ IMPOSSIBLE_PROBABILITY = 1e-30
 
 #: Tolerances of the deterministic checks, and why.
 ENCODER_RTOL = {
-    # SPEC section 6: deterministic identities to 1e-9 relative in float64.
+    # proofs/README.md section 6: deterministic identities to 1e-9 relative in float64.
     "float64": 1e-9,
     # About 1000 float32 machine epsilons (1.2e-7): forward and backward passes
     # of depth <= 3 with sums over <= 20 terms, compared with a float64 oracle.
@@ -437,7 +437,7 @@ class ConformanceReport:
         return bool(self.ran) and all(c.passed for c in self.ran)
 
     def format(self) -> str:
-        lines = [f"Conformance of {self.backend} against the reference (SPEC section 9)"]
+        lines = [f"Conformance of {self.backend} against the reference (proofs/README.md section 9)"]
         if any(c.name == "sampler" for c in self.ran):
             lines.append(
                 f"False-alarm rate of this run: {self.alpha:g} (the sampler G-tests); "
@@ -999,7 +999,7 @@ def check_bracket(
 ) -> CheckReport:
     """Check ``bracket(points, queries, tol) -> (lo, hi)``: lo <= log Z <= hi, hi - lo <= tol.
 
-    P2 and P7 (SPEC section 6). log Z is the exact
+    P2 and P7 (proofs/README.md section 6). log Z is the exact
     :func:`reference.softmax.log_partition`. The statistic is the largest
     violation max(lo - log Z, log Z - hi, hi - lo - tol, 0) relative to
     max(1, |log Z|); threshold :data:`BRACKET_RTOL` (float64 rounding).
@@ -1228,7 +1228,7 @@ def check_nystrom(
 ) -> CheckReport:
     """Check ``nystrom(G0, landmarks, G_L, kernel) -> Ghat`` against :class:`reference.nystrom.NystromMap`.
 
-    SPEC section 5: Ghat = G_L^T K_LL^{-1} k(y) for every target (and so
+    proofs/README.md section 5: Ghat = G_L^T K_LL^{-1} k(y) for every target (and so
     Ghat[landmarks] = G_L, P10). The statistic is max |Ghat - oracle| relative
     to max |oracle|; threshold :data:`NYSTROM_RTOL`.
 
@@ -1247,7 +1247,7 @@ def check_nystrom(
         raise ValueError(f"nystrom: expected a callable, got {type(nystrom).__name__}")
     scenarios = nystrom_scenarios() if scenarios is None else list(scenarios)
     report = CheckReport(
-        "nystrom", f"Ghat = G_L^T K_LL^-1 k(y) for every target (SPEC section 5), to {NYSTROM_RTOL:g} relative"
+        "nystrom", f"Ghat = G_L^T K_LL^-1 k(y) for every target (proofs/README.md section 5), to {NYSTROM_RTOL:g} relative"
     )
     statistic = "max |Ghat - oracle| / max |oracle|"
     for sc in scenarios:

@@ -1,6 +1,6 @@
 """Seeded synthetic retrieval datasets with hierarchical cluster structure.
 
-SPEC section 7. Targets come from a hierarchical Gaussian mixture; each query
+proofs/README.md section 7. Targets come from a hierarchical Gaussian mixture; each query
 is a fixed non-linear map of its positive target's features plus Gaussian
 noise, so that a dual encoder has something real to learn (the map) and
 hard negatives exist (the target's cluster-mates).
@@ -63,7 +63,7 @@ SeedLike = int | np.random.Generator | None
 
 @dataclass
 class RetrievalData:
-    """A synthetic retrieval dataset (SPEC section 7).
+    """A synthetic retrieval dataset (proofs/README.md section 7).
 
     Attributes
     ----------
@@ -179,7 +179,7 @@ def make_targets(
     return_clusters: bool = False,
     out: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Targets from a hierarchical Gaussian mixture (SPEC section 7).
+    """Targets from a hierarchical Gaussian mixture (proofs/README.md section 7).
 
     Level-1 centres ~ N(0, I/dim); each level-l centre = parent +
     N(0, spread^(2(l-1)) I/dim); each target = a uniformly chosen leaf centre +

@@ -1,13 +1,13 @@
 """The dynamic index: a tree over Nystrom coordinates, queried with psi_t(x) = beta W_t f_t(x).
 
-SPEC section 5. With the Nystrom map of :mod:`reference.nystrom`,
+proofs/README.md section 5. With the Nystrom map of :mod:`reference.nystrom`,
 
     ghat_t(y) = W_t^T phi(y)    and so    beta <f_t(x), ghat_t(y)> = <psi_t(x), phi(y)>,
     psi_t(x) = beta W_t f_t(x)   (m,),
 
 the approximate logits are *exact* inner products between a query vector
 psi_t(x) and the fixed points phi(y). A :class:`reference.tree.Tree` built
-once over phi therefore certifies the bounds and samplers of SPEC section 4
+once over phi therefore certifies the bounds and samplers of proofs/README.md section 4
 (P1-P8) for the approximate softmax P_t^(y|x) ~ exp(<psi_t(x), phi(y)>) at
 every step t, without being touched: a training step changes only W_t (m x d,
 from m re-encoded landmarks). The gap to the true softmax is bounded by P12,
@@ -73,7 +73,7 @@ __all__ = ["DynamicIndex"]
 
 
 class DynamicIndex:
-    """Tree over Nystrom coordinates phi(y), queried with psi_t(x) = beta W_t f_t(x) (SPEC section 5).
+    """Tree over Nystrom coordinates phi(y), queried with psi_t(x) = beta W_t f_t(x) (proofs/README.md section 5).
 
     Parameters
     ----------
@@ -196,7 +196,7 @@ class DynamicIndex:
 
     # ------------------------------------------------------------------ training step
     def step(self, G_L: Any) -> np.ndarray:
-        """Take the landmarks' current encodings and form W_t = K_LL^{-1/2} G_t(L) (SPEC section 5).
+        """Take the landmarks' current encodings and form W_t = K_LL^{-1/2} G_t(L) (proofs/README.md section 5).
 
         The tree is not touched. Cost O(m^2 d).
 
@@ -216,7 +216,7 @@ class DynamicIndex:
         return self.W
 
     def queries(self, F: Any) -> np.ndarray:
-        """Query map psi_t(x) = beta W_t f_t(x) (SPEC section 5).
+        """Query map psi_t(x) = beta W_t f_t(x) (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -234,7 +234,7 @@ class DynamicIndex:
         return self.beta * (F @ self.W.T)
 
     def approximate(self, ids: Any | None = None) -> np.ndarray:
-        """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (SPEC section 5).
+        """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -309,7 +309,7 @@ class DynamicIndex:
         landmarks: Any | None = None,
         depth: int | None = None,
     ) -> dict[str, Any]:
-        """Re-anchor the map on new encodings and repair the tree (SPEC section 5).
+        """Re-anchor the map on new encodings and repair the tree (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -378,7 +378,7 @@ class DynamicIndex:
         return self.last_refresh
 
     def add(self, G: Any, *, current: bool = True) -> np.ndarray:
-        """Insert new targets into the tree, without a rebuild (SPEC section 5).
+        """Insert new targets into the tree, without a rebuild (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -434,7 +434,7 @@ class DynamicIndex:
         self.tree.delete(y)
 
     def memory(self) -> dict[str, int]:
-        """Numbers held (float or id counts), SPEC section 5's memory claim.
+        """Numbers held (float or id counts), proofs/README.md section 5's memory claim.
 
         ``host``: phi (N m, the tree's points) + cache (N d) + tree nodes
         (M (m + 6)); ``accelerator``: per step state G_t(L), K_LL^{-1/2}, W_t

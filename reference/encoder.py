@@ -1,13 +1,13 @@
 """The dual-encoder oracle: two NumPy MLP towers with a hand-written backward pass.
 
-SPEC section 7. A query x is mapped by the query tower to f(x) in R^d and a
+proofs/README.md section 7. A query x is mapped by the query tower to f(x) in R^d and a
 target y (given by its feature row) by the target tower to g(y) in R^d. The
 model is the softmax
 
     P(y | x) = exp(a_y) / Z(x),    a_y = beta <f(x), g(y)>,    Z(x) = sum_y exp(a_y),
 
 so the index's query vector is q = beta f(x) and its target vectors are
-z_y = g(y) (SPEC section 2). Training minimises -log P(y* | x), either exactly
+z_y = g(y) (proofs/README.md section 2). Training minimises -log P(y* | x), either exactly
 (:meth:`DualEncoder.full_softmax_loss`, the gold standard: every target is
 encoded) or with sampled negatives and the logQ correction
 (:meth:`DualEncoder.sampled_softmax_loss`, P13).
@@ -253,7 +253,7 @@ class TowerCache:
 class DualEncoder:
     """Two MLP towers f (queries) and g (targets) with a hand-written backward pass.
 
-    SPEC section 7. Logits are a = beta F G^T with F = f(X), G = g(Y).
+    proofs/README.md section 7. Logits are a = beta F G^T with F = f(X), G = g(Y).
 
     Parameters
     ----------
@@ -269,7 +269,7 @@ class DualEncoder:
         these arrays in place; :meth:`set_params` also writes in place.
     target_rows_encoded : int
         Number of rows passed through the target tower so far (the cost
-        measure "target-encoder forward passes" of SPEC section 8).
+        measure "target-encoder forward passes" of proofs/README.md section 8).
     """
 
     def __init__(self, config: EncoderConfig, *, seed: int | np.random.Generator = 0) -> None:
@@ -460,7 +460,7 @@ class DualEncoder:
         """Exact softmax cross-entropy over all N targets and its gradient.
 
         loss = mean_i [log Z(x_i) - a_{i, pos_i}],  a = beta f(X) g(Y_all)^T
-        (SPEC section 1; the gold standard every miner is compared with).
+        (proofs/README.md section 1; the gold standard every miner is compared with).
         Encodes all N targets (adds N to :attr:`target_rows_encoded`).
 
         Parameters
@@ -501,7 +501,7 @@ class DualEncoder:
     ) -> tuple[float, dict[str, np.ndarray]]:
         """Sampled softmax cross-entropy over given negatives, and its gradient.
 
-        With ``log_q`` (negatives drawn i.i.d. from a proposal Q, P13, SPEC
+        With ``log_q`` (negatives drawn i.i.d. from a proposal Q, P13, proofs/README.md
         section 6)::
 
             loss_i = log((1/n) sum_j exp(a_{i, neg_ij} - log_q_ij)) - a_{i, pos_i}

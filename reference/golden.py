@@ -1,6 +1,6 @@
 """Golden vectors: the reference's own outputs for fixed seeds, pinned in ``.npz`` files.
 
-SPEC section 9. Each file of ``reference/golden/`` holds the inputs and
+proofs/README.md section 9. Each file of ``reference/golden/`` holds the inputs and
 outputs of one part of the reference (softmax, encoder, data, tree, bounds
 and samplers, Nystrom) for fixed seeds. They serve two purposes:
 
@@ -47,7 +47,7 @@ __all__ = [
 
 #: Where the package keeps its golden vectors (package data, see pyproject).
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-#: Float agreement required on recomputation: SPEC section 6's tolerance for
+#: Float agreement required on recomputation: proofs/README.md section 6's tolerance for
 #: deterministic float64 results (the same code on another BLAS may differ in
 #: the last bits, never by 1e-9).
 RTOL = 1e-9

@@ -81,7 +81,7 @@ def recall_at_k(
     """Exact recall@k: the fraction of queries whose positive is among the top k targets.
 
     Top k by score <f(x), g(y)> over all N targets with ties broken by smaller
-    id (the rule of SPEC P8), i.e. recall@k = mean_i [rank_i < k] with
+    id (the rule of P8, proofs/README.md section 6.8), i.e. recall@k = mean_i [rank_i < k] with
     :func:`ranks`. For k >= N it is 1.
 
     Parameters

@@ -1,6 +1,6 @@
 """Negative miners: one interface, eight ways to choose the negatives of a batch.
 
-SPEC section 8. A miner is asked, at every training step t, for negatives of a
+proofs/README.md section 8. A miner is asked, at every training step t, for negatives of a
 batch of B queries x_1..x_B (with positives pos_1..pos_B) given the *current*
 dual encoder. It answers with a :class:`Negatives`:
 
@@ -47,7 +47,7 @@ The miners (``MINERS``, in the order of the comparison table)
                   tree is over the Nystrom coordinates phi(y) of the cache;
                   every step only the m landmarks are re-encoded, W_t is
                   formed and queries are mapped to psi_t(x) = beta W_t f_t(x)
-                  (SPEC section 5); every R steps the cache is re-encoded
+                  (proofs/README.md section 5); every R steps the cache is re-encoded
                   and the same index is repaired (DynamicIndex.refresh).
 
 Every miner takes its randomness from the ``rng`` passed to :meth:`Miner.mine`
@@ -652,7 +652,7 @@ class TreeStale(_StaleCache):
 class TreeNystrom(Miner):
     """The method: tree sampling over Nystrom coordinates, updated by m landmarks per step.
 
-    SPEC section 5. At step 0 all N targets are encoded into the cache g_s,
+    proofs/README.md section 5. At step 0 all N targets are encoded into the cache g_s,
     m landmarks are chosen on it (:func:`reference.nystrom.select_landmarks`,
     ``landmark_method``, drawing from ``rng``) and ONE
     :class:`reference.dynamic.DynamicIndex` is built for the whole run: the

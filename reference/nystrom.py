@@ -1,6 +1,6 @@
 """Nystrom update map: carry an encoder update from m landmarks to all targets.
 
-SPEC section 5. The cache holds g_0(y), the target embeddings from the last
+proofs/README.md section 5. The cache holds g_0(y), the target embeddings from the last
 full encode. A kernel kappa on cached embeddings and m landmark targets L give
 
     K_LL = kappa(g_0(L), g_0(L))                  (m, m)
@@ -299,7 +299,7 @@ def select_landmarks(
     ridge: float | None = None,
     pilot: int | None = None,
 ) -> np.ndarray:
-    """Choose m distinct landmark targets from the cached embeddings (SPEC section 5).
+    """Choose m distinct landmark targets from the cached embeddings (proofs/README.md section 5).
 
     Parameters
     ----------
@@ -373,7 +373,7 @@ def select_landmarks(
 
 
 class NystromMap:
-    """phi(y) = K_LL^{-1/2} k(y) and W_t = K_LL^{-1/2} G_t(L) (SPEC section 5).
+    """phi(y) = K_LL^{-1/2} k(y) and W_t = K_LL^{-1/2} G_t(L) (proofs/README.md section 5).
 
     ``fit`` fixes the landmarks and their cached embeddings g_0(L);
     ``features`` maps cached embeddings to Nystrom coordinates phi;
@@ -450,7 +450,7 @@ class NystromMap:
     # -- fit -----------------------------------------------------------------
 
     def fit(self, G0: Any, landmarks: Any) -> "NystromMap":
-        """Fix the landmarks and compute K_LL^{-1/2} (SPEC section 5).
+        """Fix the landmarks and compute K_LL^{-1/2} (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -528,7 +528,7 @@ class NystromMap:
     # -- maps ----------------------------------------------------------------
 
     def features(self, G: Any) -> np.ndarray:
-        """Nystrom coordinates phi(y) = K_LL^{-1/2} kappa(g_0(L), g(y)) (SPEC section 5).
+        """Nystrom coordinates phi(y) = K_LL^{-1/2} kappa(g_0(L), g(y)) (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -556,7 +556,7 @@ class NystromMap:
         return phi
 
     def project(self, G_L: Any) -> np.ndarray:
-        """W_t = K_LL^{-1/2} G_t(L) from the landmarks' current encodings (SPEC section 5).
+        """W_t = K_LL^{-1/2} G_t(L) from the landmarks' current encodings (proofs/README.md section 5).
 
         Parameters
         ----------
@@ -577,7 +577,7 @@ class NystromMap:
         return self.inv_sqrt @ G_L
 
     def approximate(self, phi: Any, W: Any) -> np.ndarray:
-        """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (SPEC section 5).
+        """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (proofs/README.md section 5).
 
         Parameters
         ----------

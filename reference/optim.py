@@ -83,7 +83,7 @@ class Adam:
     betas : (float, float), default (0.9, 0.999)
         Decay rates of the first and second moment estimates, each in [0, 1).
     eps : float, default 1e-8
-        Added to the denominator, >= 0. (Adam's epsilon, not the SPEC's eps_v.)
+        Added to the denominator, >= 0. (Adam's epsilon, not eps_v of proofs/README.md section 2.)
 
     References
     ----------

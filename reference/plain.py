@@ -1,4 +1,4 @@
-"""The tree algorithms for one query, written plainly: the definitions of SPEC section 4.
+"""The tree algorithms for one query, written plainly: the definitions of proofs/README.md section 4.
 
 Each function here is a loop and a heap over the entries of one query's cut,
 short enough to read with the paper open. The batched, vectorised versions of
@@ -8,7 +8,7 @@ against brute force. Two building blocks are public as well, for figures and
 proofs that follow a refinement step by step: :func:`expand` (4) and
 :func:`refinement_order` (5).
 
-Notation (SPEC section 2): query q in R^k, targets z_y, logits a_y = <q, z_y>,
+Notation (proofs/README.md section 2): query q in R^k, targets z_y, logits a_y = <q, z_y>,
 Z = sum_y exp(a_y), P(y) = exp(a_y) / Z. A node v of the tree has the
 representative r_v (``tree.rep[v]``), the radius rho_v (``tree.radius[v]``),
 the live descendants D(v) = ``tree.order[tree.start[v]:tree.stop[v]]`` and
@@ -57,7 +57,7 @@ The numbered statements, cited in the comments of the code
 
 References
 ----------
-SPEC sections 2, 4 and 6; the proofs ``proofs/p01_node_bound.md``,
+proofs/README.md sections 2, 4 and 6; the proofs ``proofs/p01_node_bound.md``,
 ``proofs/p02_bracket.md``, ``proofs/p04_cut_distribution.md``,
 ``proofs/p06_rejection_exact.md``, ``proofs/p07_adaptive_cut.md`` and
 ``proofs/p08_topk_exact.md``.

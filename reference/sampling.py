@@ -1,6 +1,6 @@
 """Sampling from the softmax and exact top-k through the tree index.
 
-SPEC section 4, propositions P4, P6 and P8 (SPEC section 6). Notation as in
+proofs/README.md section 4, propositions P4, P6 and P8 (proofs/README.md section 6). Notation as in
 :mod:`reference.bounds`: logits ``a_y = <q, z_y>``, node ``v`` with
 representative ``r_v``, count ``n_v``, radius ``rho_v`` and
 ``eps_v = ||q|| rho_v``, so that ``|a_y - <q, r_v>| <= eps_v`` for ``y`` in
@@ -69,7 +69,7 @@ _TOPK_BEAM = 4
 
 def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: Cut | None = None,
                *, tol: float = DEFAULT_TOL) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` i.i.d. targets per query from the cut distribution ``Phat_C`` (P4, SPEC section 4).
+    """Draw ``n`` i.i.d. targets per query from the cut distribution ``Phat_C`` (P4, proofs/README.md section 4).
 
     An entry ``v`` of the cut is drawn with probability ``n_v exp(<q,r_v>) / Zhat_C``,
     then a uniform descendant ``y`` in ``D(v)``, so
@@ -130,7 +130,7 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
 
 def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, tol: float | None = None
                      ) -> tuple[np.ndarray, dict[str, int]]:
-    """Draw ``n`` i.i.d. targets per query exactly from the softmax ``P`` (P6, SPEC section 4).
+    """Draw ``n`` i.i.d. targets per query exactly from the softmax ``P`` (P6, proofs/README.md section 4).
 
     Refine a cut (below); propose an entry ``v`` with probability ``U_v / U``,
     ``U_v = n_v exp(<q,r_v> + eps_v)``, ``U = sum_v U_v = exp(hi)``; propose
@@ -151,7 +151,7 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
     rng : numpy.random.Generator
     tol : float > 0, optional
         If given, the envelope's cut is ``adaptive_cut(tree, queries, tol)``
-        (SPEC section 4), so the acceptance rate is ``>= exp(-tol)``. If
+        (proofs/README.md section 4), so the acceptance rate is ``>= exp(-tol)``. If
         ``None`` (default), the cut balances refinement against proposals for
         ``n`` draws (see ``reference._fastpath.refine``), and is refined further
         where needed so that ``hi - lo <= max(1, log(N_live / n))``: the
@@ -238,7 +238,7 @@ def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None
 
 
 def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
-    """Exact maximum-inner-product top-k by branch and bound (P8, SPEC section 4).
+    """Exact maximum-inner-product top-k by branch and bound (P8, proofs/README.md section 4).
 
     Every target ``y`` under node ``v`` has ``a_y <= ub_v = <q,r_v> + eps_v``
     (P1). With ``tau`` the k-th best logit among targets already evaluated,

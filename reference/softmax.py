@@ -1,6 +1,6 @@
 """Softmax, its log-partition function, an exact sampler and the two training losses.
 
-Notation (SPEC section 2): logits a_y, partition function Z = sum_y exp(a_y),
+Notation (proofs/README.md section 2): logits a_y, partition function Z = sum_y exp(a_y),
 softmax P(y) = exp(a_y) / Z. Everything that touches Z is computed in log
 space with :func:`scipy.special.logsumexp`, so nothing overflows for logits of
 magnitude 1e4 and beyond.
@@ -75,7 +75,7 @@ def log_partition(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
     References
     ----------
-    SPEC section 2 (Z, log space).
+    proofs/README.md section 2 (Z, log space).
     """
     a = as_float_array(logits, "logits")
     if a.ndim == 0:
@@ -103,7 +103,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
     References
     ----------
-    SPEC section 2 (P(y) = exp(a_y) / Z).
+    proofs/README.md section 2 (P(y) = exp(a_y) / Z).
     """
     a = as_float_array(logits, "logits")
     if a.ndim == 0:
@@ -144,7 +144,7 @@ def sample_softmax(logits: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 
     References
     ----------
-    SPEC section 4 (samplers are checked against this exact sampler);
+    proofs/README.md section 4 (samplers are checked against this exact sampler);
     L. Devroye, *Non-Uniform Random Variate Generation* (1986), section 2.2
     (inversion).
     """
@@ -297,7 +297,7 @@ def sampled_log_partition(a: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 
     References
     ----------
-    P13, SPEC section 6; ``proofs/p13_sampled_softmax.md``.
+    P13, proofs/README.md section 6; ``proofs/p13_sampled_softmax.md``.
     """
     a_, lq = _check_draws(a, log_q, "a")
     n = a_.shape[-1]
@@ -332,7 +332,7 @@ def full_softmax_loss(logits: np.ndarray, pos: np.ndarray) -> tuple[float, np.nd
 
     References
     ----------
-    SPEC section 1 (the loss -log P(y*|x)) and section 7 (the gold standard).
+    proofs/README.md section 1 (the loss -log P(y*|x)) and section 7 (the gold standard).
     """
     a = as_float_array(logits, "logits", ndim=2)
     B, N = a.shape
@@ -391,7 +391,7 @@ def sampled_softmax_loss(
 
     References
     ----------
-    P13, SPEC section 6; Bengio & Senecal, "Adaptive importance sampling to
+    P13, proofs/README.md section 6; Bengio & Senecal, "Adaptive importance sampling to
     accelerate training of a neural probabilistic language model" (2008)
     (the logQ correction).
     """

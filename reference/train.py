@@ -1,6 +1,6 @@
 """Train the dual encoder with each negative miner under one budget, and compare them.
 
-``python -m reference compare`` (SPEC section 8). For every seed and every
+``python -m reference compare`` (proofs/README.md section 8). For every seed and every
 miner of :data:`reference.miners.MINERS` it trains the NumPy dual encoder
 (:class:`reference.encoder.DualEncoder`, Adam) for the same number of steps,
 batch size, negatives per query and seed (the same dataset, initialisation

@@ -1,9 +1,9 @@
-"""The tree index over target vectors z_y (SPEC section 3).
+"""The tree index over target vectors z_y (proofs/README.md section 3).
 
 A :class:`Tree` is a hierarchy of nodes v, each with a representative r_v (the
 centroid of its descendants), a descendant set D(v) of live targets, a count
 n_v = |D(v)| and a certified radius rho_v. Everything is stored in flat NumPy
-arrays (no node objects), so that the bounds and samplers of SPEC section 4
+arrays (no node objects), so that the bounds and samplers of proofs/README.md section 4
 can work on a whole frontier of nodes, and a whole batch of queries, at once.
 
 Invariants (checked by :meth:`Tree.check_invariants`)
@@ -27,7 +27,7 @@ root is node 0, and the children of a node are consecutive nodes
 (``child_idx[child_ptr[v]:child_ptr[v + 1]]``, which is a run of consecutive
 integers). Live targets are listed in depth-first order in ``order``; the
 descendants of v are the contiguous range ``order[start[v]:stop[v]]``, so a
-uniform descendant is ``order[start[v] + floor(u * count[v])]`` (SPEC section 4).
+uniform descendant is ``order[start[v] + floor(u * count[v])]`` (proofs/README.md section 4).
 
 Design choices
 --------------
@@ -412,7 +412,7 @@ def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = 
 
 
 class Tree:
-    """Tree index with certified radii over target vectors z_y (SPEC section 3).
+    """Tree index with certified radii over target vectors z_y (proofs/README.md section 3).
 
     Create one with :meth:`Tree.build`. All attributes are plain NumPy arrays,
     read-only for other modules (mutate only through the methods).
@@ -510,7 +510,7 @@ class Tree:
         kmeans_iters: int = 4,
         storage: str | os.PathLike[str] | None = None,
     ) -> Tree:
-        """Build the tree by top-down hierarchical k-means (SPEC section 3).
+        """Build the tree by top-down hierarchical k-means (proofs/README.md section 3).
 
         Parameters
         ----------
@@ -780,7 +780,7 @@ class Tree:
         return radius
 
     def insert(self, points: Any) -> np.ndarray:
-        """Insert new targets; return their ids (SPEC section 3).
+        """Insert new targets; return their ids (proofs/README.md section 3).
 
         Each point descends greedily from the root to the child with the
         nearest representative and is appended to the leaf it reaches. Counts
@@ -825,7 +825,7 @@ class Tree:
         return ids
 
     def delete(self, ids: Any) -> None:
-        """Delete live targets (SPEC section 3).
+        """Delete live targets (proofs/README.md section 3).
 
         Their rows of ``points`` are kept but marked dead; counts and the
         order are recomputed (I1, I2). Representatives and radii do not
@@ -850,7 +850,7 @@ class Tree:
         self._reindex()
 
     def update(self, ids: Any, points: Any) -> None:
-        """Move live targets to new vectors, re-certifying I3 cheaply (SPEC section 3).
+        """Move live targets to new vectors, re-certifying I3 cheaply (proofs/README.md section 3).
 
         Target y keeps its leaf; every radius on its path is enlarged to
         ``max(radius[v], ||z_y_new - r_v||)`` (vectorised over the moved ids,
@@ -879,7 +879,7 @@ class Tree:
     def rebuild(self, depth: int) -> None:
         """Re-cluster every subtree rooted at ``depth`` from its current points.
 
-        The partial rebuild of SPEC section 3. The frontier is every non-empty
+        The partial rebuild of proofs/README.md section 3. The frontier is every non-empty
         node at ``depth`` plus every non-empty leaf above it; each frontier
         subtree is regrown by the same vectorised hierarchical k-means as
         :meth:`build` (all subtrees at once, drawing from the tree's

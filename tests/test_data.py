@@ -1,4 +1,4 @@
-"""Tests for reference/data.py: seeded synthetic retrieval datasets (SPEC section 7)."""
+"""Tests for reference/data.py: seeded synthetic retrieval datasets (proofs/README.md section 7)."""
 
 from __future__ import annotations
 

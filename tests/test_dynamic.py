@@ -1,6 +1,6 @@
-"""Tests for reference/dynamic.py: the DynamicIndex (SPEC section 5).
+"""Tests for reference/dynamic.py: the DynamicIndex (proofs/README.md section 5).
 
-Tolerances: 1e-9 relative for deterministic float64 identities (SPEC), scaled
+Tolerances: 1e-9 relative for deterministic float64 identities (proofs/README.md section 6.14), scaled
 by the magnitude of the quantities compared.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of the dual-encoder oracle (SPEC section 7): hand-written gradients,
+"""Tests of the dual-encoder oracle (proofs/README.md section 7): hand-written gradients,
 dtype agreement, counters and input validation.
 
 Gradient checks use the fourth-order central difference

@@ -1,7 +1,7 @@
-"""Golden vectors (reference/golden/*.npz) still match the reference (SPEC section 9).
+"""Golden vectors (reference/golden/*.npz) still match the reference (proofs/README.md section 9).
 
 Every case of :data:`reference.golden.CASES` is recomputed and compared with
-its stored file: floats to 1e-9 relative (deterministic float64, SPEC
+its stored file: floats to 1e-9 relative (deterministic float64, proofs/README.md
 section 6), ids, counts and strings exactly. A failure means the reference's
 numbers changed: if the change is intended, regenerate with
 ``python -m reference conformance --golden regenerate`` and say why in the

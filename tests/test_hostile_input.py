@@ -16,7 +16,7 @@ strided (non-contiguous), Fortran-ordered and read-only. Each test states what
 "works correctly" means for its function (an oracle: brute force in float64);
 an input is *valid* when it is finite, real, non-empty and of the right shape.
 
-Tolerances: 1e-9 relative in float64 (SPEC: deterministic identities), 1e-4
+Tolerances: 1e-9 relative in float64 (proofs/README.md section 6.14: deterministic identities), 1e-4
 relative for float32 inputs (float32 eps is 1.2e-7; log-sum-exp and a few
 products lose a few hundred ulp at most at |a| = 1e4).
 """
@@ -212,7 +212,7 @@ _MANY = settings(max_examples=max(200, settings.default.max_examples))
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_logits_of_magnitude_1e4(dtype) -> None:
-    """SPEC section 2: nothing overflows for logits up to 1e4 (exp(1e4) is inf in float64)."""
+    """proofs/README.md section 2: nothing overflows for logits up to 1e4 (exp(1e4) is inf in float64)."""
     a = np.array([[1e4, -1e4, 0.0, 1e4 - 1.0], [-1e4, -1e4, -1e4, -1e4 + 3.0]], dtype=dtype)
     a64 = a.astype(np.float64)
     want = np.array([1e4 + np.log1p(np.exp(-1.0)), -1e4 + 3.0 + np.log1p(3 * np.exp(-3.0))])

@@ -1,7 +1,7 @@
 """Tests of reference/miners.py: every miner's negatives against a brute-force definition.
 
 Deterministic identities are checked exactly or to 1e-9 (float64 rounding of
-a few dozen operations, SPEC section 6). Distributional checks are G-tests
+a few dozen operations, proofs/README.md section 6). Distributional checks are G-tests
 (reference.stats.g_test: groups of >= 20 expected draws) with fixed seeds,
 failing at p < 1e-6: the false-alarm rate of each is 1e-6.
 """
@@ -73,7 +73,7 @@ def brute_topk(scores, k, exclude):
 
 
 def brute_cut_log_prob(tree, q, cut):
-    """Definition of the cut distribution, entry by entry (SPEC section 4):
+    """Definition of the cut distribution, entry by entry (proofs/README.md section 4):
 
     Phat_C(y) = exp(<q, r_v(y)>) / sum_{v in C} n_v exp(<q, r_v>), r_v(y) the entry holding y.
     Returns (B, capacity) log-probabilities (-inf for dead ids).
@@ -112,7 +112,7 @@ def brute_cut_log_prob(tree, q, cut):
     )))
 )
 def test_topk_ids_matches_the_sort_definition_with_ties(args):
-    """Integer scores in [-3, 3] force many ties: order by score, then by smaller id (SPEC P8's rule)."""
+    """Integer scores in [-3, 3] force many ties: order by score, then by smaller id (P8's rule, proofs/README.md section 6.8)."""
     scores, k, exclude = args
     scores = np.array(scores, dtype=float)
     assert np.array_equal(topk_ids(scores, k, exclude=exclude), brute_topk(scores, k, exclude))

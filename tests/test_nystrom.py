@@ -19,7 +19,7 @@ from reference.nystrom import (
     select_landmarks,
 )
 
-TOL = 1e-9  # deterministic float64 identities (SPEC)
+TOL = 1e-9  # deterministic float64 identities (proofs/README.md section 6.14)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ Trees: clustered targets, the same after deletes (nodes with n_v = 0),
 integer points (exact ties of logits) and duplicated float points.
 
 Tolerances. Deterministic float64 comparisons use 1e-9 relative to
-``max(1, |log Z|)`` (SPEC section 6); logits of the two paths agree to 1e-12 of
+``max(1, |log Z|)`` (proofs/README.md section 6); logits of the two paths agree to 1e-12 of
 ``||q|| max ||z||`` (their inner products are summed in different orders);
 on integer points every logit is an exact integer and compared exactly.
 Statistical tests use fixed seeds and fail at p < 1e-6 (the false-alarm rate
@@ -42,7 +42,7 @@ from reference.tree import Tree
 
 ALPHA = 1e-6      # false-alarm rate of each G-test
 N_DRAWS = 20000   # draws per G-test
-RTOL = 1e-9       # deterministic float64 statements (SPEC section 6)
+RTOL = 1e-9       # deterministic float64 statements (proofs/README.md section 6)
 
 
 # ---------------------------------------------------------------- trees and brute force

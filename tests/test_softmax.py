@@ -20,7 +20,7 @@ from reference.softmax import (
 )
 from reference.stats import g_test
 
-# Goodness-of-fit tests fail at p < 1e-6 (SPEC section 6): with the handful of
+# Goodness-of-fit tests fail at p < 1e-6 (proofs/README.md section 6): with the handful of
 # fixed-seed G-tests below the false-alarm rate of this module is < 1e-5.
 P_FAIL = 1e-6
 
@@ -33,7 +33,7 @@ logit_matrix = arrays(np.float64, shape=st.tuples(st.integers(1, 5), st.integers
 
 
 def test_log_partition_is_finite_and_exact_at_1e4() -> None:
-    """exp(1e4) overflows float64; logsumexp must not (SPEC section 2)."""
+    """exp(1e4) overflows float64; logsumexp must not (proofs/README.md section 2)."""
     a = np.array([[1e4, 1e4, -1e4], [-1e4, -1e4, -1e4], [1e4, 0.0, -3.0]])
     got = log_partition(a)
     # Exact values: 1e4 + log 2, -1e4 + log 3, 1e4 + log(1 + e^-1e4 + ...) = 1e4 in float64.

@@ -1,5 +1,5 @@
 """The PyTorch demonstration backend passes the conformance kit, and the kit catches
-a realistic porting bug in it (SPEC section 9).
+a realistic porting bug in it (proofs/README.md section 9).
 
 PyTorch is optional (the ``torch`` extra), so these tests are skipped, with
 the reason printed, when it is not installed. ``.ci/run`` installs it and sets

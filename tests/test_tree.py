@@ -1,4 +1,4 @@
-"""Unit tests of the tree index (reference/tree.py, SPEC section 3).
+"""Unit tests of the tree index (reference/tree.py, proofs/README.md section 3).
 
 The dynamic-soundness state machine (P9) lives in
 ``proofs/test_p09_dynamic_soundness.py``; here: build on adversarial sets,
