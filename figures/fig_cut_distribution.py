@@ -49,6 +49,7 @@ from reference.bounds import (
     tv_bound,
 )
 from reference.data import make_targets
+from reference.plain import expand
 from reference.tree import Tree
 
 TITLE = "Cut distribution vs softmax (P4): sup |log Phat - log P| and TV against 2 eps_C (log-log), with their bounds"
@@ -57,10 +58,10 @@ FP_RTOL = 1e-9
 
 
 def _random_cut(tree: Tree, rng: np.random.Generator, rounds: int) -> Cut:
-    """Expand a random half of the entries, ``rounds`` times (single query).
+    """Expand a random half of the node entries, ``rounds`` times (single query).
 
-    A node expands into its children with ``n_c > 0``, a leaf into its
-    targets ``order[start[v]:stop[v]]`` (single-target entries).
+    Each marked node is replaced by :func:`reference.plain.expand`: its
+    children with ``n_c > 0``, or a leaf's targets as single-target entries.
     """
     node, target = np.zeros(1, np.int64), np.zeros(0, np.int64)
     for _ in range(rounds):
@@ -69,13 +70,11 @@ def _random_cut(tree: Tree, rng: np.random.Generator, rounds: int) -> Cut:
         marked = rng.random(node.size) < 0.5
         children, targets = [], []
         for v in node[marked]:
-            if tree.is_leaf[v]:
-                targets.append(tree.order[tree.start[v]:tree.stop[v]])
-            else:
-                c = tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
-                children.append(c[tree.count[c] > 0])
-        node = np.concatenate([node[~marked], *children])
-        target = np.concatenate([target, *targets])
+            c, y = expand(tree, int(v))
+            children += c
+            targets += y
+        node = np.concatenate([node[~marked], np.array(children, np.int64)])
+        target = np.concatenate([target, np.array(targets, np.int64)])
     return Cut.from_entries(node, target)
 
 
