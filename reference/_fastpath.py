@@ -285,8 +285,9 @@ class CutState:
     rejection sampler) does not pay for permuting all of them.
 
     With ``exact_leaves`` (the rejection sampler's envelope), an expanded leaf
-    ``v`` is kept as one *exact* entry ``x = raw["x"] >= 0`` instead of its
-    ``n_v`` single targets: ``eps = 0``, ``log_n + s = logsumexp_{y in D(v)} a_y``,
+    ``v`` (and, with ``full_count``, an expanded node of at most
+    ``full_count`` targets) is kept as one *exact* entry ``x = raw["x"] >= 0``
+    instead of its ``n_v`` single targets: ``eps = 0``, ``log_n + s = logsumexp_{y in D(v)} a_y``,
     and the softmax of its targets in DFS order, ``exp(a_y - log_n - s)``,
     is ``exact_prob[exact_ptr[x]:exact_ptr[x+1]]`` (``raw["x"] == -1`` for
     the other entries). It stands for the same ``n_v`` single-target entries of
@@ -311,7 +312,7 @@ class CutState:
 
     @property
     def n_exact(self) -> int:
-        """Number of exact (evaluated leaf) entries."""
+        """Number of exact entries (evaluated leaves and small nodes)."""
         return int(self.exact_ptr.size - 1)
 
     @property
@@ -424,8 +425,12 @@ def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | No
         Refine while ``hi - lo > tol``. Each round, for every such query, the
         entries are ranked by slack ``n_v exp(s_v) (exp(eps_v) - exp(-eps_v))``
         and the smallest set of largest-slack entries whose slack covers the
-        excess ``S - (exp(tol) - 1) exp(lo)`` (``S`` = total slack) is expanded
-        ("bulk marking"; the entry of largest slack is always marked).
+        excess ``S - A`` (``S`` = total slack, ``A = (exp(tol) - 1) exp(lo)``
+        the allowance) is expanded ("bulk marking"; the entry of largest
+        slack is always marked). Computed as: an entry is marked when the
+        slack from it on (itself and all smaller ones, summed from the
+        smallest up) exceeds ``A``, the same condition with full relative
+        precision, so batch and single-query calls give the same cuts.
     ``n_draws`` (the rejection sampler's default, P6)
         Balance the cost of refining against the cost of proposals: drawing
         ``n`` samples costs about ``n U / Z`` proposals (one target logit
@@ -446,8 +451,11 @@ def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | No
     With ``exact_leaves`` an expanded leaf becomes one exact entry (see
     :class:`CutState`) instead of ``n_v`` single targets: the same cut and
     the same ``lo``, ``hi``, ``log_z_hat`` up to rounding, with far fewer
-    entries to carry. Its targets are scored by :func:`range_logits` (one
-    matrix product per leaf and block of queries).
+    entries to carry. With ``full_count`` as well, an expanded internal node
+    of at most ``full_count`` targets becomes one exact entry too (the cut
+    in which it is listed as its single targets), instead of its children.
+    Its targets are scored by :func:`range_logits` (one matrix product per
+    node and block of queries).
     """
     B = Q.shape[0]
     root = dict(query=np.arange(B, dtype=np.int64), node=np.zeros(B, np.int64),

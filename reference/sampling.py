@@ -132,13 +132,26 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
                      ) -> tuple[np.ndarray, dict[str, int]]:
     """Draw ``n`` i.i.d. targets per query exactly from the softmax ``P`` (P6, proofs/README.md section 4).
 
-    Refine a cut (below); propose an entry ``v`` with probability ``U_v / U``,
-    ``U_v = n_v exp(<q,r_v> + eps_v)``, ``U = sum_v U_v = exp(hi)``; propose
-    ``y`` uniform in ``D(v)``; accept with probability
-    ``exp(a_y - <q,r_v> - eps_v)`` (<= 1 by P1). Then
-    ``Pr[propose y and accept] = exp(a_y) / U``, so accepted draws are exact
-    i.i.d. draws from ``P`` whatever the cut, and the acceptance rate per
-    proposal is ``Z / U = exp(log Z - hi) >= exp(-(hi - lo))``. Proposals are
+    Refine a cut (below, :func:`rejection_envelope`); propose an entry with
+    probability proportional to its weight, ``U = sum of the weights = exp(hi)``.
+    The cut has two kinds of entries (proofs/README.md section 4.5):
+
+    - a node entry ``v``, weight ``U_v = n_v exp(<q,r_v> + eps_v)``: propose
+      ``y`` uniform in ``D(v)``; accept with probability
+      ``exp(a_y - <q,r_v> - eps_v)`` (<= 1 by P1), so
+      ``Pr[propose y and accept] = (U_v / U)(1 / n_v) exp(a_y - <q,r_v> - eps_v)
+      = exp(a_y) / U``;
+    - an exact entry ``x``: an evaluated leaf or, in the default envelope
+      (``tol=None``), a node of at most 48 targets, whose logits were all
+      computed while refining; ``eps = 0`` and weight
+      ``U_x = sum_{y in D(x)} exp(a_y)``. When proposed, its target is drawn
+      from its own softmax ``exp(a_y) / U_x`` and accepted with probability 1,
+      so ``Pr[propose y and accept] = (U_x / U)(exp(a_y) / U_x) = exp(a_y) / U``
+      as well.
+
+    Accepted draws are therefore exact i.i.d. draws from ``P`` whatever the
+    cut, and the acceptance rate per proposal is
+    ``Z / U = exp(log Z - hi) >= exp(-(hi - lo))``. Proposals are
     made in rounds for the slots still empty (all queries and slots at once);
     each query keeps its first ``n`` accepted proposals.
 
@@ -166,9 +179,12 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
     counters : dict
         ``proposals`` (made, all queries), ``accepted`` (among them; may exceed
         ``B n`` because a round can overshoot), ``target_logits`` (``a_y``
-        evaluated: proposals from node entries plus single-target cut
-        entries), ``node_logits`` (``<q, r_v>`` evaluated while refining the
-        cut), ``cut_entries`` (final cut size, all queries), ``rounds``
+        evaluated: every target of every exact entry, scored once while
+        refining the envelope, plus one per proposal from a node entry;
+        proposals from exact entries cost none), ``node_logits``
+        (``<q, r_v>`` evaluated while refining the cut), ``cut_entries``
+        (final cut size, all queries, exact entries counted as their single
+        targets: ``len`` of :func:`rejection_envelope`), ``rounds``
         (refinement plus proposal rounds, summed over query blocks).
 
     Raises
@@ -358,8 +374,9 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     lo = group_logsumexp(base - raw["eps"], raw["query"], B)
     log_z_hat = group_logsumexp(base, raw["query"], B)
     cdf = _SegmentCDF(log_u[st.order], hi, st.ptr)
-    # Exact entries (evaluated leaves): a proposal of one is accepted with probability 1
-    # and its target drawn from the leaf's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
+    # Exact entries (evaluated leaves and, in the default envelope, nodes of at most _FULL_COUNT
+    # targets): a proposal of one is accepted with probability 1 and its target drawn from the
+    # entry's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
     xptr = st.exact_ptr
     inner = _SegmentCDF(None, None, xptr, prob=st.exact_prob) if st.n_exact else None
     # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
@@ -396,7 +413,7 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
             y[isx] = tree.order[tree.start[v[isx]] + inner.draw(xi, rng) - xptr[xi]]
         isn = (v >= 0) & ~isx
         v = v[isn]
-        # log acceptance probability: a_y - <q,r_v> - eps_v (0 for single-target entries).
+        # log acceptance probability: a_y - <q,r_v> - eps_v for node entries, 0 for exact entries.
         log_acc = np.zeros(qb.size)
         a = rowdot(tree.points_dfs, pos, Q, qb[isn])  # rows of D(v) are consecutive in points_dfs
         log_acc[isn] = a - raw["s"][e[isn]] - raw["eps"][e[isn]]

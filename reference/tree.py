@@ -27,7 +27,8 @@ root is node 0, and the children of a node are consecutive nodes
 (``child_idx[child_ptr[v]:child_ptr[v + 1]]``, which is a run of consecutive
 integers). Live targets are listed in depth-first order in ``order``; the
 descendants of v are the contiguous range ``order[start[v]:stop[v]]``, so a
-uniform descendant is ``order[start[v] + floor(u * count[v])]`` (proofs/README.md section 4).
+uniform descendant is ``order[start[v] + j]`` with ``j = rng.integers(0, count[v])``,
+exactly uniform in {0, ..., n_v - 1} (proofs/README.md section 4.7).
 
 Design choices
 --------------
