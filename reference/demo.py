@@ -5,9 +5,8 @@ generated, a two-tower MLP (reference.encoder.DualEncoder) is trained with the
 full-softmax loss over all N targets and Adam, and test recall@1 / recall@10
 (exact, over all N targets) are printed as training goes. Recall@k of a model
 that ranks at random is k/N ("chance"); the final line states it next to the
-achieved recall. The defaults take about 10 s on an idle 2-core CPU
-(recall@1 ~0.49 against a chance level of 1/N = 0.0005; the query noise
-caps it well below 1). On a busy machine, start Python with
+achieved recall (the query noise caps recall@1 well below 1; the README
+gives a measured run). On a busy machine, start Python with
 OPENBLAS_NUM_THREADS=1: these matrices are too small to gain from BLAS
 threads, and oversubscribed cores can make threaded BLAS several times slower.
 

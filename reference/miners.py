@@ -198,11 +198,8 @@ class MinerConfig:
         Width hi - lo of the adaptive cut's log-partition bracket per query
         before sampling from Phat_C (P7; smaller = closer to the softmax of
         the index's vectors, more logits). The cut is only the proposal: the
-        logQ correction accounts for it whatever its width. Measured on the
-        default problem (N = 2000 and 20000, a trained model, n = 32): the
-        gradient error is flat from tol = 1 to 8 (it is dominated by the n
-        draws) while the logits per query fall from ~1000 to ~460 (N = 2000)
-        and from ~4700 to ~770 (N = 20000); it grows beyond 16.
+        logQ correction accounts for it whatever its width. How the default
+        was chosen is in the README ("The comparison").
     seed : int, default 0
         Seed of the deterministic tree / landmark construction.
     """
