@@ -100,6 +100,19 @@ at 1e-5, growing into the tail); ``tests/test_conformance.py`` repeats this
 Every other check compares deterministic numbers with a stated rounding
 tolerance.
 
+What the sampler check catches
+------------------------------
+:func:`power_against` (one query) and :func:`sampler_failure_probabilities`
+(every scenario) turn a known defect, given as the exact distribution the
+backend draws from, into the probability that the kit fails it. At the
+defaults, random logit errors of standard deviation 0.03 nats pass (the run
+fails with probability < 1e-3) and 0.1 nats fail every scenario (> 0.95
+each). The huge-logits scenario (logits near 1e4) makes that a relative
+precision of ~1e-6 for the logits: float32 logits pass, float16 and bfloat16
+logits fail; the arithmetic after the max-shift may be float16. The gallery
+of ``tests/wrong_backends.py`` (``GALLERY``) plants such defects with the
+verdicts the kit must give; README.md lists them and what the defaults miss.
+
 Golden vectors
 --------------
 ``python -m reference conformance --golden check`` compares the reference with
@@ -141,9 +154,11 @@ __all__ = [
     "g_test",
     "detectable_tv",
     "sample_size_for_tv",
+    "power_against",
     "SamplerScenario",
     "sampler_scenarios",
     "check_sampler",
+    "sampler_failure_probabilities",
     "EncoderScenario",
     "encoder_scenarios",
     "check_encoder",
@@ -263,6 +278,75 @@ def detectable_tv(
         hi *= 2.0
     lam = optimize.brentq(shortfall, 0.0, hi, xtol=1e-6 * hi)
     return math.sqrt(lam / (4.0 * n))
+
+
+def power_against(
+    probabilities: Any,
+    alternative: Any,
+    n: int,
+    alpha: float,
+    *,
+    min_expected: float = MIN_EXPECTED,
+) -> float:
+    """Probability that one query of the sampler check fails when the backend draws from ``alternative``.
+
+    The per-query test of :func:`check_sampler` sees n i.i.d. draws from Q =
+    ``alternative`` and fails when one of them hits a target with P <
+    :data:`IMPOSSIBLE_PROBABILITY` or when :func:`g_test` against P =
+    ``probabilities`` rejects at level ``alpha``. With Q0 the mass Q puts on
+    those targets and Q' the rest renormalised, the result is
+    ``1 - (1 - Q0)^n (1 - ncx2.sf(c, J - 1, lambda))`` with
+    lambda = n sum_j (Q'_j - P_j)^2 / P_j on the merged groups and c as in
+    :func:`detectable_tv`: the non-central chi-square approximation of G
+    (good for lambda up to a few times J, and ~1 beyond, where only the order
+    of magnitude matters). For Q = P it is a little below ``alpha`` (Williams'
+    correction raises c), when the groups leave df >= 1.
+
+    This says in advance what the kit does with a known defect: compute the
+    exact per-draw distribution of a backend (a rounding, a truncation, an
+    old copy of the vectors) and the power of each query at the kit's n.
+
+    Parameters
+    ----------
+    probabilities : array_like, shape (bins,)
+        The exact distribution P.
+    alternative : array_like, shape (bins,)
+        The distribution Q the backend draws from (non-negative, any positive sum).
+    n : int
+        Number of draws.
+    alpha : float
+        Level of the test (per query, after any Bonferroni split).
+    min_expected : float, default 20.0
+        As in :func:`g_test`.
+
+    Returns
+    -------
+    float
+        The probability, in [0, 1].
+    """
+    p = as_float_array(probabilities, "probabilities", ndim=1)
+    q = as_float_array(alternative, "alternative", ndim=1)
+    if q.shape != p.shape or (q < 0).any() or not q.sum() > 0:
+        raise ValueError(f"alternative: expected {p.shape[0]} non-negative weights with a positive sum")
+    n = check_int(n, "n", low=1)
+    alpha = check_positive(alpha, "alpha")
+    q = q / q.sum()
+    impossible = p < IMPOSSIBLE_PROBABILITY
+    q0 = float(q[impossible].sum())
+    no_impossible_draw = (1.0 - q0) ** n
+    if q0 >= 1.0:
+        return 1.0
+    q = np.where(impossible, 0.0, q) / (1.0 - q0)
+    labels = merge_small_bins(n * p, min_expected)
+    J = int(labels.max()) + 1
+    if J < 2:
+        return 1.0 - no_impossible_draw
+    pg = np.bincount(labels, weights=p, minlength=J)
+    qg = np.bincount(labels, weights=q, minlength=J)
+    lam = n * float(np.sum((qg - pg) ** 2 / pg))
+    c = stats.chi2.isf(alpha, J - 1) * williams_factor(J, n)
+    rejects = float(stats.ncx2.sf(c, J - 1, lam)) if lam > 0 else float(stats.chi2.sf(c, J - 1))
+    return 1.0 - no_impossible_draw * (1.0 - rejects)
 
 
 def sample_size_for_tv(
@@ -410,6 +494,11 @@ class CheckReport:
     def failures(self) -> list[Case]:
         return [c for c in self.cases if not c.passed and not c.skipped]
 
+    @property
+    def verdict(self) -> str:
+        """One of "PASS", "FAIL" and "SKIP" (the check did not run)."""
+        return "SKIP" if self.skipped is not None else ("PASS" if self.passed else "FAIL")
+
     def format(self) -> str:
         if self.skipped is not None:
             return f"SKIP  {self.name}: {self.skipped}"
@@ -435,6 +524,11 @@ class ConformanceReport:
     def passed(self) -> bool:
         """True iff at least one check ran and every check that ran passed."""
         return bool(self.ran) and all(c.passed for c in self.ran)
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """Check name -> "PASS", "FAIL" or "SKIP", in the order the checks ran."""
+        return {c.name: c.verdict for c in self.checks}
 
     def format(self) -> str:
         lines = [f"Conformance of {self.backend} against the reference (proofs/README.md section 9)"]
@@ -748,6 +842,53 @@ def check_sampler(
             )
         )
     return report
+
+
+def sampler_failure_probabilities(
+    distribution: Callable[[np.ndarray, np.ndarray], Any],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    tv: float = DEFAULT_TV,
+    power: float = DEFAULT_POWER,
+    scenarios: Sequence[SamplerScenario] | None = None,
+) -> dict[str, float]:
+    """What :func:`check_sampler` will say about a sampler whose per-draw distribution is known.
+
+    ``distribution(points, queries) -> Q`` of shape (B, N) gives, for every
+    query, the distribution the backend's i.i.d. draws actually follow (a
+    known rounding, an old copy of the vectors, ...). For each scenario this
+    returns the probability that the check fails it, from
+    :func:`power_against` at the same n and per-query level as
+    :func:`check_sampler` with these arguments. For an exact sampler the
+    values add up to about ``alpha``; a defect the kit catches gives ~1 in
+    the scenarios that expose it. (The format case is not modelled.)
+
+    Parameters
+    ----------
+    distribution : callable
+        ``(points, queries) -> Q`` (B, N), non-negative rows.
+    alpha, tv, power, scenarios
+        As in :func:`check_sampler`.
+
+    Returns
+    -------
+    dict
+        Scenario name -> probability that it fails.
+    """
+    from reference.softmax import softmax
+
+    scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
+    alpha_q = check_positive(alpha, "alpha") / sum(sc.queries.shape[0] for sc in scenarios)
+    out = {}
+    for sc in scenarios:
+        P = softmax(_logits(sc.points, sc.queries))
+        n = sample_size_for_tv(P, tv, alpha_q, power=power)
+        Q = np.asarray(distribution(sc.points.copy(), sc.queries.copy()), dtype=np.float64)
+        if Q.shape != P.shape:
+            raise ValueError(f"distribution: expected shape {P.shape} in scenario {sc.name!r}, got {Q.shape}")
+        passes = np.prod([1.0 - power_against(P[b], Q[b], n, alpha_q) for b in range(P.shape[0])])
+        out[sc.name] = float(1.0 - passes)
+    return out
 
 
 # ============================================================================

@@ -7,7 +7,10 @@ Three groups:
    H0, the power statement of ``detectable_tv``, the sample-size search;
 2. the kit on backends: the reference and an independent NumPy port pass,
    every deliberately wrong backend of ``tests/wrong_backends.py`` fails in
-   exactly the scenarios that expose its bug, with a report naming it;
+   exactly the scenarios that expose its bug, with a report naming it; the
+   gallery of planted precision and sampling bugs gets its verdict for every
+   check, observed at a fixed seed and derived from the exact distributions
+   (``power_against``, ``sampler_failure_probabilities``);
 3. the command line and input validation.
 
 False alarms. The kit's sampler check has a stated false-alarm rate of 1e-6
@@ -17,6 +20,7 @@ The Monte-Carlo tests of the statistics below state their own rate.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -310,6 +314,178 @@ def test_impossible_draw_is_reported_with_its_probability():
     text = report.format()
     assert not report.passed
     assert "whose probability is" in text  # e.g. the peaked or huge-logits scenario
+
+
+# ----------------------------------------------------------------------------
+# 2b. The gallery: the sampler check itself is checked (tests/wrong_backends.py GALLERY)
+# ----------------------------------------------------------------------------
+
+
+def _gallery_ids(entry: wb.GalleryEntry) -> str:
+    return entry.name.split(" (")[0].replace(" ", "-")
+
+
+def _exact_softmax(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    from reference.softmax import softmax
+
+    return softmax(queries @ points.T)
+
+
+@functools.cache
+def _exact_failure_probabilities() -> dict[str, float]:
+    return conformance.sampler_failure_probabilities(_exact_softmax)
+
+
+def _assert_gallery_verdicts(entry: wb.GalleryEntry, seed: int) -> None:
+    report = run_conformance(entry.backend, seed=seed, name=entry.name)
+    assert report.verdicts == entry.verdicts, report.format()
+    failures = {f.scenario for c in report.ran for f in c.failures}
+    assert set(entry.caught_by) <= failures, report.format()
+    assert bool(failures) == (not report.passed)
+    assert entry.phrase in report.format()
+
+
+@pytest.mark.parametrize("entry", wb.GALLERY, ids=_gallery_ids)
+def test_gallery_verdicts(entry):
+    """Each planted backend gets exactly its verdict for every check at the defaults (the
+    others pass, the encoder is skipped), the scenarios that must catch it are among the
+    failures and the report says what is wrong; the float32 sampler passes."""
+    _assert_gallery_verdicts(entry, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", wb.GALLERY, ids=_gallery_ids)
+def test_gallery_verdicts_do_not_depend_on_the_seed(entry):
+    for seed in range(1, 21):
+        _assert_gallery_verdicts(entry, seed)
+
+
+def test_the_gallery_covers_the_issue():
+    """bfloat16 logits, a float16 softmax, reversed top-k ties, draws without replacement,
+    a stale index, and a float32 sampler that passes; every failing entry names where."""
+    names = {e.name for e in wb.GALLERY}
+    for word in ("float32 sampler", "bfloat16", "float16 softmax", "reversed tie", "without replacement", "stale"):
+        assert any(word in name for name in names), word
+    for e in wb.GALLERY:
+        assert set(e.verdicts) == set(conformance.CHECKS)
+        assert ("FAIL" in e.verdicts.values()) == bool(e.caught_by) == bool(e.phrase)
+
+
+IID_GALLERY = [e for e in wb.GALLERY if e.distribution is not None]
+
+
+@pytest.mark.parametrize("entry", IID_GALLERY, ids=_gallery_ids)
+def test_gallery_distribution_is_what_the_sampler_draws(entry):
+    """The exact per-draw distribution stated for a planted sampler is the one it draws
+    from: 20000 draws per query of every scenario fit it (G-test at 1e-7 per query,
+    32 queries: false-alarm rate < 4e-6)."""
+    sample = entry.backend.sample
+    for i, sc in enumerate(conformance.sampler_scenarios()):
+        Q = entry.distribution(sc.points, sc.queries)
+        ids = sample(sc.points, sc.queries, 20_000, 100 + i)
+        for b in range(Q.shape[0]):
+            res = g_test(np.bincount(ids[b], minlength=Q.shape[1]), Q[b] / Q[b].sum())
+            assert res.p_value >= 1e-7, f"{sc.name} query {b}: p = {res.p_value:.3g}"
+
+
+@pytest.mark.parametrize("entry", IID_GALLERY, ids=_gallery_ids)
+def test_gallery_verdicts_follow_from_the_exact_distributions(entry):
+    """Seed-free: from the planted sampler's exact distribution, the probability that the
+    kit fails each scenario at the defaults. A planted defect is caught by each of its
+    scenarios with probability > 1 - 1e-6; a sampler that must pass fails no more often
+    than an exact one (within 5%: the run's false-alarm rate stays alpha = 1e-6)."""
+    probs = conformance.sampler_failure_probabilities(entry.distribution)
+    if entry.verdicts["sampler"] == "PASS":
+        exact = _exact_failure_probabilities()
+        assert sum(exact.values()) <= conformance.DEFAULT_ALPHA
+        assert sum(probs.values()) <= 1.05 * sum(exact.values()), probs
+    else:
+        for scenario in entry.caught_by:
+            assert probs[scenario] > 1 - 1e-6, (scenario, probs)
+
+
+def test_what_the_defaults_do_not_resolve():
+    """The README's statement of the blind spots, derived from the exact distributions:
+    bfloat16 logits and the float16 softmax are caught by huge-logits alone at the
+    defaults (every other scenario fails with probability < 0.01); at ordinary logit
+    scales bfloat16 takes --tv 0.02 (peaked fails with probability > 0.99) and the
+    float16 softmax --tv 0.007 (mixed-norms > 0.95)."""
+    entries = {e.name: e for e in wb.GALLERY}
+    for name in ("bfloat16 logits", "float16 softmax"):
+        probs = conformance.sampler_failure_probabilities(entries[name].distribution)
+        assert probs.pop("huge-logits") > 1 - 1e-12
+        assert max(probs.values()) < 0.01, (name, probs)
+    bf16 = conformance.sampler_failure_probabilities(entries["bfloat16 logits"].distribution, tv=0.02)
+    assert bf16["peaked"] > 0.99
+    fp16 = conformance.sampler_failure_probabilities(entries["float16 softmax"].distribution, tv=0.007)
+    assert fp16["mixed-norms"] > 0.95
+
+
+def test_the_precision_the_sampler_check_demands():
+    """README: random logit errors of standard deviation 0.03 nats pass (the run fails with
+    probability < 1e-3), of 0.1 nats fail in every scenario (probability > 0.95 each)."""
+    from reference.softmax import softmax
+
+    def noisy(sigma):
+        def distribution(points, queries):
+            a = queries @ points.T
+            return softmax(a + sigma * np.random.default_rng(5).standard_normal(a.shape))
+
+        return distribution
+
+    small = conformance.sampler_failure_probabilities(noisy(0.03))
+    assert sum(small.values()) < 1e-3, small
+    large = conformance.sampler_failure_probabilities(noisy(0.1))
+    assert min(large.values()) > 0.95, large
+
+
+@pytest.mark.slow
+def test_bfloat16_logits_are_caught_at_ordinary_scales_with_tv_0_02():
+    """The derived claim, observed: without the huge-logits scenario, --tv 0.02 fails the
+    bfloat16 sampler (peaked) and passes the float32 one."""
+    scenarios = [sc for sc in conformance.sampler_scenarios() if sc.name != "huge-logits"]
+    bf16 = check_sampler(wb.sample_bfloat16_logits, tv=0.02, scenarios=scenarios)
+    assert "peaked" in {c.scenario for c in bf16.failures}, bf16.format()
+    assert check_sampler(wb.float32_sample, tv=0.02, scenarios=scenarios).passed
+
+
+def test_power_against_is_alpha_for_the_exact_distribution_and_one_for_a_gross_error():
+    p = 0.8 ** np.arange(30)
+    p /= p.sum()
+    assert conformance.power_against(p, p, 5000, 1e-4) == pytest.approx(1e-4, rel=0.2)
+    assert conformance.power_against(p, p[::-1], 5000, 1e-4) == pytest.approx(1.0)
+    # mass on a target of probability 0 is an impossible draw: caught whatever the G-test says
+    p0 = np.append(p, 0.0)
+    q0 = np.append(p, 1e-3)
+    no_impossible_draw = (1 - 1e-3 / q0.sum()) ** 5000  # ~ e^-5; the G-test adds ~1e-4 of the rest
+    assert conformance.power_against(p0, q0, 5000, 1e-4) == pytest.approx(1 - no_impossible_draw, abs=1e-5)
+    with pytest.raises(ValueError, match="alternative"):
+        conformance.power_against(p, p[:5], 100, 1e-4)
+
+
+def test_power_against_agrees_with_simulation():
+    """The non-central chi-square approximation against 2000 simulated G-tests: a stated
+    power of ~0.5 is observed within 0.4 - 0.6 (4.5 standard deviations)."""
+    rng = np.random.default_rng(11)
+    p = 0.9 ** np.arange(30)
+    p /= p.sum()
+    q = p * np.exp(0.08 * rng.standard_normal(30))
+    q /= q.sum()
+    n, alpha = 8000, 1e-3
+    stated = conformance.power_against(p, q, n, alpha)
+    assert 0.3 < stated < 0.7
+    counts = rng.multinomial(n, q, size=2000)
+    observed = np.mean([g_test(c, p).p_value < alpha for c in counts])
+    assert abs(observed - stated) < 0.1, (observed, stated)
+
+
+def test_bfloat16_round_is_round_to_nearest_even():
+    # exact halves go to the even neighbour; otherwise to the nearest; the sign is kept
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -(1 + 2**-8 + 2**-20), np.pi])
+    want = np.array([1.0, 1.0, 1 + 2**-6, 1 + 2**-7, -(1 + 2**-7), 3.140625])
+    np.testing.assert_array_equal(wb.bfloat16_round(x), want.astype(np.float32))
+    # spacing 64 between 8192 and 16384: 10015 -> 9984, 10017 -> 10048
+    np.testing.assert_array_equal(wb.bfloat16_round(np.array([10015.0, 10017.0])), [9984.0, 10048.0])
 
 
 # ----------------------------------------------------------------------------

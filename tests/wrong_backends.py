@@ -7,12 +7,23 @@ deliberate, realistic bug (named in its docstring and in ``BUGS``), together
 with the scenario that must catch it and a phrase the report must contain;
 ``tests/test_conformance.py`` runs them all.
 
+``GALLERY`` checks the sampler check itself: planted precision and sampling
+bugs (bfloat16 logits, a float16 softmax, draws without replacement, a stale
+index, reversed top-k ties), each a full backend (``CORRECT_NUMPY`` with one
+callable swapped) with the verdict the kit must give for every check and the
+scenarios that must catch it, next to a float32 sampler that must pass. The
+precision samplers are that float32 sampler with one step changed, and each
+i.i.d. one comes with its exact per-draw distribution, so the verdicts are
+also derived, not only observed (``reference.conformance.power_against``).
+
 Usable from the shell too, e.g.
 ``python -m reference conformance tests.wrong_backends:WRONG_TOPK_TIE_RULE``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -286,3 +297,255 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
     "bracket radii 1% too small": (WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided"}, "upper bound below log Z"),
     "Nystrom forgets the constant feature": (WRONG_NYSTROM_NO_CONST, "nystrom", {"linear-const"}, "backend"),
 }
+
+
+# ----------------------------------------------------------------------------
+# The gallery: planted precision and sampling bugs, and a float32 sampler that must pass
+# ----------------------------------------------------------------------------
+#
+# The precision samplers share one float32 pipeline (float32 logits, float32
+# softmax, float32 inverse CDF with float32 uniforms) and change one step of it,
+# so the gallery separates what the kit demands (the logits) from what it
+# tolerates (float32 arithmetic everywhere, float16 exp after a float32 shift).
+
+
+def bfloat16_round(x: Any) -> np.ndarray:
+    """float32 -> bfloat16 -> float32, rounding to nearest even as hardware conversions do.
+
+    bfloat16 keeps the sign, the 8 exponent bits and the top 7 of the 23
+    stored mantissa bits of a float32 (8 significant bits, relative spacing
+    2^-7): add half a unit of the 16 dropped bits (minus one unless the kept
+    last bit is odd, which makes exact halves go to even), then clear them.
+    NumPy has no bfloat16, hence the bit operations on the float32 view
+    (finite inputs; values that round beyond the float32 range become inf).
+    """
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    odd = (bits >> np.uint32(16)) & np.uint32(1)
+    return ((bits + np.uint32(0x7FFF) + odd) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+def _logits_float32(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    return queries.astype(np.float32) @ points.astype(np.float32).T
+
+
+def _softmax_float32(a: np.ndarray) -> np.ndarray:
+    w = np.exp(a - a.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _cdf_float32(P: np.ndarray) -> np.ndarray:
+    return np.cumsum(P.astype(np.float32), axis=1, dtype=np.float32)
+
+
+def _inverse_cdf_float32(P: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n draws per row of P by inverse CDF, all in float32 (cumulative sums and uniforms)."""
+    rng = np.random.default_rng(seed)
+    cdf = _cdf_float32(P)
+    u = rng.random((P.shape[0], n), dtype=np.float32) * cdf[:, -1:]
+    ids = np.stack([np.searchsorted(c, uu, side="right") for c, uu in zip(cdf, u)])
+    return np.minimum(ids, P.shape[1] - 1)
+
+
+def _distribution_float32(P: np.ndarray) -> np.ndarray:
+    """The exact per-draw distribution of :func:`_inverse_cdf_float32` on P: the gaps of
+    its float32 CDF (ignoring the 2^-24 grid of the float32 uniforms)."""
+    cdf = _cdf_float32(P).astype(np.float64)
+    return np.diff(cdf, axis=1, prepend=0.0) / cdf[:, -1:]
+
+
+def float32_probabilities(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Correct: logits and softmax in float32 (max-shifted)."""
+    return _softmax_float32(_logits_float32(points, queries))
+
+
+def bfloat16_logit_probabilities(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Bug: the logits rounded to bfloat16 (a bf16 matmul output), then a float32 softmax."""
+    return _softmax_float32(bfloat16_round(_logits_float32(points, queries)))
+
+
+def float16_softmax_probabilities(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Bug: the softmax in float16: the logits cast to float16, then max-shift, exp and
+    normalisation in float16 (relative spacing 2^-10: ~8 at logits of 1e4)."""
+    a = _logits_float32(points, queries).astype(np.float16)
+    w = np.exp(a - a.max(axis=1, keepdims=True))
+    return (w / w.sum(axis=1, keepdims=True, dtype=np.float16)).astype(np.float32)
+
+
+def float16_exp_probabilities(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Tolerated: the max-shift in float32, only exp and normalisation in float16 (the
+    shifted logits are <= 0 and small where the mass is, so every probability keeps ~5e-4
+    relative precision; below ~6e-8 float16 flushes them to zero)."""
+    a = _logits_float32(points, queries)
+    w = np.exp((a - a.max(axis=1, keepdims=True)).astype(np.float16))
+    return (w / w.sum(axis=1, keepdims=True, dtype=np.float16)).astype(np.float32)
+
+
+#: The planted stale index lags by this much: every target vector has moved by about
+#: STALE_DRIFT times its norm (a random direction) since the index was built.
+STALE_DRIFT = 0.01
+
+
+def stale_points(points: np.ndarray) -> np.ndarray:
+    """The index's old copy of ``points``: a fixed random drift of relative size STALE_DRIFT
+    (fixed seed: the index was built once, whatever seed the draws get)."""
+    rng = np.random.default_rng(20240601)
+    scale = np.linalg.norm(points, axis=1, keepdims=True) / np.sqrt(points.shape[1])
+    return points + STALE_DRIFT * scale * rng.standard_normal(points.shape)
+
+
+def stale_index_probabilities(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Bug: an exact float32 softmax, over the index's old vectors (:func:`stale_points`)."""
+    return float32_probabilities(stale_points(points), queries)
+
+
+def float32_sample(points, queries, n, seed):
+    """Correct: :func:`float32_probabilities`, inverse CDF in float32."""
+    return _inverse_cdf_float32(float32_probabilities(points, queries), n, seed)
+
+
+def sample_bfloat16_logits(points, queries, n, seed):
+    """Bug: :func:`bfloat16_logit_probabilities`, otherwise the float32 sampler."""
+    return _inverse_cdf_float32(bfloat16_logit_probabilities(points, queries), n, seed)
+
+
+def sample_float16_softmax(points, queries, n, seed):
+    """Bug: :func:`float16_softmax_probabilities`, otherwise the float32 sampler."""
+    return _inverse_cdf_float32(float16_softmax_probabilities(points, queries), n, seed)
+
+
+def sample_float16_exp(points, queries, n, seed):
+    """Tolerated: :func:`float16_exp_probabilities`, otherwise the float32 sampler."""
+    return _inverse_cdf_float32(float16_exp_probabilities(points, queries), n, seed)
+
+
+def sample_stale_index(points, queries, n, seed):
+    """Bug: :func:`stale_index_probabilities`, otherwise the float32 sampler."""
+    return _inverse_cdf_float32(stale_index_probabilities(points, queries), n, seed)
+
+
+def sample_without_replacement(points, queries, n, seed):
+    """Bug: n *distinct* ids per query (Gumbel top-n, the usual way to draw without
+    replacement), so it can return only N columns when n > N."""
+    a = queries @ points.T
+    g = a + np.random.default_rng(seed).gumbel(size=a.shape)
+    return np.argsort(-g, axis=1)[:, :n]
+
+
+#: Round size of :func:`sample_distinct_in_rounds`.
+ROUND = 16
+
+
+def sample_distinct_in_rounds(points, queries, n, seed):
+    """Bug: the n draws made as rounds of ROUND distinct ids (Gumbel top-16 per round;
+    like calling ``torch.multinomial(P, 16)``, whose default is without replacement,
+    n / 16 times): a target of probability 0.98 gets at most one draw in 16."""
+    rng = np.random.default_rng(seed)
+    a = queries @ points.T
+    B, N = a.shape
+    m = min(ROUND, N)
+    rounds = -(-n // m)
+    g = a[:, None, :] + rng.gumbel(size=(B, rounds, N))
+    ids = np.argsort(-g, axis=2)[:, :, :m] if m == N else np.argpartition(-g, m - 1, axis=2)[:, :, :m]
+    return ids.reshape(B, rounds * m)[:, :n]
+
+
+def _swap(attribute: str, fn) -> SimpleNamespace:
+    """CORRECT_NUMPY with one callable replaced."""
+    backend = SimpleNamespace(**vars(CORRECT_NUMPY))
+    setattr(backend, attribute, fn)
+    return backend
+
+
+GALLERY_FLOAT32 = _swap("sample", float32_sample)
+GALLERY_FLOAT16_EXP = _swap("sample", sample_float16_exp)
+GALLERY_BFLOAT16_LOGITS = _swap("sample", sample_bfloat16_logits)
+GALLERY_FLOAT16_SOFTMAX = _swap("sample", sample_float16_softmax)
+GALLERY_STALE_INDEX = _swap("sample", sample_stale_index)
+GALLERY_WITHOUT_REPLACEMENT = _swap("sample", sample_without_replacement)
+GALLERY_DISTINCT_ROUNDS = _swap("sample", sample_distinct_in_rounds)
+GALLERY_TOPK_REVERSED_TIES = _swap("topk", topk_wrong_tie_rule)
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    """One planted backend and what the kit must say about it.
+
+    Attributes
+    ----------
+    name : str
+    backend : SimpleNamespace
+        A full backend: ``CORRECT_NUMPY`` with one callable swapped.
+    verdicts : dict
+        Check name -> "PASS", "FAIL" or "SKIP", as
+        :attr:`reference.conformance.ConformanceReport.verdicts` at the defaults.
+    caught_by : tuple of str
+        Scenarios of the failing check that must be among its failures (empty for a pass).
+    phrase : str
+        Text the report must contain ("" for a pass).
+    distribution : callable or None
+        ``(points, queries) -> Q (B, N)``: the exact per-draw distribution of the
+        sampler, when its draws are i.i.d. (None otherwise).
+    why : str
+        Why the kit gives this verdict.
+    """
+
+    name: str
+    backend: SimpleNamespace
+    verdicts: dict[str, str]
+    caught_by: tuple[str, ...]
+    phrase: str
+    distribution: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    why: str
+
+
+def _verdicts(failing: str | None = None) -> dict[str, str]:
+    v = {"sampler": "PASS", "encoder": "SKIP", "bracket": "PASS", "topk": "PASS", "nystrom": "PASS"}
+    if failing is not None:
+        v[failing] = "FAIL"
+    return v
+
+
+def _exact(probabilities):
+    return lambda points, queries: _distribution_float32(probabilities(points, queries))
+
+
+GALLERY: tuple[GalleryEntry, ...] = (
+    GalleryEntry(
+        "float32 sampler", GALLERY_FLOAT32, _verdicts(), (), "", _exact(float32_probabilities),
+        "logits, softmax, CDF and uniforms in float32: TV 2e-4 from the exact softmax at logits of 1e4, "
+        "<= 1.3e-6 elsewhere; it fails no more often than an exact sampler"),
+    GalleryEntry(
+        "float16 exp after a float32 shift", GALLERY_FLOAT16_EXP, _verdicts(), (), "", _exact(float16_exp_probabilities),
+        "tolerated: after the shift float16 keeps every probability to ~5e-4 relative, TV <= 2.6e-4 "
+        "in every scenario (what matters is the precision of the logits, not of exp)"),
+    GalleryEntry(
+        "bfloat16 logits", GALLERY_BFLOAT16_LOGITS, _verdicts("sampler"), ("huge-logits",), "largest excess",
+        _exact(bfloat16_logit_probabilities),
+        "bfloat16 spacing is 64 at logits of 1e4: TV 0.81 in huge-logits; in the other scenarios TV <= 0.017 "
+        "(peaked), which the defaults do not resolve and --tv 0.02 does (peaked, mixed-norms)"),
+    GalleryEntry(
+        "float16 softmax", GALLERY_FLOAT16_SOFTMAX, _verdicts("sampler"), ("huge-logits",), "largest excess",
+        _exact(float16_softmax_probabilities),
+        "the logits cast to float16: spacing 8 at 1e4, TV 0.42 in huge-logits; in the other scenarios "
+        "TV <= 0.005 (mixed-norms), which needs --tv 0.007 to be resolved"),
+    GalleryEntry(
+        "stale index (vectors moved 1%)", GALLERY_STALE_INDEX, _verdicts("sampler"),
+        ("mixed-norms", "huge-logits"), "largest excess", _exact(stale_index_probabilities),
+        "logit errors of ~0.01 |q| |z|: TV 0.10 in mixed-norms and 1.0 in huge-logits (each caught with "
+        "probability > 1 - 1e-6), 0.038 in peaked (caught with probability 0.9995); flat, moderate and "
+        "duplicates (TV <= 0.013) pass"),
+    GalleryEntry(
+        "without replacement (n distinct ids)", GALLERY_WITHOUT_REPLACEMENT, _verdicts("sampler"),
+        ("format", "flat", "moderate", "peaked", "duplicates", "mixed-norms", "huge-logits"), "expected shape", None,
+        "n distinct ids do not exist when n > N: it returns N columns (the format probe has N = 1, n = 6; "
+        "every scenario has n >> N)"),
+    GalleryEntry(
+        "distinct ids in rounds of 16", GALLERY_DISTINCT_ROUNDS, _verdicts("sampler"),
+        ("peaked", "huge-logits"), "largest deficit", None,
+        "a target gets at most n/16 draws: a probability of 0.98 (peaked) shows as <= 0.0625; the flat "
+        "scenario (all P < 0.02) cannot tell"),
+    GalleryEntry(
+        "top-k with reversed tie order", GALLERY_TOPK_REVERSED_TIES, _verdicts("topk"),
+        ("integer-ties", "duplicates"), "an exact tie must go to the smaller id", None,
+        "exact ties (integer coordinates, duplicate points) must go to the smaller id (P8)"),
+)
