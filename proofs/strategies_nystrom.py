@@ -11,11 +11,67 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 from hypothesis import strategies as st
 
-from reference.nystrom import linear, polynomial, rbf
+from reference.nystrom import LinearKernel, PolynomialKernel, RBFKernel, linear, polynomial, rbf
 
-__all__ = ["Problem", "kernels", "interpolation_problems", "affine_problems"]
+__all__ = ["Problem", "kernels", "interpolation_problems", "affine_problems", "kernel_by_definition",
+           "NystromReference", "nystrom_by_definition"]
+
+
+def kernel_by_definition(kernel, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """[kappa(a_i, b_j)] from the definitions of proofs/README.md section 5.1, not the kernel's own code.
+
+    Linear: <a, b> + const^2; RBF: exp(-gamma ||a - b||^2) with the squared
+    distance summed from the coordinate differences (the reference expands
+    it); polynomial: (<a, b> + c)^degree.
+    """
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    dots = np.einsum("ik,jk->ij", A, B)
+    if isinstance(kernel, LinearKernel):
+        return dots + kernel.const ** 2
+    if isinstance(kernel, RBFKernel):
+        diff = A[:, None, :] - B[None, :, :]
+        return np.exp(-kernel.gamma * np.einsum("ijk,ijk->ij", diff, diff))
+    if isinstance(kernel, PolynomialKernel):
+        return (dots + kernel.c) ** kernel.degree
+    raise TypeError(f"unknown kernel {kernel!r}")
+
+
+@dataclass
+class NystromReference:
+    """The map of proofs/README.md section 5.2 computed from its definitions (one row per target)."""
+
+    K: np.ndarray           # (m, m) K_LL
+    inv_sqrt: np.ndarray    # (m, m) K_LL^{-1/2}: symmetric pseudo-inverse square root, relative cutoff
+    rank: int               # eigenvalues kept
+    condition: float        # s_max / s_min over the kept eigenvalues
+    phi: np.ndarray         # (N, m) phi(y) = K_LL^{-1/2} k(y)
+    W: np.ndarray           # (m, d_out) W_t = K_LL^{-1/2} G_t(L)
+    ghat: np.ndarray        # (N, d_out) ghat_t(y) = W_t^T phi(y)
+
+
+def nystrom_by_definition(kernel, G0: np.ndarray, landmarks: np.ndarray, G_L: np.ndarray,
+                          cutoff: float = 1e-10) -> NystromReference:
+    """phi, W_t and ghat_t by the formulas of section 5.2, independently of ``reference.nystrom``.
+
+    K_LL = U diag(s) U^T by ``scipy.linalg.eigh``; the kept set is
+    S = {i : s_i > cutoff * s_max}; K_LL^{-1/2} = U_S diag(s_S^{-1/2}) U_S^T
+    (unique: it does not depend on the eigenvector basis chosen inside an
+    eigenspace); phi(y) = K_LL^{-1/2} k(y), W_t = K_LL^{-1/2} G_t(L) and
+    ghat_t(y) = W_t^T phi(y).
+    """
+    G0 = np.asarray(G0, np.float64)
+    L = np.asarray(landmarks)
+    K = kernel_by_definition(kernel, G0[L], G0[L])
+    s, U = scipy.linalg.eigh(K)
+    keep = s > cutoff * s.max()
+    inv_sqrt = (U[:, keep] / np.sqrt(s[keep])) @ U[:, keep].T
+    phi = kernel_by_definition(kernel, G0, G0[L]) @ inv_sqrt     # row y: (K_LL^{-1/2} k(y))^T
+    W = inv_sqrt @ np.asarray(G_L, np.float64)
+    ghat = phi @ W                                                # row y: (W_t^T phi(y))^T
+    return NystromReference(K, inv_sqrt, int(keep.sum()), float(s.max() / s[keep].min()), phi, W, ghat)
 
 
 @dataclass

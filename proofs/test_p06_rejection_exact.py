@@ -26,6 +26,7 @@ from proofs.strategies_bounds import (
     trees_with_queries,
 )
 from reference.bounds import adaptive_cut, log_partition_bracket
+from reference.data import make_targets
 from reference.sampling import rejection_envelope, rejection_sample
 from reference.stats import g_test
 from reference.tree import Tree
@@ -120,3 +121,57 @@ def test_p6_never_raises_on_valid_trees_and_returns_live_ids(data):
         ids, c = rejection_sample(tree, Q, 30, rng, tol=tol)
         assert ids.shape == (2, 30) and tree.alive[ids].all()
         assert c["proposals"] >= c["accepted"] >= 60
+
+
+# In the cases above the default envelope (tol=None) barely tests the acceptance step of node
+# entries: on 100-200 targets every node of <= 48 targets is evaluated in full, so 0-2% of
+# proposals come from node entries (clustered, uniform, grid); where more do, their eps_v is
+# ~1e-3 or less (duplicates, huge) or one node entry carries all the mass (collinear), so that
+# a wrong factor exp(-c eps_v) changes only the acceptance rate. A wrong acceptance probability
+# (exp(a_y - <q,r_v> - 1.5 eps_v), say) passes all of them. With many targets and few draws
+# per query the cost-balanced envelope stays coarse and most proposals, from many node entries
+# of different radii, go through the acceptance step. Identical queries have identical
+# envelopes, so their pooled draws are B n i.i.d. draws from one softmax.
+REJECTION_CASES = [  # N, dim, logit scale, draws per query n, identical queries B, seed
+    (5000, 4, 20.0, 32, 625, 0),     # node entries and exact entries mixed (75% of proposals rejectable)
+    (20000, 4, 10.0, 4, 5000, 0),    # node entries only: every proposal goes through the acceptance step
+]
+
+
+def _node_entry_proposals(tree, Q, n, counters):
+    """Proposals drawn from node entries, i.e. that went through the accept/reject step.
+
+    ``target_logits`` counts every target of every exact entry (scored once,
+    while the envelope is built) plus one logit per proposal from a node entry
+    (proofs/README.md section 4.5); ``rejection_envelope`` lists the exact
+    entries as their single targets, and its cut has no other single targets
+    (expanded leaves become exact entries).
+    """
+    exact_targets = int((rejection_envelope(tree, Q, n, None).target >= 0).sum())
+    return counters["target_logits"] - exact_targets
+
+
+@pytest.mark.parametrize("case", REJECTION_CASES, ids=["mixed", "node_entries_only"])
+def test_p6_default_envelope_exact_where_most_proposals_are_rejectable(case):
+    """tol=None, many targets, few draws per query, many identical queries: >= 50% of proposals come
+    from node entries, and the pooled draws follow the softmax (G-test), at the acceptance rate
+    exp(log Z - hi) (binomial test); each test fails at p < 1e-6 (false-alarm rate 1e-6 each)."""
+    N, dim, scale, n, B, seed = case
+    tree = Tree.build(make_targets(N, dim, seed=seed), seed=seed)
+    rng = np.random.default_rng(seed)
+    q = make_queries(tree, rng, 1, scale)[0]
+    Q = np.tile(q, (B, 1))
+    ids, counters = rejection_sample(tree, Q, n, rng)
+    assert ids.shape == (B, n) and tree.alive[ids].all()
+    share = _node_entry_proposals(tree, Q, n, counters) / counters["proposals"]
+    assert share >= 0.5, f"only {share:.1%} of proposals went through the acceptance step"
+    envelope = rejection_envelope(tree, q, n, None)
+    assert (envelope.node >= 0).sum() >= 20          # many node entries, of different radii
+    p = np.exp(brute_log_p(tree, q))
+    pv = g_test(np.bincount(ids.ravel(), minlength=tree.points.shape[0]), p).p_value
+    assert pv >= ALPHA, f"{B} x {n} pooled draws do not follow the softmax (G-test p = {pv:.2e})"
+    _, hi, _ = log_partition_bracket(tree, q, envelope)
+    rate = np.exp(brute_log_z(tree, q) - hi)
+    pv = binomtest(counters["accepted"], counters["proposals"], min(rate, 1.0)).pvalue
+    assert pv >= ALPHA, (f"acceptance {counters['accepted']}/{counters['proposals']} vs exp(log Z - hi) = "
+                         f"{rate:.4f}: binomial p = {pv:.2e}")

@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proofs.strategies_nystrom import interpolation_problems, seeds
-from reference.nystrom import NystromMap, linear, rbf
+from proofs.strategies_nystrom import interpolation_problems, nystrom_by_definition, seeds
+from reference.nystrom import NystromMap, linear, polynomial, rbf
 
 REL_TOL = 1e-9  # proofs/README.md section 6.14: deterministic identities in float64
 MAX_COND = 1e5  # keeps the rounding error of K K^{-1} below ~1e-11
@@ -84,3 +84,45 @@ def test_p10_linear_kernel_at_full_rank():
     assert nmap.rank == 6
     G_L = rng.normal(size=(6, 5))
     np.testing.assert_allclose(_ghat_at_landmarks(nmap, G0, L, G_L), G_L, rtol=0, atol=1e-9 * np.abs(G_L).max())
+
+
+# ---------------------------------------------------------------- phi and W themselves
+# ghat = W^T phi depends only on the product of the two halves, so every test above passes
+# for any factorisation of K_LL^+ (phi = K_LL^+ k(y) with W = G_t(L), say). Section 5.2 fixes
+# the halves: phi(y) = K_LL^{-1/2} k(y) and W_t = K_LL^{-1/2} G_t(L), with the symmetric
+# pseudo-inverse square root. The tree is built over phi, so its geometry depends on them.
+
+def _assert_map_is_the_definition(nmap: NystromMap, ref, G0: np.ndarray, G_L: np.ndarray) -> None:
+    assert nmap.rank == ref.rank
+    for name, got, want in (("K_LL^{-1/2}", nmap.inv_sqrt, ref.inv_sqrt),
+                            ("phi = features(G0)", nmap.features(G0), ref.phi),
+                            ("W = project(G_L)", nmap.project(G_L), ref.W)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=REL_TOL * np.abs(want).max(), err_msg=name)
+
+
+@given(interpolation_problems())
+def test_p10_phi_and_W_are_the_symmetric_inverse_square_root(p):
+    """features(G) = k(y)^T K_LL^{-1/2} and project(G_L) = K_LL^{-1/2} G_L, with K_LL^{-1/2}
+    from scipy.linalg.eigh of K_LL evaluated from the kernel's definition (cond(K_LL) <= 1e5)."""
+    ref = nystrom_by_definition(p.kernel, p.G0, p.landmarks, p.G_L)
+    assume(ref.condition <= MAX_COND)
+    _assert_map_is_the_definition(NystromMap(p.kernel).fit(p.G0, p.landmarks), ref, p.G0, p.G_L)
+
+
+def test_p10_phi_and_W_pinned_on_small_fixed_cases():
+    """Fixed cases: each kernel, and a singular K_LL (a duplicated landmark embedding: one
+    eigenvalue dropped by the cutoff). phi = K_LL^+ k(y) with W = G_L gives the same ghat, but fails."""
+    rng = np.random.default_rng(12)
+    G0 = rng.normal(size=(30, 4)) / 2.0
+    L = np.array([1, 4, 9, 16, 22, 27])
+    G_L = rng.normal(size=(6, 3))
+    for kernel in (linear(1.0), rbf(0.5), polynomial(2, 1.0)):
+        m = 5 if kernel == linear(1.0) else 6                 # the linear kernel: rank <= d + 1 = 5
+        ref = nystrom_by_definition(kernel, G0, L[:m], G_L[:m])
+        assert ref.rank == m and ref.condition <= 1e4
+        _assert_map_is_the_definition(NystromMap(kernel).fit(G0, L[:m]), ref, G0, G_L[:m])
+    G0_dup = G0.copy()
+    G0_dup[27] = G0_dup[9]                                    # landmarks 9 and 27 coincide: K_LL singular
+    ref = nystrom_by_definition(rbf(0.5), G0_dup, L, G_L)
+    assert ref.rank == 5 and ref.condition <= 1e4
+    _assert_map_is_the_definition(NystromMap(rbf(0.5)).fit(G0_dup, L), ref, G0_dup, G_L)

@@ -3,11 +3,14 @@
 Two kinds of check:
 
 - plain against brute force (its own proofs-as-tests): the bracket contains
-  log Z and is within tol (P2, P7); the cut is the one of the sequential
+  log Z and is within tol (P2, P7), and is (2) itself, recomputed term by
+  term over the cut; the cut is the one of the sequential
   largest-slack rule (5), recomputed from scratch at every step; top-k equals
   the brute-force order, exact ties included (P8); both samplers fit their
   exact distributions (P4's Phat_C for ``cut_sample``, the softmax P for
-  ``rejection_sample``, P6) by the project's G-test.
+  ``rejection_sample``, P6) by the project's G-test, the rejection sampler in
+  cases where most proposals go through the acceptance step (counted) and
+  at the acceptance rate Z / U of its envelope.
 - plain against the fast batched path (``reference.bounds``,
   ``reference.sampling``): the same top-k, the same bracket formula on the same
   cut, and the same cut where the two refinement rules agree (a tol so large
@@ -32,6 +35,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import logsumexp
+from scipy.stats import binomtest
 
 from reference import plain
 from reference.bounds import Cut, adaptive_cut, cut_distribution, log_partition_bracket, validate_cut
@@ -252,6 +256,45 @@ def test_bracket_at_twenty_thousand_targets():
         assert lo - fp <= log_z <= hi + fp and hi - lo <= tol + fp
 
 
+def _bracket_by_definition(tree: Tree, q: np.ndarray, cut: Cut) -> tuple[float, float, float]:
+    """(2) over ``cut``, entry by entry: (lo, hi, term magnitude), without plain or the fast path.
+
+    Terms log n_v + <q, r_v> -/+ ||q|| rho_v (n = 1, r = z_y, rho = 0 for a
+    single target), entries with n_v = 0 skipped; the magnitude is
+    1 + ||q|| (max ||z|| + max ||r_v|| + rho_root) + log N, as in P2's test.
+    """
+    qn = float(np.linalg.norm(q))
+    lo, hi = [], []
+    for v, y in zip(cut.node.tolist(), cut.target.tolist()):
+        n, r, rho = (int(tree.count[v]), tree.rep[v], float(tree.radius[v])) if v >= 0 else (1, tree.points[y], 0.0)
+        if n:
+            lo.append(np.log(n) + float(r @ q) - qn * rho)
+            hi.append(np.log(n) + float(r @ q) + qn * rho)
+    zmax = np.linalg.norm(tree.points[tree.alive], axis=1).max()
+    rmax = np.linalg.norm(tree.rep[tree.count > 0], axis=1).max()
+    scale = 1.0 + qn * (zmax + rmax + float(tree.radius[0])) + np.log(tree.n_live)
+    return float(logsumexp(lo)), float(logsumexp(hi)), float(scale)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_bracket_is_statement_2_on_its_cut(trees, name):
+    """(2) itself, not only a valid bracket: plain.bracket is logsumexp_v(log n_v + <q, r_v> -/+ eps_v)
+    over the entries of plain.adaptive_cut, computed here term by term (1e-9 of the term magnitude).
+
+    The checks above compare plain with the fast formula and test validity:
+    a looser valid bracket (log_z_hat -/+ eps_C, or a widening shared by both
+    paths) passes them.
+    """
+    tree = trees[name]
+    for seed, scale in [(0, 1.0), (1, 10.0), (2, 100.0), (3, 1e4)]:
+        q = _query(tree, seed, scale)
+        for tol in (3.0, 1.0, 0.1):
+            want_lo, want_hi, mag = _bracket_by_definition(tree, q, plain.adaptive_cut(tree, q, tol))
+            lo, hi = plain.bracket(tree, q, tol)
+            assert abs(lo - want_lo) <= RTOL * mag and abs(hi - want_hi) <= RTOL * mag, (
+                f"{name}, scale {scale}, tol {tol}: bracket [{lo!r}, {hi!r}], (2) gives [{want_lo!r}, {want_hi!r}]")
+
+
 # ---------------------------------------------------------------- top-k
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_topk_equals_brute_force_with_ties(trees, name):
@@ -346,6 +389,42 @@ def test_rejection_sample_fits_softmax(trees, name):
         log_p[ids] = a - logsumexp(a)
         _assert_fits(tree, plain.rejection_sample(tree, q, N_DRAWS, rng, tol=tol), log_p,
                      f"rejection_sample on {name}, tol {tol}")
+
+
+@pytest.mark.parametrize("name, tol, scale", [("clustered", 1.0, 8.0), ("deleted", 3.0, 5.0)])
+def test_rejection_sample_goes_through_rejection_at_the_rate_z_over_u(trees, name, tol, scale, monkeypatch):
+    """P6 on the plain path, where it has teeth: most proposals come from node entries with eps_v > 0
+    (counted by instrumenting the proposal step), so a wrong acceptance probability (1.5 eps_v, say)
+    changes the distribution (G-test) and the rate; accepted / proposals matches Z / U = exp(log Z - hi),
+    hi of (2) over the cut of plain.adaptive_cut (two-sided exact binomial test). Each test fails at
+    p < 1e-6 (false-alarm rate 1e-6 each); fixed seeds.
+
+    (Draws stop at exactly n acceptances, so the number of proposals is a stopping time; with
+    > 2e4 proposals the O(1/n) bias of accepted / proposals is far below the test's resolution.)
+    """
+    tree = trees[name]
+    counts = {"proposals": 0, "node": 0}
+    propose = plain._uniform_descendant
+
+    def counted(tree_, e, rng_):                   # called once per proposal, with its entry e
+        counts["proposals"] += 1
+        counts["node"] += int(e.node >= 0 and e.eps > 0)
+        return propose(tree_, e, rng_)
+
+    monkeypatch.setattr(plain, "_uniform_descendant", counted)
+    q = _query(tree, 17, scale)
+    ids = plain.rejection_sample(tree, q, N_DRAWS, np.random.default_rng(17), tol=tol)
+    share = counts["node"] / counts["proposals"]
+    assert share >= 0.5, f"{name}: only {share:.1%} of proposals went through the acceptance step"
+    live, a = _brute(tree, q)
+    log_p = np.full(tree.points.shape[0], -np.inf)
+    log_p[live] = a - logsumexp(a)
+    _assert_fits(tree, ids, log_p, f"rejection_sample on {name}, tol {tol}")
+    _, hi, _ = _bracket_by_definition(tree, q, plain.adaptive_cut(tree, q, tol))
+    rate = float(np.exp(_log_z(tree, q) - hi))
+    assert rate >= np.exp(-tol) * (1 - 1e-9)
+    pv = binomtest(N_DRAWS, counts["proposals"], rate).pvalue
+    assert pv >= ALPHA, f"{name}: acceptance {N_DRAWS}/{counts['proposals']} vs Z / U = {rate:.4f}: p = {pv:.2e}"
 
 
 def test_rejection_sample_refuses_a_tree_violating_i3():
