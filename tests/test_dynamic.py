@@ -294,6 +294,108 @@ def test_memory_accounting_is_independent_of_n_on_the_accelerator(setup):
     assert big["host"] > small["host"]
 
 
+def _memory_from_arrays(index: DynamicIndex) -> dict[str, int]:
+    """The numbers ``memory()`` claims to count, read off the arrays themselves (8-byte items).
+
+    host: phi (the tree's points, every id ever held), the cache, and per node its
+    representative (m numbers) and radius, count, parent, depth, start, stop;
+    accelerator: G_t(L) (m x d), K_LL^{-1/2} and W_t.
+    """
+    t = index.tree
+    per_node = (t.radius, t.count, t.parent, t.depth, t.start, t.stop)
+    assert all(a.itemsize == 8 and a.shape == t.radius.shape for a in per_node)
+    host = t.points.nbytes + index.cache.nbytes + t.rep.nbytes + sum(a.nbytes for a in per_node)
+    accel = index.nmap.anchor.nbytes + index.nmap.inv_sqrt.nbytes + index.W.nbytes
+    return {"host": host // 8, "accelerator": accel // 8}
+
+
+def test_memory_matches_the_arrays_it_counts(setup):
+    """memory() equals the sizes of the arrays it names, through add, remove and refresh
+    (capacity grows with add and is kept by remove; a refresh's rebuild changes the nodes)."""
+    rng, G0, L = setup
+    index = DynamicIndex(G0, L, kernel=rbf(1.0), leaf_size=16)
+    assert index.memory() == _memory_from_arrays(index)
+    index.add(_unit(rng.normal(size=(25, 6))))
+    assert index.tree.points.shape[0] == index.cache.shape[0] == 625
+    assert index.memory() == _memory_from_arrays(index)
+    index.remove(np.setdiff1d(np.arange(0, 625, 3), L))
+    assert index.memory() == _memory_from_arrays(index)
+    nodes = index.tree.radius.size
+    index.refresh(index.approximate(), depth=0)
+    assert index.tree.radius.size != nodes  # the rebuild dropped the emptied nodes
+    assert index.memory() == _memory_from_arrays(index)
+
+
+def test_max_move_is_the_largest_displacement_of_phi(setup):
+    """last_refresh["max_move"] = max over live y of ||phi_new(y) - phi_old(y)||, from the
+    tree's points before and after (full refresh, then a partial one after a remove)."""
+    rng, G0, L = setup
+    index = DynamicIndex(G0, L, kernel=rbf(1.0), beta=2.0)
+    Gt = _drift(G0, rng, 0.3)
+    for step in range(2):
+        live = index.ids
+        old = index.tree.points[live].copy()
+        index.step(Gt[index.landmarks])
+        if step == 0:
+            rec = index.refresh(Gt)
+        else:
+            ids = live[::4]
+            rec = index.refresh(Gt[ids], ids)
+        move = np.linalg.norm(index.tree.points[live] - old, axis=1)
+        assert move.max() > 0 and np.count_nonzero(move == move.max()) == 1
+        np.testing.assert_allclose(rec["max_move"], move.max(), rtol=1e-12)
+        assert index.last_refresh is rec
+        index.remove(np.setdiff1d(live[1::5], index.landmarks))
+        Gt = _drift(Gt, rng, 0.3)
+
+
+def test_approximate_and_logits_keep_repeated_ids_in_order(setup):
+    """ids may repeat and come in any order: row j is target ids[j] (checked against the
+    map recomputed from the cache, an independent path)."""
+    rng, G0, L = setup
+    index = DynamicIndex(G0, L, kernel=rbf(1.0), beta=3.0)
+    Gt = _drift(G0, rng, 0.3)
+    index.step(Gt[L])
+    ids = np.array([5, 2, 5, 599, 2, 2])
+    ghat = index.nmap.features(index.cache[ids]) @ index.nmap.project(Gt[L])
+    got = index.approximate(ids)
+    assert got.shape == (6, 6)
+    np.testing.assert_allclose(got, ghat, rtol=0, atol=TOL)
+    np.testing.assert_array_equal(got[0], got[2])
+    F = rng.normal(size=(3, 6))
+    np.testing.assert_allclose(index.logits(F, ids), 3.0 * F @ ghat.T, rtol=0, atol=TOL * 3 * np.abs(F).sum(1).max())
+    np.testing.assert_allclose(index.logits(F[0], ids), 3.0 * F[0] @ ghat.T, rtol=0, atol=TOL * 3 * np.abs(F).sum())
+    assert index.approximate([]).shape == (0, 6) and index.logits(F, []).shape == (3, 0)
+
+
+def test_refresh_rejects_deleted_or_repeated_landmarks_and_changes_nothing(setup):
+    rng, G0, L = setup
+    index = DynamicIndex(G0, L, kernel=rbf(1.0))
+    dead = int(np.setdiff1d(np.arange(600), L)[0])
+    index.remove([dead])
+    snap = (index.cache.copy(), index.tree.points.copy(), index.W.copy(), index.landmarks.copy(),
+            index.nmap.inv_sqrt.copy(), index.n_refreshes, dict(index.last_refresh))
+    G = index.approximate()
+    for bad, msg in ((np.r_[L[:11], dead], f"landmarks: expected live target ids, got deleted id {dead}"),
+                     (np.r_[L[:11], L[3]], "landmarks: expected distinct ids")):
+        with pytest.raises(ValueError, match=msg):
+            index.refresh(G, landmarks=bad)
+    for a, b in zip(snap[:5], (index.cache, index.tree.points, index.W, index.landmarks, index.nmap.inv_sqrt)):
+        np.testing.assert_array_equal(a, b)
+    assert (index.n_refreshes, index.last_refresh) == snap[5:]
+
+
+def test_construction_copies_the_callers_cache(setup):
+    rng, G0, L = setup
+    G = G0.copy()
+    index = DynamicIndex(G, L, kernel=rbf(1.0))
+    phi = index.tree.points.copy()
+    G[...] = 0.0
+    np.testing.assert_array_equal(index.cache, G0)
+    np.testing.assert_array_equal(index.nmap.anchor, G0[L])
+    np.testing.assert_array_equal(index.tree.points, phi)
+
+
 # -- stateful: invariants after every operation ------------------------------------
 
 

@@ -15,6 +15,7 @@ that is zero up to rounding is not judged by a meaningless ratio).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -497,3 +498,117 @@ def test_params_sha256_changes_exactly_when_the_parameters_do() -> None:
     assert len({digest, params_sha256(ulp), params_sha256(as32), params_sha256(flat)}) == 4
     with pytest.raises(ValueError, match="mapping"):
         params_sha256([p["query.W0"]])
+
+
+# --------------------------------------------------------------------------- pinned values
+# (the finite-difference checks above only see that forward and backward agree; these
+# pin what the forward pass computes, against formulas written out independently here)
+
+def _identity_model(activation: str, width: int) -> DualEncoder:
+    """One hidden layer with W0 = W1 = I and zero biases, no normalisation: f(x) = act(x)."""
+    m = DualEncoder(EncoderConfig(width, width, hidden=(width,), out_dim=width, activation=activation,
+                                  normalize=False), seed=0)
+    eye = np.eye(width)
+    m.set_params({k: (eye if ".W" in k else np.zeros(v.shape)) for k, v in m.params.items()})
+    return m
+
+
+def test_gelu_values_are_the_tanh_approximation() -> None:
+    """gelu(z) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), value and derivative.
+
+    The reference is computed with ``math`` (scalar, not the encoder's constants),
+    plus a few values of that formula written out, plus the exact GELU
+    0.5 z (1 + erf(z / sqrt 2)), which the tanh approximation matches to < 5e-4
+    (its largest error on the real line is 4.7e-4), while e.g. 0.5 z (c = 0) is off
+    by 0.34 at z = 1. Tolerance 1e-14 relative: a few ulp of float64.
+    """
+    from reference.encoder import _activate, _activation_grad
+
+    c = math.sqrt(2.0 / math.pi)
+
+    def gelu(z: float) -> float:
+        return 0.5 * z * (1.0 + math.tanh(c * (z + 0.044715 * z**3)))
+
+    def dgelu(z: float) -> float:
+        t = math.tanh(c * (z + 0.044715 * z**3))
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * z * z)
+
+    z = np.array([-6.0, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0, 2.0, 3.0, 6.0])
+    want = np.array([gelu(float(v)) for v in z])
+    np.testing.assert_allclose(want[[2, 8, 9]], [-0.15880800939172324, 0.8411919906082768, 1.954597694087775],
+                               rtol=1e-15)
+    exact = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in z])
+    assert np.abs(want - exact).max() < 5e-4
+    h = _activate("gelu", z)
+    np.testing.assert_allclose(h, want, rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(_activation_grad("gelu", z, h), [dgelu(float(v)) for v in z], rtol=1e-14)
+    # through the public forward pass: f(x) = gelu(x) for the identity network
+    m = _identity_model("gelu", z.size)
+    np.testing.assert_allclose(m.encode_queries(z[None, :])[0], want, rtol=1e-14, atol=1e-300)
+
+
+def test_relu_derivative_is_zero_at_the_kink() -> None:
+    """relu'(0) = 0 (the documented convention), element-wise and in the backward pass.
+
+    With W0 = I and zero biases, a zero input entry gives a hidden pre-activation of
+    exactly 0: its unit must pass no gradient to W0 / b0.
+    """
+    from reference.encoder import _activate, _activation_grad
+
+    z = np.array([-1.0, -0.0, 0.0, 1e-300, 2.0])
+    np.testing.assert_array_equal(_activation_grad("relu", z, _activate("relu", z)), [0.0, 0.0, 0.0, 1.0, 1.0])
+    m = _identity_model("relu", 4)
+    X = np.array([[0.0, 1.0, -1.0, 0.0], [2.0, 0.0, 0.5, -3.0]])
+    F, cache = m.forward_queries(X)
+    np.testing.assert_array_equal(F, np.maximum(X, 0.0))
+    dF = np.random.default_rng(0).standard_normal(F.shape)
+    grads = m.backward_queries(cache, dF)
+    dz0 = dF * (X > 0)  # W1 = I: upstream of the hidden layer is dF, gated by relu'(z) = [z > 0]
+    np.testing.assert_array_equal(grads["query.b0"], dz0.sum(axis=0))
+    np.testing.assert_array_equal(grads["query.W0"], X.T @ dz0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tiny_nonzero_output_rows_use_the_norm_floor(dtype: str) -> None:
+    """0 < ||u|| < NORM_EPS: out = u / NORM_EPS and the Jacobian is I / NORM_EPS (no projection).
+
+    A single affine layer with W = 0 and bias u of norm 0.5 NORM_EPS (so every
+    row has output norm 0.5) and a control bias of norm 2 NORM_EPS (normalised
+    as usual: unit rows, projected gradient). The gradient is checked against
+    the formulas written out (1e-6 relative covers float32 rounding).
+    """
+    m = DualEncoder(EncoderConfig(3, 2, hidden=(), out_dim=3, dtype=dtype), seed=0)
+    X = np.random.default_rng(1).standard_normal((4, 3))
+    dF = np.random.default_rng(2).standard_normal((4, 3))
+    direction = np.array([0.6, 0.0, -0.8])  # unit
+    for scale, small in ((0.5, True), (2.0, False)):
+        u = scale * NORM_EPS * direction
+        m.set_params({**{k: np.zeros(v.shape) for k, v in m.params.items()}, "query.b0": u})
+        F, cache = m.forward_queries(X)
+        if small:
+            want_F = np.tile(u / NORM_EPS, (4, 1))
+            du = dF / NORM_EPS
+        else:
+            want_F = np.tile(direction, (4, 1))
+            du = (dF - want_F * (dF @ direction)[:, None]) / (scale * NORM_EPS)
+        np.testing.assert_allclose(F, want_F, rtol=1e-6)
+        grads = m.backward_queries(cache, dF)
+        np.testing.assert_allclose(grads["query.b0"], du.sum(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(grads["query.W0"], X.T @ du, rtol=1e-6, atol=1e-6 * np.abs(X.T @ du).max())
+
+
+def test_config_defaults_are_the_documented_ones() -> None:
+    """EncoderConfig's documented defaults, and beta reaching the logits (a = beta F G^T)."""
+    cfg = EncoderConfig(3, 2)
+    assert (cfg.hidden, cfg.out_dim, cfg.activation, cfg.normalize, cfg.beta, cfg.dtype) == (
+        (64,), 32, "tanh", True, 10.0, "float64")
+    m = DualEncoder(cfg, seed=0)
+    assert m.beta == 10.0
+    F, G = np.array([[1.0] + [0.0] * 31]), np.array([[0.5] + [0.0] * 31])
+    np.testing.assert_array_equal(m.logits(F, G), [[5.0]])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "3"])
+def test_bad_target_dim_raises(bad) -> None:
+    with pytest.raises(ValueError, match="target_dim"):
+        EncoderConfig(3, bad)

@@ -259,3 +259,96 @@ def test_nystrom_error_shrinks_with_m_for_a_nonlinear_update():
         ghat = nmap.approximate(nmap.features(G0), nmap.project(g_t[L]))
         errs.append(np.linalg.norm(ghat - g_t) / np.linalg.norm(g_t))
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.1, errs
+
+
+# -- pinned defaults, validations and the rls pilot ------------------------------
+
+
+def test_polynomial_defaults_are_degree_2_offset_1(G0):
+    """polynomial() and make_kernel("polynomial") are (<a, b> + 1)^2, as documented."""
+    A, B = G0[:4], G0[4:9]
+    for k in (polynomial(), make_kernel("polynomial")):
+        assert (k.degree, k.c) == (2, 1.0)
+        np.testing.assert_allclose(k(A, B), (A @ B.T + 1.0) ** 2, rtol=TOL)
+    assert polynomial(3).c == 1.0 and polynomial(c=0.5).degree == 2
+
+
+@pytest.mark.parametrize("N, m, pilot", [(200, 25, 64), (200, 50, 100), (40, 10, 40)])
+def test_rls_default_pilot_is_min_n_max_64_2m(N, m, pilot):
+    """select_landmarks(method="rls") with a non-linear kernel draws its pilot of
+    min(N, max(64, 2 m)) targets: the same ids as passing that pilot explicitly
+    (a different pilot size changes the scores, hence the draw)."""
+    G = np.random.default_rng(N + m).normal(size=(N, 3))
+    for kernel in (rbf(0.5), polynomial(3, 1.0)):
+        got = select_landmarks(G, m, method="rls", rng=np.random.default_rng(7), kernel=kernel)
+        want = select_landmarks(G, m, method="rls", rng=np.random.default_rng(7), kernel=kernel, pilot=pilot)
+        np.testing.assert_array_equal(got, want)
+        if pilot < N:
+            other = select_landmarks(G, m, method="rls", rng=np.random.default_rng(7), kernel=kernel, pilot=N)
+            assert not np.array_equal(got, other)  # the pilot size is visible in the result
+
+
+@pytest.mark.parametrize("N", [100, 300])
+def test_rls_scores_default_pilot_is_min_n_256(N):
+    G = np.random.default_rng(N).normal(size=(N, 3))
+    got = ridge_leverage_scores(G, rbf(0.5), rng=np.random.default_rng(1))
+    want = ridge_leverage_scores(G, rbf(0.5), pilot=min(N, 256), rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", [polynomial(1, 1.0), polynomial(2, 1.0)])
+@pytest.mark.parametrize("pilot", [60, 120])
+def test_rls_with_a_singular_pilot_kernel_matrix_is_exact(kernel, pilot):
+    """A polynomial kernel in R^4 has rank 5 (degree 1) or 15 (degree 2), so the pilot's
+    60 x 60 or 120 x 120 kernel matrix is singular. Its pseudo-inverse square root
+    must drop the (rounding-level) null eigenvalues: the pilot points span the
+    kernel's feature space, so the Nystrom features are then exact and the scores
+    equal the exact ridge leverage scores diag(K (K + ridge I)^-1) of the full
+    kernel, to ~1e-13 (measured ~1e-14). Keeping the null eigenvalues (a cutoff
+    of 0, or of the wrong sign) adds ~1e-9 of rounding noise amplified by
+    1/sqrt(eigenvalue); the tolerance 1e-11 sits between the two."""
+    G = np.random.default_rng(3).normal(size=(120, 4))
+    lam = 1.0
+    scores = ridge_leverage_scores(G, kernel, ridge=lam, pilot=pilot, rng=np.random.default_rng(0))
+    K = kernel(G, G)
+    exact = np.diag(K @ np.linalg.inv(K + lam * np.eye(120)))
+    np.testing.assert_allclose(scores, exact, rtol=0, atol=1e-11)
+
+
+def test_fit_anchor_copies_the_callers_array(G0):
+    """Mutating the array passed to fit_anchor afterwards changes nothing in the map."""
+    A = G0[:8].copy()
+    nmap = NystromMap(rbf(0.5)).fit_anchor(A)
+    phi = nmap.features(G0[:20])
+    anchor = nmap.anchor.copy()
+    A[...] = 0.0
+    np.testing.assert_array_equal(nmap.anchor, anchor)
+    np.testing.assert_array_equal(nmap.features(G0[:20]), phi)
+    np.testing.assert_array_equal(nmap.landmarks, np.arange(8))
+    L = np.array([3, 1, 4])
+    nmap.fit_anchor(G0[L], L)
+    L[0] = 9
+    np.testing.assert_array_equal(nmap.landmarks, [3, 1, 4])
+
+
+def test_fit_anchor_rejects_repeated_or_miscounted_landmarks(G0):
+    nmap = NystromMap(rbf(0.5)).fit_anchor(G0[:3], [0, 1, 2])
+    with pytest.raises(ValueError, match="landmarks: expected distinct ids"):
+        nmap.fit_anchor(G0[:3], [4, 4, 5])
+    with pytest.raises(ValueError, match="landmarks: expected 3 ids"):
+        nmap.fit_anchor(G0[:3], [4, 5])
+    np.testing.assert_array_equal(nmap.landmarks, [0, 1, 2])
+
+
+def test_rng_must_be_a_generator_for_every_method(G0):
+    """No global or legacy random state: RandomState has .choice, so only the check stops it."""
+    legacy = np.random.RandomState(0)
+    for method in LANDMARK_METHODS:
+        for kernel in ("linear", "rbf"):
+            for bad in (legacy, 0, None):
+                with pytest.raises(ValueError, match="rng: expected a numpy.random.Generator"):
+                    select_landmarks(G0, 5, method=method, rng=bad, kernel=kernel)
+    for kernel in ("linear", "rbf"):  # the linear scores do not draw at all
+        for bad in (legacy, 0, None):
+            with pytest.raises(ValueError, match="rng: expected a numpy.random.Generator"):
+                ridge_leverage_scores(G0, kernel, rng=bad)

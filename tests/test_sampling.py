@@ -27,7 +27,7 @@ from reference.bounds import (
     validate_cut,
 )
 from reference.sampling import cut_sample, rejection_sample, topk
-from reference.tree import Tree
+from reference.tree import InvariantError, Tree
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +414,367 @@ def test_rejection_envelope_does_not_depend_on_the_batch(wide_problem, tol):
         assert sorted(zip(part.node, part.target)) == sorted(zip(single.node, single.target)), f"query {b}"
     _, counters = rejection_sample(big, Qw, 2000, np.random.default_rng(0), tol=tol)
     assert counters["cut_entries"] == len(batch)
+
+
+# --------------------------------------------------------------------------
+# Cuts holding nodes emptied by deletes (n_v = 0, radius and representative kept)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def emptied():
+    """The root child of largest radius loses every target to deletes: it and its subtree
+    keep their (large) radii and representatives with n_v = 0. Cuts through it must
+    ignore those entries: in the bracket, eps_C, Phat_C and the samplers."""
+    t = Tree.build(make_point_set("clustered", 300, 4, 0), branching=3, leaf_size=5, seed=0)
+    ch = t.child_idx[t.child_ptr[0]:t.child_ptr[1]]
+    v = int(ch[np.argmax(t.radius[ch])])
+    t.delete(t.order[t.start[v]:t.stop[v]])
+    others = [int(c) for c in ch if c != v]
+    assert t.count[v] == 0 and not t.is_leaf[v] and t.radius[v] > 10 * t.radius[others].max()
+    return t, v, others, make_queries(t, np.random.default_rng(1), 4, 20.0)
+
+
+def _emptied_cuts(t: Tree, v: int, others: list[int]) -> list[tuple[list[int], list[int]]]:
+    """(nodes, targets) of cuts holding empty nodes first, last and in the middle."""
+    kids_v = [int(c) for c in t.child_idx[t.child_ptr[v]:t.child_ptr[v + 1]]]
+    a, b = others
+    # b expanded down one path to a leaf, whose targets become single-target entries
+    rest_b, node = [], b
+    while not t.is_leaf[node]:
+        kids = [int(c) for c in t.child_idx[t.child_ptr[node]:t.child_ptr[node + 1]]]
+        rest_b += kids[1:]
+        node = kids[0]
+    single = [int(y) for y in t.order[t.start[node]:t.stop[node]]]
+    assert single
+    return [([v, a, b], []), ([a, b, v], []), (kids_v + [a] + rest_b, single), ([a, v] + rest_b, single)]
+
+
+def _manual_terms(t: Tree, q: np.ndarray, nodes: list[int], targets: list[int]):
+    """Per-entry (log n_v + <q, r_v>, eps_v) of the non-empty entries, and their members, by a loop."""
+    qn = float(np.linalg.norm(q))
+    base, eps, members = [], [], []
+    for v in nodes:
+        if t.count[v] == 0:
+            continue
+        base.append(np.log(t.count[v]) + float(q @ t.rep[v]))
+        eps.append(qn * t.radius[v])
+        members.append((float(q @ t.rep[v]), [int(y) for y in t.order[t.start[v]:t.stop[v]]]))
+    for y in targets:
+        base.append(float(q @ t.points[y]))
+        eps.append(0.0)
+        members.append((float(q @ t.points[y]), [y]))
+    return np.array(base), np.array(eps), members
+
+
+def test_cuts_with_emptied_nodes_ignore_them(emptied):
+    """Bracket, eps_C, the bounds built on it and Phat_C, against a loop over the non-empty
+    entries. The emptied node has the largest radius by far: counting it would inflate
+    eps_C (and every bound of P4/P5) far beyond the cut's real error."""
+    from scipy.special import logsumexp
+
+    t, v, others, Q = emptied
+    for nodes, targets in _emptied_cuts(t, v, others):
+        cut = Cut.stack([Cut.from_entries(nodes, targets)] * Q.shape[0])
+        validate_cut(t, cut, n_queries=Q.shape[0], full=True)
+        lo, hi, hat = log_partition_bracket(t, Q, cut)
+        eps_c = cut_eps(t, Q, cut)
+        dist = cut_distribution(t, Q, cut)
+        for b, q in enumerate(Q):
+            base, eps, members = _manual_terms(t, q, nodes, targets)
+            scale = 1e-9 * (1.0 + np.abs(base).max() + eps.max())
+            np.testing.assert_allclose([lo[b], hi[b], hat[b]],
+                                       [logsumexp(base - eps), logsumexp(base + eps), logsumexp(base)],
+                                       rtol=0, atol=scale)
+            np.testing.assert_allclose(eps_c[b], eps.max(), rtol=1e-12)
+            want = np.full(t.points.shape[0], -np.inf)
+            for s, ys in members:
+                want[ys] = s - logsumexp(base)
+            np.testing.assert_allclose(dist[b], want, rtol=0, atol=scale)
+        np.testing.assert_allclose(tv_bound(t, Q, cut), -np.expm1(-2 * eps_c), rtol=1e-12)
+        np.testing.assert_array_equal(log_prob_bound(t, Q, cut), 2 * eps_c)
+
+
+def test_cut_sample_never_draws_from_emptied_nodes(emptied):
+    """Draws from a cut with emptied entries (first, last, in the middle) are live targets of
+    non-empty entries, with log_q = log Phat_C of the draw."""
+    t, v, others, Q = emptied
+    rng = np.random.default_rng(0)
+    for nodes, targets in _emptied_cuts(t, v, others):
+        cut = Cut.stack([Cut.from_entries(nodes, targets)] * Q.shape[0])
+        ids, log_q = cut_sample(t, Q, 400, rng, cut=cut)
+        assert t.alive[ids].all()
+        dist = cut_distribution(t, Q, cut)
+        np.testing.assert_allclose(log_q, np.take_along_axis(dist, ids, axis=1), rtol=0, atol=1e-9)
+    # the default cuts (adaptive_cut, the rejection envelope, top-k's sweep) skip them as well
+    ids, _ = cut_sample(t, Q, 200, rng)
+    assert t.alive[ids].all()
+    for tol in (None, 0.5):
+        ids, _ = rejection_sample(t, Q, 200, rng, tol=tol)
+        assert t.alive[ids].all()
+    top, _ = topk(t, Q, 10)
+    _, A = brute_logits(t, Q)
+    live = np.flatnonzero(t.alive)
+    np.testing.assert_array_equal(top, live[np.argsort(-A, axis=1, kind="stable")[:, :10]])
+
+
+# --------------------------------------------------------------------------
+# validate_cut names the offending entry
+# --------------------------------------------------------------------------
+
+def test_validate_cut_messages_name_the_offending_entry():
+    t = Tree.build(make_point_set("uniform", 40, 2, 1), branching=3, leaf_size=4, seed=0)
+    t.delete([3, 17])
+    live = [int(y) for y in np.flatnonzero(t.alive)]
+    with pytest.raises(ValueError, match="got deleted target 17"):
+        validate_cut(t, Cut.from_entries([], live[:10] + [17] + live[10:]))
+    root = Cut.root()
+    kids = [int(c) for c in t.child_idx[t.child_ptr[0]:t.child_ptr[1]]]
+    short = Cut.from_entries(kids[1:])
+    with pytest.raises(ValueError, match=f"got {t.n_live - t.count[kids[0]]} for query 2 "):
+        validate_cut(t, Cut.stack([root, Cut.from_entries(kids), short]))
+    # counts sum to n_live but one target is covered twice (and one not at all), in query 1
+    k0 = kids[0]
+    t0 = [int(y) for y in t.order[t.start[k0]:t.stop[k0]]]
+    missing, dup = t0[0], int(t.order[t.start[kids[1]]])
+    twice = Cut.from_entries(kids[1:], t0[1:] + [dup])
+    bad = Cut.stack([Cut.from_entries(kids), twice, root])
+    validate_cut(t, bad)
+    first, times = (missing, 0) if missing < dup else (dup, 2)  # the first wrong target by id
+    with pytest.raises(ValueError, match=f"target {first} is covered {times} times in the cut of query 1 "):
+        validate_cut(t, bad, full=True)
+    with pytest.raises(ValueError, match=f"node ids < {t.radius.size} .*, got {t.radius.size + 5}"):
+        validate_cut(t, Cut.from_entries([0, t.radius.size + 5, 1]))
+
+
+# --------------------------------------------------------------------------
+# Cost counters, against independent counts
+# --------------------------------------------------------------------------
+# Two independent counts of what the samplers evaluate:
+# 1. instrumented: every inner product of the fast path goes through one of two
+#    primitives, ``_fastpath.rowdot`` (row by row) and ``_fastpath.grouped_logits``
+#    (batched); wrapped, they count the rows scored against ``tree.rep`` (node logits
+#    <q, r_v>) and against the target vectors (target logits a_y);
+# 2. structural: the counts a cut, or a tree built to a known shape, implies.
+
+@pytest.fixture
+def inner_products(monkeypatch):
+    """``measure(tree, call) -> (call(), {"node_logits", "target_logits"})`` counted at the primitives."""
+    from reference import _fastpath, sampling
+
+    state = {"node_logits": 0, "target_logits": 0, "tree": None}
+    rowdot, grouped = _fastpath.rowdot, _fastpath.grouped_logits
+
+    def kind(X):
+        t = state["tree"]
+        if X is t.rep:
+            return "node_logits"
+        assert X is t.points_dfs or X is t.points, "an inner product with an array that is neither rep nor points"
+        return "target_logits"
+
+    def counting_rowdot(X, xi, Q, qi):
+        state[kind(X)] += int(np.size(xi))
+        return rowdot(X, xi, Q, qi)
+
+    def counting_grouped(X, index, row0, length, Q, q, v):
+        state[kind(X)] += int(np.sum(length))  # real (pair, row) products; padding is not a logit
+        return grouped(X, index, row0, length, Q, q, v)
+
+    monkeypatch.setattr(_fastpath, "rowdot", counting_rowdot)
+    monkeypatch.setattr(sampling, "rowdot", counting_rowdot)
+    monkeypatch.setattr(_fastpath, "grouped_logits", counting_grouped)
+
+    def measure(tree, call):
+        state.update(node_logits=0, target_logits=0, tree=tree)
+        out = call()
+        return out, {"node_logits": state["node_logits"], "target_logits": state["target_logits"]}
+
+    return measure
+
+
+def _ancestors(t: Tree, v: int, inclusive: bool) -> list[int]:
+    out = [v] if inclusive else []
+    while t.parent[v] >= 0:
+        v = int(t.parent[v])
+        out.append(v)
+    return out
+
+
+def _expanded_and_scored(t: Tree, cut: Cut, b: int) -> tuple[set[int], set[int], int]:
+    """For query b of a cut refined from the root: the nodes expanded (strict ancestors of
+    node entries; the leaf of a single target and its ancestors), the nodes scored (the
+    root, and every child of an expanded node with n_c > 0: those are in the cut or
+    expanded), and the number of single targets (each scored once, when its leaf was)."""
+    part = cut.of_query(b)
+    expanded: set[int] = set()
+    for v in part.node[part.node >= 0]:
+        expanded.update(_ancestors(t, int(v), inclusive=False))
+    for y in part.target[part.target >= 0]:
+        expanded.update(_ancestors(t, int(t.leaf_of[y]), inclusive=True))
+    scored = expanded | {int(v) for v in part.node[part.node >= 0]} | {0}
+    return expanded, scored, int((part.target >= 0).sum())
+
+
+@pytest.fixture(scope="module")
+def balanced():
+    """A perfectly balanced binary tree: 2^5 well-separated pairs of points (distance 0.1 in
+    a pair, >= 1 between pairs, scales 6^j per level), leaf_size 2. Every leaf is a pair at
+    depth 5 and every radius is positive."""
+    H = 5
+    bits = (np.arange(2**H)[:, None] >> (H - 1 - np.arange(H))) & 1
+    base = bits * 6.0 ** (H - 1 - np.arange(H))
+    z = np.vstack([np.hstack([base, np.full((2**H, 1), s)]) for s in (-0.05, 0.05)])
+    t = Tree.build(z, branching=2, leaf_size=2, seed=0)
+    assert (t.depth[t.is_leaf] == H).all() and (t.count[t.is_leaf] == 2).all() and (t.radius > 0).all()
+    assert t.radius.size == 2 ** (H + 1) - 1
+    return t, H
+
+
+def _counter_trees(tree, emptied):
+    return {"fresh": tree, "emptied": emptied[0]}
+
+
+@pytest.mark.parametrize("which", ["fresh", "emptied"])
+@pytest.mark.parametrize("tol", [1e-12, 0.3, 2.0])
+def test_adaptive_cut_counters_are_the_logits_it_evaluates(tree, emptied, inner_products, which, tol):
+    """adaptive_cut(return_counters=True): node_logits / target_logits equal the inner
+    products made (instrumented) and the counts the cut implies (nodes scored = root plus
+    the non-empty children of expanded nodes; targets scored = single-target entries).
+    rounds: a batch takes as many rounds as its slowest query; a query's rounds are at
+    least 1 + the depth of the deepest node it expands (one level per round) and at most
+    the number of nodes it expands; refined to the end (tol = 1e-12, below the rounding
+    margin of the reported bracket) every non-empty
+    node with a positive radius is expanded in round depth + 1."""
+    t = _counter_trees(tree, emptied)[which]
+    Q = make_queries(t, np.random.default_rng(4), 6, 20.0)
+    (cut, c), m = inner_products(t, lambda: adaptive_cut(t, Q, tol, return_counters=True))
+    assert set(c) == {"node_logits", "target_logits", "rounds"}
+    assert (c["node_logits"], c["target_logits"]) == (m["node_logits"], m["target_logits"])
+    assert (t.count[cut.node[cut.node >= 0]] > 0).all(), "a node expands into its children with n_c > 0 only"
+    nodes = targets = 0
+    single_rounds = []
+    for b in range(Q.shape[0]):
+        expanded, scored, n_single = _expanded_and_scored(t, cut, b)
+        nodes += len(scored)
+        targets += n_single
+        _, cb = adaptive_cut(t, Q[b], tol, return_counters=True)
+        single_rounds.append(cb["rounds"])
+        deepest = max((int(t.depth[v]) for v in expanded), default=-1)
+        assert 1 + deepest <= cb["rounds"] <= max(len(expanded), 0)
+        if tol == 1e-12:
+            assert targets and cb["rounds"] == 1 + deepest
+    assert (c["node_logits"], c["target_logits"]) == (nodes, targets)
+    assert c["rounds"] == max(single_rounds)
+    if tol == 1e-12:  # refined to the end: the nodes left are the ones with radius 0
+        assert (t.radius[cut.node[cut.node >= 0]] == 0).all()
+
+
+@pytest.mark.parametrize("which", ["fresh", "emptied"])
+@pytest.mark.parametrize("tol, n", [(None, 1), (None, 40), (None, 1000), (0.05, 5), (0.3, 5), (3.0, 5)])
+def test_rejection_sample_counters_are_the_logits_it_evaluates(tree, emptied, inner_products, which, tol, n):
+    """node_logits / target_logits of rejection_sample equal the inner products it makes
+    (refining the envelope, scoring exact entries, and one a_y per proposal from a node
+    entry); cut_entries is len(rejection_envelope); accepted >= B n. At this logit scale
+    (60) the envelopes hold node entries and (checked for two of the cases) exact entries:
+    evaluated leaves, and small nodes for tol=None."""
+    from reference.sampling import _envelope_cut, rejection_envelope
+
+    t = _counter_trees(tree, emptied)[which]
+    Q = make_queries(t, np.random.default_rng(5), 6, 60.0)
+    (ids, c), m = inner_products(t, lambda: rejection_sample(t, Q, n, np.random.default_rng(0), tol=tol))
+    if (tol, n) in ((0.05, 5), (None, 1000)):  # the exact entries' counts are exercised
+        assert _envelope_cut(t, Q, n, tol).n_exact > 0
+    assert (c["node_logits"], c["target_logits"]) == (m["node_logits"], m["target_logits"])
+    assert c["cut_entries"] == len(rejection_envelope(t, Q, n, tol))
+    assert c["proposals"] >= c["accepted"] >= Q.shape[0] * n and c["rounds"] >= 1
+
+
+def test_rejection_sample_counters_from_the_root_envelope(tree, inner_products):
+    """tol far above the root's bracket width: the envelope is the root alone (one node
+    logit per query, no refinement round) and every proposal comes from that node entry,
+    costing one target logit: target_logits == proposals, counted independently."""
+    Q = make_queries(tree, np.random.default_rng(6), 5, 2.0)
+    (ids, c), m = inner_products(tree, lambda: rejection_sample(tree, Q, 30, np.random.default_rng(1), tol=1e6))
+    assert c["node_logits"] == m["node_logits"] == Q.shape[0]
+    assert c["target_logits"] == m["target_logits"] == c["proposals"] > c["accepted"] >= 5 * 30
+    assert c["cut_entries"] == Q.shape[0]
+    assert 1 <= c["rounds"] <= c["proposals"]
+
+
+def test_rejection_sample_counters_refined_to_the_end(balanced, inner_products):
+    """tol = 1e-12 on a balanced tree (every radius > 0): the envelope expands every node,
+    depth by depth (H + 1 rounds), so every target is scored once as part of an exact
+    entry (N per query) and every node once as a child (M per query, with the root);
+    every proposal is then accepted, so one proposal round fills every slot."""
+    t, H = balanced
+    Q = make_queries(t, np.random.default_rng(7), 4, 10.0)
+    (ids, c), m = inner_products(t, lambda: rejection_sample(t, Q, 25, np.random.default_rng(2), tol=1e-12))
+    B, M = Q.shape[0], t.radius.size
+    assert c["node_logits"] == m["node_logits"] == B * M
+    assert c["target_logits"] == m["target_logits"] == B * t.n_live
+    assert c["cut_entries"] == B * t.n_live
+    assert c["rounds"] == (H + 1) + 1
+    assert c["proposals"] == c["accepted"] >= B * 25
+
+
+@pytest.mark.parametrize("which", ["fresh", "emptied"])
+@pytest.mark.parametrize("k", [1, 7, "all"])
+def test_topk_counters_are_the_logits_it_evaluates(tree, emptied, inner_products, which, k):
+    t = _counter_trees(tree, emptied)[which]
+    k = t.n_live if k == "all" else k
+    Q = make_queries(t, np.random.default_rng(8), 6, 20.0)
+    (ids, a, c), m = inner_products(t, lambda: topk(t, Q, k, return_counters=True))
+    assert set(c) == {"node_logits", "target_logits", "rounds"}
+    assert (c["node_logits"], c["target_logits"]) == (m["node_logits"], m["target_logits"])
+    assert c["target_logits"] >= Q.shape[0] * k and c["rounds"] >= 2
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_topk_rounds_on_a_balanced_tree(balanced, inner_products, k):
+    """All leaves at depth H: the greedy beam descent takes H rounds to reach leaves, and the
+    sweep from the root visits depths 0..H (the leaf holding the best target is never
+    pruned): 2 H + 1 rounds, for any k, for one query or a batch."""
+    t, H = balanced
+    Q = make_queries(t, np.random.default_rng(9), 5, 10.0)
+    for q in (Q[0], Q):
+        (ids, a, c), m = inner_products(t, lambda: topk(t, q, k, return_counters=True))
+        assert c["rounds"] == 2 * H + 1
+        assert (c["node_logits"], c["target_logits"]) == (m["node_logits"], m["target_logits"])
+
+
+# --------------------------------------------------------------------------
+# The rejection sampler's liveness check
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tol", [None, 5.0])
+def test_rejection_sample_raises_when_acceptance_is_far_below_its_bound(tree, tol):
+    """A corruption the per-proposal I3 check cannot see: the root's representative moved by
+    D = 200 / ||q|| along q, radius kept. Every a_y now lies ~200 *below* <q, r_root> - eps
+    (P1 broken on the lower side: a_y - <q, r_v> - eps_v < 0 never trips the I3 check),
+    so proposals from the root envelope are accepted with probability ~e^-200 while the
+    certified rate is exp(-(hi - lo)) = exp(-2 eps) ~ 0.9: after 100 (n + 10) exp(hi - lo)
+    proposals the sampler must raise RuntimeError, not loop. (An alarm turns a loop
+    that never ends into a failure.)"""
+    import copy
+    import signal
+
+    bad = copy.deepcopy(tree)
+    q = make_queries(bad, np.random.default_rng(3), 1, 0.05)[0]  # eps_root = ||q|| rho_root <= 0.05
+    bad.rep[0] += (200.0 / np.linalg.norm(q) ** 2) * q
+    bad.rep_norm = np.linalg.norm(bad.rep, axis=1)
+    with pytest.raises(InvariantError, match="I3"):
+        bad.check_invariants()
+
+    def timeout(signum, frame):
+        raise TimeoutError("rejection_sample did not stop on a hopeless acceptance rate")
+
+    alarm = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+    if alarm:
+        previous = signal.signal(signal.SIGALRM, timeout)
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+    try:
+        with pytest.raises(RuntimeError, match="acceptance rate far below its certified lower bound"):
+            rejection_sample(bad, q, 3, np.random.default_rng(0), tol=tol)
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0.0)
+            signal.signal(signal.SIGALRM, previous)

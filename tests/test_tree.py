@@ -381,3 +381,147 @@ def test_tolerance_is_relative_to_radius() -> None:
     t = Tree.build(make_point_set("huge", 500, 8, 4), leaf_size=4)
     tol = t.containment_tolerance()
     assert (tol <= 1e-10 * t.radius).all()
+
+
+def _i2_sibling_pair(t: Tree) -> tuple[int, int]:
+    """Two internal siblings (v < w) below a non-root internal node."""
+    for p in np.flatnonzero(~t.is_leaf)[1:]:
+        ch = t.child_idx[t.child_ptr[p]:t.child_ptr[p + 1]]
+        inner = ch[~t.is_leaf[ch] & (t.count[ch] > 1)]
+        if inner.size >= 2:
+            return int(inner[0]), int(inner[1])
+    raise AssertionError("test tree has no two internal siblings")
+
+
+def corrupt_nan_radius(t: Tree) -> tuple[int, str]:
+    v = int(np.flatnonzero(t.is_leaf & (t.count > 1))[0])
+    t.radius[v] = np.nan  # NaN compares False: only the finiteness check sees it
+    return v, "layout: node"
+
+
+def corrupt_inf_radius(t: Tree) -> tuple[int, str]:
+    v = int(np.flatnonzero(~t.is_leaf)[2])
+    t.radius[v] = np.inf
+    return v, "layout: node"
+
+
+def corrupt_negative_radius_of_empty_node(t: Tree) -> tuple[int, str]:
+    v = int(np.flatnonzero(t.count == 0)[0])  # no target and no non-empty child to check it against
+    t.radius[v] = -1.0
+    return v, "negative"
+
+
+def corrupt_nan_rep(t: Tree) -> tuple[int, str]:
+    v = int(np.flatnonzero(t.is_leaf & (t.count > 1))[1])
+    t.rep[v, 0] = np.nan
+    return v, "layout: node"
+
+
+def corrupt_child_ptr_end(t: Tree) -> tuple[int, str]:
+    t.child_ptr[-1] += 1
+    return t.parent.shape[0] - 1, "child_ptr must rise from 0"
+
+
+def corrupt_child_ptr_order(t: Tree) -> tuple[int, str]:
+    v = int(np.flatnonzero(~t.is_leaf)[1])
+    t.child_ptr[v + 1] = t.child_ptr[v] - 1  # decreasing
+    return t.parent.shape[0] - 1, "child_ptr must rise from 0"
+
+
+def corrupt_deleted_target_in_leaf(t: Tree) -> tuple[int, str]:
+    y = 5  # deleted by small_tree()
+    assert not t.alive[y]
+    t.leaf_of[y] = int(np.flatnonzero(t.is_leaf & (t.count > 0))[0])
+    return y, "I1: deleted target 5 is still in leaf"
+
+
+def corrupt_internal_count(t: Tree) -> tuple[int, str]:
+    """Move one unit of count between two internal siblings: their parent's sum and every
+    leaf count still agree, only the internal-node count check sees it."""
+    v, w = _i2_sibling_pair(t)
+    t.count[v] += 1
+    t.count[w] -= 1
+    return v, f"I2: node {v} has count {t.count[v]} but its children hold {t.count[v] - 1}"
+
+
+@pytest.mark.parametrize("corrupt", [
+    corrupt_nan_radius, corrupt_inf_radius, corrupt_negative_radius_of_empty_node, corrupt_nan_rep,
+    corrupt_child_ptr_end, corrupt_child_ptr_order, corrupt_deleted_target_in_leaf, corrupt_internal_count,
+])
+def test_check_invariants_catches_corruption_no_other_check_sees(corrupt) -> None:
+    """One corruption each, of a kind that every check but one lets through (NaN compares
+    False, an empty node is checked against nothing, a dead row is in no range): the
+    InvariantError must come from that check and name the node / target."""
+    t = small_tree()
+    t.check_invariants()
+    what, message = corrupt(t)
+    with pytest.raises(InvariantError, match=message) as info:
+        t.check_invariants()
+    assert str(what) in str(info.value), f"the message should name {what}: {info.value}"
+
+
+# --------------------------------------------------------------------------
+# insert follows the documented descent; the blocked k-means path
+# --------------------------------------------------------------------------
+
+def _nearest_child_descent(t: Tree, z: np.ndarray) -> tuple[int, bool]:
+    """Leaf reached from the root by moving to the child with the nearest representative
+    (first child on ties); also whether some step took the last child of its parent."""
+    v, took_last = 0, False
+    while not t.is_leaf[v]:
+        ch = t.child_idx[t.child_ptr[v]:t.child_ptr[v + 1]]
+        d = [float(np.sum((z - t.rep[c]) ** 2)) for c in ch]
+        j = int(np.argmin(d))
+        took_last |= j == len(ch) - 1
+        v = int(ch[j])
+    return v, took_last
+
+
+def test_insert_goes_to_the_leaf_of_the_nearest_child_descent() -> None:
+    """Tree.insert: "each point descends greedily from the root to the child with the
+    nearest representative". Points near every node's representative (so that every
+    child, the last ones included, wins somewhere) and random points."""
+    z = make_point_set("clustered", 400, 3, 4)
+    t = Tree.build(z, branching=4, leaf_size=6, seed=2)
+    rng = np.random.default_rng(0)
+    new = np.vstack([t.rep + 1e-3 * rng.normal(size=t.rep.shape), rng.uniform(z.min(0), z.max(0), (200, 3))])
+    want = [_nearest_child_descent(t, p) for p in new]
+    assert sum(last for _, last in want) > 50
+    ids = t.insert(new)
+    np.testing.assert_array_equal(t.leaf_of[ids], [leaf for leaf, _ in want])
+    t.check_invariants()
+
+
+def test_nearest_centers_blocked_path_equals_brute_force(monkeypatch) -> None:
+    """Segments longer than the row block (2^15; here patched to 16) are scored block by
+    block: the labels must still be the argmin of ||z - c_j|| within each segment."""
+    import reference.tree as tree_module
+
+    monkeypatch.setattr(tree_module, "_BLOCK", 16)
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(300, 3))
+    lens = np.array([70, 5, 16, 17, 100, 1, 33])  # above, below and at the block size
+    rows = rng.permutation(300)[: lens.sum()]
+    starts = np.cumsum(lens) - lens
+    centers = rng.normal(size=(lens.size, 4, 3))
+    got = tree_module._nearest_centers(points, rows, starts, lens, centers)
+    seg = np.repeat(np.arange(lens.size), lens)
+    d = np.linalg.norm(points[rows][:, None, :] - centers[seg], axis=2)
+    np.testing.assert_array_equal(got, np.argmin(d, axis=1))
+
+
+def test_build_with_blocked_passes_equals_the_unblocked_build(monkeypatch) -> None:
+    """Every pass over the targets works in blocks of _BLOCK rows (2^15) and a node with
+    more targets than that goes through the blocked k-means path. Patching the block
+    down to 37 rows sends every large node through it: the tree must be bitwise the
+    same as the one built with whole nodes in one block."""
+    import reference.tree as tree_module
+
+    z = make_point_set("clustered", 3000, 5, 1)
+    want = Tree.build(z, branching=4, leaf_size=8, seed=3)
+    assert want.count.max() > 37
+    monkeypatch.setattr(tree_module, "_BLOCK", 37)
+    got = Tree.build(z, branching=4, leaf_size=8, seed=3)
+    for name in PUBLIC:
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    got.check_invariants()
