@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import as_float_array
+from reference._validation import as_float_array, check_logit_scale
 
 # Rows gathered per chunk when scoring entries: two buffers of CHUNK * k
 # float64 that stay in cache (2048 x 64 x 8 B = 1 MiB each).
@@ -51,7 +51,12 @@ def check_tree(tree: Any) -> None:
 
 
 def as_queries(tree: Any, q: Any, name: str = "q") -> tuple[np.ndarray, bool]:
-    """Validate the tree and queries; return ``(Q (B, k) float64, single)``."""
+    """Validate the tree and queries; return ``(Q (B, k) float64, single)``.
+
+    Queries whose logits could overflow are refused (``ValueError``):
+    ``|q_i| <= MAX_ABS_COORD`` and ``||q|| max_v (||r_v|| + rho_v) <= MAX_LOGIT``
+    (:mod:`reference._validation`).
+    """
     check_tree(tree)
     Q = as_float_array(q, name)
     if Q.ndim not in (1, 2):
@@ -61,7 +66,88 @@ def as_queries(tree: Any, q: Any, name: str = "q") -> tuple[np.ndarray, bool]:
     if Q.shape[1] != tree.dim:
         raise ValueError(f"{name}: expected query vectors of dimension tree.dim = {tree.dim}, got shape "
                          f"{Q.shape[1:] if single else Q.shape}")
+    check_logit_scale(Q, tree_scale(tree), name)
     return Q, single
+
+
+def tree_scale(tree: Any) -> float:
+    """``max_v (||r_v|| + rho_v)`` over all nodes: by I3 a bound on ``||z_y||`` of every live target.
+
+    ``||q||`` times it bounds every logit, ``|<q, r_v>|`` and ``eps_v`` of the
+    query (the logit scale limited by ``MAX_LOGIT``).
+    """
+    if tree.radius.shape[0] == 0:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.max(np.asarray(tree.rep_norm) + np.asarray(tree.radius)))
+
+
+# --------------------------------------------------------------------------
+# Rounding bound of the bracket (proofs/p02_bracket.md, "Floating point")
+# --------------------------------------------------------------------------
+
+#: Unit roundoff of float64 (round to nearest): ``|fl(x) - x| <= U |x|``.
+U = 2.0**-53
+
+
+def gamma(n: Any) -> Any:
+    """``gamma_n = n U / (1 - n U)``, the classical bound on ``n`` accumulated roundings (Higham)."""
+    n = np.asarray(n, dtype=np.float64)
+    return n * U / (1.0 - n * U)
+
+
+def tree_height(tree: Any) -> int:
+    """Largest node depth (``tree.depth``), or the node count for a tree object without depths."""
+    depth = getattr(tree, "depth", None)
+    if depth is not None and np.size(depth):
+        return int(np.max(depth))
+    return int(tree.radius.shape[0])
+
+
+def bracket_rounding(tree: Any, qnorm: np.ndarray, n_terms: Any, center: Any) -> np.ndarray:
+    """``W``: bound on the float64 error of a computed ``lo`` or ``hi`` (proofs/p02_bracket.md, "Floating point").
+
+    ``W = 2 [gamma(2k + H + 12) ||q|| S + gamma(2n + 16) + U (16 log(N + M + 1) + 2 |center|)
+    + sqrt(k) 2^-537 ((H + 2) ||q|| + 2 S) + k (H + 3) 2^-1074]``, with ``S`` = :func:`tree_scale`,
+    ``H`` the tree height, ``n`` the number of terms of the logsumexp and
+    ``center`` the computed value (or a bound on its magnitude). It covers the
+    inner products, ``||q||``, the stored radii (which may fall short of the
+    true distances by rounding), the additions, ``exp``/``log`` and the sum;
+    ``lo - W <= log Z <= hi + W`` under I3. Per query (vectorised over ``qnorm``).
+    """
+    k = int(tree.dim)
+    H = tree_height(tree)
+    S = tree_scale(tree)
+    lam = float(np.log(float(tree.n_live) + float(tree.radius.shape[0]) + 1.0))
+    tiny = float(np.sqrt(k)) * 2.0**-537
+    qnorm = np.asarray(qnorm, dtype=np.float64)
+    w = (gamma(2 * k + H + 12) * qnorm * S + gamma(2 * np.asarray(n_terms, dtype=np.float64) + 16)
+         + U * (16.0 * lam + 2.0 * np.abs(center)) + tiny * ((H + 2) * qnorm + 2.0 * S) + k * (H + 3) * 2.0**-1074)
+    return 2.0 * w
+
+
+def bracket_rounding_bound(tree: Any, qnorm: np.ndarray) -> np.ndarray:
+    """:func:`bracket_rounding` for any cut of the tree: ``n = N + M`` terms, ``|center| <= ||q|| S + 2 log(N + M + 1) + 1``."""
+    lam = float(np.log(float(tree.n_live) + float(tree.radius.shape[0]) + 1.0))
+    qnorm = np.asarray(qnorm, dtype=np.float64)
+    n = int(tree.n_live) + int(tree.radius.shape[0])
+    return bracket_rounding(tree, qnorm, n, qnorm * tree_scale(tree) * (1.0 + 1e-10) + 2.0 * lam + 1.0)
+
+
+def widen(lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo - w, hi + w)`` rounded outward (one step past the rounded result: ``<= lo - w``, ``>= hi + w``)."""
+    return np.nextafter(lo - w, -np.inf), np.nextafter(hi + w, np.inf)
+
+
+def width_target(tree: Any, Q: np.ndarray, tol: float) -> np.ndarray:
+    """Per-query refinement target ``tol - 8 W_bound(q)`` (``-inf`` when not positive: refine to the end).
+
+    The margin covers the widening of the reported bracket (``2 W``) and the
+    difference between two float64 evaluations of the same bracket (``4 W``);
+    see :func:`refine_to_width`.
+    """
+    target = tol - 8.0 * bracket_rounding_bound(tree, np.linalg.norm(Q, axis=1))
+    return np.where(target > 0, target, -np.inf)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -407,13 +493,23 @@ def slack_before(r: np.ndarray, group: np.ndarray) -> np.ndarray:
     return np.where(rank > 0, cs[row, np.maximum(rank - 1, 0)], 0.0)
 
 
+def log_allowance(tol: Any) -> Any:
+    """``log(exp(tol) - 1)``, without overflow for large ``tol``; ``-inf`` where ``tol <= 0``."""
+    t = np.asarray(tol, dtype=np.float64)
+    safe = np.where(t > 0, t, 1.0)
+    small = np.log(np.expm1(np.minimum(safe, 1.0)))
+    big = np.maximum(safe, 1.0)           # the branch used where safe > 1; no log1p(-1) elsewhere
+    large = big + np.log1p(-np.exp(-big))
+    return np.where(t > 0, np.where(safe > 1.0, large, small), -np.inf)
+
+
 def entry_logs(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-entry terms of lo, hi and log_z_hat (P2)."""
     base = part["log_n"] + part["s"]
     return dict(lo=base - part["eps"], hi=base + part["eps"], hat=base)
 
 
-def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | None = None,
+def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_draws: int | None = None,
            exact_leaves: bool = False, full_count: int = 0) -> CutState:
     """Refine the root cut for all queries at once; the only loop is over rounds.
 
@@ -456,6 +552,10 @@ def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | No
     in which it is listed as its single targets), instead of its children.
     Its targets are scored by :func:`range_logits` (one matrix product per
     node and block of queries).
+
+    ``tol`` may be one number or one per query (``(B,)``); a query whose
+    ``tol`` is ``<= 0`` (e.g. ``-inf``) is refined until every entry has
+    ``eps_v == 0``.
     """
     B = Q.shape[0]
     root = dict(query=np.arange(B, dtype=np.int64), node=np.zeros(B, np.int64),
@@ -493,7 +593,7 @@ def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | No
 
     pool = split_zero_eps(root)
     if tol is not None:
-        log_allow = np.log(np.expm1(tol))
+        log_allow = log_allowance(tol)
     if n_draws is not None:
         log_draws = np.log(float(n_draws))
         n_child = np.diff(tree.child_ptr)
@@ -586,3 +686,39 @@ def refine(tree: Any, Q: np.ndarray, tol: float | None = None, n_draws: int | No
         if exact_sizes else np.zeros(1, np.int64)
     return CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds,
                     np.concatenate(exact_prob) if exact_prob else np.zeros(0), exact_ptr, tree)
+
+
+def refine_to_width(tree: Any, Q: np.ndarray, tol: float) -> CutState:
+    """The adaptive cut (P7) whose *reported* bracket has ``hi - lo <= tol``, or is exhausted.
+
+    :func:`reference.bounds.log_partition_bracket` widens ``lo`` and ``hi``
+    by the rounding bound ``W <= W_bound(q)`` (:func:`bracket_rounding`), so the
+    refinement aims at ``tol - 8 W_bound(q)`` (:func:`width_target`). The
+    refinement decides on running sums (accumulated over rounds) whose
+    rounding is not covered by ``W``; so the bracket of the final cut is
+    recomputed here from its entries, and a query whose recomputed width still
+    exceeds the target (never seen in practice) is refined again to the end
+    (every entry with ``eps_v == 0``). Any two float64 evaluations of the
+    bracket of one cut differ by at most ``2 W`` at each end, hence the
+    reported width is ``<= target + 4 W + 2 W + (last-bit steps) <= tol``.
+    """
+    target = width_target(tree, Q, tol)
+    st = refine(tree, Q, tol=target)
+    if st.n_queries == 0:
+        return st
+    lo, hi, _ = st.terms.bracket(st.ptr)
+    eps = st.sorted("eps")
+    ptr = st.ptr
+    live = np.isfinite(st.sorted("log_n"))
+    open_eps = np.add.reduceat(np.where(live, eps, 0.0) > 0, ptr[:-1]) > 0  # some entry still has slack
+    with np.errstate(invalid="ignore"):
+        redo = np.flatnonzero(open_eps & ~(hi - lo <= target))
+    if not redo.size:
+        return st
+    again = refine(tree, Q[redo], tol=np.full(redo.size, -np.inf))
+    keep = ~np.isin(st.raw["query"], redo)
+    raw = {f: np.concatenate([st.raw[f][keep], again.raw[f] if f != "query" else redo[again.raw["query"]]])
+           for f in FIELDS}
+    order = np.argsort(raw["query"], kind="stable")
+    return CutState(raw, order, st.n_queries, st.node_logits + again.node_logits,
+                    st.target_logits + again.target_logits, st.rounds + again.rounds, tree=tree)

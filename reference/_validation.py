@@ -4,6 +4,13 @@ Every public function of the package validates its inputs here, at the
 boundary, and raises :class:`ValueError` naming what was expected and what
 came. Nothing downstream has to defend against NaN, ``inf``, object arrays or
 wrong shapes.
+
+The magnitude limits are set here and only here (proofs/README.md section 2,
+"Limits"): :data:`MAX_ABS_COORD` on coordinates of points, queries and
+embeddings, :data:`MAX_LOGIT` on a query's logit scale on a tree
+(:func:`check_logit_scale`), :data:`MAX_PARAM` on scalars that scale a
+returned bound. Input beyond them is refused with a ``ValueError`` naming the
+argument and the limit, so no overflow reaches a result.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_ABS_COORD",
+    "MAX_LOGIT",
+    "MAX_PARAM",
     "as_float_array",
     "as_index_array",
     "check_positive",
@@ -21,7 +31,31 @@ __all__ = [
     "check_int",
     "check_choice",
     "check_rng",
+    "check_logit_scale",
 ]
+
+# --------------------------------------------------------------------------
+# Magnitude limits (proofs/README.md section 2, "Numerics"). The only place they are set.
+# --------------------------------------------------------------------------
+
+#: Largest accepted absolute coordinate of a vector handed to the package: target
+#: points (``Tree.build`` / ``insert`` / ``update``), queries, embeddings and Nystrom
+#: coordinates. Squares of such entries stay finite (1e300 * k < 1.8e308 for
+#: k < 1e8), so every norm, squared distance and radius is a finite number.
+MAX_ABS_COORD = 1e150
+
+#: Largest accepted logit scale ``||q|| * max_v (||r_v|| + rho_v)`` of a query on a
+#: tree (every logit, every ``<q, r_v>`` and every ``eps_v`` is at most this, up to
+#: rounding). The spec requires correct results up to 1e4; the bracket terms and
+#: their differences stay below ``4 MAX_LOGIT + 2 log N``, the bracket's rounding bound
+#: is about ``4 (k + H) 2^-53 MAX_LOGIT``, and even a product of two such numbers stays finite,
+#: so nothing overflows float64 (max 1.8e308) with 158 orders of magnitude to spare.
+#: Beyond it a query is refused rather than answered with NaN or wrong ids.
+MAX_LOGIT = 1e150
+
+#: Largest accepted scalar parameter that scales a returned bound (``H`` of
+#: ``bounds.grad_bias_bound``, which returns up to ``2 H``): finite with margin.
+MAX_PARAM = 1e300
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -41,6 +75,7 @@ def as_float_array(
     dtype: np.dtype | type | None = None,
     allow_empty: bool = False,
     finite: bool = True,
+    max_abs: float | None = None,
 ) -> np.ndarray:
     """Convert ``x`` to a real floating array, or raise ``ValueError``.
 
@@ -62,6 +97,8 @@ def as_float_array(
         Whether an array with zero elements is acceptable.
     finite : bool, default True
         Whether to reject NaN and infinite entries.
+    max_abs : float, optional
+        Reject entries with ``|x| > max_abs`` (e.g. :data:`MAX_ABS_COORD`).
 
     Returns
     -------
@@ -109,7 +146,47 @@ def as_float_array(
     if finite and arr.size and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
+    if max_abs is not None and arr.size:
+        big = float(np.max(np.abs(arr)))
+        if not big <= max_abs:
+            raise ValueError(f"{name}: expected |entries| <= {_limit_name(max_abs)}{max_abs:g} (norms and inner "
+                             f"products must stay far from float64 overflow), got {big:g}")
     return arr
+
+
+def _limit_name(value: float) -> str:
+    """``"MAX_ABS_COORD = "`` when ``value`` is that limit, for error messages."""
+    return "MAX_ABS_COORD = " if value == MAX_ABS_COORD else ""
+
+
+def check_logit_scale(Q: np.ndarray, scale: float, name: str, what: str = "max_v(||r_v|| + rho_v)") -> np.ndarray:
+    """Refuse queries whose logits could overflow; return ``||q||`` per query.
+
+    ``Q`` is one query ``(k,)`` or a batch ``(B, k)``, already finite
+    (``as_float_array``). Checks ``|q_i| <=`` :data:`MAX_ABS_COORD` (so that
+    ``||q||`` is finite) and ``||q|| * scale <=`` :data:`MAX_LOGIT`, where
+    ``scale`` bounds the norm of every vector the queries meet (for a tree,
+    ``max_v (||r_v|| + rho_v)``). Raises ``ValueError`` naming ``name`` and the limit.
+    """
+    Q2 = np.atleast_2d(Q)
+    where = (lambda b: "") if Q.ndim == 1 else (lambda b: f" for query {b}")
+    if Q2.size:
+        row_max = np.max(np.abs(Q2), axis=1)
+        if not float(np.max(row_max)) <= MAX_ABS_COORD:
+            b = int(np.argmax(row_max))
+            raise ValueError(f"{name}: expected |entries| <= MAX_ABS_COORD = {MAX_ABS_COORD:g} (so that ||q|| is "
+                             f"finite), got {float(row_max[b]):g}{where(b)}")
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"tree: expected finite representatives and radii, got {what} = {scale!r} (corrupt tree?)")
+    qnorm = np.linalg.norm(Q2, axis=1) if Q2.size else np.zeros(Q2.shape[0])
+    logit = qnorm * scale
+    if logit.size and not float(np.max(logit)) <= MAX_LOGIT:
+        b = int(np.argmax(logit))
+        raise ValueError(
+            f"{name}: expected ||q|| * {what} <= MAX_LOGIT = {MAX_LOGIT:g} (logits far from float64 overflow), "
+            f"got {float(logit[b]):.3g}{where(b)} (||q|| = {float(qnorm[b]):.3g}, {what} = {scale:.3g})"
+        )
+    return qnorm if Q.ndim > 1 else qnorm[0]
 
 
 def as_index_array(
@@ -157,22 +234,29 @@ def _real(value: Any, name: str, what: str) -> float:
         raise ValueError(f"{name}: expected {what}, got {_describe(value)}") from None
 
 
-def check_positive(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is finite and > 0, else raise ``ValueError``.
+def check_positive(value: Any, name: str, *, high: float | None = None) -> float:
+    """Return ``value`` as a float if it is finite and > 0 (and ``<= high``), else raise ``ValueError``.
 
     Strings (even numeric ones such as ``"1"``) and booleans are refused.
     """
     v = _real(value, name, "a positive number")
     if not np.isfinite(v) or v <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: expected a number <= {high:g} (far from float64 overflow), got {value!r}")
     return v
 
 
-def check_nonnegative(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is finite and >= 0, else raise ``ValueError`` (strings, booleans too)."""
+def check_nonnegative(value: Any, name: str, *, high: float | None = None) -> float:
+    """Return ``value`` as a float if it is finite and >= 0 (and ``<= high``), else raise ``ValueError``.
+
+    Strings and booleans are refused.
+    """
     v = _real(value, name, "a non-negative number")
     if not np.isfinite(v) or v < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: expected a number <= {high:g} (far from float64 overflow), got {value!r}")
     return v
 
 

@@ -12,16 +12,19 @@ a radius ``rho_v`` with ``||z_y - r_v|| <= rho_v`` for ``y`` in ``D(v)``
 A *cut* ``C`` is a set of entries whose descendant sets partition the live
 targets. An entry is either a tree node or, after a leaf has been expanded, a
 single target ``y`` (representative ``z_y``, radius 0, count 1); a cut made of
-single targets only gives ``lo == hi == log Z`` (P7). Summing P1 over a cut
+single targets only gives ``lo == hi == log Z`` up to rounding (P7). Summing P1 over a cut
 brackets the partition function (P2):
 
     lo        = logsumexp_v (log n_v + <q, r_v> - eps_v)  <=  log Z
     hi        = logsumexp_v (log n_v + <q, r_v> + eps_v)  >=  log Z
     log_z_hat = logsumexp_v (log n_v + <q, r_v>)
 
-and the *cut distribution* ``Phat_C(y) = exp(<q, r_v(y)>) / Zhat_C`` (pick a
-node with weight ``n_v exp(<q, r_v>)``, then a uniform descendant) is within
-``2 eps_C`` of the softmax in log space, ``eps_C = max_{v in C} eps_v`` (P4).
+(``lo`` and ``hi`` are returned widened by a derived bound on their float64
+rounding, so that the certificate holds for the float64 numbers themselves:
+proofs/p02_bracket.md, "Floating point"), and the *cut distribution*
+``Phat_C(y) = exp(<q, r_v(y)>) / Zhat_C`` (pick a node with weight
+``n_v exp(<q, r_v>)``, then a uniform descendant) is within ``2 eps_C`` of the
+softmax in log space, ``eps_C = max_{v in C} eps_v`` (P4).
 
 Everything here takes a batch of queries; each query has its own cut, and a
 batch of cuts is stored flat in one :class:`Cut` (entries sorted by query).
@@ -47,8 +50,18 @@ from typing import Any
 
 import numpy as np
 
-from reference._fastpath import ROUNDING, as_queries, check_tree, entry_counts, ranges, refine, terms
-from reference._validation import as_index_array, check_nonnegative, check_positive
+from reference._fastpath import (
+    ROUNDING,
+    as_queries,
+    bracket_rounding,
+    check_tree,
+    entry_counts,
+    ranges,
+    refine_to_width,
+    terms,
+    widen,
+)
+from reference._validation import MAX_PARAM, as_index_array, check_nonnegative, check_positive
 
 __all__ = [
     "DEFAULT_TOL",
@@ -255,11 +268,21 @@ def log_partition_bracket(tree: Any, q: Any, cut: Cut) -> tuple[Any, Any, Any]:
     ``lo <= log Z <= hi``, ``hi - lo <= 2 eps_C`` and
     ``|log_z_hat - log Z| <= eps_C``.
 
+    The certificate holds literally in float64: the computed ``lo`` and
+    ``hi`` are widened by a derived bound ``W`` on their rounding error
+    (inner products, ``||q||``, stored radii, logsumexp; about 3e-14 of the
+    logit scale, :func:`reference._fastpath.bracket_rounding`) and rounded
+    one step outward, so ``lo <= log Z <= hi`` for the exact ``log Z`` of the
+    float64 inputs (proofs/p02_bracket.md, "Floating point"). Then
+    ``hi - lo <= 2 eps_C + 2 W``; ``log_z_hat`` (an estimate) is not widened.
+
     Parameters
     ----------
     tree : Tree
     q : array_like, shape (k,) or (B, k)
-        Query vector(s), temperature folded in.
+        Query vector(s), temperature folded in. Refused (``ValueError``) if a
+        coordinate exceeds ``MAX_ABS_COORD`` or ``||q|| max_v (||r_v|| + rho_v)``
+        exceeds ``MAX_LOGIT`` (both 1e150, :mod:`reference._validation`).
     cut : Cut
         One cut per query (``cut.n_queries == B``; 1 for a single query).
 
@@ -270,7 +293,11 @@ def log_partition_bracket(tree: Any, q: Any, cut: Cut) -> tuple[Any, Any, Any]:
     Q, single = as_queries(tree, q)
     validate_cut(tree, cut, n_queries=Q.shape[0])
     t = terms(tree, Q, cut.query, cut.node, cut.target)
-    lo, hi, hat = t.bracket(cut.ptr)
+    ptr = cut.ptr
+    lo, hi, hat = t.bracket(ptr)
+    # Round outward by the float64 error bound W (proofs/p02_bracket.md, "Floating point").
+    w = bracket_rounding(tree, np.linalg.norm(Q, axis=1), np.diff(ptr), np.maximum(np.abs(lo), np.abs(hi)))
+    lo, hi = widen(lo, hi, w)
     if single:
         return lo[0], hi[0], hat[0]
     return lo, hi, hat
@@ -287,7 +314,7 @@ def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL, *, return_counters
     expanded (see Notes). This always includes the entry of largest slack, so
     the argument of P7 applies unchanged. A node expands into its children
     with ``n_c > 0``; a leaf into its targets (radius 0), so a cut refined to
-    the end gives ``lo == hi == log Z``. A batch and per-query calls give the
+    the end gives ``lo == hi == log Z`` (before the rounding widening). A batch and per-query calls give the
     same cuts.
 
     Parameters
@@ -305,8 +332,15 @@ def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL, *, return_counters
     Returns
     -------
     Cut
-        One cut per query; on return ``hi - lo <= tol`` for each query, or the
-        query's entries all have ``eps_v == 0`` (then ``lo == hi == log Z``).
+        One cut per query; on return the bracket that
+        :func:`log_partition_bracket` reports for it (widened for rounding)
+        has ``hi - lo <= tol`` for each query, as float64 numbers, or the
+        query's entries all have ``eps_v == 0`` (then ``lo`` and ``hi`` differ
+        from ``log Z`` by the rounding bound ``W`` only). The refinement aims
+        at ``tol - 8 W_bound(q)`` and rechecks the final cut
+        (:func:`reference._fastpath.refine_to_width`; proofs/p02_bracket.md,
+        "Floating point"); a ``tol`` below that rounding floor (about 1e-13
+        of the logit scale) refines to the end.
     counters : dict, only if ``return_counters``
 
     Notes
@@ -325,7 +359,7 @@ def adaptive_cut(tree: Any, q: Any, tol: float = DEFAULT_TOL, *, return_counters
     """
     Q, _ = as_queries(tree, q)
     tol = check_positive(tol, "tol")
-    st = refine(tree, Q, tol=tol)
+    st = refine_to_width(tree, Q, tol)
     cut = Cut(*st.cut_fields())
     if return_counters:
         return cut, dict(node_logits=st.node_logits, target_logits=st.target_logits, rounds=st.rounds)
@@ -409,7 +443,7 @@ def grad_bias_bound(tree: Any, q: Any, cut: Cut, H: float | None = None) -> Any:
     if H is None:
         check_tree(tree)
         H = float(tree.radius[0])
-    H = check_nonnegative(H, "H")
+    H = check_nonnegative(H, "H", high=MAX_PARAM)
     return 2.0 * tv_bound(tree, q, cut) * H
 
 

@@ -60,16 +60,30 @@ import numpy as np
 
 from reference import bounds as _bounds
 from reference import sampling as _sampling
+from reference._fastpath import tree_scale
 from reference._validation import (
+    MAX_ABS_COORD,
     as_float_array,
     as_index_array,
     check_int,
+    check_logit_scale,
     check_positive,
 )
 from reference.nystrom import KernelSpec, NystromMap
 from reference.tree import Tree
 
 __all__ = ["DynamicIndex"]
+
+
+def _check_phi(phi: np.ndarray, name: str) -> np.ndarray:
+    """Refuse Nystrom coordinates beyond the tree's point limit ``MAX_ABS_COORD``, naming the input ``name``."""
+    big = float(np.max(np.abs(phi))) if phi.size else 0.0
+    if not big <= MAX_ABS_COORD:
+        raise ValueError(
+            f"{name}: expected Nystrom coordinates phi = K_LL^{{-1/2}} k(y) with |entries| <= MAX_ABS_COORD = "
+            f"{MAX_ABS_COORD:g} (the tree's point limit), got {big:g}; rescale the embeddings"
+        )
+    return phi
 
 
 class DynamicIndex:
@@ -137,11 +151,11 @@ class DynamicIndex:
         rebuild_depth: int = 1,
         seed: int = 0,
     ) -> None:
-        G0 = np.array(as_float_array(cache, "cache", ndim=2, dtype=np.float64), copy=True)
+        G0 = np.array(as_float_array(cache, "cache", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD), copy=True)
         self.beta = check_positive(beta, "beta")
         self.rebuild_depth = check_int(rebuild_depth, "rebuild_depth", low=0)
         nmap = NystromMap(kernel, cutoff=cutoff, ridge=ridge).fit(G0, landmarks)
-        phi = nmap.features(G0)
+        phi = _check_phi(nmap.features(G0), "cache")
         self.tree = Tree.build(phi, branching=branching, leaf_size=leaf_size, seed=seed)
         self.cache = G0
         self.nmap = nmap
@@ -188,7 +202,7 @@ class DynamicIndex:
         return y
 
     def _check_embeddings(self, G: Any, name: str, rows: int | None) -> np.ndarray:
-        G = as_float_array(G, name, ndim=2, dtype=np.float64)
+        G = as_float_array(G, name, ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
         if G.shape[1] != self.dim or (rows is not None and G.shape[0] != rows):
             want = f"({'n' if rows is None else rows}, {self.dim})"
             raise ValueError(f"{name}: expected shape {want}, got {G.shape}")
@@ -221,17 +235,36 @@ class DynamicIndex:
         Parameters
         ----------
         F : array_like, shape (B, d) or (d,)
-            Current query encodings f_t(x).
+            Current query encodings f_t(x). Refused (``ValueError`` naming
+            ``F``) beyond ``MAX_ABS_COORD``, or when psi would be; the
+            logits, bracket, samplers and top-k also refuse an F whose logit
+            scale ``||psi|| max_v (||r_v|| + rho_v)`` exceeds ``MAX_LOGIT``
+            (:mod:`reference._validation`).
 
         Returns
         -------
         numpy.ndarray, shape (B, m) or (m,)
             psi_t, so that <psi_t(x), phi(y)> = beta <f_t(x), ghat_t(y)>.
         """
-        F = as_float_array(F, "F", dtype=np.float64)
+        F = as_float_array(F, "F", dtype=np.float64, max_abs=MAX_ABS_COORD)
         if F.ndim not in (1, 2) or F.shape[-1] != self.dim:
             raise ValueError(f"F: expected query encodings of shape (B, {self.dim}) or ({self.dim},), got {F.shape}")
-        return self.beta * (F @ self.W.T)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
+            psi = self.beta * (F @ self.W.T)
+        big = float(np.max(np.abs(psi))) if psi.size else 0.0
+        if not big <= MAX_ABS_COORD:
+            raise ValueError(
+                f"F: expected |psi| = |beta W_t f| <= MAX_ABS_COORD = {MAX_ABS_COORD:g} (queries far from float64 "
+                f"overflow), got {big:g} (beta = {self.beta:g}, max |F| = {float(np.max(np.abs(F))):g})"
+            )
+        return psi
+
+    def _psi(self, F: Any) -> np.ndarray:
+        """:meth:`queries`, refused (``ValueError`` naming ``F``) when a logit could exceed ``MAX_LOGIT``."""
+        psi = self.queries(F)
+        check_logit_scale(psi, tree_scale(self.tree), "F",
+                          "max_v(||r_v|| + rho_v) (q = psi = beta W_t f, tree over phi)")
+        return psi
 
     def approximate(self, ids: Any | None = None) -> np.ndarray:
         """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (proofs/README.md section 5).
@@ -250,7 +283,7 @@ class DynamicIndex:
 
     def logits(self, F: Any, ids: Any | None = None) -> np.ndarray:
         """Approximate logits <psi_t(x), phi(y)> = beta <f_t(x), ghat_t(y)>, shape (B, n) or (n,)."""
-        psi = self.queries(F)
+        psi = self._psi(F)
         y = self.ids if ids is None else self._live_ids(ids, allow_empty=True)
         return psi @ self.tree.points[y].T
 
@@ -271,7 +304,7 @@ class DynamicIndex:
             ``lo <= log sum_y exp(<psi_t(x), phi(y)>) <= hi``. For the true
             softmax widen by max_y beta ||f|| ||ghat_t(y) - g_t(y)|| (P12).
         """
-        psi = self.queries(F)
+        psi = self._psi(F)
         cut = _bounds.adaptive_cut(self.tree, psi, tol)
         return _bounds.log_partition_bracket(self.tree, psi, cut)
 
@@ -282,7 +315,7 @@ class DynamicIndex:
 
         Returns ``(ids, log_q)`` as :func:`reference.sampling.cut_sample`.
         """
-        return _sampling.cut_sample(self.tree, self.queries(F), n, rng, tol=tol)
+        return _sampling.cut_sample(self.tree, self._psi(F), n, rng, tol=tol)
 
     def rejection_sample(
         self, F: Any, n: int, rng: np.random.Generator, *, tol: float = _bounds.DEFAULT_TOL
@@ -291,14 +324,14 @@ class DynamicIndex:
 
         Returns ``(ids, counters)`` as :func:`reference.sampling.rejection_sample`.
         """
-        return _sampling.rejection_sample(self.tree, self.queries(F), n, rng, tol=tol)
+        return _sampling.rejection_sample(self.tree, self._psi(F), n, rng, tol=tol)
 
     def topk(self, F: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of the approximate logits (P8 through P12); ties by smaller id.
 
         Returns ``(ids, logits)`` as :func:`reference.sampling.topk`.
         """
-        return _sampling.topk(self.tree, self.queries(F), k)
+        return _sampling.topk(self.tree, self._psi(F), k)
 
     # ------------------------------------------------------------------ cache maintenance
     def refresh(
@@ -357,13 +390,14 @@ class DynamicIndex:
         new_cache[y] = G
         nmap = NystromMap(self.nmap.kernel, cutoff=self.nmap.cutoff, ridge=self.nmap.ridge)
         nmap.fit_anchor(new_cache[L], L)  # raises before anything is changed
-        phi = nmap.features(new_cache[live])
+        phi = _check_phi(nmap.features(new_cache[live]), "G")
+        W0 = nmap.project(nmap.anchor)  # may refuse (ValueError): before anything is changed
         # Commit: repair the tree in place (update + partial rebuild), no build.
         max_move = float(np.sqrt(np.max(np.sum((phi - self.tree.points[live]) ** 2, axis=1))))
         self.tree.update(live, phi)
         self.tree.rebuild(depth)
         self.cache, self.nmap = new_cache, nmap
-        self.W0 = nmap.project(nmap.anchor)
+        self.W0 = W0
         self.W = self.W0.copy()
         self.steps_since_refresh = 0
         self.n_refreshes += 1
@@ -404,10 +438,13 @@ class DynamicIndex:
         if not isinstance(current, (bool, np.bool_)):
             raise ValueError(f"current: expected a bool, got {current!r}")
         if current:
-            phi = np.linalg.lstsq(self.W.T, G.T, rcond=None)[0].T
-            rows = phi @ self.W0
+            with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_phi as a ValueError
+                phi = _check_phi(np.linalg.lstsq(self.W.T, G.T, rcond=None)[0].T, "G")
+                rows = phi @ self.W0
+            if not np.isfinite(rows).all():
+                raise ValueError("G: the cache rows W_0^T phi of the new targets overflowed; rescale the embeddings")
         else:
-            phi = self.nmap.features(G)
+            phi = _check_phi(self.nmap.features(G), "G")
             rows = G
         new = self.tree.insert(phi)
         cap = max(self.cache.shape[0], int(new.max()) + 1)

@@ -55,6 +55,7 @@ import numpy as np
 import scipy.linalg
 
 from reference._validation import (
+    MAX_ABS_COORD,
     as_float_array,
     as_index_array,
     check_choice,
@@ -268,7 +269,7 @@ def ridge_leverage_scores(
     Alaoui, Mahoney, "Fast randomized kernel ridge regression with statistical
     guarantees", NIPS 2015.
     """
-    G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64)
+    G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
     kern = make_kernel(kernel)
     rng = check_rng(rng)
     N = G0.shape[0]
@@ -328,7 +329,7 @@ def select_landmarks(
     numpy.ndarray of int64, shape (m,)
         Distinct target ids, in the order they were chosen.
     """
-    G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64)
+    G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
     N = G0.shape[0]
     m = check_int(m, "m", low=1)
     if m > N:
@@ -465,7 +466,7 @@ class NystromMap:
         NystromMap
             ``self``.
         """
-        G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64)
+        G0 = as_float_array(G0, "G0", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
         N = G0.shape[0]
         L = np.asarray(landmarks)
         if L.ndim == 1 and L.size > N:
@@ -489,7 +490,7 @@ class NystromMap:
         NystromMap
             ``self``.
         """
-        A = np.array(as_float_array(anchor, "anchor", ndim=2, dtype=np.float64), copy=True)
+        A = np.array(as_float_array(anchor, "anchor", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD), copy=True)
         m = A.shape[0]
         if landmarks is None:
             L = np.arange(m, dtype=np.int64)
@@ -541,7 +542,7 @@ class NystromMap:
             phi, one row per target. Cost O(n m d + n m^2).
         """
         self._require_fit()
-        G = as_float_array(G, "G", ndim=2, dtype=np.float64, allow_empty=True)
+        G = as_float_array(G, "G", ndim=2, dtype=np.float64, allow_empty=True, max_abs=MAX_ABS_COORD)
         if G.shape[1] != self.dim:
             raise ValueError(
                 f"G: expected cached embeddings with d={self.dim} columns (as in fit), got shape {G.shape}"
@@ -569,12 +570,20 @@ class NystromMap:
             W_t. Cost O(m^2 d_out), independent of N.
         """
         self._require_fit()
-        G_L = as_float_array(G_L, "G_L", ndim=2, dtype=np.float64)
+        G_L = as_float_array(G_L, "G_L", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
         if G_L.shape[0] != self.m:
             raise ValueError(
                 f"G_L: expected one row per landmark, shape ({self.m}, d), got {G_L.shape}"
             )
-        return self.inv_sqrt @ G_L
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
+            W = self.inv_sqrt @ G_L
+        big = float(np.max(np.abs(W))) if W.size else 0.0
+        if not big <= MAX_ABS_COORD:  # also NaN / inf: the product overflowed
+            raise ValueError(
+                f"G_L: expected W = K_LL^{{-1/2}} G_L with |entries| <= MAX_ABS_COORD = {MAX_ABS_COORD:g} "
+                f"(so that W^T phi and W f stay far from overflow), got {big:g}; rescale the embeddings"
+            )
+        return W
 
     def approximate(self, phi: Any, W: Any) -> np.ndarray:
         """Approximate current embeddings ghat_t(y) = W_t^T phi(y) (proofs/README.md section 5).
@@ -592,13 +601,17 @@ class NystromMap:
             ghat_t, one row per target (rank <= m, P11).
         """
         self._require_fit()
-        phi = as_float_array(phi, "phi", ndim=2, dtype=np.float64, allow_empty=True)
-        W = as_float_array(W, "W", ndim=2, dtype=np.float64)
+        phi = as_float_array(phi, "phi", ndim=2, dtype=np.float64, allow_empty=True, max_abs=MAX_ABS_COORD)
+        W = as_float_array(W, "W", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
         if phi.shape[1] != self.m:
             raise ValueError(f"phi: expected {self.m} columns (one per landmark), got shape {phi.shape}")
         if W.shape[0] != self.m:
             raise ValueError(f"W: expected {self.m} rows (one per landmark), got shape {W.shape}")
-        return phi @ W
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
+            out = phi @ W
+        if not np.isfinite(out).all():
+            raise ValueError("phi, W: the product W^T phi overflowed (non-finite entries); rescale phi or W")
+        return out
 
     def __repr__(self) -> str:
         state = f"m={self.m}, rank={self.rank}" if self.fitted else "unfitted"

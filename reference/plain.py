@@ -54,6 +54,12 @@ The numbered statements, cited in the comments of the code
     a pruning test compares ub_v plus the margin
     ROUNDING (1 + ||q|| (||r_v|| + rho_v)), so rounding never prunes a true
     member of the top-k, nor flags a valid tree as violating (1).
+(11) Certified in float64. The computed lo and hi of (2) are widened by W,
+    a derived bound on all their rounding errors (inner products, ||q||,
+    stored radii, logsumexp), and rounded one step outward, so
+    lo <= log Z <= hi holds for the returned floats; (5) stops at
+    hi - lo <= tol - 8 W_bound so that the widened bracket is within tol
+    (proofs/p02_bracket.md, "Floating point"; the same W as the fast path).
 
 References
 ----------
@@ -72,7 +78,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.special import logsumexp
 
-from reference._validation import as_float_array, check_int, check_positive, check_rng
+from reference._fastpath import bracket_rounding, tree_scale, widen, width_target
+from reference._validation import as_float_array, check_int, check_logit_scale, check_positive, check_rng
 from reference.bounds import DEFAULT_TOL, ROUNDING, Cut
 from reference.tree import Tree
 
@@ -154,9 +161,20 @@ def _check_tree(tree: Any) -> None:
 
 
 def _check_query(tree: Any, q: Any) -> np.ndarray:
-    """Validate the tree and ``q`` (shape ``(tree.dim,)``, finite); return q as float64."""
+    """Validate the tree and ``q`` (shape ``(tree.dim,)``, finite, logits far from overflow); return q as float64.
+
+    ``|q_i| <= MAX_ABS_COORD`` and ``||q|| max_v (||r_v|| + rho_v) <= MAX_LOGIT``
+    (:mod:`reference._validation`), as on the fast path.
+    """
     _check_tree(tree)
-    return as_float_array(q, "q", shape=(tree.dim,)).astype(np.float64)
+    q = as_float_array(q, "q", shape=(tree.dim,)).astype(np.float64)
+    check_logit_scale(q, tree_scale(tree), "q")
+    return q
+
+
+def _target(tree: Tree, q: np.ndarray, tol: float) -> float:
+    """The refinement target of (5): ``tol`` less the rounding margin of the reported bracket (11)."""
+    return float(width_target(tree, q[None, :], tol)[0])
 
 
 def _node_entry(tree: Tree, q: np.ndarray, qnorm: float, v: int) -> _Entry:
@@ -255,11 +273,12 @@ def adaptive_cut(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> Cut:
     -------
     Cut
         A single-query :class:`reference.bounds.Cut` (nodes first, then single
-        targets). Its bracket (2) has ``hi - lo <= tol`` (up to float64
-        rounding), or every entry has eps_v = 0 and ``lo = hi = log Z``.
+        targets). Its bracket (2), widened as in (11), has ``hi - lo <= tol``,
+        or every entry has eps_v = 0 and ``lo = hi = log Z`` up to the
+        widening: (5) stops at ``tol - 8 W_bound`` (11).
     """
     q = _check_query(tree, q)
-    entries = _cut_entries(tree, q, check_positive(tol, "tol"))
+    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))
     return Cut.from_entries([e.node for e in entries if e.node >= 0], [e.target for e in entries if e.node < 0])
 
 
@@ -306,12 +325,16 @@ def bracket(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> tuple[float, float]
     -------
     lo, hi : float
         ``logsumexp_v(log n_v + <q, r_v> -/+ eps_v)`` over the adaptive cut,
-        recomputed from its entries (not the running sums).
+        recomputed from its entries (not the running sums), widened by the
+        rounding bound W and rounded outward (11): ``lo <= log Z <= hi`` for
+        these float64 numbers.
     """
     q = _check_query(tree, q)
-    entries = _cut_entries(tree, q, check_positive(tol, "tol"))
+    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))
     lo = logsumexp([e.log_n + e.s - e.eps for e in entries])  # (2)
     hi = logsumexp([e.log_n + e.s + e.eps for e in entries])  # (2)
+    w = bracket_rounding(tree, np.linalg.norm(q), len(entries), max(abs(lo), abs(hi)))  # (11)
+    lo, hi = widen(lo, hi, w)                                                               # (11)
     return float(lo), float(hi)
 
 
@@ -349,7 +372,7 @@ def cut_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, tol: float 
     """
     q = _check_query(tree, q)
     n, rng = check_int(n, "n", low=1), check_rng(rng)
-    entries = _cut_entries(tree, q, check_positive(tol, "tol"))
+    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))  # the cut of adaptive_cut
     log_w = np.array([e.log_n + e.s for e in entries])  # (6): log(n_v exp(<q, r_v>))
     log_z_hat = float(logsumexp(log_w))                # (6): log Zhat_C
     ids, log_q = np.empty(n, np.int64), np.empty(n)

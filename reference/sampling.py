@@ -40,6 +40,7 @@ from reference._fastpath import (
     query_ptr,
     range_logits,
     refine,
+    refine_to_width,
     rowdot,
     segment_logsumexp,
     terms,
@@ -107,7 +108,7 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
     for b0 in range(0, B, _QUERY_BLOCK):
         b1 = min(b0 + _QUERY_BLOCK, B)
         if cut is None:
-            st = refine(tree, Q[b0:b1], tol=tol)
+            st = refine_to_width(tree, Q[b0:b1], tol)  # the cut of adaptive_cut(tree, queries, tol)
             query, node, target, t = st.query, st.node, st.target, st.terms
         else:
             p = cut.ptr
@@ -163,8 +164,11 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         Draws per query (with replacement).
     rng : numpy.random.Generator
     tol : float > 0, optional
-        If given, the envelope's cut is ``adaptive_cut(tree, queries, tol)``
-        (proofs/README.md section 4), so the acceptance rate is ``>= exp(-tol)``. If
+        If given, the envelope's cut is refined by the rule of
+        ``adaptive_cut(tree, queries, tol)`` (proofs/README.md section 4) until
+        its computed bracket has ``hi - lo <= tol`` (without adaptive_cut's
+        margin for the rounding of the reported bracket, on which exactness
+        does not depend), so the acceptance rate is ``>= exp(-tol)``. If
         ``None`` (default), the cut balances refinement against proposals for
         ``n`` draws (see ``reference._fastpath.refine``), and is refined further
         where needed so that ``hi - lo <= max(1, log(N_live / n))``: the
@@ -220,7 +224,8 @@ def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None
     ``U_v = n_v exp(<q,r_v> + eps_v)`` over exactly this cut (for a batch,
     query block by query block, as here), so its acceptance rate per proposal
     is ``exp(log Z - hi)`` with ``hi`` the bracket of this cut
-    (:func:`reference.bounds.log_partition_bracket`), and its counter
+    (:func:`reference.bounds.log_partition_bracket`, up to its rounding
+    widening of about 1e-13 of the logit scale), and its counter
     ``cut_entries`` is ``len`` of this cut. Entries that the sampler keeps
     as one exact entry (an evaluated leaf, or a small node, whose targets are
     drawn from their own softmax) are listed as their single targets.
@@ -354,7 +359,7 @@ def _i3_violation(what: str, v: np.ndarray, y: np.ndarray, excess: np.ndarray) -
 
 
 def _envelope_cut(tree: Any, Q: np.ndarray, n: int, tol: float | None):
-    """The cut of the rejection envelope: ``adaptive_cut`` with ``tol``, or (``tol=None``) the
+    """The cut of the rejection envelope: ``adaptive_cut``'s refinement to ``tol``, or (``tol=None``) the
     cost-balanced cut for ``n`` draws with ``hi - lo <= max(1, log(N_live / n))`` as a safety net."""
     if tol is None:
         return refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n, exact_leaves=True,

@@ -83,14 +83,14 @@ import numpy as np
 import scipy.sparse
 
 from reference._fastpath import ranges
-from reference._validation import as_float_array, as_index_array, check_int
+from reference._validation import MAX_ABS_COORD, as_float_array, as_index_array, check_int
 
 __all__ = ["InvariantError", "Tree", "row_distances"]
 
-#: Largest accepted absolute coordinate. Squared distances of vectors with
-#: entries up to 1e150 stay finite in float64 (1e300 * k < 1.8e308 for any
-#: practical k), so every radius is a finite number.
-MAX_ABS_COORD = 1e150
+# MAX_ABS_COORD (from reference._validation, the one place the limits are set): the
+# largest accepted absolute coordinate of a point. Squared distances of vectors with
+# entries up to 1e150 stay finite in float64 (1e300 * k < 1.8e308 for any practical
+# k), so every radius is a finite number.
 
 #: Rows processed per block in the passes over all targets (bounds the memory
 #: of temporaries to about ``_BLOCK * branching * k * 8`` bytes).
@@ -402,7 +402,8 @@ def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = 
                 raise ValueError(f"{name}: expected finite values, got NaN or infinite entries (rows {lo}..)")
             if blk.size and np.abs(blk).max() > MAX_ABS_COORD:
                 raise ValueError(
-                    f"{name}: expected |entries| <= {MAX_ABS_COORD:g} (squared distances must stay finite), "
+                    f"{name}: expected |entries| <= MAX_ABS_COORD = {MAX_ABS_COORD:g} (squared distances must "
+                    "stay finite), "
                     f"got {np.abs(blk).max():g}"
                 )
             out[lo : lo + _BLOCK] = blk

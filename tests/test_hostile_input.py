@@ -693,3 +693,159 @@ def test_scalar_options_refuse_strings_booleans_and_containers(value: Any) -> No
     tree = Tree.build(np.eye(3), leaf_size=1)
     with pytest.raises(ValueError, match="expected a"):
         adaptive_cut(tree, np.ones(3), tol=value)
+
+
+# --------------------------------------------------------------------------- magnitude limits (MAX_ABS_COORD, MAX_LOGIT)
+
+
+def _query_entry_points():
+    """Every public function that takes queries on a tree: ``name -> fn(tree, queries)``."""
+    from reference import bounds, plain, sampling
+
+    rng = np.random.default_rng(0)
+
+    def one(fn):  # plain.*: one query at a time
+        return lambda t, Q: [fn(t, q) for q in np.atleast_2d(Q)]
+
+    return {
+        "log_partition_bracket": lambda t, Q: bounds.log_partition_bracket(t, Q, bounds.Cut.root(Q.shape[0])),
+        "adaptive_cut": lambda t, Q: bounds.adaptive_cut(t, Q, 0.5),
+        "cut_eps": lambda t, Q: bounds.cut_eps(t, Q, bounds.Cut.root(Q.shape[0])),
+        "cut_distribution": lambda t, Q: bounds.cut_distribution(t, Q, bounds.Cut.root(Q.shape[0])),
+        "log_prob_bound": lambda t, Q: bounds.log_prob_bound(t, Q, bounds.Cut.root(Q.shape[0])),
+        "tv_bound": lambda t, Q: bounds.tv_bound(t, Q, bounds.Cut.root(Q.shape[0])),
+        "kl_bound": lambda t, Q: bounds.kl_bound(t, Q, bounds.Cut.root(Q.shape[0])),
+        "grad_bias_bound": lambda t, Q: bounds.grad_bias_bound(t, Q, bounds.Cut.root(Q.shape[0])),
+        "cut_sample": lambda t, Q: sampling.cut_sample(t, Q, 3, rng),
+        "rejection_sample": lambda t, Q: sampling.rejection_sample(t, Q, 3, rng),
+        "rejection_envelope": lambda t, Q: sampling.rejection_envelope(t, Q, 3),
+        "topk": lambda t, Q: sampling.topk(t, Q, 2),
+        "plain.adaptive_cut": one(lambda t, q: plain.adaptive_cut(t, q, 0.5)),
+        "plain.bracket": one(lambda t, q: plain.bracket(t, q, 0.5)),
+        "plain.refinement_order": one(plain.refinement_order),
+        "plain.cut_sample": one(lambda t, q: plain.cut_sample(t, q, 3, rng)),
+        "plain.rejection_sample": one(lambda t, q: plain.rejection_sample(t, q, 3, rng)),
+        "plain.topk": one(lambda t, q: plain.topk(t, q, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_query_entry_points()))
+@pytest.mark.parametrize("case", ["norm_1e200", "coord_above_limit", "logit_scale_above_limit"])
+def test_queries_whose_logits_could_overflow_are_refused(name: str, case: str) -> None:
+    """The issue's finding: queries of norm ~1e200 gave a NaN bracket and wrong top-k ids, silently.
+    Now every entry point refuses them with a ValueError naming the argument and the limit
+    (reference._validation: |q_i| <= MAX_ABS_COORD = 1e150 and ||q|| max_v(||r_v|| + rho_v) <= MAX_LOGIT = 1e150)."""
+    fn = _query_entry_points()[name]
+    scale = 1e100 if case == "logit_scale_above_limit" else 1.0
+    tree = Tree.build(scale * np.random.default_rng(0).standard_normal((30, 3)), leaf_size=4)
+    Q = np.ones((2, 3))
+    if case == "norm_1e200":
+        Q[1] *= 1e200
+    elif case == "coord_above_limit":
+        Q[1, 2] = 2e150
+    else:
+        Q[1] *= 1e60  # ||q|| ~ 1.7e60 times node scale ~1e100
+    snapshot = copy.deepcopy(tree)
+    with pytest.raises(ValueError) as err:
+        fn(tree, Q)
+    msg = str(err.value)
+    assert msg.startswith(("q:", "queries:")), msg
+    if case == "logit_scale_above_limit":
+        assert "MAX_LOGIT = 1e+150" in msg and ("query 1" in msg or name.startswith("plain.")), msg
+    else:
+        assert "MAX_ABS_COORD = 1e+150" in msg, msg
+    assert_same_state(tree, snapshot, f"tree after a refused {name}")
+
+
+def test_queries_at_the_logit_limit_are_answered_correctly() -> None:
+    """||q|| max ||z|| just below MAX_LOGIT = 1e150: finite, certified, exact top-k (no overflow anywhere)."""
+    from reference import bounds, plain, sampling
+
+    rng = np.random.default_rng(1)
+    pts = rng.standard_normal((40, 3))
+    tree = Tree.build(pts, leaf_size=4)
+    scale = 0.5e150 / (np.linalg.norm(pts, axis=1).max() + 2 * float(tree.radius[0]))
+    Q = rng.standard_normal((3, 3))
+    Q *= scale / np.linalg.norm(Q, axis=1, keepdims=True)
+    a = Q @ pts.T
+    cut = bounds.adaptive_cut(tree, Q, 1.0)
+    lo, hi, hat = bounds.log_partition_bracket(tree, Q, cut)
+    assert np.isfinite(lo).all() and np.isfinite(hi).all() and np.isfinite(hat).all()
+    assert (lo <= a.max(axis=1) + np.log(40)).all() and (hi >= a.max(axis=1)).all()
+    ids, vals = sampling.topk(tree, Q, 3)
+    np.testing.assert_array_equal(ids, np.argsort(-a, axis=1, kind="stable")[:, :3])
+    assert np.isfinite(vals).all()
+    assert (plain.topk(tree, Q[0], 3)[0] == ids[0]).all()
+    draws, _ = sampling.rejection_sample(tree, Q, 5, np.random.default_rng(2))
+    assert (draws == np.argmax(a, axis=1)[:, None]).all()  # the softmax is a point mass at this scale
+
+
+@pytest.mark.parametrize("op", ["insert", "update"])
+def test_tree_mutations_refuse_coordinates_beyond_the_limit(op: str) -> None:
+    tree = _small_tree()
+    pts = np.ones((2, 3))
+    pts[1, 0] = 1e151
+    fn = (lambda: tree.insert(pts)) if op == "insert" else (lambda: tree.update(np.array([0, 1]), pts))
+    ok, err = call(fn, objects=(tree,))
+    assert not ok and str(err).startswith("points:") and "MAX_ABS_COORD = 1e+150" in str(err), err
+
+
+def test_grad_bias_bound_refuses_an_H_that_would_overflow() -> None:
+    from reference import bounds
+
+    tree = _small_tree()
+    ok, err = call(bounds.grad_bias_bound, tree, np.ones(3), bounds.Cut.root(), 1e308, objects=(tree,))
+    assert not ok and "H: expected a number <= 1e+300" in str(err), err
+    assert np.isfinite(bounds.grad_bias_bound(tree, np.ones(3), bounds.Cut.root(), 1e300))
+
+
+@pytest.mark.parametrize("tol", [710.0, 1e3, 1e300])
+def test_huge_tol_does_not_overflow(tol: float) -> None:
+    """Regression: log(expm1(tol)) overflowed (a RuntimeWarning, an error here) for tol > 709."""
+    from reference import bounds, plain, sampling
+
+    tree = _small_tree()
+    Q = np.ones((2, 3))
+    assert len(bounds.adaptive_cut(tree, Q, tol)) == 2  # the root cuts
+    sampling.cut_sample(tree, Q, 3, np.random.default_rng(0), tol=tol)
+    sampling.rejection_sample(tree, Q, 3, np.random.default_rng(0), tol=tol)
+    lo, hi = plain.bracket(tree, Q[0], tol)
+    assert lo <= hi
+
+
+def test_dynamic_index_and_nystrom_refuse_values_beyond_the_limits() -> None:
+    """Embeddings, queries and Nystrom coordinates beyond MAX_ABS_COORD / MAX_LOGIT: a ValueError naming the argument."""
+    from reference.dynamic import DynamicIndex
+    from reference.nystrom import NystromMap, select_landmarks
+
+    index, G = _index()
+    m, d = index.m, index.dim
+    huge = np.ones((2, d))
+    huge[1, 0] = 1e151
+    cases = {
+        "F": [lambda: index.queries(huge), lambda: index.logits(huge), lambda: index.bracket(huge),
+              lambda: index.topk(huge, 2), lambda: index.cut_sample(huge, 2, np.random.default_rng(0)),
+              lambda: index.rejection_sample(huge, 2, np.random.default_rng(0)),
+              lambda: index.topk(np.full((1, d), 1e149), 2)],          # psi = beta W f beyond the limits
+        "G_L": [lambda: index.step(np.vstack([huge, np.ones((m - 2, d))]))],
+        "G": [lambda: index.add(huge), lambda: index.refresh(np.vstack([huge, np.ones((m - 2, d))]),
+                                                              ids=np.arange(m))],
+    }
+    for name, fns in cases.items():
+        for fn in fns:
+            ok, err = call(fn, objects=(index,))
+            assert not ok and str(err).startswith(f"{name}:"), err
+            assert "MAX_ABS_COORD = 1e+150" in str(err) or "MAX_LOGIT = 1e+150" in str(err), err
+    ok, err = call(lambda: DynamicIndex(np.vstack([G, huge]), np.arange(8)))
+    assert not ok and str(err).startswith("cache:") and "MAX_ABS_COORD" in str(err), err
+    nmap = NystromMap("linear").fit(G, np.arange(6))
+    for name, fn in {"G0": lambda: NystromMap().fit(np.vstack([G, huge]), np.arange(6)),
+                     "anchor": lambda: NystromMap().fit_anchor(huge),
+                     "G": lambda: nmap.features(huge),
+                     "G_L": lambda: nmap.project(np.vstack([huge, np.ones((4, d))])),
+                     "phi": lambda: nmap.approximate(np.full((1, 6), 1e151), np.ones((6, 2))),
+                     "W": lambda: nmap.approximate(np.ones((1, 6)), np.full((6, 2), 1e151))}.items():
+        ok, err = call(fn, objects=(nmap,))
+        assert not ok and str(err).startswith(f"{name}:") and "MAX_ABS_COORD = 1e+150" in str(err), err
+    ok, err = call(select_landmarks, np.vstack([G, huge]), 3, rng=np.random.default_rng(0))
+    assert not ok and str(err).startswith("G0:"), err
