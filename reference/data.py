@@ -37,18 +37,24 @@ steps, against 0.88 for the true map and 0.21 for least squares.
 Reproducibility: the same ``seed`` gives bit-identical arrays; ``dtype=float32``
 gives the float64 arrays rounded to float32 (random numbers are always drawn in
 float64, in fixed-size row chunks, and written into the output).
+
+A user's own data: :func:`load_dataset` reads query features, target features
+and positives from ``.npy`` files (``compare --queries/--targets/--positives``,
+paths kept in a :class:`DataFiles`), validates them and splits the queries by a
+documented seeded rule into the same :class:`RetrievalData`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int, check_nonnegative, check_positive
+from reference._validation import as_float_array, check_int, check_nonnegative, check_positive
 
-__all__ = ["RetrievalData", "make_targets", "make_isotropic", "make_dataset"]
+__all__ = ["RetrievalData", "DataFiles", "make_targets", "make_isotropic", "make_dataset", "load_dataset"]
 
 # Rows generated per chunk: bounds the float64 temporaries to ~16 MiB per
 # 32 columns whatever N is (memory stays proportional to the output).
@@ -63,7 +69,7 @@ SeedLike = int | np.random.Generator | None
 
 @dataclass
 class RetrievalData:
-    """A synthetic retrieval dataset (proofs/README.md section 7).
+    """A retrieval dataset (proofs/README.md section 7): synthetic, or a user's (:func:`load_dataset`).
 
     Attributes
     ----------
@@ -80,9 +86,11 @@ class RetrievalData:
     clusters : numpy.ndarray of int64, shape (N, depth)
         ``clusters[y, l]`` is the id of target y's level-(l+1) centre, in
         [0, branching^(l+1)); column ``depth - 1`` is the leaf cluster.
+        Shape (N, 0) for a user's dataset (no known clusters).
     config : dict
         Every argument of :func:`make_dataset` plus derived quantities
-        (``noise_std``, ``map_hidden``, ``n_train``, ``n_test``).
+        (``noise_std``, ``map_hidden``, ``n_train``, ``n_test``); for
+        :func:`load_dataset`, its arguments and ``n_train``, ``n_test``.
     """
 
     targets: np.ndarray
@@ -395,3 +403,178 @@ def make_dataset(
         clusters=clusters,
         config=config,
     )
+
+
+# --------------------------------------------------------------------------- a user's dataset
+
+#: Feature dtypes :func:`load_dataset` accepts (kinds): float, signed and unsigned int.
+_FEATURE_KINDS = "fiu"
+
+
+def _read(source: Any, arg: str) -> tuple[np.ndarray, str]:
+    """``source`` (a ``.npy`` path or an array) as an array, and the name errors use: ``arg`` (path)."""
+    if isinstance(source, (str, os.PathLike)):
+        name = f"{arg} ({os.fspath(source)})"
+        try:
+            arr = np.load(source, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{name}: expected a readable .npy file of a numeric array (no pickles), "
+                             f"got {type(exc).__name__}: {exc}") from None
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name}: expected a .npy file holding one array, got {type(arr).__name__} (.npz?)")
+        return arr, name
+    if isinstance(source, np.ndarray):
+        return source, arg
+    raise ValueError(f"{arg}: expected a path to a .npy file or a numpy array, got {type(source).__name__}")
+
+
+def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """A 2-D finite feature array of >= ``min_rows`` rows (float32 kept; float64 otherwise), or ``ValueError``."""
+    arr, name = _read(source, arg)
+    if arr.dtype.kind not in _FEATURE_KINDS:
+        raise ValueError(f"{name}: expected a real numeric dtype (float or int), got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        want = "(rows, features)" if dim is None else f"(rows, {dim})"
+        raise ValueError(f"{name}: expected a non-empty 2-D array of shape {want}, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name}: expected {dim} feature columns (as the training queries), got shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{name}: expected at least {min_rows} rows, got {arr.shape[0]}")
+    dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    out = as_float_array(arr, name, ndim=2, dtype=dtype)
+    return out.copy() if out is source else out  # never keep a caller's array (it may change)
+
+
+def _positives(source: Any, arg: str, rows: int, n_targets: int) -> np.ndarray:
+    """A 1-D int64 array of ``rows`` ids in [0, N), or ``ValueError`` naming ``arg``."""
+    arr, name = _read(source, arg)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected an integer dtype (target ids), got {arr.dtype}")
+    if arr.shape != (rows,):
+        raise ValueError(f"{name}: expected shape ({rows},) (one positive per query), got {arr.shape}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n_targets:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name}: expected target ids 0 <= pos < N = {n_targets} (rows of the targets), got {bad}")
+    return arr.astype(np.int64)
+
+
+def load_dataset(
+    queries: Any,
+    targets: Any,
+    positives: Any,
+    *,
+    test_queries: Any = None,
+    test_positives: Any = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> RetrievalData:
+    """A user's retrieval dataset from ``.npy`` files (or arrays), validated, as a :class:`RetrievalData`.
+
+    Query i has the positive target ``positives[i]``, a row of ``targets``.
+    Without ``test_queries`` the queries are split by a fixed seeded rule:
+    ``perm = numpy.random.default_rng(split_seed).permutation(n)`` and the
+    first ``round(test_fraction * n)`` of ``perm`` are the test queries, the
+    rest the training queries, each kept in file order. With
+    ``test_queries`` and ``test_positives`` the given split is used as is.
+
+    Parameters
+    ----------
+    queries : path-like or ndarray, shape (n, d_x)
+        Query features (float or int; float32 is kept, everything else
+        becomes float64), finite.
+    targets : path-like or ndarray, shape (N, d_y)
+        Target features, N >= 2, finite.
+    positives : path-like or ndarray of int, shape (n,)
+        Positive target id of each query, 0 <= id < N.
+    test_queries : path-like or ndarray, shape (n_test, d_x), optional
+        Held-out queries; give ``test_positives`` with them.
+    test_positives : path-like or ndarray of int, shape (n_test,), optional
+    test_fraction : float, default 0.2
+        Fraction of ``queries`` held out when no test set is given, in (0, 1);
+        both parts must be non-empty.
+    split_seed : int, default 0
+        Seed of the split.
+
+    Returns
+    -------
+    RetrievalData
+        ``clusters`` has shape (N, 0); ``config`` records the sources and the split.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument and the file, what was expected and what came:
+        an unreadable or pickled file, a non-numeric dtype, a wrong shape,
+        NaN or infinite values, non-integer positives or ids outside [0, N).
+    """
+    if (test_queries is None) != (test_positives is None):
+        raise ValueError("test_queries, test_positives: expected both or neither, got "
+                         f"{'test_queries' if test_positives is None else 'test_positives'} alone")
+    test_fraction = check_positive(test_fraction, "test_fraction")
+    if not test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    split_seed = check_int(split_seed, "split_seed", low=0)
+    Y = _features(targets, "targets", min_rows=2)
+    N = Y.shape[0]
+    X = _features(queries, "queries")
+    pos = _positives(positives, "positives", X.shape[0], N)
+    if test_queries is None:
+        n = X.shape[0]
+        n_test = int(round(test_fraction * n))
+        if not 1 <= n_test <= n - 1:
+            raise ValueError(f"test_fraction: {test_fraction!r} of {n} queries leaves an empty split; "
+                             "expected at least one train and one test query (or give test_queries)")
+        perm = np.random.default_rng(split_seed).permutation(n)
+        test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        train_x, train_pos, test_x, test_pos = X[train_idx], pos[train_idx], X[test_idx], pos[test_idx]
+    else:
+        train_x, train_pos = X, pos
+        test_x = _features(test_queries, "test_queries", dim=X.shape[1])
+        test_pos = _positives(test_positives, "test_positives", test_x.shape[0], N)
+
+    def source(x: Any) -> str | None:
+        return os.fspath(x) if isinstance(x, (str, os.PathLike)) else None if x is None else "array"
+
+    config = dict(
+        source="user", queries=source(queries), targets=source(targets), positives=source(positives),
+        test_queries=source(test_queries), test_positives=source(test_positives),
+        test_fraction=None if test_queries is not None else test_fraction,
+        split_seed=None if test_queries is not None else split_seed,
+        n_targets=N, n_train=int(train_x.shape[0]), n_test=int(test_x.shape[0]),
+    )
+    return RetrievalData(targets=Y, train_x=train_x, train_pos=train_pos, test_x=test_x, test_pos=test_pos,
+                         clusters=np.zeros((N, 0), dtype=np.int64), config=config)
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Where a user's dataset lives: the arguments of :func:`load_dataset` as paths (JSON-ready).
+
+    ``python -m reference compare --queries X.npy --targets Y.npy
+    --positives pos.npy`` trains on these instead of the synthetic data
+    (``reference.train.TrainConfig.data_files``).
+    """
+
+    queries: str
+    targets: str
+    positives: str
+    test_queries: str | None = None
+    test_positives: str | None = None
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("queries", "targets", "positives", "test_queries", "test_positives"):
+            value = getattr(self, name)
+            if value is None and name.startswith("test_"):
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"{name}: expected a path to a .npy file, got {type(value).__name__}")
+            object.__setattr__(self, name, os.fspath(value))
+
+    def load(self) -> RetrievalData:
+        """:func:`load_dataset` of these files."""
+        return load_dataset(self.queries, self.targets, self.positives, test_queries=self.test_queries,
+                            test_positives=self.test_positives, test_fraction=self.test_fraction,
+                            split_seed=self.split_seed)

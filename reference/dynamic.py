@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from reference import _memory
 from reference import bounds as _bounds
 from reference import sampling as _sampling
 from reference._fastpath import tree_scale
@@ -471,18 +472,26 @@ class DynamicIndex:
         self.tree.delete(y)
 
     def memory(self) -> dict[str, int]:
-        """Numbers held (float or id counts), proofs/README.md section 5's memory claim.
+        """Bytes the index holds, by place (proofs/README.md section 5.4).
 
-        ``host``: phi (N m, the tree's points) + cache (N d) + tree nodes
-        (M (m + 6)); ``accelerator``: per step state G_t(L), K_LL^{-1/2}, W_t
-        (m d + m^2 + m d), independent of N.
+        The inventory of :func:`reference._memory.index_arrays`, the one the
+        miners' accounting (:func:`reference.miners.memory_accounting`) uses
+        for ``tree_nystrom``, at this index's sizes. ``host_bytes``: the cache
+        (capacity x d), the tree over phi (its two capacity / live x m point
+        arrays, O(capacity) ids and flags, the node arrays), the landmark ids,
+        g_0(L), the eigenvalues of K_LL and W_0. ``accelerator_bytes``: what a
+        training step keeps there, K_LL^{-1/2} (m x m) and W_t (m x d),
+        independent of N (the per-step landmark encodings are the encoder's and
+        are counted by the miners' accounting).
+
+        Returns
+        -------
+        dict
+            ``host_bytes`` and ``accelerator_bytes``.
         """
-        cap, m, d = self.tree.points.shape[0], self.m, self.dim
-        nodes = int(self.tree.radius.shape[0])
-        return {
-            "host": cap * m + cap * d + nodes * (m + 6),
-            "accelerator": 2 * m * d + m * m,
-        }
+        t = self.tree
+        arrays = _memory.index_arrays(t.points.shape[0], t.order.shape[0], self.dim, self.m, t.radius.shape[0])
+        return {"host_bytes": _memory.total(arrays, "host"), "accelerator_bytes": _memory.total(arrays, "accelerator")}
 
     def __repr__(self) -> str:
         return (

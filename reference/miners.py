@@ -57,39 +57,83 @@ rebuilds its tree deterministically from its cache; ``tree_nystrom``, whose
 index is repaired in place at every refresh, saves the whole index), which is
 what makes a resumed training run bitwise identical to an uninterrupted one.
 
-Memory accounting (what a deployment keeps on the accelerator per step)
-------------------------------------------------------------------------
-Counted in numbers (floats or ids; bytes = numbers x itemsize), with N targets,
-embedding dimension d, raw feature dimensions d_x (queries) and d_y (targets),
-batch B, negatives n, P model parameters, cache size C, m landmarks, m' <= m
-Nystrom coordinates, k the tree's point dimension, M tree nodes:
+Memory accounting (one rule for every miner)
+--------------------------------------------
+:func:`memory_accounting` applies one rule to the arrays every miner lists in
+its ``memory(s, streamed)`` (records of :mod:`reference._memory`: shape,
+item size, place, lifetime). Sizes (:class:`Sizes`): N targets, embedding
+dimension d, feature dimensions d_x (queries) and d_y (targets), H the sum of
+a tower's hidden widths, batch B, n negatives, P model parameters, C cache
+slots, m landmarks, M tree nodes and the block size B_s (``block_rows``).
+One encoded row holds its input, its hidden activations and its output:
+r_x = d_x + H + d numbers for a query, r_y = d_y + H + d for a target.
 
-    accelerator(miner) = model + batch(miner) + state(miner)
-    model              = 4 P           (parameters, gradients, Adam m and v)
-    batch(full)        = B (d_x + d) + N (d_y + d) + B N
-    batch(others)      = B (d_x + d) + B (n + 1) (d_y + d + 1)
-                         (query inputs and encodings; the loss's target rows,
-                         their encodings and logits)
+Accelerator (numbers; bytes = numbers x ``itemsize``, the encoder's, except
+ids, int64, and the index's float64 K_LL^{-1/2} and W_t). Every miner holds the model,
+4 P (parameters, gradients, Adam m and v), and in every step the query
+batch, B r_x. A *pass* of the target tower over R rows holds
 
-    miner          state on the accelerator          host
-    full           0                                 0
-    uniform        0                                 0
-    in_batch       0                                 0
-    brute_topk     N (d_y + d) + B N                 0
-    stale_topk     0 (the index is served off-device) N d
-    neg_cache      C (d + 1) + B C                   0
-    tree_stale     0 (the tree is served off-device)  N d + tree(k = d)
-    tree_nystrom   m d_y + m d + m' m + m' d          N d + N m' + tree(k = m')
-                   (accelerator: landmark features and encodings G_t(L),
-                   K_LL^{-1/2}, W_t; host: the cache g_s, phi, the tree)
-    tree(k)        = M (k + 6) + N   (rep, radius, count, parent, start, stop; the DFS order)
+    materialised  pass(R) = R r_y  [+ B R logits when scored against the batch]
+    streamed      pass(R) = min(R, B_s) r_y  [+ B min(R, B_s) logits]: blocks
+                  of B_s rows, each encoded, scored and folded into a running
+                  result (top-n: B n scores + B n ids; logsumexp: 2 B) or
+                  copied to the host before the next block
 
-Hidden-layer activations are not counted: they cost the same per encoded row
-for every miner, and the full-softmax and brute-force miners encode N rows per
-step where the others encode at most B (n + 1) + m, so counting them would only
-widen the gap; the brute-force figure is a lower bound and the ratio
-brute_topk / tree_nystrom is conservative. At N = 1e6 the brute-force state N (d_y + d) + B N grows with N
-while the method's is independent of N.
+and nothing else differs between the two rules. Per miner (``loss`` =
+B (n + 1) (r_y + 1), the sampled loss's target rows and their logits):
+
+    miner         every step, besides 4 P + B r_x        refresh step adds
+    full          pass(N) scored + 2 B (logsumexp)       -
+    uniform       loss                                   -
+    in_batch      loss                                   -
+    brute_topk    loss + pass(N) scored + 2 B n (top-n)  -
+    stale_topk    loss                                   pass(N) to the host
+    neg_cache     loss + C (d + 1) + pass(B) + B C g     pass(C) (the fill)
+    tree_stale    loss                                   pass(N) to the host
+    tree_nystrom  loss + pass(m) + B m + m^2 + m d       pass(N) to the host
+
+``neg_cache``: the slots' embeddings and ids C (d + 1), the batch positives'
+fresh encodings pass(B), and g = 3 + n materialised (scores, log-probabilities,
+the n Gumbel draws of (B, C) each, log Q per cached id) or 4 streamed (one
+draw at a time). ``tree_nystrom``: the landmarks' features and encodings
+pass(m), psi_t (B x m), K_LL^{-1/2} and W_t; its index and the samplers run
+on the host (as the trees of ``tree_stale`` and the cache of ``stale_topk``
+do). Reported for each rule:
+
+    step  = 4 P + B r_x + every step column
+    peak  = step + refresh column  (the refresh pass is charged on top of
+            everything the step holds: an upper bound on the refresh step)
+
+The gradient buffers of the backward pass (one layer's width per row at a
+time) and framework workspace are not counted, for any miner.
+
+Host (bytes, every array the miner keeps between steps; the dataset's
+features are everyone's and are not counted):
+
+    full, uniform, brute_topk, neg_cache   0
+    in_batch       8 N                 (the float64 log Q table)
+    stale_topk     N d itemsize        (the cache g_s)
+    tree_stale     N d itemsize + tree(N, k = d)
+    tree_nystrom   index(N, d, m) = 8 N d + tree(N, k = m) + 8 (2 m + 2 m d)
+                   (cache, tree over phi, landmark ids, g_0(L), eigenvalues
+                   of K_LL, W_0; K_LL^{-1/2} and W_t are on the accelerator)
+    tree(N, k)     = 8 (2 N k + M (k + 2)) + 8 (2 N + 7 M) + (N + M)
+                   (float64 points, points_dfs, rep, radius, rep_norm; int64
+                   leaf_of, order, count, parent, depth, start, stop,
+                   child_ptr, child_idx; bool alive, is_leaf)
+
+``DynamicIndex.memory()`` reports the same inventory
+(:func:`reference._memory.index_arrays`) for a live index; the tests hold
+both against the ``.nbytes`` of the arrays the real objects keep.
+
+Streaming changes the picture for the miners that encode all N targets:
+materialised, brute force's per-step pass(N) grows with N while the
+method's per-step arrays do not, but the method's refresh pass(N) does too;
+streamed, no miner holds an N-sized array on the accelerator (brute force
+keeps only a running top-n), and N enters only the encoder's compute
+(N target rows per step for brute force, N per R steps for the method). The
+claim-2 ratio is reported for both rules, per step and at the peak
+(``reference.train.summarize``).
 
 References
 ----------
@@ -113,7 +157,8 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
-from reference import bounds, persist, sampling
+from reference import _memory, bounds, persist, sampling
+from reference._memory import Array
 from reference._validation import (
     as_float_array,
     as_index_array,
@@ -143,6 +188,8 @@ __all__ = [
     "TreeNystrom",
     "make_miner",
     "topk_ids",
+    "MEMORY_RULES",
+    "memory_arrays",
     "memory_accounting",
 ]
 
@@ -232,11 +279,29 @@ class MinerConfig:
 
 @dataclass(frozen=True)
 class Sizes:
-    """The sizes the memory accounting depends on (see the module docstring).
+    """The sizes the memory accounting depends on (module docstring, "Memory accounting").
 
-    ``index_dim`` (k) and ``tree_nodes`` (M) may be left at 0: they are then
-    estimated (k = d for ``tree_stale``, k = m for ``tree_nystrom``,
-    M = ceil(N / leaf_size) * branching / (branching - 1)).
+    Parameters
+    ----------
+    n_targets, out_dim, query_dim, target_dim : int
+        N, d, d_x, d_y.
+    batch_size, negatives : int
+        B, n.
+    n_params : int
+        P, parameters of both towers.
+    cache_size, landmarks : int
+        C (``neg_cache``), m (``tree_nystrom``).
+    hidden : tuple of int, default ()
+        Hidden widths of a tower (both towers share them); H = sum(hidden).
+    branching, leaf_size : int, default 8, 16
+        Tree parameters (for the estimate of M).
+    tree_nodes : int, default 0
+        M, the tree's node count; 0 estimates it as
+        ceil(N / leaf_size) * branching / (branching - 1).
+    block_rows : int, default 4096
+        B_s, target rows per block under the streamed rule.
+    itemsize : int, default 8
+        Bytes of one of the encoder's floats (8 for float64, 4 for float32).
     """
 
     n_targets: int
@@ -248,11 +313,24 @@ class Sizes:
     n_params: int
     cache_size: int
     landmarks: int
+    hidden: tuple[int, ...] = ()
     branching: int = 8
     leaf_size: int = 16
-    nystrom_dim: int = 0
     tree_nodes: int = 0
+    block_rows: int = 4096
     itemsize: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("n_targets", "out_dim", "query_dim", "target_dim", "batch_size", "negatives", "n_params",
+                     "cache_size", "landmarks", "leaf_size", "block_rows", "itemsize"):
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.branching, "branching", low=2)
+        check_int(self.tree_nodes, "tree_nodes", low=0)
+        try:
+            hidden = tuple(check_int(w, "hidden[]", low=1) for w in self.hidden)
+        except TypeError:
+            raise ValueError(f"hidden: expected a sequence of positive ints, got {self.hidden!r}") from None
+        object.__setattr__(self, "hidden", hidden)
 
     def estimated_tree_nodes(self) -> int:
         """M: the given node count, else ceil(N / leaf_size) leaves times b / (b - 1)."""
@@ -295,6 +373,40 @@ def _check_state(state: Any, expected: Mapping[str, tuple[tuple[int | None, ...]
             raise ValueError(f"state[{name!r}]: expected finite values")
         out[name] = a.copy()
     return out
+
+
+def _pass(s: Sizes, what: str, rows: int, when: str, streamed: bool, *, scored: bool = False,
+          reduce: str | None = None) -> list[Array]:
+    """pass(R): the accelerator arrays of one pass of the target tower over R = ``rows`` rows.
+
+    The only place the two rules differ (module docstring): materialised,
+    all R rows at once; streamed, blocks of min(R, B_s) rows. A ``scored``
+    pass adds the logits of the batch against its rows; ``reduce`` ("topk",
+    "logsumexp") adds the running result the blocks are folded into.
+    """
+    r = min(rows, s.block_rows) if streamed else rows
+    f, acc = s.itemsize, "accelerator"
+    out = [Array(f"{what}: features", (r, s.target_dim), f, acc, when),
+           Array(f"{what}: hidden activations", (r, sum(s.hidden)), f, acc, when),
+           Array(f"{what}: encodings", (r, s.out_dim), f, acc, when)]
+    if scored:
+        out.append(Array(f"{what}: logits", (s.batch_size, r), f, acc, when))
+    if reduce == "topk":
+        out += [Array(f"{what}: top-n scores", (s.batch_size, s.negatives), f, acc, when),
+                Array(f"{what}: top-n ids", (s.batch_size, s.negatives), _memory.ID, acc, when)]
+    elif reduce == "logsumexp":
+        out.append(Array(f"{what}: running max and sum", (s.batch_size, 2), f, acc, when))
+    return out
+
+
+def _loss_rows(s: Sizes) -> list[Array]:
+    """loss: the B (n + 1) target rows of a sampled softmax loss and their logits (held whole by both rules)."""
+    rows = s.batch_size * (s.negatives + 1)
+    f = s.itemsize
+    return [Array("loss rows: features", (rows, s.target_dim), f, "accelerator", "step"),
+            Array("loss rows: hidden activations", (rows, sum(s.hidden)), f, "accelerator", "step"),
+            Array("loss rows: encodings", (rows, s.out_dim), f, "accelerator", "step"),
+            Array("loss rows: logits", (s.batch_size, s.negatives + 1), f, "accelerator", "step")]
 
 
 # --------------------------------------------------------------------------- the interface
@@ -348,9 +460,22 @@ class Miner:
         _check_state(state, {})
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        """(accelerator state, host state) in numbers; see the module docstring."""
-        return 0, 0
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        """The arrays the miner adds to the model and the query batch, under one rule.
+
+        Parameters
+        ----------
+        s : Sizes
+        streamed : bool
+            The streamed rule (passes over targets in blocks of ``s.block_rows``)
+            or the materialised one (module docstring, "Memory accounting").
+
+        Returns
+        -------
+        list of reference._memory.Array
+            The base class (``uniform``): the sampled loss's rows only.
+        """
+        return _loss_rows(s)
 
 
 class FullSoftmax(Miner):
@@ -361,6 +486,10 @@ class FullSoftmax(Miner):
     def mine(self, model, targets, x, pos, step, rng) -> Negatives:
         _check_batch(model, targets, x, pos)
         return Negatives(ids=None, log_q=None, logits=0)
+
+    @staticmethod
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return _pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="logsumexp")
 
 
 class Uniform(Miner):
@@ -421,6 +550,10 @@ class InBatch(Miner):
             raise ValueError("pos: expected positives that occur in train_pos (Q > 0), got an unseen id")
         return Negatives(ids=ids, log_q=log_q, logits=0)
 
+    @staticmethod
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return [*_loss_rows(s), Array("log Q per target", (s.n_targets,), _memory.FLOAT64, "host", "kept")]
+
 
 class BruteTopK(Miner):
     """The paper's "oracle": exact top-n of the current logits over all N targets.
@@ -441,8 +574,8 @@ class BruteTopK(Miner):
         return Negatives(ids=topk_ids(a, self.n, exclude=p), log_q=None, logits=a.size)
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        return s.n_targets * (s.target_dim + s.out_dim) + s.batch_size * s.n_targets, 0
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return [*_loss_rows(s), *_pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="topk")]
 
 
 class _StaleCache(Miner):
@@ -492,8 +625,9 @@ class StaleTopK(_StaleCache):
         return Negatives(ids=topk_ids(a, self.n, exclude=p), log_q=None, logits=a.size)
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        return 0, s.n_targets * s.out_dim
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return [*_loss_rows(s), *_pass(s, "refresh", s.n_targets, "refresh", streamed),
+                Array("cache g_s", (s.n_targets, s.out_dim), s.itemsize, "host", "kept")]
 
 
 class NegativeCache(Miner):
@@ -579,8 +713,17 @@ class NegativeCache(Miner):
         self.ids, self.emb, self.head = st["ids"].astype(np.int64), st["emb"], head
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        return s.cache_size * (s.out_dim + 1) + s.batch_size * s.cache_size, 0
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        B, C, f, acc = s.batch_size, s.cache_size, s.itemsize, "accelerator"
+        draws = (B, C) if streamed else (B, s.negatives, C)  # one Gumbel draw at a time, or all n
+        return [
+            *_loss_rows(s),
+            Array("slot embeddings", (C, s.out_dim), f, acc, "kept"), Array("slot ids", (C,), _memory.ID, acc, "kept"),
+            *_pass(s, "batch positives", B, "step", streamed),
+            Array("slot scores", (B, C), f, acc, "step"), Array("slot log-probabilities", (B, C), f, acc, "step"),
+            Array("Gumbel draws", draws, f, acc, "step"), Array("log Q per cached id", (B, C), f, acc, "step"),
+            *_pass(s, "cache fill (step 0)", C, "refresh", streamed),
+        ]  # fmt: skip
 
 
 def _cut_logits(tree: Any, cut: Any) -> int:
@@ -600,11 +743,6 @@ def _cut_logits(tree: Any, cut: Any) -> int:
         keys = np.setdiff1d(np.unique(qq[par >= 0] * M + par[par >= 0]), seen, assume_unique=True)
         seen = np.union1d(seen, keys)
     return int(len(cut) + seen.size)
-
-
-def _tree_memory(n_targets: int, k: int, nodes: int) -> int:
-    """tree(k) = M (k + 6) + N: rep, radius, count, parent, start, stop per node; the DFS order."""
-    return nodes * (k + 6) + n_targets
 
 
 class TreeStale(_StaleCache):
@@ -641,8 +779,11 @@ class TreeStale(_StaleCache):
         return Negatives(ids=ids, log_q=log_q, logits=_cut_logits(self.tree, cut))
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        return 0, s.n_targets * s.out_dim + _tree_memory(s.n_targets, s.out_dim, s.estimated_tree_nodes())
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        N = s.n_targets
+        return [*_loss_rows(s), *_pass(s, "refresh", N, "refresh", streamed),
+                Array("cache g_s", (N, s.out_dim), s.itemsize, "host", "kept"),
+                *_memory.tree_arrays(N, N, s.out_dim, s.estimated_tree_nodes())]
 
 
 
@@ -769,12 +910,12 @@ class TreeNystrom(Miner):
         self.index = index
 
     @staticmethod
-    def memory(s: Sizes) -> tuple[int, int]:
-        m = s.landmarks
-        k = s.nystrom_dim or m
-        accelerator = m * s.target_dim + m * s.out_dim + k * m + k * s.out_dim
-        host = s.n_targets * (s.out_dim + k) + _tree_memory(s.n_targets, k, s.estimated_tree_nodes())
-        return accelerator, host
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        N, m = s.n_targets, s.landmarks
+        return [*_loss_rows(s), *_pass(s, "landmarks", m, "step", streamed),
+                Array("psi_t", (s.batch_size, m), s.itemsize, "accelerator", "step"),
+                *_pass(s, "refresh", N, "refresh", streamed),
+                *_memory.index_arrays(N, N, s.out_dim, m, s.estimated_tree_nodes())]
 
 
 #: name -> miner class, in the order of the comparison table.
@@ -818,8 +959,42 @@ def make_miner(name: str, config: MinerConfig, data: Any = None) -> Miner:
     return MINERS[name](config)
 
 
-def memory_accounting(name: str, s: Sizes) -> dict[str, int]:
-    """Accelerator and host memory of one miner by the module docstring's accounting.
+#: The two rules of the accounting (module docstring, "Memory accounting").
+MEMORY_RULES = ("materialised", "streamed")
+
+
+def memory_arrays(name: str, s: Sizes, rule: str) -> list[Array]:
+    """Every array of the accounting for one miner under one rule, the model and query batch included.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`MINERS`.
+    s : Sizes
+    rule : {"materialised", "streamed"}
+
+    Returns
+    -------
+    list of reference._memory.Array
+        The model (4 P: parameters, gradients, Adam m and v; kept), the query
+        batch (B r_x; every step), then ``MINERS[name].memory(s, streamed)``.
+    """
+    check_choice(name, "miner", MINERS)
+    check_choice(rule, "rule", MEMORY_RULES)
+    if not isinstance(s, Sizes):
+        raise ValueError(f"s: expected a Sizes, got {type(s).__name__}")
+    f, acc, B = s.itemsize, "accelerator", s.batch_size
+    common = [Array("model: parameters, gradients, Adam m and v", (4, s.n_params), f, acc, "kept"),
+              Array("queries: features", (B, s.query_dim), f, acc, "step"),
+              Array("queries: hidden activations", (B, sum(s.hidden)), f, acc, "step"),
+              Array("queries: encodings", (B, s.out_dim), f, acc, "step")]
+    return common + MINERS[name].memory(s, rule == "streamed")
+
+
+def memory_accounting(name: str, s: Sizes) -> dict[str, Any]:
+    """Accelerator bytes per step and at the peak under both rules, and host bytes, of one miner.
+
+    The one memory rule of the package (module docstring, "Memory accounting").
 
     Parameters
     ----------
@@ -830,24 +1005,18 @@ def memory_accounting(name: str, s: Sizes) -> dict[str, int]:
     Returns
     -------
     dict
-        Numbers (floats or ids): ``accelerator_model`` (4 P),
-        ``accelerator_batch``, ``accelerator_state``, ``accelerator`` (their
-        sum), ``host``; and ``accelerator_bytes``, ``host_bytes``
-        (numbers x ``s.itemsize``).
+        ``host_bytes`` (every array kept on the host; the same under both
+        rules), ``block_rows`` (B_s), and per rule (``"materialised"``,
+        ``"streamed"``) a dict with ``step_bytes`` (accelerator, a step
+        without a refresh), ``refresh_bytes`` (what a refresh step adds),
+        ``peak_bytes`` (their sum). :func:`memory_arrays` lists the arrays
+        behind each figure.
     """
-    check_choice(name, "miner", MINERS)
-    if not isinstance(s, Sizes):
-        raise ValueError(f"s: expected a Sizes, got {type(s).__name__}")
-    N, d, B = s.n_targets, s.out_dim, s.batch_size
-    state, host = MINERS[name].memory(s)
-    model = 4 * s.n_params
-    if name == "full":
-        batch = B * (s.query_dim + d) + N * (s.target_dim + d) + B * N
-    else:
-        batch = B * (s.query_dim + d) + B * (s.negatives + 1) * (s.target_dim + d + 1)
-    acc = model + batch + state
-    return {
-        "accelerator_model": model, "accelerator_batch": batch, "accelerator_state": state,
-        "accelerator": acc, "host": host,
-        "accelerator_bytes": acc * s.itemsize, "host_bytes": host * s.itemsize,
-    }
+    by_rule = {rule: memory_arrays(name, s, rule) for rule in MEMORY_RULES}  # validates name and s
+    out: dict[str, Any] = {"block_rows": s.block_rows}
+    for rule, arrays in by_rule.items():
+        step = _memory.total(arrays, "accelerator", ("kept", "step"))
+        refresh = _memory.total(arrays, "accelerator", ("refresh",))
+        out["host_bytes"] = _memory.total(arrays, "host")
+        out[rule] = {"step_bytes": step, "refresh_bytes": refresh, "peak_bytes": step + refresh}
+    return out

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from scipy.special import logsumexp
 
 from reference.dynamic import DynamicIndex
+from reference.miners import Sizes, memory_accounting, memory_arrays
 from reference.nystrom import NystromMap, linear, rbf, select_landmarks
 from reference.tree import Tree
 
@@ -286,44 +287,92 @@ def test_singular_landmarks_are_handled_by_the_cutoff(setup):
     index.tree.check_invariants()
 
 
-def test_memory_accounting_is_independent_of_n_on_the_accelerator(setup):
+def held_arrays(obj) -> list[np.ndarray]:
+    """Every distinct ndarray reachable from ``obj`` through attributes, dicts, lists and tuples.
+
+    An independent count of what an object keeps: it walks the object graph
+    and knows nothing of the accounting's inventory. A view is replaced by
+    the array that owns its memory, so shared memory is counted once.
+    """
+    seen: dict[int, np.ndarray] = {}
+    visited: set[int] = set()
+
+    def walk(x) -> None:
+        if id(x) in visited:
+            return
+        visited.add(id(x))
+        if isinstance(x, np.ndarray):
+            while isinstance(x.base, np.ndarray):
+                x = x.base
+            assert x.base is None, f"array over a foreign buffer {type(x.base)}"
+            seen[id(x)] = x
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif hasattr(x, "__dict__") and not isinstance(x, type):
+            for v in vars(x).values():
+                walk(v)
+
+    walk(obj)
+    return list(seen.values())
+
+
+def held_bytes(obj) -> int:
+    """Sum of ``.nbytes`` of :func:`held_arrays`."""
+    return sum(a.nbytes for a in held_arrays(obj))
+
+
+def test_memory_accelerator_part_is_independent_of_n(setup):
+    """K_LL^{-1/2} and W_t: (m^2 + m d) float64, whatever N; the host part grows with N."""
     rng, G0, L = setup
     small = DynamicIndex(G0[:300], np.arange(12)).memory()
     big = DynamicIndex(G0, np.arange(12)).memory()
-    assert small["accelerator"] == big["accelerator"] == 2 * 12 * 6 + 12 * 12
-    assert big["host"] > small["host"]
+    assert small["accelerator_bytes"] == big["accelerator_bytes"] == 8 * (12 * 12 + 12 * 6)
+    assert big["host_bytes"] > small["host_bytes"]
 
 
-def _memory_from_arrays(index: DynamicIndex) -> dict[str, int]:
-    """The numbers ``memory()`` claims to count, read off the arrays themselves (8-byte items).
-
-    host: phi (the tree's points, every id ever held), the cache, and per node its
-    representative (m numbers) and radius, count, parent, depth, start, stop;
-    accelerator: G_t(L) (m x d), K_LL^{-1/2} and W_t.
-    """
-    t = index.tree
-    per_node = (t.radius, t.count, t.parent, t.depth, t.start, t.stop)
-    assert all(a.itemsize == 8 and a.shape == t.radius.shape for a in per_node)
-    host = t.points.nbytes + index.cache.nbytes + t.rep.nbytes + sum(a.nbytes for a in per_node)
-    accel = index.nmap.anchor.nbytes + index.nmap.inv_sqrt.nbytes + index.W.nbytes
-    return {"host": host // 8, "accelerator": accel // 8}
-
-
-def test_memory_matches_the_arrays_it_counts(setup):
-    """memory() equals the sizes of the arrays it names, through add, remove and refresh
-    (capacity grows with add and is kept by remove; a refresh's rebuild changes the nodes)."""
+def test_memory_is_every_byte_the_index_keeps(setup):
+    """memory() host + accelerator = the .nbytes of every array the index object holds (an
+    independent walk of the object graph), through add, remove and refresh: capacity grows
+    with add and is kept by remove (the live arrays order and points_dfs shrink); a
+    refresh's rebuild changes the node count."""
     rng, G0, L = setup
     index = DynamicIndex(G0, L, kernel=rbf(1.0), leaf_size=16)
-    assert index.memory() == _memory_from_arrays(index)
+
+    def check():
+        mem = index.memory()
+        assert mem["host_bytes"] + mem["accelerator_bytes"] == held_bytes(index)
+        assert mem["accelerator_bytes"] == index.nmap.inv_sqrt.nbytes + index.W.nbytes
+
+    check()
     index.add(_unit(rng.normal(size=(25, 6))))
     assert index.tree.points.shape[0] == index.cache.shape[0] == 625
-    assert index.memory() == _memory_from_arrays(index)
+    check()
     index.remove(np.setdiff1d(np.arange(0, 625, 3), L))
-    assert index.memory() == _memory_from_arrays(index)
+    assert index.tree.order.shape[0] < index.tree.points.shape[0]
+    check()
     nodes = index.tree.radius.size
     index.refresh(index.approximate(), depth=0)
     assert index.tree.radius.size != nodes  # the rebuild dropped the emptied nodes
-    assert index.memory() == _memory_from_arrays(index)
+    check()
+
+
+def test_memory_agrees_with_the_miners_accounting(setup):
+    """One inventory: tree_nystrom's host bytes in miners.memory_accounting equal
+    DynamicIndex.memory()'s at the same sizes (N, d, m, M), and so do the kept
+    accelerator arrays (K_LL^{-1/2}, W_t)."""
+    rng, G0, L = setup
+    index = DynamicIndex(G0, L, leaf_size=16)
+    s = Sizes(n_targets=600, out_dim=6, query_dim=5, target_dim=4, batch_size=8, negatives=3, n_params=100,
+              cache_size=10, landmarks=12, leaf_size=16, tree_nodes=index.tree.radius.size)
+    mem = index.memory()
+    assert memory_accounting("tree_nystrom", s)["host_bytes"] == mem["host_bytes"]
+    kept = [a for a in memory_arrays("tree_nystrom", s, "materialised")
+            if a.where == "accelerator" and a.when == "kept" and not a.name.startswith("model")]
+    assert sum(a.nbytes for a in kept) == mem["accelerator_bytes"]
 
 
 def test_max_move_is_the_largest_displacement_of_phi(setup):

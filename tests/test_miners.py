@@ -26,6 +26,7 @@ from reference.miners import (
     Sizes,
     make_miner,
     memory_accounting,
+    memory_arrays,
 )
 from reference.softmax import topk_ids
 from reference.stats import g_test
@@ -371,38 +372,95 @@ def test_bad_state_is_rejected_and_leaves_the_miner_unchanged(data, name):
 # --------------------------------------------------------------------------- memory accounting
 
 SIZES = Sizes(n_targets=10_000, out_dim=32, query_dim=16, target_dim=16, batch_size=64, negatives=32,
-              n_params=8000, cache_size=512, landmarks=64)
+              n_params=8000, cache_size=512, landmarks=64, hidden=(64, 16), block_rows=1000)
 
 
 def test_memory_accounting_formulas():
-    N, d, dy, dx, B, n, P, C, m = 10_000, 32, 16, 16, 64, 32, 8000, 512, 64
-    batch_rows = B * (dx + d) + B * (n + 1) * (dy + d + 1)
-    brute = memory_accounting("brute_topk", SIZES)
-    assert brute["accelerator_state"] == N * (dy + d) + B * N
-    assert brute["accelerator"] == 4 * P + batch_rows + N * (dy + d) + B * N
-    assert brute["accelerator_bytes"] == 8 * brute["accelerator"]
-    method = memory_accounting("tree_nystrom", SIZES)
-    assert method["accelerator_state"] == m * dy + m * d + m * m + m * d
-    assert memory_accounting("neg_cache", SIZES)["accelerator_state"] == C * (d + 1) + B * C
-    full = memory_accounting("full", SIZES)
-    assert full["accelerator"] == 4 * P + B * (dx + d) + N * (dy + d) + B * N
+    """The module docstring's formulas, written out by hand (float64 encoder: 8 bytes a number)."""
+    N, d, dy, dx, H, B, n, P, C, m, Bs = 10_000, 32, 16, 16, 80, 64, 32, 8000, 512, 64, 1000
+    rx, ry = dx + H + d, dy + H + d
+    common = 4 * P + B * rx  # model, query batch
+    loss = B * (n + 1) * (ry + 1)
+    acc = {name: memory_accounting(name, SIZES) for name in MINERS}
+    mat = {k: v["materialised"] for k, v in acc.items()}
+    st = {k: v["streamed"] for k, v in acc.items()}
+    # brute force: pass(N) scored + running top-n (scores and int64 ids, 8 bytes each)
+    assert mat["brute_topk"]["step_bytes"] == 8 * (common + loss + N * ry + B * N + 2 * B * n)
+    assert st["brute_topk"]["step_bytes"] == 8 * (common + loss + Bs * ry + B * Bs + 2 * B * n)
+    assert mat["full"]["step_bytes"] == 8 * (common + N * ry + B * N + 2 * B)
+    assert st["full"]["step_bytes"] == 8 * (common + Bs * ry + B * Bs + 2 * B)
+    for name in ("full", "uniform", "in_batch", "brute_topk"):  # no refresh
+        for rule in (mat, st):
+            assert rule[name]["peak_bytes"] == rule[name]["step_bytes"]
     for name in ("uniform", "in_batch", "stale_topk", "tree_stale"):
-        assert memory_accounting(name, SIZES)["accelerator_state"] == 0
-    assert memory_accounting("stale_topk", SIZES)["host"] == N * d
+        assert mat[name]["step_bytes"] == st[name]["step_bytes"] == 8 * (common + loss)
+    for name in ("stale_topk", "tree_stale", "tree_nystrom"):  # the refresh pass, to the host
+        assert mat[name]["refresh_bytes"] == 8 * N * ry and st[name]["refresh_bytes"] == 8 * Bs * ry
+    # the method: pass(m) + psi (B x m) + K_LL^{-1/2} + W_t
+    assert mat["tree_nystrom"]["step_bytes"] == 8 * (common + loss + m * ry + B * m + m * m + m * d)
+    # neg_cache: slots C (d + 1), positives pass(B), B C (3 + n) materialised or 4 B C streamed; the fill pass(C)
+    assert mat["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * ry + B * C * (3 + n))
+    assert st["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * ry + 4 * B * C)
+    assert mat["neg_cache"]["refresh_bytes"] == 8 * C * ry
+    # host: every kept array
     M = SIZES.estimated_tree_nodes()
     assert M == int(np.ceil(-(-N // 16) * 8 / 7))
-    assert method["host"] == N * d + N * m + M * (m + 6) + N
-    assert memory_accounting("tree_stale", SIZES)["host"] == N * d + M * (d + 6) + N
+
+    def tree(k):
+        return 8 * (2 * N * k + M * (k + 2)) + 8 * (2 * N + 7 * M) + (N + M)
+
+    host = {k: v["host_bytes"] for k, v in acc.items()}
+    assert host["full"] == host["uniform"] == host["brute_topk"] == host["neg_cache"] == 0
+    assert host["in_batch"] == 8 * N
+    assert host["stale_topk"] == 8 * N * d
+    assert host["tree_stale"] == 8 * N * d + tree(d)
+    assert host["tree_nystrom"] == 8 * N * d + tree(m) + 8 * (2 * m + 2 * m * d)
+    assert acc["brute_topk"]["block_rows"] == Bs
 
 
-def test_memory_grows_with_n_for_brute_force_only():
+def test_memory_scales_with_n_as_the_rule_says():
+    """Materialised: per step only full and brute force grow with N, and the refresh step of
+    the cached miners grows too; streamed (N >= B_s): no accelerator figure depends on N."""
     big = Sizes(**{**SIZES.__dict__, "n_targets": 1_000_000})
-    for name in ("uniform", "in_batch", "stale_topk", "neg_cache", "tree_stale", "tree_nystrom"):
-        assert memory_accounting(name, big)["accelerator"] == memory_accounting(name, SIZES)["accelerator"]
-    ratio = memory_accounting("brute_topk", big)["accelerator"] / memory_accounting("brute_topk", SIZES)["accelerator"]
-    assert ratio > 50  # linear in N: 100x more targets
+    small, large = ({name: memory_accounting(name, s) for name in MINERS} for s in (SIZES, big))
+    for name in MINERS:
+        grows_step = name in ("full", "brute_topk")
+        grows_peak = grows_step or name in ("stale_topk", "tree_stale", "tree_nystrom")
+        assert (large[name]["materialised"]["step_bytes"] > small[name]["materialised"]["step_bytes"]) == grows_step
+        assert (large[name]["materialised"]["peak_bytes"] > small[name]["materialised"]["peak_bytes"]) == grows_peak
+        assert large[name]["streamed"]["peak_bytes"] == small[name]["streamed"]["peak_bytes"]
+        assert (large[name]["host_bytes"] > small[name]["host_bytes"]) == (small[name]["host_bytes"] > 0)
     with pytest.raises(ValueError, match="miner"):
         memory_accounting("nope", SIZES)
+    with pytest.raises(ValueError, match="block_rows"):
+        Sizes(**{**SIZES.__dict__, "block_rows": 0})
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_memory_counts_every_array_each_miner_keeps(data, dtype):
+    """For every miner, after steps that include a refresh: the accounting's host bytes plus its
+    kept accelerator bytes (besides the model) equal the .nbytes of every array the miner object
+    holds, found by an independent walk of its object graph (tests/test_dynamic.py held_bytes),
+    at the real sizes (N, d, the tree's node count, the encoder's item size)."""
+    from tests.test_dynamic import held_bytes
+
+    cfg = EncoderConfig(query_dim=data.train_x.shape[1], target_dim=data.targets.shape[1], hidden=(16,),
+                        out_dim=8, beta=4.0, dtype=dtype)
+    model = DualEncoder(cfg, seed=0)
+    for name in MINERS:
+        miner = make_miner(name, CFG, data)
+        rng = np.random.default_rng(0)
+        for t in range(CFG.refresh_every + 1):  # step 0 builds, step R refreshes
+            x, pos = batch(data, seed=t)
+            miner.mine(model, data.targets, x, pos, t, rng)
+        tree = getattr(miner, "tree", None) or getattr(getattr(miner, "index", None), "tree", None)
+        s = Sizes(n_targets=data.n_targets, out_dim=8, query_dim=cfg.query_dim, target_dim=cfg.target_dim,
+                  batch_size=12, negatives=CFG.negatives, n_params=model.n_params, cache_size=CFG.cache_size,
+                  landmarks=CFG.landmarks, hidden=(16,), leaf_size=CFG.leaf_size,
+                  tree_nodes=0 if tree is None else tree.radius.size, itemsize=model.dtype.itemsize)
+        kept_on_accelerator = sum(a.nbytes for a in memory_arrays(name, s, "materialised")
+                                  if a.where == "accelerator" and a.when == "kept" and not a.name.startswith("model"))
+        assert memory_accounting(name, s)["host_bytes"] + kept_on_accelerator == held_bytes(miner), name
 
 
 # --------------------------------------------------------------------------- validation
