@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from figures import fig_training_curves as fig
@@ -20,19 +19,22 @@ def read_csv(path):
 
 
 def test_quick_figure_runs_its_own_comparison(tmp_path):
-    png, csv_path, json_path = fig.make(tmp_path, quick=True)
+    png, csv_path, grad_path, json_path = fig.make(tmp_path, quick=True)
     assert png.stat().st_size > 0 and png.suffix == ".png"
     result = json.loads(json_path.read_text())
-    rows = read_csv(csv_path)
-    assert set(result["miners"]) == {r["miner"] for r in rows}
-    # every run's curve appears in the CSV, value for value
+    rows, grad_rows = read_csv(csv_path), read_csv(grad_path)
+    assert set(result["miners"]) == {r["miner"] for r in rows} == {r["miner"] for r in grad_rows}
+    R, steps = result["config"]["refresh_every"], result["config"]["steps"]
+    # every run's curve appears in the CSVs, value for value; the gradient error at every step
     for r in result["runs"]:
         mine = [row for row in rows if row["miner"] == r["miner"] and int(row["seed"]) == r["seed"]]
         assert [int(row["step"]) for row in mine] == r["curve"]["step"]
         assert [float(row["loss"]) for row in mine] == r["curve"]["loss"]
         assert float(mine[-1]["recall@10"]) == r["final"]["recall@10"]
-        grads = [float(row["grad_error"]) for row in mine]
-        assert grads[:-1] == r["curve"]["grad_error"] and np.isnan(grads[-1])
+        grads = [row for row in grad_rows if row["miner"] == r["miner"] and int(row["seed"]) == r["seed"]]
+        assert [int(row["step"]) for row in grads] == list(range(steps))
+        assert [int(row["phase"]) for row in grads] == [t % R for t in range(steps)]
+        assert [float(row["grad_error"]) for row in grads] == r["curve"]["grad_error"]
 
 
 def test_figure_reads_the_json_written_by_compare(tmp_path):
@@ -40,7 +42,7 @@ def test_figure_reads_the_json_written_by_compare(tmp_path):
                         batch_size=8, negatives=3, refresh_every=2, cache_size=20, landmarks=10, eval_every=2)
     result = T.compare(cfg, ["full", "uniform"], seeds=[0, 1])
     write_json(tmp_path / "compare.json", result)
-    png, csv_path, json_path = fig.make(tmp_path, quick=True)
+    png, csv_path, grad_path, json_path = fig.make(tmp_path, quick=True)
     assert json_path == tmp_path / "compare.json"
     rows = read_csv(csv_path)
     assert len(rows) == 2 * 2 * 3  # miners x seeds x evaluation steps (0, 2, 4)
@@ -60,9 +62,20 @@ def test_figure_refuses_inconsistent_data(tmp_path):
         fig.make(tmp_path, source=path)
     with pytest.raises(ValueError, match="source"):
         fig.make(tmp_path, source=tmp_path / "missing.json")
+    old = json.loads(path.read_text())  # a JSON of the earlier compare, which measured only at refresh steps
+    for r in old["runs"]:
+        del r["curve"]["grad_phase"]
+    write_json(path, old)
+    with pytest.raises(ValueError, match="written by an older `compare`"):
+        fig.make(tmp_path, source=path)
     bad = dataclasses.replace(cfg)  # summary mean that disagrees with the runs
     result = T.compare(bad, ["full"], seeds=[0])
     result["summary"]["per_miner"]["full"]["loss"]["mean"] += 0.1
     write_json(path, result)
     with pytest.raises(AssertionError, match="summary"):
+        fig.make(tmp_path, source=path)
+    result = T.compare(cfg, ["full", "uniform"], seeds=[0])  # a per-phase mean that is not the runs'
+    result["summary"]["per_miner"]["uniform"]["grad_error_by_phase"]["mean"][1] *= 1.01
+    write_json(path, result)
+    with pytest.raises(AssertionError, match="uniform: summary gradient error by phase"):
         fig.make(tmp_path, source=path)
