@@ -245,8 +245,10 @@ class MinerConfig:
         Width hi - lo of the adaptive cut's log-partition bracket per query
         before sampling from Phat_C (P7; smaller = closer to the softmax of
         the index's vectors, more logits). The cut is only the proposal: the
-        logQ correction accounts for it whatever its width. How the default
-        was chosen is in the README ("The comparison").
+        logQ correction accounts for it whatever its width. ``compare`` does
+        not use this default: it sets cut_tol = max(1, log(N / n)) by the
+        stated rule :func:`reference.train.rule_cut_tol`, which looks at no
+        result of the comparison.
     seed : int, default 0
         Seed of the deterministic tree / landmark construction.
     """
