@@ -3,11 +3,18 @@
 :mod:`reference.bounds` and :mod:`reference.sampling` work on flat arrays of
 (query, entry) pairs for a whole batch of queries (proofs/README.md section 4.8). What
 both of them use lives here: the checks of the tree and the queries, the
-batched inner products (row by row, and grouped into matrix products), the
+batched inner products (row by row, :func:`rowdot`; grouped by node into
+matrix products computed and used block by block in cache, :func:`node_blocks`;
+every target of a query, :func:`dense_blocks`, for the dense fallback), the
 per-entry terms of the bracket (P2), segment and group logsumexps, and the
 batched refinement of the root cut (:func:`refine`, the rounds of proofs/README.md
-section 4.3) with the state it returns (:class:`CutState`). Notation as in
-:mod:`reference.bounds`.
+section 4.3) with the state it returns (:class:`CutState`, its exact entries
+in an :class:`ExactStore`). Notation as in :mod:`reference.bounds`.
+
+Where the time goes, and why the kernels are shaped as they are (gathers in
+blocks that stay in cache, no per-target Python work, reductions on the
+blocks), is measured in the README, section "Profile and design history of
+the fast path".
 
 The module is private as a whole, so its names carry no leading underscore;
 only ``bounds``, ``sampling`` and tests of these internals import it, and
@@ -27,9 +34,38 @@ from reference._validation import as_float_array, check_logit_scale
 # float64 that stay in cache (2048 x 64 x 8 B = 1 MiB each).
 CHUNK = 2048
 
-# Rows (targets plus queries) of the temporaries of one batched product in
-# :func:`range_logits`: about 2^16 x k float64, 32 MiB at k = 64.
-CHUNK_ROWS = 1 << 16
+# Rows (targets plus queries) gathered for one block of batched products
+# (:func:`node_blocks`): 4096 x 64 float64 = 2 MiB at k = 64, so that the gathered
+# rows and their products are still in the processor's cache when they are used.
+CHUNK_ROWS = 4096
+
+# Products (query, row) in one block of :func:`node_blocks`: 2^18 float64 = 2 MiB.
+CHUNK_PRODUCTS = 1 << 18
+
+# Multiply-adds of one node's matrix product in :func:`node_blocks` (queries x rows x k),
+# at most: a node requested by more queries is split into groups of queries. OpenBLAS
+# runs a product of more than 2^18 multiply-adds on several threads; on a busy machine
+# such a call waits for a second core, milliseconds for a product of microseconds.
+NODE_PRODUCT = 1 << 17
+
+# Dense fallback (proofs/README.md section 4.8): a query for which, after DENSE_ROUND
+# rounds of refinement (the root's top levels expanded), the bounds have not excluded
+# a tenth of the targets (its marked or surviving entries hold >= DENSE_MASS of them)
+# is scored against every target by blocked matrix products instead: where nothing is
+# pruned, the tree's per-node work only adds to the N logits it will evaluate anyway.
+# Only trees of at least DENSE_MIN live targets (below, both ways cost little).
+DENSE_ROUND = 3
+DENSE_MASS = 0.9
+DENSE_MIN = 1 << 13
+
+# Bytes of logits of one block of queries in the dense fallback: the block-size rule
+# of the brute-force baseline (reference.bench.BRUTE_BLOCK_BYTES), 256 MiB.
+DENSE_BLOCK_BYTES = 1 << 28
+
+# With the cost rule, unmarked entries of queries still wider than tol are parked out of the
+# pool (see :func:`refine`). False keeps them in the pool, re-examined every round: the same
+# cut, more work per round (tests compare the two).
+PARKING = True
 
 # Relative slack allowed for floating-point rounding when a computed logit is
 # checked against its certified bound <q, r_v> + eps_v: the rounding error of an
@@ -175,8 +211,8 @@ def rowdot(X: np.ndarray, xi: np.ndarray, Q: np.ndarray, qi: np.ndarray) -> np.n
     bq = np.empty((c, Q.shape[1]))
     for lo in range(0, xi.size, c):
         m = min(c, xi.size - lo)
-        np.take(X, xi[lo:lo + m], axis=0, out=bx[:m])
-        np.take(Q, qi[lo:lo + m], axis=0, out=bq[:m])
+        np.take(X, xi[lo:lo + m], axis=0, out=bx[:m], mode="clip")   # indices are valid: "clip" does not
+        np.take(Q, qi[lo:lo + m], axis=0, out=bq[:m], mode="clip")   # buffer `out` as "raise" does
         np.einsum("ij,ij->i", bx[:m], bq[:m], out=out[lo:lo + m])
     return out
 
@@ -221,21 +257,45 @@ def child_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray
     return qc[keep], c[keep], s[keep]
 
 
-def grouped_logits(X: np.ndarray, index: np.ndarray | None, row0: np.ndarray, length: np.ndarray,
-                   Q: np.ndarray, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inner products of query ``Q[q[p]]`` with rows ``X[index[row0[p] + i]]``, ``i < length[p]``, per pair ``p``.
+def group_order(v: np.ndarray) -> np.ndarray:
+    """A stable permutation that sorts the non-negative integers ``v`` (radix sort on 16-bit digits)."""
+    v = np.asarray(v, np.int64)
+    if v.size == 0:
+        return np.zeros(0, np.int64)
+    top = int(v.max())
+    o = np.argsort((v & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        o = o[np.argsort(((v[o] >> shift) & 0xFFFF).astype(np.uint16), kind="stable")]
+        shift += 16
+    return o
+
+
+def node_blocks(X: np.ndarray, index: np.ndarray | None, row0: np.ndarray, length: np.ndarray,
+                Q: np.ndarray, q: np.ndarray, v: np.ndarray):
+    """Inner products of query ``Q[q[p]]`` with rows ``X[index[row0[p] + i]]``, ``i < length[p]``, in blocks.
 
     (``index=None`` means the rows ``X[row0[p] + i]``.) Pairs with the same
-    ``v[p]`` read the same rows. Returns ``(a, ptr, perm)``: pair
-    ``perm[j]`` owns ``a[ptr[j]:ptr[j+1]]``.
+    ``v[p]`` read the same rows. Yields ``(pair, g, n, R)`` per block of
+    ``U`` nodes: ``R[u, j, i] = <Q[q[pair[u, j]]], i-th row of node u>`` for
+    ``j < g[u]`` and ``i < n[u]``; every pair is in exactly one block. Slots
+    ``j >= g[u]`` repeat pair ``pair[u, g[u] - 1]`` and columns ``i >= n[u]``
+    the last row (padding: duplicates of real products, to be ignored). ``R``
+    lives in a buffer that the next block overwrites.
 
-    The pairs are grouped by ``v``, and the groups by shape: a node requested
-    by ``g`` queries with ``n`` rows goes to the bucket ``(G, L) = (g, n)``
-    rounded up by :func:`bucket_ceil`. Each bucket is one batched matrix product
-    ``(U, G, k) @ (U, k, L)`` over its ``U`` nodes (padding repeats a real
-    row or query and is dropped): every row is read once per node and block
-    of queries rather than once per pair, and the Python loop is over the
-    few buckets (and chunks of ``CHUNK_ROWS`` rows), not over nodes.
+    The pairs are grouped by ``v`` (:func:`group_order`), and the nodes by
+    shape: a node requested by ``g`` queries with ``n`` rows goes to the bucket
+    ``(G, L) = (g, n)`` rounded up by :func:`bucket_ceil`, and within it
+    nodes are taken in the order of their rows (a node requested by so many
+    queries that ``G L k > NODE_PRODUCT`` counts as several nodes, each with a
+    group of the queries). A block is one batched matrix
+    product ``(U, G, k) @ (U, k, L)`` over at most ``CHUNK_ROWS`` gathered rows
+    and queries and ``CHUNK_PRODUCTS`` products, so that it is computed and
+    used in cache: every row is read from memory once per node and block of
+    queries, not once per pair, and the Python loop is over blocks, not
+    nodes. A node too large for one block (more rows or queries than
+    ``CHUNK_ROWS``) is one block per group of its queries, its rows read in
+    place when they are contiguous (``index=None``).
 
     The summation order of a matrix product depends on the shapes, so the
     same (query, row) can differ in the last bits between calls (about
@@ -245,37 +305,250 @@ def grouped_logits(X: np.ndarray, index: np.ndarray | None, row0: np.ndarray, le
     """
     n = np.asarray(length, np.int64)
     if v.size == 0:
-        return np.zeros(0), np.zeros(1, np.int64), np.zeros(0, np.int64)
-    o = np.argsort(v, kind="stable")
+        return
+    row0 = np.asarray(row0, np.int64)
+    k = X.shape[1]
+    o = group_order(v)
     vs = v[o]
     first = np.flatnonzero(np.concatenate([[True], vs[1:] != vs[:-1]]))
     g = np.diff(np.append(first, vs.size))          # pairs per distinct node
     nu = n[o[first]]
     r0 = row0[o[first]]
+    cap = np.maximum(1, NODE_PRODUCT // (bucket_ceil(nu) * k))   # queries per product
+    pieces = -(-g // cap)
+    if (pieces > 1).any():   # split the pairs of a node into groups of at most `cap` (same rows)
+        u = np.repeat(np.arange(g.size), pieces)
+        j = np.arange(u.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        first, g = first[u] + j * cap[u], np.minimum(cap[u], g[u] - j * cap[u])
+        nu, r0 = nu[u], r0[u]
     G, L = bucket_ceil(g), bucket_ceil(nu)
-    key = np.lexsort((vs[first], L, G))             # nodes by bucket, then by id
+    key = np.lexsort((r0, L, G))                    # nodes by bucket, then by their rows
     Gk, Lk = G[key], L[key]
     bucket_first = np.flatnonzero(np.concatenate([[True], (Gk[1:] != Gk[:-1]) | (Lk[1:] != Lk[:-1])]))
     bucket_end = np.append(bucket_first[1:], key.size)
-    out_a, out_perm = [], []
+    xbuf = np.empty(CHUNK_ROWS * k, dtype=np.result_type(X.dtype, np.float64))
+    qbuf = np.empty(CHUNK_ROWS * k)
+    rbuf = np.empty(CHUNK_PRODUCTS)
     for b0, b1 in zip(bucket_first.tolist(), bucket_end.tolist()):
         Gb, Lb = int(Gk[b0]), int(Lk[b0])
-        step = max(1, CHUNK_ROWS // (Lb + Gb))     # nodes per chunk: bounded temporaries
+        step = min(CHUNK_ROWS // (Lb + Gb), CHUNK_PRODUCTS // (Gb * Lb))   # nodes per block
+        if step < 1:                                # large nodes: one block per group of queries
+            for u in key[b0:b1].tolist():
+                yield from _large_node_blocks(X, index, int(r0[u]), int(nu[u]), Q, q, o[first[u]:first[u] + g[u]])
+            continue
+        ar_l, ar_g = np.arange(Lb), np.arange(Gb)
         for c0 in range(b0, b1, step):
-            ks = key[c0:min(c0 + step, b1)]          # nodes of this chunk
+            ks = key[c0:min(c0 + step, b1)]          # nodes of this block
+            U = ks.size
             gi, ni = g[ks], nu[ks]
-            rows = r0[ks][:, None] + np.minimum(np.arange(Lb), ni[:, None] - 1)
+            rows = r0[ks][:, None] + np.minimum(ar_l, ni[:, None] - 1)
             if index is not None:
                 rows = index[rows]
-            cols = first[ks][:, None] + np.minimum(np.arange(Gb), gi[:, None] - 1)   # into o
-            R = np.matmul(Q[q[o[cols]]], np.take(X, rows, axis=0).transpose(0, 2, 1))  # (U, Gb, Lb)
-            real = (np.arange(Gb)[None, :, None] < gi[:, None, None]) & (np.arange(Lb) < ni[:, None])[:, None, :]
-            out_a.append(R[real])                    # node by node, pair by pair, rows in order
-            out_perm.append(o[ranges(first[ks], gi)])
-    perm = np.concatenate(out_perm)
+            pair = o[first[ks][:, None] + np.minimum(ar_g, gi[:, None] - 1)]
+            xg = xbuf[:U * Lb * k].reshape(U, Lb, k)
+            qg = qbuf[:U * Gb * k].reshape(U, Gb, k)
+            np.take(X, rows, axis=0, out=xg, mode="clip")        # indices are valid; "clip" does not
+            np.take(Q, q[pair], axis=0, out=qg, mode="clip")     # buffer `out` as "raise" does
+            R = rbuf[:U * Gb * Lb].reshape(U, Gb, Lb)
+            np.matmul(qg, xg.transpose(0, 2, 1), out=R)
+            yield pair, gi, ni, R
+
+
+def _large_node_blocks(X, index, r0, n, Q, q, pairs):
+    """:func:`node_blocks` for one node of ``n`` rows too large for a block: groups of its queries."""
+    rows = X[r0:r0 + n] if index is None else np.take(X, index[r0:r0 + n], axis=0)
+    per = max(1, min(CHUNK_ROWS, CHUNK_PRODUCTS // max(n, 1)))
+    for j0 in range(0, pairs.size, per):
+        p = pairs[j0:j0 + per]
+        R = np.matmul(Q[q[p]], rows.T)[None]
+        yield p[None], np.array([p.size]), np.array([n]), R
+
+
+def real_products(g: np.ndarray, n: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """The mask of the real (not padding) products of a block of :func:`node_blocks`."""
+    U, Gb, Lb = R.shape
+    return (np.arange(Gb) < g[:, None])[:, :, None] & (np.arange(Lb) < n[:, None])[:, None, :]
+
+
+def grouped_logits(X: np.ndarray, index: np.ndarray | None, row0: np.ndarray, length: np.ndarray,
+                   Q: np.ndarray, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inner products of query ``Q[q[p]]`` with rows ``X[index[row0[p] + i]]``, ``i < length[p]``, per pair ``p``.
+
+    (``index=None`` means the rows ``X[row0[p] + i]``.) Returns ``(a, ptr, perm)``:
+    pair ``perm[j]`` owns ``a[ptr[j]:ptr[j+1]]``, rows in order. Computed by
+    :func:`node_blocks` (pairs grouped by ``v``, batched matrix products).
+    """
+    n = np.asarray(length, np.int64)
+    a = np.empty(int(n.sum()))
+    perm = np.empty(v.size, np.int64)
+    pos = j = 0
+    for pair, gi, ni, R in node_blocks(X, index, row0, n, Q, q, v):
+        vals = R.ravel() if (gi == R.shape[1]).all() and (ni == R.shape[2]).all() else R[real_products(gi, ni, R)]
+        a[pos:pos + vals.size] = vals                # node by node, pair by pair, rows in order
+        pos += vals.size
+        p = pair[np.arange(pair.shape[1]) < gi[:, None]]
+        perm[j:j + p.size] = p
+        j += p.size
     ptr = np.zeros(v.size + 1, np.int64)
     np.cumsum(n[perm], out=ptr[1:])
-    return np.concatenate(out_a), ptr, perm
+    return a, ptr, perm
+
+
+def range_weights(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, shift: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weights ``exp(a_y - c_p)`` of every target of ``D(v)``, and their ``logsumexp``, per (query, node) pair.
+
+    ``c_p`` is ``shift[p]``, the bound ``<q, r_v> + eps_v >= a_y`` (P1): the
+    weights are at most 1 and, when ``eps_v <= 300``, their largest is at
+    least ``exp(-2 eps_v) >= e^-600``, a normal float64. Pairs with a larger
+    ``eps_v`` are shifted by their largest logit instead. Returns ``(lse, w,
+    ptr, perm, total)``: pair ``perm[j]`` owns ``w[ptr[j]:ptr[j+1]]`` (its
+    targets in DFS order), ``total[j]`` is their sum and ``lse[j] = c + log
+    total[j]`` the ``logsumexp`` of its logits. Computed block by block of
+    :func:`node_blocks` while the products are in cache.
+
+    Raises ``ValueError`` if a sum overflows or vanishes: the logits then lie
+    far outside ``<q, r_v> +- eps_v`` (invariant I3 violated).
+    """
+    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    w = np.empty(int(n.sum()))
+    c_out = np.empty(v.size)
+    total = np.empty(v.size)
+    perm = np.empty(v.size, np.int64)
+    qnorm = np.linalg.norm(Q, axis=1)
+    loose = qnorm[q] * tree.radius[v] > 300.0           # eps_v > 300: shift by the largest logit
+    pos = j = 0
+    for pair, gi, ni, R in node_blocks(tree.points_dfs, None, tree.start[v], n, Q, q, v):
+        U, Gb, Lb = R.shape
+        c = shift[pair]
+        big = loose[pair]
+        if big.any():
+            c = np.where(big, R.max(axis=2), c)           # padding repeats a real row: the real maximum
+        R -= c[:, :, None]
+        np.exp(R, out=R)
+        cols = np.arange(Lb) < ni[:, None]
+        tot = np.matmul(R, cols[:, :, None].astype(np.float64))[:, :, 0]   # sums over the real columns
+        if (gi == Gb).all() and cols.all():
+            vals, p, tot, c = R.ravel(), pair.ravel(), tot.ravel(), c.ravel()
+        else:
+            slot = np.arange(Gb) < gi[:, None]
+            vals, p, tot, c = R[slot[:, :, None] & cols[:, None, :]], pair[slot], tot[slot], c[slot]
+        w[pos:pos + vals.size] = vals
+        pos += vals.size
+        total[j:j + p.size] = tot
+        c_out[j:j + p.size] = c
+        perm[j:j + p.size] = p
+        j += p.size
+    bad = ~((total > 1e-300) & (total < 1e300))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"tree: invariant I3 violated (rejection_sample): the logits of node {int(v[perm[i]])}'s "
+                         f"targets lie far outside <q, r_v> +- eps_v (sum of exp(a_y - <q, r_v> - eps_v) = "
+                         f"{total[i]:.3g}); run tree.check_invariants()")
+    ptr = np.zeros(v.size + 1, np.int64)
+    np.cumsum(n[perm], out=ptr[1:])
+    return c_out + np.log(total), w, ptr, perm, total
+
+
+class ExactStore:
+    """The exact entries of a refinement (see :class:`CutState`), round after round.
+
+    Entry ``x`` (ids given in order, from 0) holds the targets ``D(v)`` of its
+    node in DFS order; their weights ``exp(a_y - c_x)`` (:func:`range_weights`)
+    are kept as each round computed them, one array per round, and only the
+    entries a sampler draws from are gathered (:meth:`probabilities_of`).
+    """
+
+    def __init__(self) -> None:
+        self.rounds: list[np.ndarray] = []        # flat weights of one round's entries, entry after entry
+        self.round_ptr: list[np.ndarray] = []     # offsets of the entries within their round's array
+        self.totals: list[np.ndarray] = []        # sum of each entry's weights
+        self.ids: list[np.ndarray] = []           # the ids given to each round's entries
+        self.count = 0
+
+    def add(self, tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, shift: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Score the (query, node) pairs as new exact entries; return ``(lse, perm)`` (ids in ``perm`` order)."""
+        lse, w, ptr, perm, total = range_weights(tree, Q, q, v, shift)
+        self.rounds.append(w)
+        self.round_ptr.append(ptr)
+        self.totals.append(total)
+        self.ids.append(self.count + np.arange(v.size))
+        self.count += v.size
+        return lse, perm
+
+    @property
+    def ptr(self) -> np.ndarray:
+        """Offsets of every entry's targets in the concatenation of all rounds (``exact_ptr``)."""
+        if not self.rounds:
+            return np.zeros(1, np.int64)
+        sizes = np.concatenate([np.diff(p) for p in self.round_ptr])
+        out = np.zeros(sizes.size + 1, np.int64)
+        np.cumsum(sizes, out=out[1:])
+        return out
+
+    def probabilities_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p, ptr)``: the softmax of entries ``x`` (in that order), entry ``x[i]`` owning ``p[ptr[i]:ptr[i+1]]``.
+
+        Each entry's weights divided by their sum, so that every segment sums
+        to 1: one cumulative sum over the segments of many entries then
+        resolves each of them to full precision (weights of different
+        entries may differ by hundreds of orders of magnitude).
+        """
+        first = np.cumsum([0] + [ids.size for ids in self.ids])   # id of each round's first entry
+        r = np.searchsorted(first, x, side="right") - 1          # (an empty round shares the next one's)
+        local = x - first[r]
+        size = np.empty(x.size, np.int64)
+        start = np.empty(x.size, np.int64)
+        total = np.empty(x.size)
+        for k in np.unique(r).tolist():
+            sel = r == k
+            size[sel] = np.diff(self.round_ptr[k])[local[sel]]
+            start[sel] = self.round_ptr[k][local[sel]]
+            total[sel] = self.totals[k][local[sel]]
+        ptr = np.zeros(x.size + 1, np.int64)
+        np.cumsum(size, out=ptr[1:])
+        p = np.empty(int(ptr[-1]))
+        for k in np.unique(r).tolist():
+            sel = np.flatnonzero(r == k)
+            p[ranges(ptr[sel], size[sel])] = self.rounds[k][ranges(start[sel], size[sel])]
+        p /= np.repeat(total, size)
+        return p, ptr
+
+    def probabilities(self) -> np.ndarray:
+        """The softmax of every entry's targets, entry after entry (all rounds concatenated)."""
+        if not self.rounds:
+            return np.zeros(0)
+        return np.concatenate([w / np.repeat(t, np.diff(p)) for w, t, p in zip(self.rounds, self.totals, self.round_ptr)])
+
+
+def dense_queries(tree: Any, query: np.ndarray, node: np.ndarray, n_queries: int, level: int) -> np.ndarray | None:
+    """The queries that leave the tree for the dense fallback, or None (the rule of ``DENSE_*``).
+
+    At level (refinement round) ``DENSE_ROUND`` of a tree of at least
+    ``DENSE_MIN`` live targets: the queries whose entries ``node`` (marked
+    for expansion, or surviving the pruning) hold at least ``DENSE_MASS`` of
+    the targets. Returns a boolean mask over the queries.
+    """
+    if level != DENSE_ROUND or int(tree.n_live) < DENSE_MIN:
+        return None
+    mass = np.bincount(query, weights=tree.count[node], minlength=n_queries)
+    return mass >= DENSE_MASS * float(tree.n_live)
+
+
+def dense_blocks(tree: Any, Q: np.ndarray):
+    """Logits of queries ``Q`` against every live target, in DFS order, block of queries after block.
+
+    Yields ``(b0, b1, A)`` with ``A[i, j] = <Q[b0 + i], points_dfs[j]>``: one
+    matrix product over the contiguous rows per block of
+    ``DENSE_BLOCK_BYTES // (8 N)`` queries (the dense fallback; the
+    brute-force baseline's block rule). ``A`` is the caller's to overwrite.
+    """
+    N = int(tree.n_live)
+    per = max(1, DENSE_BLOCK_BYTES // (8 * max(N, 1)))
+    for b0 in range(0, Q.shape[0], per):
+        b1 = min(b0 + per, Q.shape[0])
+        yield b0, b1, Q[b0:b1] @ tree.points_dfs.T
 
 
 def entry_counts(tree: Any, node: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -374,22 +647,37 @@ class CutState:
     ``v`` (and, with ``full_count``, an expanded node of at most
     ``full_count`` targets) is kept as one *exact* entry ``x = raw["x"] >= 0``
     instead of its ``n_v`` single targets: ``eps = 0``, ``log_n + s = logsumexp_{y in D(v)} a_y``,
-    and the softmax of its targets in DFS order, ``exp(a_y - log_n - s)``,
-    is ``exact_prob[exact_ptr[x]:exact_ptr[x+1]]`` (``raw["x"] == -1`` for
-    the other entries). It stands for the same ``n_v`` single-target entries of
-    the cut (:meth:`cut_fields` lists them), with the same terms in ``lo``, ``hi``
-    and ``log_z_hat``.
+    and the weights ``exp(a_y - c_x)`` of its targets in DFS order are kept
+    in ``exact`` (an :class:`ExactStore`; ``raw["x"] == -1`` for the other
+    entries); the softmax of an entry is gathered only when a sampler draws
+    from it (:attr:`exact_prob` gives all of them). It stands for the same
+    ``n_v`` single-target entries of the cut (:meth:`cut_fields` lists them),
+    with the same terms in ``lo``, ``hi`` and ``log_z_hat``.
+
+    ``bracket``, when the refinement gives it, is ``(lo, hi, log_z_hat)`` per
+    query, summed over all entries as they were frozen (the same values as a
+    fresh sum over the entries, up to rounding).
     """
 
     def __init__(self, raw: dict[str, np.ndarray], order: np.ndarray, n_queries: int,
-                 node_logits: int, target_logits: int, rounds: int,
-                 exact_prob: np.ndarray | None = None, exact_ptr: np.ndarray | None = None,
-                 tree: Any = None) -> None:
+                 node_logits: int, target_logits: int, rounds: int, exact: "ExactStore | None" = None,
+                 tree: Any = None, bracket: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 dense: np.ndarray | None = None) -> None:
         self.raw, self.order, self.n_queries, self.tree = raw, order, n_queries, tree
+        self.dense = np.zeros(0, np.int64) if dense is None else dense
+        for f in ("target", "x"):   # absent when no entry has one: every entry is a node / not exact
+            if f not in raw:
+                raw[f] = np.full(order.size, -1, np.int64)
         self.node_logits, self.target_logits, self.rounds = node_logits, target_logits, rounds
-        self.exact_prob = np.zeros(0) if exact_prob is None else exact_prob
-        self.exact_ptr = np.zeros(1, np.int64) if exact_ptr is None else exact_ptr
+        self.exact = ExactStore() if exact is None else exact
+        self.exact_ptr = self.exact.ptr
+        self.bracket = bracket
         self._sorted: dict[str, np.ndarray] = {}
+
+    @property
+    def exact_prob(self) -> np.ndarray:
+        """The softmax of each exact entry's targets, entry after entry (``exact_ptr`` segments)."""
+        return self.exact.probabilities()
 
     def sorted(self, field: str) -> np.ndarray:
         if field not in self._sorted:
@@ -398,13 +686,18 @@ class CutState:
 
     @property
     def n_exact(self) -> int:
-        """Number of exact entries (evaluated leaves and small nodes)."""
-        return int(self.exact_ptr.size - 1)
+        """Number of exact entries (evaluated leaves and small nodes) in the cut."""
+        return int(np.count_nonzero(self.raw["x"] >= 0))
 
     @property
     def size(self) -> int:
-        """Entries of the cut (:meth:`cut_fields`): an exact entry counts as its ``n_v`` single targets."""
-        return int(self.order.size - self.n_exact + self.exact_prob.size)
+        """Entries of the cut (:meth:`cut_fields`): an exact entry counts as its ``n_v`` single targets,
+        a dense query as its ``N`` targets."""
+        x = self.raw["x"]
+        x = x[x >= 0]
+        held = int((self.exact_ptr[x + 1] - self.exact_ptr[x]).sum())
+        dense = 0 if self.tree is None else self.dense.size * int(self.tree.n_live)
+        return int(self.order.size - x.size + held + dense)
 
     @property
     def ptr(self) -> np.ndarray:
@@ -426,14 +719,26 @@ class CutState:
     @property
     def terms(self) -> Terms:
         if self.n_exact:
-            raise RuntimeError("CutState.terms: exact entries have no per-entry terms; use raw and exact_prob")
+            raise RuntimeError("CutState.terms: exact entries have no per-entry terms; use raw and exact")
         return Terms(self.sorted("s"), self.sorted("log_n"), self.sorted("eps"))
 
     def cut_fields(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """``(query, node, target, n_queries)`` of the cut, the fields of a :class:`reference.bounds.Cut`.
 
-        An exact entry becomes its single targets ``order[start[v]:stop[v]]``.
+        An exact entry becomes its single targets ``order[start[v]:stop[v]]``,
+        a dense query (:attr:`dense`) every live target.
         """
+        if self.dense.size:
+            q, v, y, _ = self._cut_fields()
+            N = int(self.tree.n_live)
+            q = np.concatenate([q, np.repeat(self.dense, N)])
+            v = np.concatenate([v, np.full(self.dense.size * N, -1, np.int64)])
+            y = np.concatenate([y, np.tile(self.tree.order, self.dense.size)])
+            o = np.argsort(q, kind="stable")
+            return q[o], v[o], y[o], self.n_queries
+        return self._cut_fields()
+
+    def _cut_fields(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         if not self.n_exact:
             return self.query, self.node, self.target, self.n_queries
         x = self.sorted("x")
@@ -509,8 +814,44 @@ def entry_logs(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(lo=base - part["eps"], hi=base + part["eps"], hat=base)
 
 
+class PoolSums:
+    """Per-query ``logsumexp`` of the entry terms of a pool (``lo``, ``hi``, ``hat``; :func:`entry_logs`).
+
+    The terms of every key are shifted by one maximum per query, that of the
+    ``hi`` terms (each entry's largest: ``hi >= hat >= lo`` as ``eps >= 0``),
+    and exponentiated once; the sums over the whole pool and over any part
+    of it (the entries frozen or parked this round) are then ``bincount``s of
+    the same weights. A query whose sum falls below ``1e-280`` (its ``lo`` or
+    ``hat`` terms more than ~640 below its largest ``hi`` term) is summed
+    again with its own maximum (:func:`group_logsumexp`), so no term is lost
+    to underflow.
+    """
+
+    def __init__(self, logs: dict[str, np.ndarray], query: np.ndarray, n_queries: int) -> None:
+        m = np.full(n_queries, -np.inf)
+        np.maximum.at(m, query, logs["hi"])
+        self.m = np.where(np.isfinite(m), m, 0.0)
+        mq = self.m[query]
+        self.w = {key: np.exp(val - mq) for key, val in logs.items()}
+        self.logs, self.query, self.n_queries = logs, query, n_queries
+
+    def lse(self, key: str, sel: np.ndarray | None = None) -> np.ndarray:
+        """Per query, the ``logsumexp`` of the ``key`` terms of the entries ``sel`` (all by default)."""
+        q = self.query if sel is None else self.query[sel]
+        s = np.bincount(q, weights=self.w[key] if sel is None else self.w[key][sel], minlength=self.n_queries)
+        with np.errstate(divide="ignore"):
+            out = self.m + np.log(s)
+        bad = s < 1e-280
+        if bad.any():
+            redo = bad[q]
+            if redo.any():
+                x = self.logs[key] if sel is None else self.logs[key][sel]
+                out[bad] = group_logsumexp(x[redo], q[redo], self.n_queries)[bad]
+        return out
+
+
 def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_draws: int | None = None,
-           exact_leaves: bool = False, full_count: int = 0) -> CutState:
+           exact_leaves: bool = False, full_count: int = 0, dense: bool = False) -> CutState:
     """Refine the root cut for all queries at once; the only loop is over rounds.
 
     Two marking rules; at least one of ``tol``, ``n_draws`` is given (with
@@ -550,27 +891,44 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
     entries to carry. With ``full_count`` as well, an expanded internal node
     of at most ``full_count`` targets becomes one exact entry too (the cut
     in which it is listed as its single targets), instead of its children.
-    Its targets are scored by :func:`range_logits` (one matrix product per
-    node and block of queries).
+    Its targets are scored by :func:`range_weights` (one matrix product per
+    node and block of queries, reduced to the entry's weights in cache).
 
     ``tol`` may be one number or one per query (``(B,)``); a query whose
     ``tol`` is ``<= 0`` (e.g. ``-inf``) is refined until every entry has
     ``eps_v == 0``.
+
+    With ``dense`` (and ``exact_leaves``), a query whose entries marked in
+    round ``DENSE_ROUND`` hold at least ``DENSE_MASS`` of the live targets
+    (on a tree of at least ``DENSE_MIN``) leaves the refinement: its cut
+    becomes every target as one exact entry, scored later by blocked matrix
+    products (:func:`dense_logits`); its entries so far are dropped, their
+    logits still counted. ``CutState.dense`` lists these queries.
+
+    With the cost rule, an entry that is not marked while its query's
+    bracket is still wider than ``tol`` is parked rather than kept in the
+    pool: its terms are summed once, and it returns to the pool in the
+    round where the bracket rule acts on its query or where the cost rule
+    could mark it (its gain over ``Zhat`` above its cost, tested with a
+    margin). The decisions are those of a pool that keeps it.
     """
     B = Q.shape[0]
-    root = dict(query=np.arange(B, dtype=np.int64), node=np.zeros(B, np.int64),
-                target=np.full(B, -1, np.int64))
-    t0 = terms(tree, Q, root["query"], root["node"], root["target"])
-    root.update(s=t0.s, log_n=t0.log_n, eps=t0.eps, x=np.full(B, -1, np.int64))
+    root = dict(query=np.arange(B, dtype=np.int64), node=np.zeros(B, np.int64))
+    t0 = terms(tree, Q, root["query"], root["node"], np.full(B, -1, np.int64))
+    root.update(s=t0.s, log_n=t0.log_n, eps=t0.eps)
     node_logits, target_logits, rounds = B, 0, 0
     qnorm = np.linalg.norm(Q, axis=1)
     # Entries that will never be expanded again are "frozen": moved out of the
     # pool, with their contributions to lo / hi / log_z_hat accumulated per query.
     frozen: list[dict[str, np.ndarray]] = []
     acc = {key: np.full(B, -np.inf) for key in ("lo", "hi", "hat")}
-    exact_prob: list[np.ndarray] = []         # softmax of each exact entry's targets, entry after entry
-    exact_sizes: list[np.ndarray] = []        # n_v of each exact entry, in the order of their ids x
-    n_exact = 0
+    # With the cost rule, unmarked entries of queries still wider than tol are "parked": out of
+    # the pool, their sums in `parked`, until a rule could mark one of them (see below).
+    parked_parts: list[dict[str, np.ndarray]] = []
+    parked = {key: np.full(B, -np.inf) for key in ("lo", "hi", "hat")}
+    parked_key = np.full(B, -np.inf)          # max over a query's parked entries of gain - log cost
+    exact = ExactStore()
+    gone = np.zeros(B, bool)                  # queries moved to the dense fallback
 
     def freeze(part: dict[str, np.ndarray], zero_eps: bool = False) -> None:
         if part["query"].size:
@@ -583,35 +941,67 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
             for key, val in entry_logs(part).items():
                 acc[key] = np.logaddexp(acc[key], group_logsumexp(val, part["query"], B))
 
+    def take(part: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
+        return {f: a[sel] for f, a in part.items()}
+
     def split_zero_eps(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Freeze entries with eps_v == 0 (single targets, zero-radius nodes): they have no slack."""
         z = part["eps"] == 0
         if not z.any():
             return part
-        freeze({f: a[z] for f, a in part.items()}, zero_eps=True)
-        return {f: a[~z] for f, a in part.items()}
+        freeze(take(part, z), zero_eps=True)
+        return take(part, ~z)
 
-    pool = split_zero_eps(root)
     if tol is not None:
         log_allow = log_allowance(tol)
     if n_draws is not None:
         log_draws = np.log(float(n_draws))
-        n_child = np.diff(tree.child_ptr)
+        cost = np.where(tree.is_leaf | (tree.count <= full_count), tree.count, np.diff(tree.child_ptr))
+        log_cost = np.log(np.maximum(cost, 1))   # per node: the price of expanding it, in logits
+
+    def with_gain(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add ``gain``, the log of n (U_v - n_v exp(s_v)) (the cost rule's numerator, before / Zhat)."""
+        if n_draws is not None:
+            eps = part["eps"]
+            part["gain"] = log_draws + part["log_n"] + part["s"] + eps + np.log(-np.expm1(-eps))  # e^eps - 1
+        return part
+
+    pool = with_gain(split_zero_eps(root))
     max_rounds = int(tree.radius.shape[0]) + 2  # each round expands >= 1 node per unfinished query
-    while pool["query"].size:
+    while True:
         query, s, log_n, eps = pool["query"], pool["s"], pool["log_n"], pool["eps"]
         logs = entry_logs(pool)
-        tot = {key: np.logaddexp(acc[key], group_logsumexp(val, query, B)) for key, val in logs.items()}
-        marked = np.zeros(query.size, bool)
-        if n_draws is not None:
-            v = pool["node"]
-            cost = np.where(tree.is_leaf[v] | (tree.count[v] <= full_count), tree.count[v], n_child[v])
-            log_gain = log_draws + log_n + s + eps + np.log(-np.expm1(-eps)) - tot["hat"][query]  # e^eps - 1
-            marked = log_gain > np.log(np.maximum(cost, 1))
+        sums = PoolSums(logs, query, B)
+        tot = {key: np.logaddexp(np.logaddexp(acc[key], parked[key]), sums.lse(key)) for key in logs}
         wide = np.zeros(B, bool)
         if tol is not None:
             with np.errstate(invalid="ignore"):
                 wide = (tot["hi"] - tot["lo"]) > tol
+        marked = np.zeros(query.size, bool)
+        if n_draws is not None:
+            marked = pool["gain"] - tot["hat"][query] > log_cost[pool["node"]]
+            # A parked entry returns to the pool when the cost rule could mark it now (Zhat fell:
+            # tested with a margin, the pool's own test decides) or when the bracket rule acts on
+            # its query: the same decisions as if it had stayed in the pool.
+            busy = np.zeros(B, bool)
+            busy[query[marked]] = True
+            hat = tot["hat"]
+            back = np.isfinite(parked_key) & ((parked_key > hat - 1e-9 * (1.0 + np.abs(hat))) | (wide & ~busy))
+            if back.any():
+                sel = [p["query"] for p in parked_parts]
+                back_parts = [take(p, back[q]) for p, q in zip(parked_parts, sel)]
+                parked_parts = [take(p, ~back[q]) for p, q in zip(parked_parts, sel)]
+                for key in parked:
+                    parked[key][back] = -np.inf
+                parked_key[back] = -np.inf
+                pool = {f: np.concatenate([pool[f]] + [p[f] for p in back_parts]) for f in pool}
+                query, s, log_n, eps = pool["query"], pool["s"], pool["log_n"], pool["eps"]
+                logs = entry_logs(pool)
+                sums = PoolSums(logs, query, B)
+                marked = pool["gain"] - tot["hat"][query] > log_cost[pool["node"]]
+        if not query.size:
+            break
+        if tol is not None:
             # With both rules, the bracket rule only acts once the cost rule is done with a query.
             busy = np.zeros(B, bool)
             busy[query[marked]] = True
@@ -635,36 +1025,53 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
                 mark = from_here > allow[cq_o]
                 mark[np.append(cq_o[1:] != cq_o[:-1], True)] = True   # the largest slack: always marked
                 marked[ci[o[mark]]] = True
-        keep = wide[query] & ~marked   # stays in the pool; other unmarked entries are final
-        final = np.flatnonzero(~marked & ~keep)
-        freeze({f: a[final] for f, a in pool.items()})
+        out = dense_queries(tree, query[marked], pool["node"][marked], B, rounds) if dense and exact_leaves else None
+        if out is not None:
+            if out.any():                # these queries leave: their entries are dropped, not frozen
+                gone |= out
+                parked_key[out] = -np.inf
+                stay = ~out[query]
+                pool = take(pool, stay)
+                logs = {key: val[stay] for key, val in logs.items()}
+                marked, wide = marked[stay], wide & ~out
+                query, s, log_n, eps = pool["query"], pool["s"], pool["log_n"], pool["eps"]
+                sums = PoolSums(logs, query, B)
+        keep = wide[query] & ~marked   # stays in the pool (parked, with the cost rule); others are final
+        final = ~marked & ~keep
+        part = take(pool, final)
+        if part["query"].size:
+            frozen.append(part)
+            for key in acc:
+                acc[key] = np.logaddexp(acc[key], sums.lse(key, final))
         if not marked.any():           # then no query is wide (they always mark), keep is all False
-            pool = {f: a[keep] for f, a in pool.items()}
             break
+        if PARKING and n_draws is not None and keep.any():   # only the bracket rule or a lower Zhat can mark them
+            part = take(pool, keep)
+            parked_parts.append(part)
+            for key in parked:
+                parked[key] = np.logaddexp(parked[key], sums.lse(key, keep))
+            np.maximum.at(parked_key, part["query"], part["gain"] - log_cost[part["node"]])
+            keep[:] = False
         rounds += 1
         if rounds > max_rounds:
             raise RuntimeError("adaptive_cut: no progress after as many rounds as tree nodes (corrupt tree?)")
         mq, mv = query[marked], pool["node"][marked]
         if exact_leaves:  # expanded leaves become exact entries: logsumexp of their target logits, eps = 0
             leaf = tree.is_leaf[mv] | (tree.count[mv] <= full_count)
-            a, aptr, perm = range_logits(tree, Q, mq[leaf], mv[leaf])
-            xq, xv = mq[leaf][perm], mv[leaf][perm]
-            target_logits += a.size
-            n_x = np.diff(aptr)
+            lq, lv = mq[leaf], mv[leaf]
+            lse, perm = exact.add(tree, Q, lq, lv, (s[marked] + eps[marked])[leaf])
+            xq, xv = lq[perm], lv[perm]
+            n_x = (tree.stop[xv] - tree.start[xv]).astype(np.int64)
+            target_logits += int(n_x.sum())
             log_n_x = np.log(n_x)
-            lse, prob = segment_softmax(a, aptr)
-            freeze(dict(query=xq, node=xv, target=np.full(xv.size, -1, np.int64),
-                        s=lse - log_n_x, log_n=log_n_x, eps=np.zeros(xv.size),
-                        x=n_exact + np.arange(xv.size)), zero_eps=True)
-            exact_prob.append(prob)
-            exact_sizes.append(n_x)
-            n_exact += xv.size
+            freeze(dict(query=xq, node=xv, s=lse - log_n_x, log_n=log_n_x, eps=np.zeros(xv.size),
+                        x=exact.ids[-1]), zero_eps=True)
             mq, mv = mq[~leaf], mv[~leaf]
         if exact_leaves:  # only internal nodes left: their children, scored by batched products
             new_q, new_v, s_new = child_logits(tree, Q, mq, mv)
             node_logits += int((tree.child_ptr[mv + 1] - tree.child_ptr[mv]).sum())
-            new = dict(query=new_q, node=new_v, target=np.full(new_q.size, -1, np.int64), s=s_new,
-                       log_n=np.log(tree.count[new_v]), eps=qnorm[new_q] * tree.radius[new_v])
+            new = dict(query=new_q, node=new_v, s=s_new, log_n=np.log(tree.count[new_v]),
+                       eps=qnorm[new_q] * tree.radius[new_v])
         else:
             new_q, new_v, new_y, new_p = expand(tree, mq, mv, return_pos=True)
             nt = terms(tree, Q, new_q, new_v, new_y, new_p)
@@ -672,20 +1079,31 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
             node_logits += n_new_nodes
             target_logits += new_v.size - n_new_nodes
             new = dict(query=new_q, node=new_v, target=new_y, s=nt.s, log_n=nt.log_n, eps=nt.eps)
-        new = split_zero_eps({**new, "x": np.full(new_q.size, -1, np.int64)})
+        new = split_zero_eps(new)
+        new.pop("target", None)        # only single targets had one, and they have eps == 0
+        new = with_gain(new)
         if keep.any():
-            kept = np.flatnonzero(keep)
-            pool = {f: np.concatenate([pool[f][kept], new[f]]) for f in FIELDS}
+            pool = {f: np.concatenate([pool[f][keep], new[f]]) for f in new}
         else:
             pool = new
-    parts = frozen + [pool]
-    allf = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
+    for key in acc:
+        acc[key] = np.logaddexp(acc[key], parked[key])
+    parts = frozen + parked_parts
+    if gone.any():
+        parts = [take(p, ~gone[p["query"]]) for p in parts]
+    allf = {}
+    for f in FIELDS:
+        have = [p for p in parts if f in p]
+        if not have:
+            continue
+        if len(have) == len(parts):
+            allf[f] = np.concatenate([p[f] for p in parts]) if parts else np.zeros(0, np.int64)
+        else:
+            allf[f] = np.concatenate([p[f] if f in p else np.full(p["query"].size, -1, np.int64) for p in parts])
     # counting (radix) sort when the query index fits in 16 bits
     key = allf["query"].astype(np.uint16) if B <= np.iinfo(np.uint16).max else allf["query"]
-    exact_ptr = np.concatenate([[0], np.cumsum(np.concatenate(exact_sizes))]).astype(np.int64) \
-        if exact_sizes else np.zeros(1, np.int64)
     return CutState(allf, np.argsort(key, kind="stable"), B, node_logits, target_logits, rounds,
-                    np.concatenate(exact_prob) if exact_prob else np.zeros(0), exact_ptr, tree)
+                    exact=exact, tree=tree, bracket=(acc["lo"], acc["hi"], acc["hat"]), dense=np.flatnonzero(gone))
 
 
 def refine_to_width(tree: Any, Q: np.ndarray, tol: float) -> CutState:

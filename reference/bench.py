@@ -13,27 +13,37 @@ index dimensions, the benchmark
    sample of the queries; queries are ``q = beta u`` with ``u`` a unit
    vector in the direction of a held-out draw from the same distribution as
    the targets;
-3. times, best of ``--repeats``: exact rejection sampling of ``--negatives``
-   targets per query (:func:`reference.sampling.rejection_sample`, P6) and
-   exact top-10 (:func:`reference.sampling.topk`, P8) for ``--queries``
-   queries, and the same two operations by brute force in NumPy (one matrix
-   product per block of queries, then :func:`reference.softmax.inverse_cdf`
-   / :func:`reference.softmax.topk_ids`), in the same process; each repeat
+3. times, over ``--repeats`` (default 5) interleaved repeats: exact
+   rejection sampling of ``--negatives`` targets per query
+   (:func:`reference.sampling.rejection_sample`, P6) and exact top-10
+   (:func:`reference.sampling.topk`, P8) for ``--queries`` queries, and the
+   same two operations by brute force in NumPy (one matrix product per block
+   of queries, then :func:`reference.softmax.inverse_cdf` /
+   :func:`reference.softmax.topk_ids`), in the same process; each repeat
    runs the four in turn, so that tree and brute force see the same machine
    load;
-4. reports the speed-ups, the logits the tree evaluated per query (node
-   inner products ``<q, r_v>`` plus target inner products ``<q, z_y>``, from
-   the samplers' counters) as a fraction of N, and the exponent of a
-   least-squares fit of log(logits per query) against log N;
+4. reports, as the median over the repeats with their range, the speed-ups
+   and the cost per evaluated logit: the tree's time per query over the
+   logits it evaluated per query (node inner products ``<q, r_v>`` plus
+   target inner products ``<q, z_y>``, from the samplers' counters),
+   brute force's time per query over N, and the ratio of the two (per
+   repeat, tree and brute force of the same repeat); also the logits per
+   query as a fraction of N, and the exponent of a least-squares fit of
+   log(logits per query) against log N;
 5. verifies, on the very queries it timed, that the tree's top-k equals the
    brute-force top-k and that every sampled id is a valid target id, and
    compares the mean ``log P`` of the tree's and the brute-force samples (both
    exact: their difference should be noise).
 
-Then it prints each target of the benchmark issue (at the largest clustered
-N, normally 1e6) beside the measured figure, with PASS or MISS. Timings are
-wall-clock on whatever else the machine is doing: the load average is
-recorded next to every phase.
+Then it prints each target of the benchmark issues (at the largest clustered
+N, normally 1e6; the isotropic ones at the largest isotropic N) beside the
+measured figure, with PASS or MISS. Timings are wall-clock on whatever else
+the machine is doing: the load average is recorded next to every phase, and
+the processor model (``/proc/cpuinfo``) with the machine. The cost of a
+logit depends on the processor (brute force streams contiguous rows through
+one matrix product; the tree gathers rows and scores them in small batched
+products), so the speed-ups move between machines of one kind; the ratio of
+the two costs per logit is what the targets bound.
 
 The profile of the fast path (where the time goes at N = 1e6) and the
 history of its design changes, with their measured effects, are in the
@@ -98,8 +108,10 @@ __all__ = [
     "format_report",
     "make_queries",
     "perplexity",
+    "processor_model",
     "run",
     "run_bench",
+    "timing_summary",
 ]
 
 #: Data sets: name -> generator of (n, dim) points (``seed`` keyword).
@@ -126,7 +138,7 @@ ENTRY_CAP = 10_000_000
 BUDGET_SECONDS = 60.0
 
 # Queries per block inside reference.sampling (its _QUERY_BLOCK).
-_SAMPLER_BLOCK = 256
+_SAMPLER_BLOCK = 512
 
 #: Targets per leaf cluster of the clustered data with ``--depth auto``.
 AUTO_CLUSTER_SIZE = 25
@@ -134,13 +146,18 @@ AUTO_CLUSTER_SIZE = 25
 #: Sizes, queries and repeats of ``--quick`` (a smoke test of a few seconds).
 QUICK = dict(sizes=(1000, 3000, 10000), queries=100, repeats=1, calibration_queries=16)
 
-#: The benchmark issue's targets, checked at the largest N on the clustered data.
-#: name -> (description, comparison, threshold).
+#: The benchmark issues' targets, checked at the largest N on the clustered data
+#: (the ``isotropic_*`` ones at the largest N on the isotropic data; cost and time
+#: ratios are medians over the repeats). name -> (description, comparison, threshold).
 TARGETS: dict[str, tuple[str, str, float]] = {
     "sample_speedup": ("exact sampling speed-up over brute force", ">=", 5.0),
     "topk_speedup": ("exact top-10 speed-up over brute force", ">=", 10.0),
     "sample_fraction": ("logits evaluated per query, sampling (fraction of N)", "<=", 0.02),
     "topk_fraction": ("logits evaluated per query, top-10 (fraction of N)", "<=", 0.02),
+    "sample_logit_cost": ("tree / brute-force cost per evaluated logit, sampling", "<=", 3.0),
+    "topk_logit_cost": ("tree / brute-force cost per evaluated logit, top-10", "<=", 3.0),
+    "isotropic_sample_time": ("isotropic data: tree / brute-force time, sampling", "<=", 2.0),
+    "isotropic_topk_time": ("isotropic data: tree / brute-force time, top-10", "<=", 2.0),
     "build_seconds": ("tree build time (s)", "<=", 60.0),
     "build_memory": ("build peak memory / (3 x points + 1 GiB)", "<=", 1.0),
     "sample_exponent": ("exponent of logits per query vs N, sampling", "<=", 0.5),
@@ -166,7 +183,7 @@ class BenchConfig:
     topk: int = 10
     perplexity: float = 300.0
     calibration_queries: int = 64
-    repeats: int = 3
+    repeats: int = 5
     seed: int = 0
     branching: int = 8
     leaf_size: int = 32
@@ -461,10 +478,24 @@ def _load() -> float | None:
         return None
 
 
+def processor_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor model: the first ``model name`` of ``cpuinfo`` (Linux), else ``platform.processor()``."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _machine() -> dict[str, Any]:
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                numpy=np.__version__, thread_env={k: v for k, v in env.items() if v is not None})
+    return dict(cpus=os.cpu_count(), processor=processor_model(), platform=platform.platform(),
+                python=platform.python_version(), numpy=np.__version__,
+                thread_env={k: v for k, v in env.items() if v is not None})
 
 
 # --------------------------------------------------------------------------
@@ -472,17 +503,20 @@ def _machine() -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
-                     counters_of: Callable[[Any], dict[str, int]]) -> tuple[int, str | None]:
+                     counters_of: Callable[[Any], dict[str, int]], n_targets: int) -> tuple[int, str | None]:
     """How many of the queries ``Q`` a tree operation is timed on, and why not all.
 
     A pilot on ``PILOT_QUERIES`` queries (which also warms the caches)
     measures the logits per query ``L`` and the time per query. Where the tree
-    prunes little (unclustered data at large N: ``L`` ~ N) the samplers' flat
-    (query, entry) arrays would hold ~``256 L`` entries per block of queries
-    and the run would take hours, so the timed queries are then cut to the
-    first ``ENTRY_CAP / L`` ("memory") or ``BUDGET_SECONDS / (time per
-    query)`` ("time") ones. The report says how many were timed and why;
-    costs are compared per query.
+    prunes little but not nothing (``L`` a large fraction of N, below N) the
+    samplers' flat (query, entry) arrays would hold ~``512 L`` entries per
+    block of queries, so the timed queries are then cut to the first
+    ``ENTRY_CAP / L`` ("memory"); a run beyond ``BUDGET_SECONDS`` is cut to
+    ``BUDGET_SECONDS / (time per query)`` queries ("time"). With ``L >= N``
+    every target was scored for every query: the samplers' dense fallback
+    (:func:`reference.sampling.rejection_sample`), which holds one block of
+    logits, not entries, so no memory cut applies. The report says how many were
+    timed and why; costs are compared per query.
     """
     B = Q.shape[0]
     pilot = min(B, PILOT_QUERIES)
@@ -492,7 +526,7 @@ def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
     c = counters_of(out)
     L = max(1.0, (c["node_logits"] + c["target_logits"]) / pilot)
     m, why = B, None
-    if min(B, _SAMPLER_BLOCK) * L > ENTRY_CAP:
+    if L < n_targets and min(B, _SAMPLER_BLOCK) * L > ENTRY_CAP:
         m, why = max(pilot, int(ENTRY_CAP // L)), "memory"
     if m * per_query > BUDGET_SECONDS:
         m, why = max(pilot, int(BUDGET_SECONDS / per_query)), "time"
@@ -523,6 +557,34 @@ def _time_interleaved(ops: dict[str, Callable[[], Any]], repeats: int) -> dict[s
 def _rss_now() -> int | None:
     st = _proc_status()
     return None if st is None else st["VmRSS"]
+
+
+def timing_summary(tree_runs: Sequence[float], tree_queries: int, brute_runs: Sequence[float], brute_queries: int,
+                   logits_per_query: float, n: int) -> dict[str, Any]:
+    """Median and range over interleaved repeats of the times per query, speed-up and cost per logit.
+
+    Repeat ``r`` timed the tree on ``tree_queries`` queries (``tree_runs[r]``
+    seconds) and brute force on ``brute_queries`` (``brute_runs[r]``) under
+    the same load. The tree's cost per evaluated logit is its time per query
+    over ``logits_per_query``; brute force's is its time per query over the
+    ``n`` logits it computes per query. The speed-up and the ratio of the
+    costs are given for the medians (``speedup``, ``logit_cost_ratio``) and,
+    repeat by repeat, as a range (``*_range``: min and max over the repeats).
+    """
+    t = np.asarray(tree_runs, float) / tree_queries
+    b = np.asarray(brute_runs, float) / brute_queries
+    tree_pq, brute_pq = float(np.median(t)), float(np.median(b))
+    per_logit_t, per_logit_b = t / logits_per_query, b / n
+    return dict(
+        tree_seconds=float(np.median(tree_runs)), tree_runs=list(tree_runs), tree_per_query=tree_pq,
+        tree_per_query_range=[float(t.min()), float(t.max())],
+        brute_seconds=float(np.median(brute_runs)), brute_runs=list(brute_runs), brute_per_query=brute_pq,
+        brute_per_query_range=[float(b.min()), float(b.max())],
+        speedup=brute_pq / tree_pq, speedup_range=[float((b / t).min()), float((b / t).max())],
+        tree_ns_per_logit=1e9 * tree_pq / logits_per_query, brute_ns_per_logit=1e9 * brute_pq / n,
+        logit_cost_ratio=(tree_pq / logits_per_query) / (brute_pq / n),
+        logit_cost_ratio_range=[float((per_logit_t / per_logit_b).min()), float((per_logit_t / per_logit_b).max())],
+    )
 
 
 # --------------------------------------------------------------------------
@@ -627,12 +689,12 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     B = Q.shape[0]
     log(f"[bench] {data} N={n}: build {min(build_times):.1f}s, beta {beta:.4g} (perplexity {ppl_cal:.0f}); "
         f"timing queries (load {_load()})")
-    # ---- tree operations and brute force (best of `repeats`; the same random streams each time)
+    # ---- tree operations and brute force (median of `repeats`; the same random streams each time)
     rec["load_queries"] = _load()
     tree_sample = partial(_tree_sample, tree, cfg.negatives, cfg.seed)
     tree_topk = partial(topk, tree, k=cfg.topk, return_counters=True)
-    m_s, why_s = _queries_to_time(tree_sample, Q, lambda out: out[1])
-    m_t, why_t = _queries_to_time(tree_topk, Q, lambda out: out[2])
+    m_s, why_s = _queries_to_time(tree_sample, Q, lambda out: out[1], n)
+    m_t, why_t = _queries_to_time(tree_topk, Q, lambda out: out[2], n)
     # Tree and brute force (all queries) in turn, `repeats` times: the same load for both.
     runs = _time_interleaved({
         "tree_sample": partial(tree_sample, Q[:m_s]),
@@ -650,14 +712,9 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     rec["topk"] = _topk_record(tree, Q[:m_t], n, t_ids, t_logits, t_counters, bt_ids[:m_t], bt_logits[:m_t])
     for key, m, why in (("sample", m_s, why_s), ("topk", m_t, why_t)):
         tr, br = runs[f"tree_{key}"], runs[f"brute_{key}"]
-        tree_pq = min(tr["times"]) / m
-        brute_pq = min(br["times"]) / B
-        rec[key].update(
-            queries_timed=m, queries_limited_by=why, tree_seconds=min(tr["times"]),
-            tree_runs=tr["times"], tree_per_query=tree_pq, tree_peak_rss_bytes=tr["peak_rss"],
-            brute_queries=B, brute_seconds=min(br["times"]), brute_runs=br["times"], brute_per_query=brute_pq,
-            brute_peak_rss_bytes=br["peak_rss"], speedup=brute_pq / tree_pq,
-        )
+        rec[key].update(queries_timed=m, queries_limited_by=why, tree_peak_rss_bytes=tr["peak_rss"],
+                        brute_queries=B, brute_peak_rss_bytes=br["peak_rss"],
+                        **timing_summary(tr["times"], m, br["times"], B, rec[key]["logits_per_query"], n))
     ppl_q = _query_perplexities(points, Q)
     rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
                                      p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
@@ -745,11 +802,16 @@ def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if not runs:
         return []
     last = max(runs, key=lambda r: r["n"])
+    iso = [r for r in result["runs"] if r["data"] == "isotropic"]
+    last_iso = max(iso, key=lambda r: r["n"]) if iso else None
     fits = result["fits"]["clustered"]
     b = last["build"]
     measured = dict(
         sample_speedup=last["sample"]["speedup"], topk_speedup=last["topk"]["speedup"],
         sample_fraction=last["sample"]["fraction"], topk_fraction=last["topk"]["fraction"],
+        sample_logit_cost=last["sample"]["logit_cost_ratio"], topk_logit_cost=last["topk"]["logit_cost_ratio"],
+        isotropic_sample_time=None if last_iso is None else 1.0 / last_iso["sample"]["speedup"],
+        isotropic_topk_time=None if last_iso is None else 1.0 / last_iso["topk"]["speedup"],
         build_seconds=b["seconds"],
         build_memory=None if b["peak_bytes"] is None else b["peak_bytes"] / b["memory_budget_bytes"],
         sample_exponent=fits["sample"], topk_exponent=fits["topk"],
@@ -761,8 +823,10 @@ def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             status = "N/A"
         else:
             status = "PASS" if (m >= thr if cmp == ">=" else m <= thr) else "MISS"
+        on = last_iso if name.startswith("isotropic_") else last
         rows.append(dict(name=name, description=desc, comparison=cmp, threshold=thr, measured=m,
-                         status=status, n=last["n"], data="clustered"))
+                         status=status, n=None if on is None else on["n"],
+                         data="isotropic" if name.startswith("isotropic_") else "clustered"))
     return rows
 
 
@@ -817,7 +881,7 @@ def _fmt_bytes(b: int | None) -> str:
 def _fmt_measured(name: str, m: float | None) -> str:
     if m is None:
         return "n/a"
-    if name.endswith("speedup"):
+    if name.endswith(("speedup", "_cost", "_time")):
         return f"{m:.2f}x"
     if name.endswith("fraction"):
         return f"{100 * m:.3f}%"
@@ -831,10 +895,12 @@ def format_report(result: dict[str, Any]) -> str:
     cfg, mach = result["config"], result["machine"]
     lines = [
         f"bench: k={cfg['k']}  queries={cfg['queries']}  negatives={cfg['negatives']}  top-{cfg['topk']}  "
-        f"perplexity target {cfg['perplexity']:g}  repeats={cfg['repeats']} (best of)  seed={cfg['seed']}  "
+        f"perplexity target {cfg['perplexity']:g}  repeats={cfg['repeats']} (interleaved; median [min-max])  "
+        f"seed={cfg['seed']}  "
         f"tree branching={cfg['branching']} leaf_size={cfg['leaf_size']}  cluster depth {cfg['depth']}"
         + (f"  memmap={cfg['memmap']}" if cfg["memmap"] else ""),
-        f"machine: {mach['cpus']} CPUs, load average {mach['load_start']} at start, {mach['load_end']} at end"
+        f"machine: {mach.get('processor', 'unknown')}, {mach['cpus']} CPUs, load average {mach['load_start']} "
+        f"at start, {mach['load_end']} at end"
         + (f", {mach['thread_env']}" if mach["thread_env"] else "") + f"; numpy {mach['numpy']}",
     ]
     for data in cfg["data"]:
@@ -851,8 +917,9 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{r['n']:>9} {r['beta']:>8.4g} {r['perplexity_calibration']:>7.0f} "
                 f"{pq['p10']:>5.0f}/{pq['median']:>4.0f}/{pq['p90']:>4.0f} {b['seconds']:>8.2f} "
                 f"{_fmt_bytes(b['peak_bytes']):>9} {ratio:>7} {b['n_nodes']:>7} {b['height']:>6} {b['load']!s:>5}")
-        lines.append(f"{'N':>9} {'op':<7} {'tree ms/q':>9} {'brute ms/q':>10} {'speed-up':>8} {'logits/q':>10} "
-                     f"{'% of N':>8} {'tree MiB':>8} {'brute MiB':>9}  check")
+        lines.append(f"{'N':>9} {'op':<7} {'tree ms/q':>9} {'brute ms/q':>10} {'speed-up':>8} {'[min-max]':>13} "
+                     f"{'logits/q':>10} {'% of N':>8} {'ns/logit':>8} {'brute ns':>8} {'ratio':>6} "
+                     f"{'[min-max]':>13} {'tree MiB':>8} {'brute MiB':>9}  check")
         for r in rr:
             s, t = r["sample"], r["topk"]
             s_check = (f"ids valid: {'yes' if s['ids_valid'] else 'NO'}; mean log P tree {s['mean_log_p_tree']:.3f} "
@@ -863,9 +930,13 @@ def format_report(result: dict[str, Any]) -> str:
                 sub = ("" if o["queries_limited_by"] is None else
                        f" [tree timed on {o['queries_timed']} of {o['brute_queries']} queries "
                        f"({o['queries_limited_by']})]")
+                su, cr = o["speedup_range"], o["logit_cost_ratio_range"]
                 lines.append(f"{r['n']:>9} {op:<7} {1e3 * o['tree_per_query']:>9.3f} "
                              f"{1e3 * o['brute_per_query']:>10.3f} {o['speedup']:>7.2f}x "
+                             f"{f'[{su[0]:.2f}-{su[1]:.2f}]':>13} "
                              f"{o['logits_per_query']:>10.0f} {100 * o['fraction']:>7.3f}% "
+                             f"{o['tree_ns_per_logit']:>8.1f} {o['brute_ns_per_logit']:>8.1f} "
+                             f"{o['logit_cost_ratio']:>6.2f} {f'[{cr[0]:.2f}-{cr[1]:.2f}]':>13} "
                              f"{_fmt_bytes(o['tree_peak_rss_bytes']):>8} {_fmt_bytes(o['brute_peak_rss_bytes']):>9}  "
                              f"{chk}{sub}")
         f = result["fits"][data]
@@ -876,7 +947,9 @@ def format_report(result: dict[str, Any]) -> str:
     if result["targets"]:
         n = result["targets"][0]["n"]
         note = "" if n == result["target_n"] else f"  [the targets are stated for N = {result['target_n']:.0e}]"
-        lines += ["", f"== targets (clustered data, N = {n}; exponents over all sizes){note} =="]
+        iso = [t["n"] for t in result["targets"] if t["data"] == "isotropic" and t["n"] is not None]
+        where = f"; isotropic ones at N = {iso[0]}" if iso else ""
+        lines += ["", f"== targets (clustered data, N = {n}{where}; exponents over all sizes){note} =="]
         for t in result["targets"]:
             lines.append(f"  {t['description']:<55} {t['comparison']} {t['threshold']:<6g} "
                          f"measured {_fmt_measured(t['name'], t['measured']):>10}   {t['status']}")
@@ -930,7 +1003,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perplexity", type=float, default=d.perplexity,
                         help="mean softmax perplexity the temperature is calibrated to (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed repeats, best taken (default: {d.repeats}; with --quick: {QUICK['repeats']})")
+                        help=f"timed repeats, tree and brute force interleaved; median and range reported "
+                             f"(default: {d.repeats}; with --quick: {QUICK['repeats']})")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, tree and samplers (default: 0)")
     parser.add_argument("--branching", type=int, default=d.branching, help="tree branching (default: %(default)s)")
     parser.add_argument("--leaf-size", type=int, default=d.leaf_size, help="tree leaf size (default: %(default)s)")

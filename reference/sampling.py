@@ -35,8 +35,9 @@ import numpy as np
 from reference._fastpath import (
     ROUNDING,
     as_queries,
-    child_logits,
-    group_logsumexp,
+    dense_blocks,
+    dense_queries,
+    node_blocks,
     query_ptr,
     range_logits,
     refine,
@@ -44,15 +45,20 @@ from reference._fastpath import (
     rowdot,
     segment_logsumexp,
     terms,
+    tree_scale,
 )
 from reference._validation import check_int, check_positive, check_rng
 from reference.bounds import DEFAULT_TOL, Cut, validate_cut
+from reference.softmax import inverse_cdf
 
 __all__ = ["cut_sample", "rejection_envelope", "rejection_sample", "topk"]
 
 # Queries processed together by the samplers and top-k: bounds the size of the
 # flat (query, node) arrays; a loop over blocks of queries is a batching loop.
-_QUERY_BLOCK = 256
+# Larger blocks share each row read from memory among more queries (at N = 1e6 a
+# block of 256 clustered queries reads ~90% of the targets); 512 keeps the
+# arrays of one block under ~30 MiB at N = 1e6.
+_QUERY_BLOCK = 512
 
 # The default rejection envelope evaluates a node with at most this many targets in full
 # (one exact cut entry, scored by one matrix product per block of queries) rather than
@@ -156,6 +162,14 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
     made in rounds for the slots still empty (all queries and slots at once);
     each query keeps its first ``n`` accepted proposals.
 
+    Where the bounds prune nothing (unclustered targets, a flat softmax), a
+    query whose entries marked three levels below the root still hold 90% of
+    the targets (on a tree of at least 2^13) is served by the *dense
+    fallback*: its cut becomes every target as one exact entry, all ``N``
+    logits computed by blocked matrix products and ``n`` draws made from
+    their softmax by inverse CDF (acceptance 1). Exact as well; it bounds the
+    cost of such queries by about that of brute force.
+
     Parameters
     ----------
     tree : Tree
@@ -185,7 +199,8 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         ``B n`` because a round can overshoot), ``target_logits`` (``a_y``
         evaluated: every target of every exact entry, scored once while
         refining the envelope, plus one per proposal from a node entry;
-        proposals from exact entries cost none), ``node_logits``
+        proposals from exact entries cost none; ``N`` per query of the dense
+        fallback), ``node_logits``
         (``<q, r_v>`` evaluated while refining the cut), ``cut_entries``
         (final cut size, all queries, exact entries counted as their single
         targets: ``len`` of :func:`rejection_envelope`), ``rounds``
@@ -269,6 +284,11 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
     then the tree is swept level by level from the root, pruning against the
     current ``tau`` and raising ``tau`` as leaves are evaluated. The result is
     the brute-force top-k, ordered by decreasing logit, ties by smaller id.
+    A query whose surviving nodes three levels below the root still hold 90%
+    of the targets (on a tree of at least 2^13; nothing is being pruned) is
+    finished by the dense fallback: all its ``N`` logits by blocked matrix
+    products, the targets within the rounding margin of the k-th re-scored
+    row by row, and the same ordering.
 
     Parameters
     ----------
@@ -363,8 +383,8 @@ def _envelope_cut(tree: Any, Q: np.ndarray, n: int, tol: float | None):
     cost-balanced cut for ``n`` draws with ``hi - lo <= max(1, log(N_live / n))`` as a safety net."""
     if tol is None:
         return refine(tree, Q, tol=max(1.0, float(np.log(tree.n_live / n))), n_draws=n, exact_leaves=True,
-                       full_count=_FULL_COUNT)
-    return refine(tree, Q, tol=tol, exact_leaves=True)
+                       full_count=_FULL_COUNT, dense=True)
+    return refine(tree, Q, tol=tol, exact_leaves=True, dense=True)
 
 
 def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator, tol: float | None,
@@ -373,17 +393,14 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     B = Q.shape[0]
     st = _envelope_cut(tree, Q, n, tol)
     raw = st.raw                                   # entry arrays, unsorted; st.order sorts them by query
-    base = raw["log_n"] + raw["s"]
-    log_u = base + raw["eps"]                      # log U_v, the envelope
-    hi = group_logsumexp(log_u, raw["query"], B)  # log U = hi
-    lo = group_logsumexp(base - raw["eps"], raw["query"], B)
-    log_z_hat = group_logsumexp(base, raw["query"], B)
-    cdf = _SegmentCDF(log_u[st.order], hi, st.ptr)
+    log_u = raw["log_n"] + raw["s"] + raw["eps"]   # log U_v, the envelope
+    lo, hi, log_z_hat = (b.copy() for b in st.bracket)   # hi = log U, summed while refining
+    for b in (lo, hi, log_z_hat):
+        b[st.dense] = 0.0                          # dense queries: no entries, no proposals
+    cdf = _SegmentCDF(log_u[st.order], hi, st.ptr) if st.order.size else None
     # Exact entries (evaluated leaves and, in the default envelope, nodes of at most _FULL_COUNT
     # targets): a proposal of one is accepted with probability 1 and its target drawn from the
     # entry's own softmax exp(a_y) / sum_{y' in D(v)} exp(a_y').
-    xptr = st.exact_ptr
-    inner = _SegmentCDF(None, None, xptr, prob=st.exact_prob) if st.n_exact else None
     # Liveness check: the acceptance rate is >= exp(lo - hi) (P6); needing more than
     # 100 (n + 10) / exp(lo - hi) proposals for n acceptances has probability < e^-100
     # under a valid tree, so it signals a broken invariant rather than bad luck.
@@ -401,6 +418,14 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     counters["rounds"] += st.rounds
     ids = np.full((B, n), -1, np.int64)
     filled = np.zeros(B, np.int64)
+    if st.dense.size:  # the dense fallback: one exact entry of all targets, drawn by inverse CDF
+        ids[st.dense] = _dense_sample(tree, Q[st.dense], n, rng)
+        filled[st.dense] = n
+        N, m = int(tree.n_live), st.dense.size
+        counters["target_logits"] += N * m
+        counters["proposals"] += n * m
+        counters["accepted"] += n * m
+        counters["rounds"] += 1
     while True:
         need = n - filled
         if not need.any():
@@ -414,8 +439,7 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
         isx = x >= 0
         y, pos = _uniform_descendant(tree, np.where(isx, -1, v), raw["target"][e], rng)
         if isx.any():                              # inside an exact entry: y ~ exp(a_y) / sum_D(v) exp(a)
-            xi = x[isx]
-            y[isx] = tree.order[tree.start[v[isx]] + inner.draw(xi, rng) - xptr[xi]]
+            y[isx] = tree.order[tree.start[v[isx]] + _exact_draw(st, x[isx], rng)]
         isn = (v >= 0) & ~isx
         v = v[isn]
         # log acceptance probability: a_y - <q,r_v> - eps_v for node entries, 0 for exact entries.
@@ -446,6 +470,33 @@ def _rejection_block(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator,
     return ids
 
 
+def _exact_draw(st: Any, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each exact entry ``x[i]`` of the cut ``st``, an offset ``j`` into ``D(v)`` drawn with
+    probability ``exp(a_j) / sum_{y in D(v)} exp(a_y)``: the entry's softmax, from its stored
+    weights (:class:`reference._fastpath.ExactStore`) and gathered only for the entries drawn,
+    by inverse CDF (one ``rng.random`` per draw, :class:`_SegmentCDF`)."""
+    p, ptr = st.exact.probabilities_of(x)
+    return _SegmentCDF(None, None, ptr, prob=p).draw(np.arange(x.size), rng) - ptr[:-1]
+
+
+def _dense_sample(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` exact draws per query from the softmax over all live targets (the dense fallback).
+
+    All ``N`` logits of each query (:func:`reference._fastpath.dense_blocks`),
+    then, as the brute-force baseline does, ``exp(a - max)``, cumulative sums
+    and the first ``j`` with ``W_j > u W_{N-1}``
+    (:func:`reference.softmax.inverse_cdf`): ``Pr(j) = exp(a_j) / Z``.
+    """
+    out = np.empty((Q.shape[0], n), np.int64)
+    for b0, b1, A in dense_blocks(tree, Q):
+        A -= A.max(axis=1, keepdims=True)
+        np.exp(A, out=A)
+        np.cumsum(A, axis=1, out=A)
+        total = A[:, -1:].copy()
+        out[b0:b1] = tree.order[inverse_cdf(A, rng.random((b1 - b0, n)) * total)]
+    return out
+
+
 def _merge_topk(best_a: np.ndarray, best_y: np.ndarray, cq: np.ndarray, cy: np.ndarray, ca: np.ndarray):
     """Merge candidates (query, id, logit) into the running top-k, ordered by (-logit, id)."""
     B, k = best_a.shape
@@ -469,18 +520,38 @@ def _node_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarr
 
 
 def _child_bounds(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rep_norm: np.ndarray, q: np.ndarray,
-                  v: np.ndarray, counters: dict[str, int]):
+                  v: np.ndarray, counters: dict[str, int], tau: np.ndarray | None = None):
     """``(query, child, ub, margin)`` for the children with ``n_c > 0`` of internal nodes ``v``.
 
     As :func:`_node_bounds`, with ``<q, r_c>`` from batched matrix products
-    (:func:`reference._fastpath.child_logits`); its last-bit rounding is far
-    inside ``margin``.
+    (:func:`reference._fastpath.node_blocks` over the rows ``rep[child_idx[...]]``,
+    one block at a time while it is in cache); their last-bit rounding is far
+    inside ``margin``. With ``tau``, only children with ``ub + margin >= tau``
+    are returned (the others would be pruned at the next level: ``tau`` only
+    grows).
     """
-    qc, c, s = child_logits(tree, Q, q, v)
-    counters["node_logits"] += int((tree.child_ptr[v + 1] - tree.child_ptr[v]).sum())
-    ub = s + qnorm[qc] * tree.radius[c]
-    margin = ROUNDING * (1.0 + qnorm[qc] * (rep_norm[c] + tree.radius[c]))
-    return qc, c, ub, margin
+    deg = (tree.child_ptr[v + 1] - tree.child_ptr[v]).astype(np.int64)
+    counters["node_logits"] += int(deg.sum())
+    out_q, out_c, out_ub, out_m = [], [], [], []
+    for pair, gi, ni, R in node_blocks(tree.rep, tree.child_idx, tree.child_ptr[v], deg, Q, q, v):
+        U, Gb, Lb = R.shape
+        c = tree.child_idx[tree.child_ptr[v[pair[:, 0]]][:, None] + np.minimum(np.arange(Lb), ni[:, None] - 1)]
+        qn = qnorm[q[pair]][:, :, None]                        # (U, Gb, 1); children c: (U, 1, Lb)
+        R += qn * tree.radius[c][:, None, :]                   # ub = <q, r_c> + ||q|| rho_c
+        m = ROUNDING * (1.0 + qn * (rep_norm[c] + tree.radius[c])[:, None, :])
+        ok = (tree.count[c] > 0)[:, None, :] & (np.arange(Lb) < ni[:, None])[:, None, :] \
+            & (np.arange(Gb) < gi[:, None])[:, :, None]
+        if tau is not None:
+            ok &= R + m >= tau[q[pair]][:, :, None]
+        u, j, i = np.nonzero(ok)
+        out_q.append(q[pair[u, j]])
+        out_c.append(c[u, i])
+        out_ub.append(R[u, j, i])
+        out_m.append(m[u, j, i])
+    if not out_q:
+        z = np.zeros(0)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), z, z
+    return np.concatenate(out_q), np.concatenate(out_c), np.concatenate(out_ub), np.concatenate(out_m)
 
 
 def _leaf_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, ub: np.ndarray, margin: np.ndarray,
@@ -504,19 +575,46 @@ def _leaf_logits(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, ub: np.
 def _evaluate_leaves(tree, Q, q, v, ub, margin, tau, counters):
     """Candidates ``(query, target, a_y)`` of the leaves ``v`` that may still enter the top-k.
 
-    A target with ``a_y + margin < tau`` (``k`` better targets are known) is
-    dropped. The logits of the matrix products may differ from a row-wise
-    inner product in the last bits (within ``margin``); the kept targets are
-    re-scored row by row (:func:`reference._fastpath.rowdot`, counted in
-    ``target_logits``), so that returned logits, and the order of exactly tied
-    duplicates, do not depend on how the queries were batched.
+    Every target of every (query, leaf) pair is scored (counted in
+    ``target_logits``) by :func:`reference._fastpath.node_blocks` (one matrix
+    product per leaf and block of queries), and each block is reduced while
+    it is in cache: the I3 check ``a_y <= ub_v`` (``+ margin``) on its
+    maximum, and the targets with ``a_y + margin >= tau`` (``k`` better
+    targets are not yet known) kept. The logits of the matrix products may
+    differ from a row-wise inner product in the last bits (within
+    ``margin``); the kept targets are re-scored row by row
+    (:func:`reference._fastpath.rowdot`, counted in ``target_logits``), so
+    that returned logits, and the order of exactly tied duplicates, do not
+    depend on how the queries were batched.
     """
-    a, owner, pos = _leaf_logits(tree, Q, q, v, ub, margin, counters)
-    keep = a + margin[owner] >= tau[q[owner]]
-    tq, pos = q[owner[keep]], pos[keep]
+    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    counters["target_logits"] += int(n.sum())
+    kept_pair, kept_col = [], []
+    for pair, gi, ni, R in node_blocks(tree.points_dfs, None, tree.start[v], n, Q, q, v):
+        # Padding repeats real products (slots j >= g[u] a real pair, columns i >= n[u] a real
+        # row): the I3 test sees real values only, and padding is dropped from the kept ones.
+        R += margin[pair][:, :, None]                          # a_y + margin
+        if np.any(R > (ub[pair] + 2.0 * margin[pair])[:, :, None]):
+            _leaf_violation(tree, v, pair, gi, ni, R - margin[pair][:, :, None], ub[pair] + margin[pair])
+        u, j, c = np.nonzero(R >= tau[q[pair]][:, :, None])
+        real = (j < gi[u]) & (c < ni[u])
+        kept_pair.append(pair[u[real], j[real]])
+        kept_col.append(c[real])
+    p = np.concatenate(kept_pair) if kept_pair else np.zeros(0, np.int64)
+    pos = tree.start[v[p]] + (np.concatenate(kept_col) if kept_col else np.zeros(0, np.int64))
+    tq = q[p]
     a = rowdot(tree.points_dfs, pos, Q, tq)
     counters["target_logits"] += int(a.size)
     return tq, tree.order[pos], a
+
+
+def _leaf_violation(tree, v, pair, gi, ni, R, lim):
+    """Raise the I3 error of :func:`_evaluate_leaves` for a block with a logit above its bound."""
+    real = (np.arange(R.shape[1]) < gi[:, None])[:, :, None] & (np.arange(R.shape[2]) < ni[:, None])[:, None, :]
+    excess = np.where(real, R - lim[:, :, None], -np.inf)
+    u, j, c = np.nonzero(excess > 0)
+    p = pair[u, j]
+    raise _i3_violation("topk", v[p], tree.order[tree.start[v[p]] + c], excess[u, j, c])
 
 
 def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters: dict[str, int]):
@@ -555,14 +653,53 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
     q, v = root_q, root_v
     ub, margin = _node_bounds(tree, Q, qnorm, rep_norm, q, v)
     counters["node_logits"] += B
+    dense = np.zeros(B, bool)
+    level = 0
     while q.size:
         counters["rounds"] += 1
         keep = ub + margin >= tau[q]
         q, v, ub, margin = q[keep], v[keep], ub[keep], margin[keep]
+        out = dense_queries(tree, q, v, B, level)
+        if out is not None:    # queries whose bound has not excluded enough targets: scored densely below
+            dense = out
+            stay = ~dense[q]
+            q, v, ub, margin = q[stay], v[stay], ub[stay], margin[stay]
+        level += 1
         leaf = tree.is_leaf[v]
         if leaf.any():
             tq, ty, a = _evaluate_leaves(tree, Q, q[leaf], v[leaf], ub[leaf], margin[leaf], tau, counters)
             best_a, best_y = _merge_topk(best_a, best_y, tq, ty, a)
             tau = np.maximum(tau, best_a[:, k - 1])
-        q, v, ub, margin = _child_bounds(tree, Q, qnorm, rep_norm, q[~leaf], v[~leaf], counters)
+        q, v, ub, margin = _child_bounds(tree, Q, qnorm, rep_norm, q[~leaf], v[~leaf], counters, tau)
+    if dense.any():
+        d = np.flatnonzero(dense)
+        best_a[d], best_y[d] = -np.inf, np.iinfo(np.int64).max   # every target is scored again below
+        tq, ty, a = _dense_candidates(tree, Q, d, k, qnorm, counters)
+        best_a, best_y = _merge_topk(best_a, best_y, tq, ty, a)
     return best_y, best_a
+
+
+def _dense_candidates(tree: Any, Q: np.ndarray, d: np.ndarray, k: int, qnorm: np.ndarray,
+                      counters: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k candidates ``(query, target, a_y)`` of the queries ``d`` from all their logits (the dense fallback).
+
+    Every target is scored (:func:`reference._fastpath.dense_blocks`, ``N`` target
+    logits per query); with ``t`` the k-th largest of a query's computed logits
+    and ``m = ROUNDING (1 + ||q|| S)`` (``S`` bounds every ``||z_y||``, I3), a
+    target of the exact top-k has a computed logit ``>= t - m``: those are
+    kept and re-scored row by row (:func:`reference._fastpath.rowdot`, counted),
+    as the leaves' candidates are.
+    """
+    N = int(tree.n_live)
+    counters["target_logits"] += N * d.size
+    m = ROUNDING * (1.0 + qnorm[d] * tree_scale(tree))
+    cq, cp = [], []
+    for b0, b1, A in dense_blocks(tree, Q[d]):
+        kth = np.partition(A, N - k, axis=1)[:, N - k]
+        r, pos = np.nonzero(A + m[b0:b1, None] >= kth[:, None])
+        cq.append(d[b0 + r])
+        cp.append(pos)
+    tq, pos = np.concatenate(cq), np.concatenate(cp)
+    a = rowdot(tree.points_dfs, pos, Q, tq)
+    counters["target_logits"] += int(a.size)
+    return tq, tree.order[pos], a

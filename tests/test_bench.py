@@ -63,9 +63,14 @@ def test_quick_run_prints_table_and_writes_consistent_json(tmp_path, capsys):
             c = o["counters"]
             assert o["logits_per_query"] == (c["node_logits"] + c["target_logits"]) / o["queries_timed"]
             assert o["fraction"] == pytest.approx(o["logits_per_query"] / r["n"], rel=1e-12)
-            assert o["tree_per_query"] == pytest.approx(min(o["tree_runs"]) / o["queries_timed"], rel=1e-12)
-            assert o["brute_per_query"] == pytest.approx(min(o["brute_runs"]) / o["brute_queries"], rel=1e-12)
+            assert o["tree_per_query"] == pytest.approx(np.median(o["tree_runs"]) / o["queries_timed"], rel=1e-12)
+            assert o["brute_per_query"] == pytest.approx(np.median(o["brute_runs"]) / o["brute_queries"], rel=1e-12)
             assert o["speedup"] == pytest.approx(o["brute_per_query"] / o["tree_per_query"], rel=1e-12)
+            # cost per evaluated logit: the tree's over its logits per query, brute force's over N
+            assert o["tree_ns_per_logit"] == pytest.approx(1e9 * o["tree_per_query"] / o["logits_per_query"], rel=1e-12)
+            assert o["brute_ns_per_logit"] == pytest.approx(1e9 * o["brute_per_query"] / r["n"], rel=1e-12)
+            assert o["logit_cost_ratio"] == pytest.approx(o["tree_ns_per_logit"] / o["brute_ns_per_logit"], rel=1e-12)
+            assert len(o["tree_runs"]) == len(o["brute_runs"]) == cfg["repeats"]
         assert s["counters"]["accepted"] >= cfg["negatives"] * s["queries_timed"]
         # every target row of the table shows its N, both operations and the check
         assert f"{r['n']:>9} sample " in out and f"{r['n']:>9} top-10 " in out
@@ -83,6 +88,13 @@ def test_quick_run_prints_table_and_writes_consistent_json(tmp_path, capsys):
         line = next(ln for ln in out.splitlines() if t["description"] in ln)
         assert line.rstrip().endswith(t["status"])
     assert res["verified"] is True and res["machine"]["cpus"] >= 1
+    assert res["machine"]["processor"] == bench.processor_model()
+    assert f"machine: {res['machine']['processor']}, " in out
+    iso = max((r for r in res["runs"] if r["data"] == "isotropic"), key=lambda r: r["n"])
+    for op in ("sample", "topk"):
+        t = next(t for t in res["targets"] if t["name"] == f"isotropic_{op}_time")
+        assert t["data"] == "isotropic" and t["n"] == iso["n"]
+        assert t["measured"] == pytest.approx(1.0 / iso[op]["speedup"], rel=1e-12)
 
 
 def test_quick_without_json_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -153,6 +165,57 @@ def test_inexact_sampler_is_caught_by_the_mean_log_p_check(monkeypatch):
     # |z| is in the tens, against the |z| <= 5 threshold (false alarm ~6e-7 for an exact sampler).
     assert all(r["sample"]["ids_valid"] and abs(r["sample"]["z"]) > 5 for r in result["runs"])
     assert result["distribution_ok"] is False
+
+
+# --------------------------------------------------------------------------
+# Timing summaries and the machine record
+# --------------------------------------------------------------------------
+
+def test_timing_summary_is_median_and_range_over_interleaved_repeats():
+    """Five repeats, the tree on 10 queries and brute force on 40, N = 1000, 50 logits per query:
+    the medians give the times per query, the speed-up and the cost ratio; the ranges pair
+    tree and brute force repeat by repeat (a fast tree repeat is not paired with a slow brute
+    force one). Exact arithmetic on these values: 1e-12 relative."""
+    tree = [1.0, 3.0, 2.0, 10.0, 2.5]          # seconds for 10 queries
+    brute = [40.0, 60.0, 40.0, 100.0, 50.0]    # seconds for 40 queries
+    out = bench.timing_summary(tree, 10, brute, 40, 50.0, 1000)
+    assert out["tree_per_query"] == pytest.approx(0.25) and out["brute_per_query"] == pytest.approx(1.25)
+    assert out["tree_per_query_range"] == pytest.approx([0.1, 1.0])
+    assert out["brute_per_query_range"] == pytest.approx([1.0, 2.5])
+    assert out["speedup"] == pytest.approx(5.0)
+    # per repeat: brute / tree per query = 10, 5, 5, 2.5, 5 (not max brute / min tree = 25)
+    assert out["speedup_range"] == pytest.approx([2.5, 10.0])
+    assert out["tree_ns_per_logit"] == pytest.approx(1e9 * 0.25 / 50)
+    assert out["brute_ns_per_logit"] == pytest.approx(1e9 * 1.25 / 1000)
+    assert out["logit_cost_ratio"] == pytest.approx(4.0)               # 5e-3 / 1.25e-3
+    assert out["logit_cost_ratio_range"] == pytest.approx([2.0, 8.0])  # 20 / speed-up, repeat by repeat
+    assert out["tree_runs"] == tree and out["brute_runs"] == brute
+
+
+def test_processor_model_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert bench.processor_model(str(info)) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nmodel name\t:\n")  # empty: the platform's answer
+    assert bench.processor_model(str(info)) == (bench.platform.processor() or "unknown")
+    assert bench.processor_model(str(tmp_path / "missing")) == (bench.platform.processor() or "unknown")
+
+
+def test_memory_cut_applies_below_n_logits_only(monkeypatch):
+    """The timed queries are cut for memory when the pilot's logits per query L, below N, would
+    fill ENTRY_CAP entries in one block of queries; at L >= N (every target scored: the dense
+    fallback, which holds a block of logits rather than entries) they are not."""
+    Q = np.zeros((2000, 4))
+    monkeypatch.setattr(bench, "ENTRY_CAP", 1000 * bench._SAMPLER_BLOCK)
+
+    def op_with(L):
+        return lambda Qb: {"node_logits": 0, "target_logits": int(L) * Qb.shape[0]}
+
+    assert bench._queries_to_time(op_with(999), Q, lambda c: c, 1000) == (2000, None)   # 512 * 999 <= cap
+    assert bench._queries_to_time(op_with(1500), Q, lambda c: c, 2000) == (
+        bench.ENTRY_CAP // 1500, "memory")
+    assert bench._queries_to_time(op_with(1500), Q, lambda c: c, 1500) == (2000, None)   # L >= N
 
 
 # --------------------------------------------------------------------------

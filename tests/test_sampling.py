@@ -551,8 +551,9 @@ def test_validate_cut_messages_name_the_offending_entry():
 # --------------------------------------------------------------------------
 # Two independent counts of what the samplers evaluate:
 # 1. instrumented: every inner product of the fast path goes through one of two
-#    primitives, ``_fastpath.rowdot`` (row by row) and ``_fastpath.grouped_logits``
-#    (batched); wrapped, they count the rows scored against ``tree.rep`` (node logits
+#    primitives, ``_fastpath.rowdot`` (row by row) and ``_fastpath.node_blocks``
+#    (batched), and the dense fallback's ``_fastpath.dense_blocks`` (every target); wrapped,
+#    they count the rows scored against ``tree.rep`` (node logits
 #    <q, r_v>) and against the target vectors (target logits a_y);
 # 2. structural: the counts a cut, or a tree built to a known shape, implies.
 
@@ -562,7 +563,7 @@ def inner_products(monkeypatch):
     from reference import _fastpath, sampling
 
     state = {"node_logits": 0, "target_logits": 0, "tree": None}
-    rowdot, grouped = _fastpath.rowdot, _fastpath.grouped_logits
+    rowdot, blocks, dense = _fastpath.rowdot, _fastpath.node_blocks, _fastpath.dense_blocks
 
     def kind(X):
         t = state["tree"]
@@ -575,13 +576,19 @@ def inner_products(monkeypatch):
         state[kind(X)] += int(np.size(xi))
         return rowdot(X, xi, Q, qi)
 
-    def counting_grouped(X, index, row0, length, Q, q, v):
+    def counting_blocks(X, index, row0, length, Q, q, v):
         state[kind(X)] += int(np.sum(length))  # real (pair, row) products; padding is not a logit
-        return grouped(X, index, row0, length, Q, q, v)
+        return blocks(X, index, row0, length, Q, q, v)
+
+    def counting_dense(t, Q):
+        state["target_logits"] += int(t.n_live) * Q.shape[0]
+        return dense(t, Q)
 
     monkeypatch.setattr(_fastpath, "rowdot", counting_rowdot)
     monkeypatch.setattr(sampling, "rowdot", counting_rowdot)
-    monkeypatch.setattr(_fastpath, "grouped_logits", counting_grouped)
+    monkeypatch.setattr(_fastpath, "node_blocks", counting_blocks)
+    monkeypatch.setattr(sampling, "node_blocks", counting_blocks)
+    monkeypatch.setattr(sampling, "dense_blocks", counting_dense)
 
     def measure(tree, call):
         state.update(node_logits=0, target_logits=0, tree=tree)
