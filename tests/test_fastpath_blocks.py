@@ -426,3 +426,22 @@ def test_a_radius_too_small_is_refused(tree):
     Q = (t.points[y] - t.rep[v])[None, :] * 50.0     # points a target of v outside its radius
     with pytest.raises(ValueError, match="invariant I3 violated"):
         topk(t, np.vstack([Q, Q]), t.n_live)
+
+
+@pytest.mark.parametrize("chunk_rows, chunk_products", [(4096, 1 << 18), (3, 2)])
+def test_node_blocks_through_an_index_equal_the_contiguous_rows(tree, monkeypatch, chunk_rows, chunk_products):
+    """Rows named through ``index`` (as the children's representatives are, via child_idx)
+    give the same blocks as the same rows stored contiguously: ``points[order]`` is
+    ``points_dfs``. Chunks of 3 rows send every node through the large-node path."""
+    monkeypatch.setattr(_fastpath, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(_fastpath, "CHUNK_PRODUCTS", chunk_products)
+    rng = np.random.default_rng(8)
+    Q = make_queries(tree, rng, 30, 20.0)
+    q, v = _pairs(tree, rng, Q.shape[0])
+    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    direct = list(_fastpath.node_blocks(tree.points_dfs, None, tree.start[v], n, Q, q, v))
+    indexed = list(_fastpath.node_blocks(tree.points, tree.order, tree.start[v], n, Q, q, v))
+    assert len(direct) == len(indexed) > 0
+    for a, b in zip(direct, indexed):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
