@@ -610,16 +610,6 @@ def segment_logsumexp(x: np.ndarray, ptr: np.ndarray) -> np.ndarray:
         return m_safe + np.log(ssum)
 
 
-def segment_softmax(x: np.ndarray, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(logsumexp of each segment, exp(x - logsumexp of x's segment))``; segments non-empty, x finite."""
-    starts, sizes = ptr[:-1], np.diff(ptr)
-    m = np.maximum.reduceat(x, starts)
-    w = np.exp(x - np.repeat(m, sizes))
-    ssum = np.add.reduceat(w, starts)
-    w /= np.repeat(ssum, sizes)
-    return m + np.log(ssum), w
-
-
 def group_logsumexp(x: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """``logsumexp`` of ``x`` over each group (unsorted ``group``); ``-inf`` for empty groups."""
     m = np.full(n_groups, -np.inf)

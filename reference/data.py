@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import as_float_array, check_int, check_nonnegative, check_positive
+from reference._validation import as_float_array, as_index_array, check_int, check_nonnegative, check_positive
 
 __all__ = ["RetrievalData", "DataFiles", "make_targets", "make_isotropic", "make_dataset", "load_dataset"]
 
@@ -452,11 +452,7 @@ def _positives(source: Any, arg: str, rows: int, n_targets: int) -> np.ndarray:
         raise ValueError(f"{name}: expected an integer dtype (target ids), got {arr.dtype}")
     if arr.shape != (rows,):
         raise ValueError(f"{name}: expected shape ({rows},) (one positive per query), got {arr.shape}")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= n_targets:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"{name}: expected target ids 0 <= pos < N = {n_targets} (rows of the targets), got {bad}")
-    return arr.astype(np.int64)
+    return as_index_array(arr, f"{name}: target ids, rows of the targets (N = {n_targets})", upper=n_targets)
 
 
 def load_dataset(

@@ -109,10 +109,10 @@ def _save(tmp_path, name, arr):
     ("one target", "targets", r"expected at least 2 rows, got 1"),
     ("float positives", "positives", r"expected an integer dtype \(target ids\), got float64"),
     ("short positives", "positives", r"expected shape \(40,\) .*got \(39,\)"),
-    ("negative id", "positives", r"expected target ids 0 <= pos < N = 20 .*got -1"),
-    ("id = N", "positives", r"expected target ids 0 <= pos < N = 20 .*got 20"),
+    ("negative id", "positives", r"target ids, rows of the targets \(N = 20\): expected ids >= 0, got -1"),
+    ("id = N", "positives", r"target ids, rows of the targets \(N = 20\): expected ids < 20, got 20"),
     ("test columns", "test_queries", r"expected 3 feature columns .*got shape \(5, 4\)"),
-    ("test positives out of range", "test_positives", r"expected target ids 0 <= pos < N = 20 .*got 25"),
+    ("test positives out of range", "test_positives", r"target ids, rows of the targets \(N = 20\): expected ids < 20, got 25"),
 ])
 def test_each_malformed_input_is_refused_naming_the_file(tmp_path, case, arg, match):
     rng = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def test_command_line_refusals_exit_2(tmp_path, capsys):
     out = ["--out", str(tmp_path / "c.json"), "--quiet"]
     cases = [
         (["--queries", str(X), "--targets", str(Y), "--positives", str(pos)],
-         rf"error: positives \({re.escape(str(pos))}\): expected target ids 0 <= pos < N = 12 .*got 12"),
+         rf"error: positives \({re.escape(str(pos))}\): target ids, rows of the targets \(N = 12\): expected ids < 12, got 12"),
         (["--queries", str(X), "--positives", str(good_pos)],
          r"error: --targets: expected --queries, --targets and --positives together"),
         (["--queries", str(X), "--targets", str(Y), "--positives", str(good_pos), "--n-targets", "50"],

@@ -279,18 +279,3 @@ def test_project_overflow_with_mixed_signs_is_a_value_error() -> None:
     G_L = np.array([[1e150, -1e150], [1e150, -1e150], [-1e150, 1e150]])
     with pytest.raises(ValueError, match=r"^G_L: expected W = K_LL\^\{-1/2\} G_L"):
         nmap.project(G_L)
-
-
-def test_segment_softmax_is_the_softmax_of_each_segment() -> None:
-    """The exact entries' probabilities (``exact_prob``) are the softmax of each segment."""
-    from scipy.special import logsumexp, softmax
-
-    rng = np.random.default_rng(0)
-    sizes = np.array([1, 3, 7, 2, 40])
-    ptr = np.concatenate([[0], np.cumsum(sizes)])
-    x = 30.0 * rng.normal(size=ptr[-1])
-    lse, prob = _fastpath.segment_softmax(x.copy(), ptr)
-    for b in range(sizes.size):
-        seg = x[ptr[b]:ptr[b + 1]]
-        np.testing.assert_allclose(lse[b], logsumexp(seg), rtol=1e-15, atol=0)
-        np.testing.assert_allclose(prob[ptr[b]:ptr[b + 1]], softmax(seg), rtol=1e-14, atol=1e-300)

@@ -43,6 +43,16 @@ def _pairs(tree: Tree, rng: np.random.Generator, B: int):
 # node_blocks: every pair once, its rows in order, padding only repeats
 # --------------------------------------------------------------------------
 
+def _block_case(tree, monkeypatch, chunk_rows: int, chunk_products: int, *, seed: int, n_queries: int):
+    """Patch the block sizes; return queries and (query, node) pairs with each node's row count."""
+    monkeypatch.setattr(_fastpath, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(_fastpath, "CHUNK_PRODUCTS", chunk_products)
+    rng = np.random.default_rng(seed)
+    Q = make_queries(tree, rng, n_queries, 20.0)
+    q, v = _pairs(tree, rng, Q.shape[0])
+    return Q, q, v, (tree.stop[v] - tree.start[v]).astype(np.int64)
+
+
 @pytest.mark.parametrize("chunk_rows, chunk_products, node_product",
                          [(4096, 1 << 18, 1 << 17), (40, 200, 1 << 17), (3, 2, 1 << 17), (4096, 1 << 18, 300)])
 def test_node_blocks_score_every_pair_once_with_its_own_rows(tree, monkeypatch, chunk_rows, chunk_products,
@@ -55,13 +65,8 @@ def test_node_blocks_score_every_pair_once_with_its_own_rows(tree, monkeypatch, 
     node_product splits the queries of a node into groups (a group boundary off by one loses
     or repeats a pair). 1e-12 relative to ||q|| ||z||: two evaluation orders of a 5-term
     inner product."""
-    monkeypatch.setattr(_fastpath, "CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(_fastpath, "CHUNK_PRODUCTS", chunk_products)
     monkeypatch.setattr(_fastpath, "NODE_PRODUCT", node_product)
-    rng = np.random.default_rng(7)
-    Q = make_queries(tree, rng, 50, 20.0)
-    q, v = _pairs(tree, rng, Q.shape[0])
-    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    Q, q, v, n = _block_case(tree, monkeypatch, chunk_rows, chunk_products, seed=7, n_queries=50)
     seen = np.zeros(v.size, np.int64)
     for pair, g, rows, R in _fastpath.node_blocks(tree.points_dfs, None, tree.start[v], n, Q, q, v):
         U, Gb, Lb = R.shape
@@ -433,12 +438,7 @@ def test_node_blocks_through_an_index_equal_the_contiguous_rows(tree, monkeypatc
     """Rows named through ``index`` (as the children's representatives are, via child_idx)
     give the same blocks as the same rows stored contiguously: ``points[order]`` is
     ``points_dfs``. Chunks of 3 rows send every node through the large-node path."""
-    monkeypatch.setattr(_fastpath, "CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(_fastpath, "CHUNK_PRODUCTS", chunk_products)
-    rng = np.random.default_rng(8)
-    Q = make_queries(tree, rng, 30, 20.0)
-    q, v = _pairs(tree, rng, Q.shape[0])
-    n = (tree.stop[v] - tree.start[v]).astype(np.int64)
+    Q, q, v, n = _block_case(tree, monkeypatch, chunk_rows, chunk_products, seed=8, n_queries=30)
     direct = list(_fastpath.node_blocks(tree.points_dfs, None, tree.start[v], n, Q, q, v))
     indexed = list(_fastpath.node_blocks(tree.points, tree.order, tree.start[v], n, Q, q, v))
     assert len(direct) == len(indexed) > 0
