@@ -479,16 +479,32 @@ def _load() -> float | None:
 
 
 def processor_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The processor model: the first ``model name`` of ``cpuinfo`` (Linux), else ``platform.processor()``."""
+    """The processor model: ``model name`` of the first processor in ``cpuinfo`` (Linux), with its family and model.
+
+    Virtual machines often show only a generic name ("AMD EPYC"); the
+    ``cpu family`` and ``model`` numbers still tell processor generations
+    apart (family 25 model 17 is Zen 4), so they are appended when present:
+    ``"AMD EPYC (family 25, model 17)"``. Without a ``model name`` (or
+    without the file), ``platform.processor()``.
+    """
+    fields: dict[str, str] = {}
     try:
         with open(cpuinfo) as fh:
             for line in fh:
+                if not line.strip():
+                    if fields:
+                        break                      # end of the first processor's block
+                    continue
                 key, sep, value = line.partition(":")
-                if sep and key.strip() == "model name" and value.strip():
-                    return value.strip()
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        fields = {}
+    name = fields.get("model name", "")
+    if not name:
+        return platform.processor() or "unknown"
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 def _machine() -> dict[str, Any]:

@@ -195,8 +195,11 @@ def test_timing_summary_is_median_and_range_over_interleaved_repeats():
 def test_processor_model_reads_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n"
-                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
-    assert bench.processor_model(str(info)) == "AMD EPYC 7B13"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B14\n")
+    assert bench.processor_model(str(info)) == "AMD EPYC 7B13"          # the first processor's name
+    info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                    "stepping\t: 0\n\nprocessor\t: 1\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\n")
+    assert bench.processor_model(str(info)) == "AMD EPYC (family 25, model 17)"
     info.write_text("processor\t: 0\nmodel name\t:\n")  # empty: the platform's answer
     assert bench.processor_model(str(info)) == (bench.platform.processor() or "unknown")
     assert bench.processor_model(str(tmp_path / "missing")) == (bench.platform.processor() or "unknown")
