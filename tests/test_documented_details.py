@@ -208,6 +208,37 @@ def test_rejection_sample_beyond_one_query_block_is_block_after_block() -> None:
     assert c["accepted"] >= B * n and c["cut_entries"] >= B
 
 
+@pytest.mark.parametrize("sampler", ["fast", "plain"])
+@pytest.mark.parametrize("factor, raises", [(0.1, False), (10.0, True)])
+def test_rejection_sample_i3_margin_is_rounding_at_the_logit_scale(sampler, factor, raises) -> None:
+    """The per-proposal I3 check tolerates ``a_y - <q, r_v> - eps_v`` up to the rounding margin
+    ``ROUNDING (1 + ||q|| (||r_v|| + rho_v))`` and no more. Targets of norm ~1000 and a unit
+    query make the margin ~1e-6 (a margin ``ROUNDING (1 + ||q|| / (||r_v|| + rho_v))``, ~1e-9,
+    is a different check): the root's radius is shrunk so that the target farthest along ``q``
+    exceeds its bound by ``factor`` times the margin, and a ``tol`` far above the root's
+    bracket keeps the root as the only (node) entry of the envelope."""
+    rng = np.random.default_rng(0)
+    z = np.array([1000.0, 0.0, 0.0]) + rng.normal(size=(8, 3))
+    tree = Tree.build(z, branching=2, leaf_size=2, seed=0)
+    q = rng.normal(size=3)
+    q /= np.linalg.norm(q)
+    reach = float(np.max((z - tree.rep[0]) @ q))        # max_y <q, z_y - r_root>, ||q|| = 1
+    margin = _fastpath.ROUNDING * (1.0 + (tree.rep_norm[0] + reach))
+    tree.radius[0] = reach - factor * margin              # the farthest target: excess = factor * margin
+    if sampler == "fast":
+        cut = sampling_module.rejection_envelope(tree, q, 200, tol=1e6)
+        assert cut.node.tolist() == [0]
+        run = lambda: sampling_module.rejection_sample(tree, q, 200, np.random.default_rng(1), tol=1e6)  # noqa: E731
+    else:
+        run = lambda: plain.rejection_sample(tree, q, 200, np.random.default_rng(1), tol=1e6)  # noqa: E731
+    if raises:
+        with pytest.raises(ValueError, match="invariant I3 violated"):
+            run()
+    else:
+        ids = run()[0] if sampler == "fast" else run()
+        assert int(np.argmax(z @ q)) in ids.tolist()      # the target beyond the bound was drawn
+
+
 def test_plain_cut_stops_exactly_at_the_target_width(monkeypatch) -> None:
     """(5) stops when hi - lo <= target, equality included: with the target set to the root
     bracket's own width, the cut is the root."""
