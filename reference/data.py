@@ -46,6 +46,7 @@ documented seeded rule into the same :class:`RetrievalData`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -543,6 +544,9 @@ def load_dataset(
                          clusters=np.zeros((N, 0), dtype=np.int64), config=config)
 
 
+_FILE_FIELDS = ("queries", "targets", "positives", "test_queries", "test_positives")
+
+
 @dataclass(frozen=True)
 class DataFiles:
     """Where a user's dataset lives: the arguments of :func:`load_dataset` as paths (JSON-ready).
@@ -550,6 +554,14 @@ class DataFiles:
     ``python -m reference compare --queries X.npy --targets Y.npy
     --positives pos.npy`` trains on these instead of the synthetic data
     (``reference.train.TrainConfig.data_files``).
+
+    ``sha256`` (not an argument) is the SHA-256 of the files' contents, read
+    when the ``DataFiles`` is made: each given file's role, size and bytes,
+    in the order of the fields. It is part of the run's configuration, so a
+    run records which data it used, and ``compare --resume`` refuses a
+    checkpoint (or reuses a finished run) only if the files still hold the
+    same bytes, not merely the same paths. Raises ``ValueError`` naming the
+    file if one cannot be read.
     """
 
     queries: str
@@ -559,15 +571,26 @@ class DataFiles:
     test_positives: str | None = None
     test_fraction: float = 0.2
     split_seed: int = 0
+    sha256: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        for name in ("queries", "targets", "positives", "test_queries", "test_positives"):
+        digest = hashlib.sha256()
+        for name in _FILE_FIELDS:
             value = getattr(self, name)
             if value is None and name.startswith("test_"):
                 continue
             if not isinstance(value, (str, os.PathLike)):
                 raise ValueError(f"{name}: expected a path to a .npy file, got {type(value).__name__}")
-            object.__setattr__(self, name, os.fspath(value))
+            path = os.fspath(value)
+            object.__setattr__(self, name, path)
+            try:
+                with open(path, "rb") as fh:
+                    digest.update(f"{name} {os.fstat(fh.fileno()).st_size}\n".encode())
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as err:
+                raise ValueError(f"{name} ({path}): expected a readable .npy file, got {err.strerror or err}") from None
+        object.__setattr__(self, "sha256", digest.hexdigest())
 
     def load(self) -> RetrievalData:
         """:func:`load_dataset` of these files."""

@@ -196,3 +196,37 @@ def test_command_line_refusals_exit_2(tmp_path, capsys):
         assert exc.value.code == 2
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "c.json").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_other_bytes_at_the_same_paths(files, tmp_path):
+    """The run's configuration carries the SHA-256 of the files' contents: resuming on the same
+    files continues the run, and after the targets file is rewritten with one value changed
+    (same path, shape and size) the checkpoint is refused, naming the mismatch."""
+    d, p = files
+    cfg = T.config_from_args(parse([*ARGV, "--queries", str(p["Xtr"]), "--targets", str(p["Y"]),
+                                       "--positives", str(p["ptr"]), "--test-queries", str(p["Xte"]),
+                                       "--test-positives", str(p["pte"])]))[0]
+    ckpt = tmp_path / "run.ckpt.npz"
+    first = T.train(cfg, "uniform", checkpoint=ckpt, checkpoint_every=1)
+    again = T.train(dataclasses.replace(cfg, data_files=dataclasses.replace(cfg.data_files)), "uniform",
+                    checkpoint=ckpt, resume=True)                       # same bytes: resumed at the end
+    assert again["params_sha256"] == first["params_sha256"]
+    Y = np.load(p["Y"])
+    Y[3, 1] += 1e-3
+    np.save(p["Y"], Y)
+    changed = dataclasses.replace(cfg.data_files)                       # re-reads the files
+    assert changed.sha256 != cfg.data_files.sha256 and changed.targets == cfg.data_files.targets
+    with pytest.raises(ValueError, match=r"checkpoint of miner 'uniform' with config .*delete it or drop --resume"):
+        T.train(dataclasses.replace(cfg, data_files=changed), "uniform", checkpoint=ckpt, resume=True)
+
+
+def test_data_files_digest_is_of_the_contents_and_refuses_unreadable_files(files, tmp_path):
+    d, p = files
+    a = DataFiles(str(p["X"]), str(p["Y"]), str(p["pos"]))
+    copy = {k: tmp_path / f"copy_{k}.npy" for k in ("X", "Y", "pos")}
+    for k, path in copy.items():
+        path.write_bytes(p[k].read_bytes())
+    assert DataFiles(*(str(copy[k]) for k in ("X", "Y", "pos"))).sha256 == a.sha256   # contents, not paths
+    assert DataFiles(str(p["Y"]), str(p["X"]), str(p["pos"])).sha256 != a.sha256   # roles count
+    with pytest.raises(ValueError, match=r"^targets \(.*nope\.npy\): expected a readable \.npy file, got No such file"):
+        DataFiles(str(p["X"]), str(tmp_path / "nope.npy"), str(p["pos"]))
