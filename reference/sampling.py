@@ -262,7 +262,11 @@ def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None
     Returns
     -------
     Cut
-        One cut per query (``n_queries == B``, 1 for a single query).
+        One cut per query (``n_queries == B``, 1 for a single query). A query
+        served by the dense fallback (see :func:`rejection_sample`) lists
+        every live target: three int64 per target, 24 MB per such query at
+        N = 1e6, so on unclustered data at that scale ask for a few queries
+        at a time.
     """
     Q, _ = as_queries(tree, queries, "queries")
     n = check_int(n, "n", low=1)
