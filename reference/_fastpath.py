@@ -892,7 +892,7 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
     round ``DENSE_ROUND`` hold at least ``DENSE_MASS`` of the live targets
     (on a tree of at least ``DENSE_MIN``) leaves the refinement: its cut
     becomes every target as one exact entry, scored later by blocked matrix
-    products (:func:`dense_logits`); its entries so far are dropped, their
+    products (:func:`dense_blocks`); its entries so far are dropped, their
     logits still counted. ``CutState.dense`` lists these queries.
 
     With the cost rule, an entry that is not marked while its query's

@@ -18,7 +18,7 @@ index dimensions, the benchmark
    (:func:`reference.sampling.rejection_sample`, P6) and exact top-10
    (:func:`reference.sampling.topk`, P8) for ``--queries`` queries, and the
    same two operations by brute force in NumPy (one matrix product per block
-   of queries, then :func:`reference.softmax.inverse_cdf` /
+   of queries, then :func:`reference.softmax.draw_in_place` /
    :func:`reference.softmax.topk_ids`), in the same process; each repeat
    runs the four in turn, so that tree and brute force see the same machine
    load;
@@ -94,7 +94,7 @@ from reference._validation import as_float_array, check_choice, check_int, check
 from reference.data import make_isotropic, make_targets
 from reference.jsonio import write_json
 from reference.sampling import rejection_sample, topk
-from reference.softmax import inverse_cdf, topk_ids
+from reference.softmax import draw_in_place, topk_ids
 from reference.tree import Tree
 
 __all__ = [
@@ -246,7 +246,7 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     For each block of queries: ``A = Q_b Z^T`` (one matrix product), then in
     place ``w = exp(A - max)``, cumulative sums ``W``, and for each draw the
     first ``j`` with ``W_j > u W_{N-1}`` (``u`` uniform in [0, 1);
-    :func:`reference.softmax.inverse_cdf`), so ``Pr(j) = exp(a_j) / Z`` up
+    :func:`reference.softmax.draw_in_place`), so ``Pr(j) = exp(a_j) / Z`` up
     to float64 rounding of the sums (proofs/README.md section 2). Also returns
     ``log Z = max + log W_{N-1}``.
 
@@ -276,14 +276,7 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     log_z = np.empty(Q.shape[0])
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
         b1 = min(b0 + bq, Q.shape[0])
-        A = Q[b0:b1] @ Z.T
-        m = A.max(axis=1, keepdims=True)
-        A -= m
-        np.exp(A, out=A)
-        np.cumsum(A, axis=1, out=A)
-        total = A[:, -1].copy()
-        log_z[b0:b1] = m[:, 0] + np.log(total)
-        ids[b0:b1] = inverse_cdf(A, rng.random((b1 - b0, n)) * total[:, None])
+        ids[b0:b1], log_z[b0:b1] = draw_in_place(Q[b0:b1] @ Z.T, n, rng)
     return ids, log_z
 
 

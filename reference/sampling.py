@@ -49,7 +49,7 @@ from reference._fastpath import (
 )
 from reference._validation import check_int, check_positive, check_rng
 from reference.bounds import DEFAULT_TOL, Cut, validate_cut
-from reference.softmax import inverse_cdf
+from reference.softmax import draw_in_place
 
 __all__ = ["cut_sample", "rejection_envelope", "rejection_sample", "topk"]
 
@@ -489,15 +489,11 @@ def _dense_sample(tree: Any, Q: np.ndarray, n: int, rng: np.random.Generator) ->
     All ``N`` logits of each query (:func:`reference._fastpath.dense_blocks`),
     then, as the brute-force baseline does, ``exp(a - max)``, cumulative sums
     and the first ``j`` with ``W_j > u W_{N-1}``
-    (:func:`reference.softmax.inverse_cdf`): ``Pr(j) = exp(a_j) / Z``.
+    (:func:`reference.softmax.draw_in_place`): ``Pr(j) = exp(a_j) / Z``.
     """
     out = np.empty((Q.shape[0], n), np.int64)
     for b0, b1, A in dense_blocks(tree, Q):
-        A -= A.max(axis=1, keepdims=True)
-        np.exp(A, out=A)
-        np.cumsum(A, axis=1, out=A)
-        total = A[:, -1:].copy()
-        out[b0:b1] = tree.order[inverse_cdf(A, rng.random((b1 - b0, n)) * total)]
+        out[b0:b1] = tree.order[draw_in_place(A, n, rng)[0]]
     return out
 
 

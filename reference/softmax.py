@@ -10,6 +10,8 @@ Functions
 log_partition(logits)             log Z per row.
 softmax(logits)                   P per row.
 sample_softmax(logits, n, rng)    n exact i.i.d. draws from each row's softmax.
+draw_in_place(A, n, rng)          the same draws from a float64 block of logits it
+                                  overwrites (no copy), with log Z of each row.
 inverse_cdf(cdf, t)               the inverse-CDF search behind every exact
                                   sampler of a logits matrix (vectorised bisection).
 topk_ids(scores, k, exclude)      the exact top-k of each row, ties by smaller id (P8).
@@ -36,6 +38,7 @@ __all__ = [
     "log_partition",
     "softmax",
     "sample_softmax",
+    "draw_in_place",
     "inverse_cdf",
     "topk_ids",
     "sampled_log_partition",
@@ -154,17 +157,37 @@ def sample_softmax(logits: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     n = check_int(n, "n", low=1)
     rng = check_rng(rng)
     single = a.ndim == 1
-    a2 = np.atleast_2d(a).astype(np.float64, copy=False)
-    B, N = a2.shape
-    w = np.exp(a2 - a2.max(axis=1, keepdims=True))  # max entry of every row is exactly 1
-    cdf = np.cumsum(w, axis=1)  # (B, N), non-decreasing, cdf[:, -1] >= 1
-    t = rng.random((B, n)) * cdf[:, -1:]  # thresholds u * W_{N-1}
-    # u * W_{N-1} can round up to W_{N-1} itself (u within 1 ulp of 1); the
-    # search then lands on N - 1, which may have w = 0. Clamp to the last id
-    # with positive weight, so a zero-probability id is never returned.
-    last_positive = N - 1 - np.argmax(w[:, ::-1] > 0, axis=1)
-    ids = np.minimum(inverse_cdf(cdf, t), last_positive[:, None])
+    ids, _ = draw_in_place(np.array(np.atleast_2d(a), dtype=np.float64), n, rng)  # a copy: the input is kept
     return ids[0] if single else ids
+
+
+def draw_in_place(A: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of :func:`sample_softmax` from a block of logits that is overwritten; also ``log Z`` per row.
+
+    ``A`` (float64, shape (B, N), finite) becomes, in place, ``w = exp(a - max)``
+    and then the cumulative sums ``W``, so a block of logits is not copied
+    (the brute-force baseline and the tree's dense fallback draw this way
+    from blocks of 256 MiB). The thresholds are ``t = u W_{N-1}`` with ``u``
+    uniform in [0, 1) (``B n`` uniforms, row by row). ``rng.random()`` is a
+    multiple of 2^-53, so ``u <= 1 - 2^-53``, and ``fl(u W) < W`` for every
+    float64 ``W > 0`` (``W 2^-53`` is more than half the spacing of float64
+    just below ``W``, or, when ``W`` is a power of two, exactly that spacing):
+    the first ``j`` with ``W_j > t`` exists and has ``w_j > 0``, so an id of
+    weight 0 (logit ~745 or more below the row's maximum) is never returned.
+    No argument checks (internal callers only; :func:`sample_softmax` checks).
+
+    Returns
+    -------
+    ids : numpy.ndarray of int64, shape (B, n)
+    log_z : numpy.ndarray of float64, shape (B,)
+        ``max + log W_{N-1}`` of each row.
+    """
+    m = A.max(axis=1, keepdims=True)
+    A -= m
+    np.exp(A, out=A)                     # max entry of every row is exactly 1
+    np.cumsum(A, axis=1, out=A)          # non-decreasing, W_{N-1} >= 1
+    total = A[:, -1:].copy()
+    return inverse_cdf(A, rng.random((A.shape[0], n)) * total), m[:, 0] + np.log(total[:, 0])
 
 
 def inverse_cdf(cdf: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose, assert_array_equal
 
 from reference.softmax import (
+    draw_in_place,
     full_softmax_loss,
     inverse_cdf,
     log_partition,
@@ -168,9 +169,34 @@ def test_sample_softmax_deterministic_shapes_and_edge_cases() -> None:
     # A single dominant target (others e^-2e4 below) is the only one drawn.
     dom = np.array([[-1e4, 1e4, -1e4, -1e4]])
     assert_array_equal(sample_softmax(dom, 1000, np.random.default_rng(0)), 1)
-    # Last target zero-probability: never returned even at the top of the CDF.
-    tail = np.array([[0.0, 0.0, -1e4]])
-    assert sample_softmax(tail, 20000, np.random.default_rng(0)).max() <= 1
+
+
+class _TopOfTheCDF:
+    """A generator stub whose every uniform is the largest ``rng.random()`` can return, 1 - 2^-53."""
+
+    def random(self, shape):
+        return np.full(shape, 1.0 - 2.0**-53)
+
+
+@given(w=st.floats(1.0, 1e300))
+def test_the_largest_uniform_times_a_total_stays_below_it(w: float) -> None:
+    """The float fact draw_in_place relies on: fl((1 - 2^-53) W) < W for every float64 W >= 1."""
+    assert (1.0 - 2.0**-53) * w < w
+
+
+@given(N=st.integers(1, 40), zeros=st.integers(1, 5), data=st.data())
+def test_draw_in_place_never_returns_a_weight_zero_id_at_the_top_of_the_cdf(N: int, zeros: int,
+                                                                            data: st.DataObject) -> None:
+    """Every uniform at its largest value: the threshold is just below the row total, and the id
+    drawn is the last of positive weight, never one of the trailing ids of weight 0 (logits 1e4
+    below the maximum); ``log Z`` is the row's logsumexp, and the block is overwritten."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    a = np.concatenate([rng.normal(size=(3, N)) * 5.0, np.full((3, zeros), -1e4)], axis=1)
+    A = a.copy()
+    ids, log_z = draw_in_place(A, 4, _TopOfTheCDF())
+    assert (ids < N).all() and (np.exp(a[np.arange(3)[:, None], ids] - a.max(axis=1, keepdims=True)) > 0).all()
+    assert_allclose(log_z, log_partition(a), rtol=1e-13)
+    assert not np.array_equal(A, a)
 
 
 # ---------------------------------------------------------------------------
