@@ -93,6 +93,7 @@ from scipy.special import logsumexp
 from reference._validation import as_float_array, check_choice, check_int, check_positive, check_rng
 from reference.data import make_isotropic, make_targets
 from reference.jsonio import write_json
+from reference import sampling
 from reference.sampling import rejection_sample, topk
 from reference.softmax import draw_in_place, topk_ids
 from reference.tree import Tree
@@ -137,8 +138,6 @@ ENTRY_CAP = 10_000_000
 #: Wall-clock budget (s) of one timed run of a tree operation; see ``_time_tree_op``.
 BUDGET_SECONDS = 60.0
 
-# Queries per block inside reference.sampling (its _QUERY_BLOCK).
-_SAMPLER_BLOCK = 512
 
 #: Targets per leaf cluster of the clustered data with ``--depth auto``.
 AUTO_CLUSTER_SIZE = 25
@@ -535,7 +534,7 @@ def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
     c = counters_of(out)
     L = max(1.0, (c["node_logits"] + c["target_logits"]) / pilot)
     m, why = B, None
-    if L < n_targets and min(B, _SAMPLER_BLOCK) * L > ENTRY_CAP:
+    if L < n_targets and min(B, sampling._QUERY_BLOCK) * L > ENTRY_CAP:
         m, why = max(pilot, int(ENTRY_CAP // L)), "memory"
     if m * per_query > BUDGET_SECONDS:
         m, why = max(pilot, int(BUDGET_SECONDS / per_query)), "time"

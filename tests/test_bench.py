@@ -210,7 +210,7 @@ def test_memory_cut_applies_below_n_logits_only(monkeypatch):
     fill ENTRY_CAP entries in one block of queries; at L >= N (every target scored: the dense
     fallback, which holds a block of logits rather than entries) they are not."""
     Q = np.zeros((2000, 4))
-    monkeypatch.setattr(bench, "ENTRY_CAP", 1000 * bench._SAMPLER_BLOCK)
+    monkeypatch.setattr(bench, "ENTRY_CAP", 1000 * bench.sampling._QUERY_BLOCK)
 
     def op_with(L):
         return lambda Qb: {"node_logits": 0, "target_logits": int(L) * Qb.shape[0]}
