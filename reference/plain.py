@@ -68,8 +68,9 @@ What plain leaves out (the fast path carries it)
   ||q|| max_v (||r_v|| + rho_v) at k = 64). The fast
   :func:`reference.bounds.log_partition_bracket` widens by W and rounds
   outward, so its bracket holds literally; its adaptive cut aims at
-  ``tol - 8 W`` to stay within ``tol`` after the widening, so near the end
-  of the refinement its cut can be one step finer than plain's.
+  ``tol - 8 W`` to stay within ``tol`` after the widening (below
+  ``tol = 8 W`` it refines to the end), where plain stops at its own
+  unwidened ``hi - lo <= tol``.
 - Running sums. Every step of (5) recomputes lo, hi and every slack from all
   entries of the cut: O(|C|) work per expansion. The fast path updates sums
   and expands many entries per round.
@@ -78,20 +79,20 @@ What plain leaves out (the fast path carries it)
   cost-balanced default envelope and the dense fallback of the rejection
   sampler, the beam seed and level sweep of top-k.
 
-The fast path under other names (a table with the differences:
-proofs/README.md section 4.8):
+The fast path under other names (proofs/README.md section 4.8 has the table
+of what differs and what is tested equal):
 
-=========================================  ====================================================================
-plain (one query)                          fast path (one query or a batch)
-=========================================  ====================================================================
-``adaptive_cut(tree, q, tol)``             ``bounds.adaptive_cut(tree, queries, tol)``
-``bracket(tree, q, tol) -> (lo, hi)``      ``bounds.log_partition_bracket(tree, queries, cut) -> (lo, hi, log_z_hat)``
-``cut_sample(tree, q, n, rng, tol)``       ``sampling.cut_sample(tree, queries, n, rng, cut=None, *, tol)``
-``rejection_sample(tree, q, n, rng, *,     ``sampling.rejection_sample(tree, queries, n, rng, tol=None) -> (ids, counters)``
-tol=DEFAULT_TOL) -> ids``
-``topk(tree, q, k)``                       ``sampling.topk(tree, queries, k)``
-``expand``, ``refinement_order``           none (the fast refinement expands in bulk rounds)
-=========================================  ====================================================================
+- ``adaptive_cut(tree, q, tol)`` -- ``bounds.adaptive_cut(tree, queries, tol)``
+- ``bracket(tree, q, tol) -> (lo, hi)`` -- ``bounds.log_partition_bracket(tree,
+  queries, cut) -> (lo, hi, log_z_hat)`` over that cut, widened by W
+- ``cut_sample(tree, q, n, rng, tol)`` -- ``sampling.cut_sample(tree, queries,
+  n, rng, cut=None, *, tol)``
+- ``rejection_sample(tree, q, n, rng, *, tol=DEFAULT_TOL) -> ids`` --
+  ``sampling.rejection_sample(tree, queries, n, rng, tol=None) -> (ids,
+  counters)``, whose default envelope is the cost-balanced one
+- ``topk(tree, q, k)`` -- ``sampling.topk(tree, queries, k)``
+- ``expand``, ``refinement_order`` -- none (the fast refinement expands in
+  bulk rounds)
 
 References
 ----------

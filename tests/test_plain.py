@@ -9,14 +9,20 @@ Two kinds of check:
   the brute-force order, exact ties included (P8); both samplers fit their
   exact distributions (P4's Phat_C for ``cut_sample``, the softmax P for
   ``rejection_sample``, P6) by the project's G-test, the rejection sampler in
-  cases where most proposals go through the acceptance step (counted) and
+  cases where most proposals go through the acceptance step (its trace) and
   at the acceptance rate Z / U of its envelope.
 - plain against the fast batched path (``reference.bounds``,
-  ``reference.sampling``): the same top-k, the same bracket formula on the same
-  cut, and the same cut where the two refinement rules agree (a tol so large
-  that both stop at the root, a tol so small that both refine to the end).
-  In between the fast rule expands in bulk rounds, so its cuts differ; there
-  both brackets are only checked to be valid.
+  ``reference.sampling``), for exactly what proofs/README.md section 4.8
+  says is equal: top-k ids where the logits are exact (integer points) or
+  further apart than rounding (checked as a precondition), with logits to
+  rounding; brackets on the same cut within the rounding bound W (plain's
+  is not widened, the fast one is); the same cut where the two refinement
+  rules agree (a tol so large that both stop at the root, and the end of
+  the refinement, where every eps_v = 0) and, in between, both brackets
+  valid and within tol; the samplers in distribution (each plain sampler
+  against the exact distribution that the fast one is tested against in
+  ``proofs/test_p04_cut_distribution.py`` and
+  ``proofs/test_p06_rejection_exact.py``: Phat_C of the cut, and P).
 
 Trees: clustered targets, the same after deletes (nodes with n_v = 0),
 integer points (exact ties of logits) and duplicated float points.
