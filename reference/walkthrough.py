@@ -25,7 +25,7 @@ brute-force numbers it should match:
 With --json FILE every printed number is written as well (keys include
 log_z, lo, hi, tv, tv_bound and acceptance_rate). The numbers come from the
 plain functions themselves (their ``trace`` lists), not from a re-implementation.
-It runs in about a second.
+It runs in seconds.
 """
 
 from __future__ import annotations
