@@ -240,8 +240,9 @@ def plot(tree: Tree, q: np.ndarray, data: dict, path: str | Path) -> Path:
     ax.set_aspect("equal")
     ax.autoscale_view()
     ax.set_title(f"The cut at tol {data['tol']:g}: balls (r_v, rho_v) of its nodes (orange), single targets "
-                 f"(red rings), radius 0 (orange squares);\npoints coloured by P(y); log Z = {data['log_z']:.4f} in [{data['lo']:.4f}, "
-                 f"{data['hi']:.4f}]", fontsize=9)
+                 "(red rings), radius 0 (orange squares);\n"
+                 f"points coloured by P(y); log Z = {data['log_z']:.4f} in [{data['lo']:.4f}, {data['hi']:.4f}]",
+                 fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -251,8 +252,8 @@ def plot(tree: Tree, q: np.ndarray, data: dict, path: str | Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m reference walkthrough``."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of the points, the query and the sampler "
-                        "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the points, the query and the sampler (default: %(default)s)")
     parser.add_argument("--tol", type=float, default=0.5, help="bracket width at which the adaptive cut stops "
                         "(default: %(default)s)")
     parser.add_argument("--k", type=int, default=3, help="top-k (default: %(default)s)")
