@@ -11,12 +11,17 @@ Ids must match exactly; logits to 1e-9 of the term magnitude (proofs/README.md s
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proofs.strategies_bounds import FP_RTOL, brute_logits, fp_scale, make_queries, seeds, trees_with_queries
+from reference.plain import topk as plain_topk
 from reference.sampling import topk
+from reference.softmax import topk_ids
 from reference.tree import Tree
 
 
@@ -92,3 +97,61 @@ def test_p8_batch_equals_single(data, draw):
         ib, ab = topk(tree, Q[b], k)
         np.testing.assert_array_equal(ib, ids[b])
         np.testing.assert_array_equal(ab, a[b])
+
+
+def _exact_logits(z: np.ndarray, q: np.ndarray) -> tuple[list[Fraction], list[Fraction]]:
+    """Exact a_y = <q, z_y> of the float64 inputs (rationals), and delta_y = gamma_k sum_i |q_i z_iy|,
+    the classical bound on the error of any float64 summation order (Higham)."""
+    u = Fraction(1, 2**53)
+    gamma = len(q) * u / (1 - len(q) * u)
+    exact, delta = [], []
+    for row in z:
+        terms = [Fraction(float(qi)) * Fraction(float(zi)) for qi, zi in zip(q, row)]
+        exact.append(sum(terms, Fraction(0)))
+        delta.append(gamma * sum((abs(t) for t in terms), Fraction(0)))
+    return exact, delta
+
+
+@pytest.mark.parametrize("dyadic", [False, True])
+def test_p8_near_ties_from_permuted_coordinates(dyadic):
+    """P8 in floating point (proofs/README.md section 6.8), on targets that are coordinate permutations
+    of each other and q = 0.1 * ones: their exact logits tie, their computed logits differ in the last
+    bits with the summation order, so plain, fast and brute force may each pick different ids. Only
+    what is guaranteed is asserted, for each of the three:
+
+    - exact for its own computed logits: the top-k is the prefix of its own full order (k = N_live),
+      which is sorted by (larger logit, smaller id) exactly (plain and fast; brute force is that sort);
+    - against exact arithmetic: returned logits within delta_y of the exact a_y, and the returned set
+      is the exact top-k up to ties within 2 delta: min over S of a_y >= max outside S of a_y - 2 delta;
+    - with dyadic data (q = 0.125 * ones, coordinates multiples of 1/8 below 2^10: every product and
+      partial sum is exact), all three return the same ids, those of the exact order.
+    """
+    rng = np.random.default_rng(22)
+    dim = 8
+    base = rng.integers(-40, 41, size=(6, dim)) / 8.0 if dyadic else rng.normal(size=(6, dim))
+    z = np.array([rng.permutation(b) for b in base for _ in range(30)])
+    q = np.full(dim, 0.125 if dyadic else 0.1)
+    tree = Tree.build(z, branching=3, leaf_size=4, seed=0)
+    exact, delta = _exact_logits(z, q)
+    two_delta = 2 * max(delta)
+    n = z.shape[0]
+    full = {"plain": plain_topk(tree, q, n), "fast": topk(tree, q, n)}
+    for name, (ids, a) in full.items():  # its own full order: (-logit, id), exactly
+        np.testing.assert_array_equal(np.lexsort((ids, -a)), np.arange(n), err_msg=name)
+    brute = z @ q
+    for k in (5, 10, 30, 31, 60):
+        got = {"plain": plain_topk(tree, q, k), "fast": topk(tree, q, k),
+               "brute force": (topk_ids(brute[None, :], k)[0], brute[topk_ids(brute[None, :], k)[0]])}
+        for name, (ids, a) in got.items():
+            if name in full:
+                np.testing.assert_array_equal(ids, full[name][0][:k], err_msg=f"{name}, k = {k}: not a prefix")
+                np.testing.assert_array_equal(a, full[name][1][:k], err_msg=f"{name}, k = {k}")
+            for y, ay in zip(ids.tolist(), a.tolist()):
+                assert abs(Fraction(ay) - exact[y]) <= delta[y], (name, k, y)
+            inside = min(exact[y] for y in ids.tolist())
+            outside = max((exact[y] for y in set(range(n)) - set(ids.tolist())), default=None)
+            assert outside is None or inside >= outside - two_delta, (name, k, float(outside - inside))
+        if dyadic:
+            want = sorted(range(n), key=lambda y: (-exact[y], y))[:k]
+            for name, (ids, _) in got.items():
+                assert ids.tolist() == want, (name, k)

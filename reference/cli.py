@@ -16,6 +16,7 @@ import sys
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "walkthrough": ("reference.walkthrough", "watch one query go through the tree: every step of reference/plain.py on 12 points, beside brute force"),
     "demo": ("reference.demo", "train the NumPy dual-encoder oracle with full softmax on a small synthetic dataset"),
     "compare": ("reference.train", "train with every negative miner under one budget; table, JSON, claims (proofs/README.md section 8)"),
     "figures": ("figures.run", "regenerate every figure (PNG) and the CSV behind it"),

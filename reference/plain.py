@@ -1,12 +1,13 @@
 """The tree algorithms for one query, written plainly: the definitions of proofs/README.md section 4.
 
-Each function here is a loop and a heap over the entries of one query's cut,
-short enough to read with the paper open. The batched, vectorised versions of
-the same names (:mod:`reference.bounds`, :mod:`reference.sampling`) are the
-fast path; ``tests/test_plain.py`` checks them against these, and these
-against brute force. Two building blocks are public as well, for figures and
-proofs that follow a refinement step by step: :func:`expand` (4) and
-:func:`refinement_order` (5).
+Each function here is one loop (and, for top-k, a heap) over the entries of
+one query's cut, short enough to read with the paper open. It imports no
+internal module of the fast path: besides NumPy and SciPy it uses only the
+tree (:class:`reference.tree.Tree`), the cut type and two constants of
+:mod:`reference.bounds` (``Cut``, ``DEFAULT_TOL``, ``ROUNDING``), and the
+package's shared argument checks (:mod:`reference._validation`: input
+validation only, no algorithm). ``python -m reference walkthrough`` runs
+these functions on a dozen points and prints every step.
 
 Notation (proofs/README.md section 2): query q in R^k, targets z_y, logits a_y = <q, z_y>,
 Z = sum_y exp(a_y), P(y) = exp(a_y) / Z. A node v of the tree has the
@@ -30,12 +31,13 @@ The numbered statements, cited in the comments of the code
     partition D(v)); a leaf by its targets as single entries (eps = 0). The
     result is again a cut.
 (5) Adaptive cut (P7). From the root cut, expand the entry of largest slack
-    (3) until hi - lo <= tol, or until every entry has eps_v = 0 (then
-    lo = hi = log Z). Only nodes are expanded, each at most once, so this
-    ends after at most M expansions (M nodes in the tree).
+    (3), ties to the smaller node id, until hi - lo <= tol, or until every
+    entry has eps_v = 0 (then lo = hi = log Z). Only nodes are expanded,
+    each at most once, so this ends after at most M expansions (M nodes).
 (6) Cut distribution (P4). Phat_C(y) = exp(<q, r_v(y)>) / Zhat_C with
     Zhat_C = sum_v n_v exp(<q, r_v>), v(y) the entry holding y: draw the
     entry v with probability n_v exp(<q, r_v>) / Zhat_C, then y by (7).
+    TV(Phat_C, P) <= 1 - exp(-(hi - lo)) (P4b): what tol buys.
 (7) Uniform descendant. D(v) is the contiguous range
     order[start[v]:stop[v]], so y = order[start[v] + j] with j uniform in
     {0, ..., n_v - 1} has probability exactly 1/n_v.
@@ -46,27 +48,58 @@ The numbered statements, cited in the comments of the code
     exp(a_y - <q, r_v> - eps_v) = exp(a_y) / U for every y: accepted draws
     are exact draws from P, at the rate Z / U >= exp(-(hi - lo)).
 (9) Top-k (P8). ub_v = <q, r_v> + eps_v >= a_y for y in D(v), by (1).
-    Targets are ranked by larger a_y, then smaller y. With tau the logit of
-    the k-th best target seen so far, a node with ub_v < tau holds no member
-    of the top-k (strictly: a target with a_y = tau can still win on its id).
-    Best first: when the popped node has ub_v < tau, so has every node left.
-(10) Rounding. A computed inner product errs by about k 2^-53 ||q|| ||x||;
-    a pruning test compares ub_v plus the margin
-    ROUNDING (1 + ||q|| (||r_v|| + rho_v)), so rounding never prunes a true
-    member of the top-k, nor flags a valid tree as violating (1).
-(11) Certified in float64. The computed lo and hi of (2) are widened by W,
-    a derived bound on all their rounding errors (inner products, ||q||,
-    stored radii, logsumexp), and rounded one step outward, so
-    lo <= log Z <= hi holds for the returned floats; (5) stops at
-    hi - lo <= tol - 8 W_bound so that the widened bracket is within tol
-    (proofs/p02_bracket.md, "Floating point"; the same W as the fast path).
+    Targets are ranked by larger a_y, then smaller y. Best first: pop the
+    node of largest ub_v from a heap; with tau the logit of the k-th best
+    target evaluated so far, stop when the popped ub_v < tau (every node
+    left has ub <= the popped one, so none holds a member of the top-k);
+    evaluate a popped leaf's targets, push a popped node's children.
+(10) Rounding margin. A computed inner product errs by about k 2^-53 ||q|| ||x||;
+    a pruning test and the check of (1) compare ub_v plus the margin
+    ROUNDING (1 + ||q|| (||r_v|| + rho_v)), so rounding never prunes a target
+    whose computed logit is in the top-k, nor flags a valid tree as
+    violating (1).
+
+What plain leaves out (the fast path carries it)
+------------------------------------------------
+- Certified rounding. :func:`bracket` returns (2) as float64 computes it:
+  ``logsumexp`` of the rounded terms. ``lo <= log Z <= hi`` holds in exact
+  arithmetic, and for the returned floats only up to the rounding bound W
+  of proofs/p02_bracket.md ("Floating point"; about 3e-14 of the logit scale
+  ||q|| max_v (||r_v|| + rho_v) at k = 64). The fast
+  :func:`reference.bounds.log_partition_bracket` widens by W and rounds
+  outward, so its bracket holds literally; its adaptive cut aims at
+  ``tol - 8 W`` to stay within ``tol`` after the widening (below
+  ``tol = 8 W`` it refines to the end), where plain stops at its own
+  unwidened ``hi - lo <= tol``.
+- Running sums. Every step of (5) recomputes lo, hi and every slack from all
+  entries of the cut: O(|C|) work per expansion. The fast path updates sums
+  and expands many entries per round.
+- Speed devices of the samplers and of top-k (proofs/README.md section 4.8):
+  batches of queries, bulk refinement rounds, exact entries, the
+  cost-balanced default envelope and the dense fallback of the rejection
+  sampler, the beam seed and level sweep of top-k.
+
+The fast path under other names (proofs/README.md section 4.8 has the table
+of what differs and what is tested equal):
+
+- ``adaptive_cut(tree, q, tol)`` -- ``bounds.adaptive_cut(tree, queries, tol)``
+- ``bracket(tree, q, tol) -> (lo, hi)`` -- ``bounds.log_partition_bracket(tree,
+  queries, cut) -> (lo, hi, log_z_hat)`` over that cut, widened by W
+- ``cut_sample(tree, q, n, rng, tol)`` -- ``sampling.cut_sample(tree, queries,
+  n, rng, cut=None, *, tol)``
+- ``rejection_sample(tree, q, n, rng, *, tol=DEFAULT_TOL) -> ids`` --
+  ``sampling.rejection_sample(tree, queries, n, rng, tol=None) -> (ids,
+  counters)``, whose default envelope is the cost-balanced one
+- ``topk(tree, q, k)`` -- ``sampling.topk(tree, queries, k)``
+- ``expand``, ``refinement_order`` -- none (the fast refinement expands in
+  bulk rounds)
 
 References
 ----------
 proofs/README.md sections 2, 4 and 6; the proofs ``proofs/p01_node_bound.md``,
 ``proofs/p02_bracket.md``, ``proofs/p04_cut_distribution.md``,
-``proofs/p06_rejection_exact.md``, ``proofs/p07_adaptive_cut.md`` and
-``proofs/p08_topk_exact.md``.
+``proofs/p04b_tv_width.md``, ``proofs/p06_rejection_exact.md``,
+``proofs/p07_adaptive_cut.md`` and ``proofs/p08_topk_exact.md``.
 """
 
 from __future__ import annotations
@@ -78,79 +111,56 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.special import logsumexp
 
-from reference._fastpath import bracket_rounding, tree_scale, widen, width_target
 from reference._validation import as_float_array, check_int, check_logit_scale, check_positive, check_rng
 from reference.bounds import DEFAULT_TOL, ROUNDING, Cut
 from reference.tree import Tree
 
-__all__ = ["ROUNDING", "adaptive_cut", "bracket", "cut_sample", "expand", "refinement_order", "rejection_sample",
-           "topk"]
+__all__ = ["ROUNDING", "Pop", "Proposal", "Step", "adaptive_cut", "bracket", "cut_sample", "expand",
+           "refinement_order", "rejection_sample", "topk"]
 
 # ROUNDING (from reference.bounds, the same margin the fast path uses) is the relative
 # rounding margin of (10): far above the k 2^-53 relative error of an inner product
 # for any k < 1e6, far below any real gap between logits.
 
-#: The running sums of (2) are recomputed from the cut's entries when their
-#: rounding error bound exceeds this fraction of the sum (1e-10 in log units).
-_SUM_ACCURACY = 1e-10
 
-_ULP = 2.0**-52
+class Step(NamedTuple):
+    """One expansion of (5), as recorded by ``adaptive_cut(..., trace=[])``."""
+
+    node: int         #: the node expanded: the entry of largest slack (3)
+    log_slack: float  #: its log S_v
+    lo: float         #: lo of (2) over the cut before the expansion
+    hi: float         #: hi of (2) over the cut before the expansion
 
 
-class _Entry(NamedTuple):
-    """One entry of a cut: a node (``target == -1``) or a single target (``node == -1``)."""
+class Proposal(NamedTuple):
+    """One proposal of (8), as recorded by ``rejection_sample(..., trace=[])``."""
+
+    node: int          #: the proposing entry's node, or -1 for a single-target entry
+    target: int        #: the proposed target y
+    logit: float       #: a_y
+    bound: float       #: <q, r_v> + eps_v (= a_y for a single target)
+    log_accept: float  #: a_y - <q, r_v> - eps_v; the acceptance probability is exp(min(0, log_accept))
+    uniform: float     #: the uniform compared with the acceptance probability
+    accepted: bool
+
+
+class Pop(NamedTuple):
+    """One node popped by the best-first search of (9), as recorded by ``topk(..., trace=[])``."""
 
     node: int
-    target: int
-    log_n: float  # log n_v (0 for a single target)
-    s: float      # <q, r_v> (<q, z_y> for a single target)
-    eps: float    # eps_v = ||q|| rho_v (0 for a single target)
-
-    @property
-    def lo(self) -> float:
-        return self.log_n + self.s - self.eps  # term of lo in (2)
-
-    @property
-    def hi(self) -> float:
-        return self.log_n + self.s + self.eps  # term of hi in (2)
+    ub: float    #: ub_v plus the rounding margin of (10)
+    tau: float   #: the k-th best logit evaluated before this pop (-inf while fewer than k)
+    action: str  #: "stop" (ub < tau), "leaf" (its targets evaluated) or "expand" (children pushed)
 
 
-class _RunningLogSum:
-    """``log sum_i exp(x_i)`` over terms added and removed one at a time (the sums of (2)).
+class _Entries(NamedTuple):
+    """The entries of one query's cut, as parallel arrays."""
 
-    The sum is held as ``total * exp(shift)``, ``shift`` the largest term added
-    since the last reset. Removing a term subtracts: when the removed terms were
-    far larger than what is left (hi falls by orders of magnitude as the cut is
-    refined) the difference loses digits. ``err`` bounds the absolute rounding
-    error (per term: ``exp`` of the rounded ``x - shift`` is off by at most
-    ``(1 + |x| + |shift|) 2^-52`` relative; per operation: the rounding of the
-    new total); the caller recomputes the sum from its terms when
-    :attr:`accurate` turns false, and before trusting it to stop.
-    """
-
-    def __init__(self) -> None:
-        self.shift, self.total, self.err = -math.inf, 0.0, 0.0
-
-    def reset(self, terms: list[float]) -> None:
-        self.shift = max(terms)
-        self.total = math.fsum(math.exp(x - self.shift) for x in terms)  # positive terms: no cancellation
-        self.err = _ULP * (2.0 + max(abs(x) for x in terms) + abs(self.shift)) * self.total
-
-    def add(self, x: float, sign: float = 1.0) -> None:
-        if x > self.shift:  # rescale so that every term is at most 1
-            f = math.exp(self.shift - x)
-            self.shift, self.total, self.err = x, self.total * f, self.err * f
-        w = math.exp(x - self.shift)
-        self.total += sign * w
-        self.err += _ULP * ((2.0 + abs(x) + abs(self.shift)) * w + abs(self.total))
-
-    @property
-    def accurate(self) -> bool:
-        return self.err <= _SUM_ACCURACY * self.total
-
-    @property
-    def log(self) -> float:
-        return self.shift + math.log(self.total)
+    node: np.ndarray    # node id v, or -1 for a single target
+    target: np.ndarray  # target id y, or -1 for a node
+    log_n: np.ndarray   # log n_v (0 for a single target)
+    s: np.ndarray       # <q, r_v> (a_y for a single target)
+    eps: np.ndarray     # eps_v = ||q|| rho_v (0 for a single target)
 
 
 def _check_tree(tree: Any) -> None:
@@ -164,25 +174,26 @@ def _check_query(tree: Any, q: Any) -> np.ndarray:
     """Validate the tree and ``q`` (shape ``(tree.dim,)``, finite, logits far from overflow); return q as float64.
 
     ``|q_i| <= MAX_ABS_COORD`` and ``||q|| max_v (||r_v|| + rho_v) <= MAX_LOGIT``
-    (:mod:`reference._validation`), as on the fast path.
+    (proofs/README.md section 2, "Limits"), as on the fast path.
     """
     _check_tree(tree)
     q = as_float_array(q, "q", shape=(tree.dim,)).astype(np.float64)
-    check_logit_scale(q, tree_scale(tree), "q")
+    check_logit_scale(q, float(np.max(tree.rep_norm + tree.radius)), "q")
     return q
 
 
-def _target(tree: Tree, q: np.ndarray, tol: float) -> float:
-    """The refinement target of (5): ``tol`` less the rounding margin of the reported bracket (11)."""
-    return float(width_target(tree, q[None, :], tol)[0])
+def _dot(q: np.ndarray, x: np.ndarray) -> float:
+    """<q, x>: every inner product of this module (logits a_y and <q, r_v>) is computed here."""
+    return float(q @ x)
 
 
-def _node_entry(tree: Tree, q: np.ndarray, qnorm: float, v: int) -> _Entry:
-    return _Entry(v, -1, math.log(tree.count[v]), float(q @ tree.rep[v]), qnorm * float(tree.radius[v]))  # (1)
-
-
-def _target_entry(tree: Tree, q: np.ndarray, y: int) -> _Entry:
-    return _Entry(-1, y, 0.0, float(q @ tree.points[y]), 0.0)  # a single target: r = z_y, n = 1, eps = 0
+def _entries(tree: Tree, q: np.ndarray, nodes: list[int], targets: list[int]) -> _Entries:
+    """Node entries (1) and single-target entries (r = z_y, n = 1, eps = 0), scored for ``q``."""
+    qnorm = float(np.linalg.norm(q))
+    return _Entries(np.array(nodes + [-1] * len(targets), np.int64), np.array([-1] * len(nodes) + targets, np.int64),
+                    np.array([math.log(tree.count[v]) for v in nodes] + [0.0] * len(targets)),
+                    np.array([_dot(q, tree.rep[v]) for v in nodes] + [_dot(q, tree.points[y]) for y in targets]),
+                    np.array([qnorm * float(tree.radius[v]) for v in nodes] + [0.0] * len(targets)))
 
 
 def expand(tree: Tree, v: int) -> tuple[list[int], list[int]]:
@@ -211,54 +222,36 @@ def expand(tree: Tree, v: int) -> tuple[list[int], list[int]]:
     return [int(c) for c in children if tree.count[c] > 0], []
 
 
-def _expand(tree: Tree, q: np.ndarray, qnorm: float, e: _Entry) -> list[_Entry]:
-    """The entries that replace node entry ``e`` in the cut (4), scored for ``q``."""
-    nodes, targets = expand(tree, e.node)
-    return [_node_entry(tree, q, qnorm, c) for c in nodes] + [_target_entry(tree, q, y) for y in targets]
+def _bracket(c: _Entries) -> tuple[float, float]:
+    """lo and hi of (2) over the entries ``c``, as float64 computes them (not widened)."""
+    return float(logsumexp(c.log_n + c.s - c.eps)), float(logsumexp(c.log_n + c.s + c.eps))
 
 
-def _log_slack(e: _Entry) -> float:
-    """log S_v = log n_v + <q, r_v> + eps_v + log(1 - exp(-2 eps_v)), for eps_v > 0 (3)."""
-    return e.log_n + e.s + e.eps + math.log(-math.expm1(-2.0 * e.eps))
+def _log_slack(c: _Entries) -> np.ndarray:
+    """log S_v = log n_v + <q, r_v> + eps_v + log(1 - exp(-2 eps_v)) of (3); -inf where eps_v = 0."""
+    out = np.full(c.eps.shape, -np.inf)
+    pos = c.eps > 0
+    out[pos] = c.log_n[pos] + c.s[pos] + c.eps[pos] + np.log(-np.expm1(-2.0 * c.eps[pos]))
+    return out
 
 
-def _cut_entries(tree: Tree, q: np.ndarray, tol: float, expanded: list[int] | None = None) -> list[_Entry]:
-    """The entries of the adaptive cut (5), with lo and hi of (2) kept as running sums.
-
-    With ``expanded``, the expanded nodes are appended to it, in order.
-    """
-    qnorm = float(np.linalg.norm(q))
-    heap: list[tuple[float, int, _Entry]] = []  # entries with eps > 0; largest slack (3) on top
-    done: list[_Entry] = []                     # entries with eps = 0: no slack, never expanded
-    lo, hi = _RunningLogSum(), _RunningLogSum()
-
-    def add(e: _Entry) -> None:
-        lo.add(e.lo)                                                   # (2)
-        hi.add(e.hi)                                                   # (2)
-        if e.eps > 0:
-            heapq.heappush(heap, (-_log_slack(e), e.node, e))          # (3)
-        else:
-            done.append(e)
-
-    add(_node_entry(tree, q, qnorm, tree.root))
-    while heap:                                                        # (5): some entry has eps > 0
-        if not (lo.accurate and hi.accurate) or hi.log - lo.log <= tol:
-            entries = [e for *_, e in heap] + done                     # (2) recomputed from the entries,
-            lo.reset([e.lo for e in entries])                          # so that the stop is decided on
-            hi.reset([e.hi for e in entries])                          # accurate sums
-            if hi.log - lo.log <= tol:                                 # (5): narrow enough
-                break
-        _, _, e = heapq.heappop(heap)                                  # (5): the largest slack (3)
-        if expanded is not None:
-            expanded.append(e.node)
-        lo.add(e.lo, -1.0)
-        hi.add(e.hi, -1.0)
-        for c in _expand(tree, q, qnorm, e):                           # (4)
-            add(c)
-    return [e for *_, e in heap] + done
+def _cut(tree: Tree, q: np.ndarray, tol: float, trace: list[Step] | None = None) -> _Entries:
+    """The adaptive cut (5): from the root, expand the largest slack until hi - lo <= tol or every eps_v = 0."""
+    c = _entries(tree, q, [tree.root], [])
+    while True:
+        lo, hi = _bracket(c)                                                    # (2)
+        if hi - lo <= tol or not (c.eps > 0).any():                            # (5): narrow enough, or exact
+            return c
+        log_slack = _log_slack(c)                                               # (3)
+        i = min(np.flatnonzero(log_slack == log_slack.max()), key=lambda j: c.node[j])  # largest; ties: smaller id
+        if trace is not None:
+            trace.append(Step(int(c.node[i]), float(log_slack[i]), lo, hi))
+        new = _entries(tree, q, *expand(tree, int(c.node[i])))                 # (4)
+        keep = np.arange(c.node.size) != i
+        c = _Entries(*(np.concatenate([old[keep], add]) for old, add in zip(c, new)))
 
 
-def adaptive_cut(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> Cut:
+def adaptive_cut(tree: Tree, q: Any, tol: float = DEFAULT_TOL, *, trace: list[Step] | None = None) -> Cut:
     """The adaptive cut of one query: expand the largest slack until ``hi - lo <= tol`` (5), P7.
 
     Parameters
@@ -268,18 +261,22 @@ def adaptive_cut(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> Cut:
         The query vector, temperature folded in; finite.
     tol : float > 0, default DEFAULT_TOL
         Target width of the bracket [lo, hi] on log Z (natural log units).
+    trace : list, optional
+        If given, one :class:`Step` (node, log slack, lo, hi before it) is
+        appended per expansion, in order.
 
     Returns
     -------
     Cut
         A single-query :class:`reference.bounds.Cut` (nodes first, then single
-        targets). Its bracket (2), widened as in (11), has ``hi - lo <= tol``,
-        or every entry has eps_v = 0 and ``lo = hi = log Z`` up to the
-        widening: (5) stops at ``tol - 8 W_bound`` (11).
+        targets, each in the order the expansions added them). The bracket
+        (2) of its entries, as :func:`bracket` computes it, has
+        ``hi - lo <= tol`` (literally, for those float64 numbers), or every
+        entry has eps_v = 0 and ``lo = hi``.
     """
     q = _check_query(tree, q)
-    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))
-    return Cut.from_entries([e.node for e in entries if e.node >= 0], [e.target for e in entries if e.node < 0])
+    c = _cut(tree, q, check_positive(tol, "tol"), trace)
+    return Cut.from_entries(c.node[c.node >= 0], c.target[c.node < 0])
 
 
 def refinement_order(tree: Tree, q: Any) -> np.ndarray:
@@ -291,9 +288,7 @@ def refinement_order(tree: Tree, q: Any) -> np.ndarray:
     exact, lo = hi = log Z (P7). Each cut along the way refines the one
     before, so on a nested tree (I4) its bracket (2) never widens (P3).
     :func:`adaptive_cut` with any ``tol`` is the root cut after a prefix of
-    this order: it stops at the first of these cuts whose bracket has
-    ``hi - lo <= tol`` (up to the rounding of its running sums,
-    ``_SUM_ACCURACY``).
+    this order: the shortest prefix whose cut has ``hi - lo <= tol``.
 
     Parameters
     ----------
@@ -307,13 +302,13 @@ def refinement_order(tree: Tree, q: Any) -> np.ndarray:
         the cut step by step.
     """
     q = _check_query(tree, q)
-    expanded: list[int] = []
-    _cut_entries(tree, q, -math.inf, expanded)  # (5) without its stop: hi - lo <= -inf never holds
-    return np.array(expanded, dtype=np.int64)
+    steps: list[Step] = []
+    _cut(tree, q, -math.inf, steps)  # (5) without its stop: hi - lo <= -inf never holds
+    return np.array([s.node for s in steps], dtype=np.int64)
 
 
 def bracket(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> tuple[float, float]:
-    """The certified bracket ``lo <= log Z <= hi`` (2) of :func:`adaptive_cut`, P2 and P7.
+    """The bracket ``lo <= log Z <= hi`` (2) over the cut of :func:`adaptive_cut`, P2 and P7; not widened.
 
     Parameters
     ----------
@@ -325,17 +320,15 @@ def bracket(tree: Tree, q: Any, tol: float = DEFAULT_TOL) -> tuple[float, float]
     -------
     lo, hi : float
         ``logsumexp_v(log n_v + <q, r_v> -/+ eps_v)`` over the adaptive cut,
-        recomputed from its entries (not the running sums), widened by the
-        rounding bound W and rounded outward (11): ``lo <= log Z <= hi`` for
-        these float64 numbers.
+        as float64 computes it (the numbers the stop of (5) tested):
+        ``hi - lo <= tol`` or the cut is exact. ``lo <= log Z <= hi`` holds in
+        exact arithmetic; the returned floats may miss log Z by up to the
+        rounding bound W (proofs/p02_bracket.md, "Floating point"), a few
+        1e-16 of the logit scale. For a bracket certified in float64 use
+        :func:`reference.bounds.log_partition_bracket`.
     """
     q = _check_query(tree, q)
-    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))
-    lo = logsumexp([e.log_n + e.s - e.eps for e in entries])  # (2)
-    hi = logsumexp([e.log_n + e.s + e.eps for e in entries])  # (2)
-    w = bracket_rounding(tree, np.linalg.norm(q), len(entries), max(abs(lo), abs(hi)))  # (11)
-    lo, hi = widen(lo, hi, w)                                                               # (11)
-    return float(lo), float(hi)
+    return _bracket(_cut(tree, q, check_positive(tol, "tol")))
 
 
 def _margin(tree: Tree, qnorm: float, v: int) -> float:
@@ -343,16 +336,17 @@ def _margin(tree: Tree, qnorm: float, v: int) -> float:
     return ROUNDING * (1.0 + qnorm * float(tree.rep_norm[v] + tree.radius[v]))
 
 
-def _uniform_descendant(tree: Tree, e: _Entry, rng: np.random.Generator) -> int:
+def _uniform_descendant(tree: Tree, c: _Entries, j: int, rng: np.random.Generator) -> int:
     """A target uniform in D(v) for a node entry (7); the target itself for a single-target entry."""
-    if e.node < 0:
-        return e.target
-    return int(tree.order[tree.start[e.node] + rng.integers(tree.count[e.node])])  # (7): probability 1/n_v
+    v = int(c.node[j])
+    if v < 0:
+        return int(c.target[j])
+    return int(tree.order[tree.start[v] + rng.integers(tree.count[v])])  # (7): probability 1/n_v
 
 
 def cut_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, tol: float = DEFAULT_TOL
                ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` i.i.d. draws from the cut distribution Phat_C of :func:`adaptive_cut` (6), P4.
+    """``n`` i.i.d. draws from the cut distribution Phat_C of :func:`adaptive_cut` (6), P4 and P4b.
 
     Parameters
     ----------
@@ -362,7 +356,13 @@ def cut_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, tol: float 
         Number of draws (with replacement).
     rng : numpy.random.Generator
     tol : float > 0, default DEFAULT_TOL
-        Bracket width of the cut; Phat_C is within 2 eps_C of P in log space (P4).
+        Bracket width of the cut. What it buys: TV(Phat_C, P) <= 1 - exp(-tol)
+        (P4b: the cut's hi - lo <= tol; up to rounding, a few 1e-16 of the
+        logit scale), so the expectation of any h with ||h(y) - c|| <= H is
+        off by at most 2 (1 - exp(-tol)) H (P5). It does not bound the error
+        pointwise: |log Phat_C(y) - log P(y)| <= 2 eps_C (P4), and eps_C,
+        the largest ||q|| rho_v in the cut, can stay large on entries of
+        little mass.
 
     Returns
     -------
@@ -372,18 +372,18 @@ def cut_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, tol: float 
     """
     q = _check_query(tree, q)
     n, rng = check_int(n, "n", low=1), check_rng(rng)
-    entries = _cut_entries(tree, q, _target(tree, q, check_positive(tol, "tol")))  # the cut of adaptive_cut
-    log_w = np.array([e.log_n + e.s for e in entries])  # (6): log(n_v exp(<q, r_v>))
-    log_z_hat = float(logsumexp(log_w))                # (6): log Zhat_C
+    c = _cut(tree, q, check_positive(tol, "tol"))   # the cut of adaptive_cut
+    log_w = c.log_n + c.s                            # (6): log(n_v exp(<q, r_v>))
+    log_z_hat = float(logsumexp(log_w))              # (6): log Zhat_C
     ids, log_q = np.empty(n, np.int64), np.empty(n)
-    for i, j in enumerate(rng.choice(len(entries), size=n, p=np.exp(log_w - log_z_hat))):  # (6): the entry
-        ids[i] = _uniform_descendant(tree, entries[j], rng)  # (7)
-        log_q[i] = entries[j].s - log_z_hat                  # (6): log Phat_C(y) = <q, r_v(y)> - log Zhat_C
+    for i, j in enumerate(rng.choice(log_w.size, size=n, p=np.exp(log_w - log_z_hat))):  # (6): the entry
+        ids[i] = _uniform_descendant(tree, c, j, rng)  # (7)
+        log_q[i] = c.s[j] - log_z_hat                  # (6): log Phat_C(y) = <q, r_v(y)> - log Zhat_C
     return ids, log_q
 
 
-def rejection_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, *, tol: float = DEFAULT_TOL
-                     ) -> np.ndarray:
+def rejection_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, *, tol: float = DEFAULT_TOL,
+                     trace: list[Proposal] | None = None) -> np.ndarray:
     """``n`` i.i.d. exact draws from the softmax P, by rejection from the envelope (8), P6.
 
     Parameters
@@ -394,12 +394,17 @@ def rejection_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, *, to
         Number of draws (with replacement).
     rng : numpy.random.Generator
     tol : float > 0, default DEFAULT_TOL
-        Bracket width of the envelope's cut; each proposal is accepted with
-        probability Z / U >= exp(-tol). The draws are exact whatever ``tol``.
+        The envelope is (8) over the cut of ``adaptive_cut(tree, q, tol)``
+        (the same ``tol`` as every function here), so each proposal is
+        accepted with probability Z / U = exp(log Z - hi) >= exp(-tol) (up to
+        rounding). The draws are exact whatever ``tol``.
+    trace : list, optional
+        If given, one :class:`Proposal` is appended per proposal, in order.
 
     Returns
     -------
     numpy.ndarray of int64, shape (n,)
+        The first n accepted proposals.
 
     Raises
     ------
@@ -409,54 +414,79 @@ def rejection_sample(tree: Tree, q: Any, n: int, rng: np.random.Generator, *, to
     """
     q = _check_query(tree, q)
     n, rng = check_int(n, "n", low=1), check_rng(rng)
-    entries = _cut_entries(tree, q, check_positive(tol, "tol"))
-    log_u = np.array([e.log_n + e.s + e.eps for e in entries])  # (8): log U_v
-    p_propose = np.exp(log_u - logsumexp(log_u))               # (8): U_v / U
+    c = _cut(tree, q, check_positive(tol, "tol"))     # the cut of adaptive_cut
+    log_u = c.log_n + c.s + c.eps                      # (8): log U_v
+    p_propose = np.exp(log_u - logsumexp(log_u))       # (8): U_v / U
     qnorm, ids = float(np.linalg.norm(q)), []
     while len(ids) < n:
-        for j in rng.choice(len(entries), size=n - len(ids), p=p_propose):  # (8): v ~ U_v / U
-            e = entries[j]
-            y = _uniform_descendant(tree, e, rng)                           # (7)
-            log_accept = float(q @ tree.points[y]) - e.s - e.eps            # (8): a_y - <q, r_v> - eps_v
-            if e.node >= 0 and log_accept > _margin(tree, qnorm, e.node):    # (1) fails beyond rounding (10)
-                raise ValueError(f"tree: invariant I3 violated: target {y} lies outside the radius of node {e.node}")
-            if rng.random() < math.exp(min(log_accept, 0.0)):             # (8): <= 1 by (1)
+        for j in rng.choice(log_u.size, size=n - len(ids), p=p_propose):    # (8): v ~ U_v / U
+            y = _uniform_descendant(tree, c, j, rng)                        # (7)
+            a, bound = _dot(q, tree.points[y]), float(c.s[j] + c.eps[j])   # a_y and <q, r_v> + eps_v
+            log_accept = a - bound                                          # (8): a_y - <q, r_v> - eps_v
+            if c.node[j] >= 0 and log_accept > _margin(tree, qnorm, int(c.node[j])):  # (1) fails beyond (10)
+                raise ValueError(f"tree: invariant I3 violated: target {y} lies outside the radius of node "
+                                 f"{int(c.node[j])}")
+            u = float(rng.random())
+            accepted = u < math.exp(min(log_accept, 0.0))                   # (8): <= 1 by (1)
+            if trace is not None:
+                trace.append(Proposal(int(c.node[j]), y, a, bound, log_accept, u, accepted))
+            if accepted:
                 ids.append(y)
     return np.array(ids, dtype=np.int64)
 
 
-def topk(tree: Tree, q: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk(tree: Tree, q: Any, k: int, *, trace: list[Pop] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact maximum-inner-product top-k by best-first branch and bound (9), P8.
+
+    Exact for the logits as this function computes them (P8 in floating
+    point, proofs/README.md section 6.8): the first k live targets in the
+    order (larger computed a_y, then smaller y).
 
     Parameters
     ----------
     tree : Tree
     q : array_like, shape (tree.dim,)
     k : int, 1 <= k <= tree.n_live
+    trace : list, optional
+        If given, one :class:`Pop` (node, ub, tau, action) is appended per
+        node taken from the heap, in order.
 
     Returns
     -------
     ids : numpy.ndarray of int64, shape (k,)
     logits : numpy.ndarray of float64, shape (k,)
-        a_y of the ids; ordered by decreasing logit, exact ties by smaller id
-        (the brute-force order ``np.lexsort((ids, -logits))``).
+        a_y of the ids, ``float(q @ tree.points[y])``; ordered by decreasing
+        logit, equal logits by smaller id.
+
+    Raises
+    ------
+    ValueError
+        On invalid input, or if an evaluated target's logit exceeds its
+        leaf's ub_v beyond the rounding margin (10): I3 fails.
     """
     q = _check_query(tree, q)
     k = check_int(k, "k", low=1, high=tree.n_live)
     qnorm = float(np.linalg.norm(q))
 
     def ub(v: int) -> float:  # (9): <q, r_v> + eps_v, plus the rounding margin of (10)
-        return float(q @ tree.rep[v]) + qnorm * float(tree.radius[v]) + _margin(tree, qnorm, v)
+        return _dot(q, tree.rep[v]) + qnorm * float(tree.radius[v]) + _margin(tree, qnorm, v)
 
     nodes = [(-ub(tree.root), tree.root)]  # max-heap on ub
     best: list[tuple[float, int]] = []     # min-heap of (a_y, -y): best[0] is the k-th best target (9)
     while nodes:
         neg_ub, v = heapq.heappop(nodes)
-        if len(best) == k and -neg_ub < best[0][0]:  # (9): ub_v < tau, and so for every node left
+        tau = best[0][0] if len(best) == k else -math.inf
+        stop = -neg_ub < tau                             # (9): ub_v < tau, and so for every node left
+        if trace is not None:
+            trace.append(Pop(v, -neg_ub, tau, "stop" if stop else "leaf" if tree.is_leaf[v] else "expand"))
+        if stop:
             break
         if tree.is_leaf[v]:
             for y in tree.order[tree.start[v]:tree.stop[v]]:
-                item = (float(q @ tree.points[y]), -int(y))  # (9): larger a_y first, then smaller y
+                item = (_dot(q, tree.points[y]), -int(y))  # (9): larger a_y first, then smaller y
+                if item[0] > -neg_ub:                       # (1) fails beyond the margin (10)
+                    raise ValueError(f"tree: invariant I3 violated: target {int(y)} has logit {item[0]!r} above "
+                                     f"the bound {-neg_ub!r} of its leaf {v}")
                 if len(best) < k:
                     heapq.heappush(best, item)
                 elif item > best[0]:

@@ -239,35 +239,38 @@ def test_rejection_sample_i3_margin_is_rounding_at_the_logit_scale(sampler, fact
         assert int(np.argmax(z @ q)) in ids.tolist()      # the target beyond the bound was drawn
 
 
-def test_plain_cut_stops_exactly_at_the_target_width(monkeypatch) -> None:
-    """(5) stops when hi - lo <= target, equality included: with the target set to the root
-    bracket's own width, the cut is the root."""
+def test_plain_cut_stops_exactly_at_the_target_width() -> None:
+    """(5) stops when hi - lo <= tol, equality included: with tol set to the root
+    bracket's own width, the cut is the root; one float below it, the root is expanded."""
     tree = _tree()
     q = np.random.default_rng(0).normal(size=3)
-    root = plain._cut_entries(tree, q, np.inf)
-    assert [e.node for e in root] == [tree.root]
-    lo, hi = plain._RunningLogSum(), plain._RunningLogSum()
-    lo.reset([root[0].lo])
-    hi.reset([root[0].hi])
-    width = hi.log - lo.log
-    assert [e.node for e in plain._cut_entries(tree, q, width)] == [tree.root]
-    assert len(plain._cut_entries(tree, q, np.nextafter(width, 0.0))) > 1
+    lo, hi = plain.bracket(tree, q, 1e300)  # the root's bracket (2): any cut is narrower than 1e300
+    assert len(plain.adaptive_cut(tree, q, 1e300)) == 1
+    width = hi - lo
+    assert plain.adaptive_cut(tree, q, width).node.tolist() == [tree.root]
+    assert len(plain.adaptive_cut(tree, q, np.nextafter(width, 0.0))) > 1
 
 
 def test_tol_at_the_rounding_margin_refines_to_the_end() -> None:
     """``tol`` exactly ``8 W_bound(q)`` leaves a target of 0, which :func:`width_target` turns
     into "refine to the end" (as for any target <= 0). A query so small that every bracket
-    rounds to width 0 tells the two apart: the plain cut must still be exhausted, as the
-    fast path's is."""
+    rounds to width 0 tells the two apart: the fast cut must be the exhausted one, the cut
+    at the end of plain.refinement_order. (plain aims at tol itself: its cut is the root here.)"""
     tree = _tree()
     q = np.full(3, 1e-30)
     W = float(_fastpath.bracket_rounding_bound(tree, np.linalg.norm(q[None, :], axis=1))[0])
     tol = 8.0 * W
     assert float(_fastpath.width_target(tree, q[None, :], tol)[0]) == -np.inf
-    cut = plain.adaptive_cut(tree, q, tol)
-    assert (cut.node < 0).all() or (tree.radius[cut.node[cut.node >= 0]] == 0).all()
+    nodes, targets = [tree.root], []
+    for v in plain.refinement_order(tree, q):
+        children, leaf_targets = plain.expand(tree, int(v))
+        nodes.remove(int(v))
+        nodes += children
+        targets += leaf_targets
     fast = adaptive_cut(tree, q[None, :], tol)
-    assert sorted(cut.target.tolist()) == sorted(fast.target.tolist())
+    assert sorted(fast.target[fast.target >= 0].tolist()) == sorted(targets)
+    assert sorted(fast.node[fast.node >= 0].tolist()) == sorted(nodes)
+    assert len(plain.adaptive_cut(tree, q, tol)) == 1
 
 
 def test_refine_to_width_redo_branch_gives_the_exhausted_cut(monkeypatch) -> None:

@@ -19,7 +19,7 @@ FIGURES = {
     "fig_bracket_refinement": ["query", "step", "cut_size", "lo", "hi", "log_z_hat", "log_z", "eps_c", "n_targets",
                                "fp_tol"],
     "fig_cut_distribution": ["query", "beta", "cut", "cut_size", "eps_c", "sup_log_ratio", "log_bound", "tv",
-                             "tv_bound", "kl_p_phat", "kl_phat_p", "kl_bound"],
+                             "tv_bound", "kl_p_phat", "kl_phat_p", "kl_bound", "width", "tv_width_bound"],
     "fig_rejection_acceptance": ["query", "beta", "envelope", "cut_size", "hi_minus_lo", "bound", "exact_rate",
                                  "proposals", "accepted", "measured_rate", "binom_p"],
     "fig_dynamic_bounds": ["step", "event", "leaf_cut_width_mean", "leaf_cut_width_max", "adaptive_cut_size_mean",
@@ -57,6 +57,9 @@ def test_figure_at_full_size(main_job, name):
         # the CSV stores exact float reprs, so a 1e-9 relative + 1e-9 absolute re-check is of the same order
         assert (_col(rows, "sup_log_ratio") <= _col(rows, "log_bound") * (1 + 1e-9) + 1e-9).all()
         assert (_col(rows, "tv") <= _col(rows, "tv_bound") + 1e-9).all()
+        assert (_col(rows, "tv") <= _col(rows, "tv_width_bound") + 1e-9).all()                      # P4b
+        np.testing.assert_array_equal(_col(rows, "tv_width_bound"), -np.expm1(-_col(rows, "width")))
+        assert (_col(rows, "tv_width_bound") <= _col(rows, "tv_bound") + 1e-9).all()  # never weaker than P4's
         assert len({r["cut"] for r in rows}) == 6
     elif name == "fig_rejection_acceptance":
         assert (_col(rows, "exact_rate") >= _col(rows, "bound") * (1 - 1e-9)).all()

@@ -9,14 +9,20 @@ Two kinds of check:
   the brute-force order, exact ties included (P8); both samplers fit their
   exact distributions (P4's Phat_C for ``cut_sample``, the softmax P for
   ``rejection_sample``, P6) by the project's G-test, the rejection sampler in
-  cases where most proposals go through the acceptance step (counted) and
+  cases where most proposals go through the acceptance step (its trace) and
   at the acceptance rate Z / U of its envelope.
 - plain against the fast batched path (``reference.bounds``,
-  ``reference.sampling``): the same top-k, the same bracket formula on the same
-  cut, and the same cut where the two refinement rules agree (a tol so large
-  that both stop at the root, a tol so small that both refine to the end).
-  In between the fast rule expands in bulk rounds, so its cuts differ; there
-  both brackets are only checked to be valid.
+  ``reference.sampling``), for exactly what proofs/README.md section 4.8
+  says is equal: top-k ids where the logits are exact (integer points) or
+  further apart than rounding (checked as a precondition), with logits to
+  rounding; brackets on the same cut within the rounding bound W (plain's
+  is not widened, the fast one is); the same cut where the two refinement
+  rules agree (a tol so large that both stop at the root, and the end of
+  the refinement, where every eps_v = 0) and, in between, both brackets
+  valid and within tol; the samplers in distribution (each plain sampler
+  against the exact distribution that the fast one is tested against in
+  ``proofs/test_p04_cut_distribution.py`` and
+  ``proofs/test_p06_rejection_exact.py``: Phat_C of the cut, and P).
 
 Trees: clustered targets, the same after deletes (nodes with n_v = 0),
 integer points (exact ties of logits) and duplicated float points.
@@ -37,8 +43,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import logsumexp
 from scipy.stats import binomtest
 
-from reference import plain
-from reference.bounds import Cut, adaptive_cut, cut_distribution, log_partition_bracket, validate_cut
+from reference import _fastpath, plain
+from reference.bounds import Cut, adaptive_cut, cut_distribution, cut_eps, log_partition_bracket, validate_cut
 from reference.data import make_targets
 from reference.sampling import topk as fast_topk
 from reference.stats import g_test
@@ -112,7 +118,10 @@ def _entries(cut: Cut) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("name", list(BUILDERS))
 @pytest.mark.parametrize("scale", [0.0, 1.0, 10.0, 100.0, 1e4])
 def test_bracket_contains_log_z_and_is_within_tol(trees, name, scale):
-    """P2, P7: lo <= log Z <= hi and hi - lo <= tol; the cut is a partition; (2) as the fast formula computes it."""
+    """P2, P7: lo <= log Z <= hi (to 1e-9: plain's bracket is not widened) and hi - lo <= tol literally
+    (or the cut is exact); the cut is a partition; the bracket is within the rounding bound W of the
+    fast path's certified bracket on the same cut: both computed (2) are within W of the exact one, and
+    the fast one is widened by W, so lo - f_lo and f_hi - hi lie in [-W, 3 W] (plus one ulp)."""
     tree = trees[name]
     for seed in range(2):
         q = _query(tree, seed, scale)
@@ -120,64 +129,79 @@ def test_bracket_contains_log_z_and_is_within_tol(trees, name, scale):
         fp = RTOL * max(1.0, abs(log_z))
         for tol in (1.0, 0.1, 1e-3):
             lo, hi = plain.bracket(tree, q, tol)
-            assert lo - fp <= log_z <= hi + fp, f"{name}: log Z = {log_z} outside [{lo}, {hi}] (tol {tol})"
-            assert hi - lo <= tol + fp, f"{name}: hi - lo = {hi - lo} > tol = {tol}"
             cut = plain.adaptive_cut(tree, q, tol)
+            assert lo - fp <= log_z <= hi + fp, f"{name}: log Z = {log_z} outside [{lo}, {hi}] (tol {tol})"
+            assert hi - lo <= tol or cut_eps(tree, q, cut) == 0, f"{name}: hi - lo = {hi - lo} > tol = {tol}"
             validate_cut(tree, cut, full=True)                       # a partition of the live targets
             assert (tree.count[cut.node[cut.node >= 0]] > 0).all()  # empty nodes are skipped
             f_lo, f_hi, _ = log_partition_bracket(tree, q, cut)      # the same cut, the fast formula
-            assert_allclose([lo, hi], [f_lo, f_hi], rtol=0, atol=fp)
+            w = float(_fastpath.bracket_rounding(tree, np.linalg.norm(q), len(cut), max(abs(f_lo), abs(f_hi))))
+            ulp = np.spacing(max(abs(f_lo), abs(f_hi)))
+            for gap in (lo - f_lo, f_hi - hi):
+                assert -w <= gap <= 3 * w + ulp, f"{name}: plain and fast brackets differ by {gap} (W = {w})"
 
 
-def _sequential_cut(tree: Tree, q: np.ndarray, tol: float, expanded: list[int] | None = None) -> set[tuple[int, int]]:
-    """Statement (5) by brute force: every step recomputes every entry's terms, lo, hi and slack.
+def _replay(tree: Tree, q: np.ndarray, order: list[int]) -> list[Cut]:
+    """Follow ``order`` from the root with plain.expand, checking (5) at every step from scratch.
 
-    With ``expanded``, the expanded nodes are appended to it, in order.
+    Every step recomputes every entry's terms, lo, hi and slack (3) here, by
+    the definitions, and asserts that the node expanded has the largest
+    slack (to 1e-9 of the term magnitude: the two computations round
+    differently) and, on ties, the smallest node id among the tied; returns
+    the cuts along the way (the root cut first). (Its tie rule, the
+    smaller node id among equal computed slacks, is not checked here: the
+    two computations round differently.)
     """
-    entries = [(0, -1)]
-    while True:
-        node = np.array([v for v, _ in entries])
-        target = np.array([y for _, y in entries])
-        isn = node >= 0
-        r = np.where(isn[:, None], tree.rep[np.maximum(node, 0)], tree.points[np.maximum(target, 0)])
-        s = r @ q
-        log_n = np.log(np.where(isn, tree.count[np.maximum(node, 0)], 1))
-        eps = np.where(isn, np.linalg.norm(q) * tree.radius[np.maximum(node, 0)], 0.0)
-        lo, hi = logsumexp(log_n + s - eps), logsumexp(log_n + s + eps)
-        if hi - lo <= tol or not (eps > 0).any():
-            return set(entries)
+    qn = float(np.linalg.norm(q))
+    nodes, targets, cuts = [tree.root], [], [Cut.root()]
+    for v in order:
+        s = tree.rep[nodes] @ q
+        log_n = np.log(tree.count[nodes])
+        eps = qn * tree.radius[nodes]
         slack = np.full(eps.size, -np.inf)
         pos = eps > 0
         slack[pos] = log_n[pos] + s[pos] + eps[pos] + np.log(-np.expm1(-2.0 * eps[pos]))
-        v, _ = entries.pop(int(np.argmax(slack)))
-        if expanded is not None:
-            expanded.append(v)
-        if tree.is_leaf[v]:
-            entries += [(-1, int(y)) for y in tree.order[tree.start[v]:tree.stop[v]]]
-        else:
-            entries += [(int(c), -1) for c in tree.child_idx[tree.child_ptr[v]:tree.child_ptr[v + 1]]
-                        if tree.count[c] > 0]
+        mag = 1.0 + qn * float(np.max(tree.rep_norm + tree.radius)) + np.log(tree.n_live)
+        i = nodes.index(int(v))
+        assert slack[i] >= slack.max() - RTOL * mag, f"node {v}: slack {slack[i]} < largest {slack.max()}"
+        children, leaf_targets = plain.expand(tree, int(v))
+        nodes.remove(int(v))
+        nodes += children
+        targets += leaf_targets
+        cuts.append(Cut.from_entries(nodes, targets))
+    return cuts
 
 
 @pytest.mark.parametrize("name", ["clustered", "deleted"])
 def test_adaptive_cut_is_the_sequential_largest_slack_cut(trees, name):
-    """(5): the heap and running sums of plain give the cut of the from-scratch sequential rule.
+    """(5): plain.adaptive_cut expands, one at a time, an entry of largest slack (recomputed from
+    scratch at every step, ``_replay``), records lo and hi of (2) for each cut before an expansion
+    (> tol: it did not stop too early) and returns the first cut with hi - lo <= tol.
 
     At logit scales 1e3 and 1e4 the sum behind hi falls by far more than
-    float64's 16 digits as the cut refines: running sums that are not
-    recomputed when their rounding error grows stop at a different cut.
+    float64's 16 digits as the cut refines: recomputing every sum at every
+    step (plain keeps no running sums) keeps the stop decision exact.
     """
     tree = trees[name]
     for seed, scale in [(0, 3.0), (1, 10.0), (2, 40.0), (3, 1e3), (4, 1e4)]:  # hi falls by up to ~e^1e4
         q = _query(tree, seed, scale)
         for tol in (1.0, 0.3, 0.05):
-            got = _entries(plain.adaptive_cut(tree, q, tol))
-            assert got == _sequential_cut(tree, q, tol), f"{name}, scale {scale}, tol {tol}: cuts differ"
+            steps: list[plain.Step] = []
+            got = plain.adaptive_cut(tree, q, tol, trace=steps)
+            cuts = _replay(tree, q, [s.node for s in steps])
+            assert _entries(got) == _entries(cuts[-1]), f"{name}, scale {scale}, tol {tol}: cut is not the trace's"
+            mag = _bracket_by_definition(tree, q, cuts[0])[2]
+            for step, cut in zip(steps, cuts):
+                want_lo, want_hi, _ = _bracket_by_definition(tree, q, cut)
+                assert abs(step.lo - want_lo) <= RTOL * mag and abs(step.hi - want_hi) <= RTOL * mag
+                assert step.hi - step.lo > tol, f"{name}, scale {scale}, tol {tol}: expanded a narrow cut"
+            lo, hi = plain.bracket(tree, q, tol)
+            assert hi - lo <= tol or plain.refinement_order(tree, q).size == len(steps)
 
 
 @pytest.mark.parametrize("name", ["clustered", "deleted"])
 def test_refinement_order_is_the_sequential_rule_to_the_end(trees, name):
-    """(5) without its stop: the from-scratch rule's expansions, in order, up to a cut that is exact (P7).
+    """(5) without its stop: largest-slack expansions (``_replay``), in order, up to a cut that is exact (P7).
 
     Followed with :func:`plain.expand`, the order passes through every
     adaptive cut (a prefix of it, whatever tol), its brackets never widen
@@ -187,25 +211,16 @@ def test_refinement_order_is_the_sequential_rule_to_the_end(trees, name):
     for seed, scale in [(0, 3.0), (1, 40.0), (2, 1e3)]:
         q = _query(tree, seed, scale)
         order = plain.refinement_order(tree, q)
-        want: list[int] = []
-        _sequential_cut(tree, q, -np.inf, want)
-        assert order.tolist() == want, f"{name}, scale {scale}: expansion orders differ"
+        cuts = _replay(tree, q, order.tolist())
         log_z = _log_z(tree, q)
         fp = RTOL * max(1.0, abs(log_z))
-        nodes, targets = [tree.root], []
-        cuts = [Cut.root()]
-        for v in order:
-            children, leaf_targets = plain.expand(tree, int(v))
-            nodes.remove(int(v))
-            nodes += children
-            targets += leaf_targets
-            cuts.append(Cut.from_entries(nodes, targets))
         prefixes = [_entries(c) for c in cuts]
         for tol in (1.0, 0.1, 1e-3):
             assert _entries(plain.adaptive_cut(tree, q, tol)) in prefixes, f"{name}, tol {tol}: not on the order"
         brackets = np.array([log_partition_bracket(tree, q, c)[:2] for c in cuts])
         assert (np.diff(brackets[:, 0]) >= -fp).all() and (np.diff(brackets[:, 1]) <= fp).all()
         validate_cut(tree, cuts[-1], full=True)
+        assert cut_eps(tree, q, cuts[-1]) == 0
         assert_allclose(brackets[-1], [log_z, log_z], rtol=0, atol=fp)
 
 
@@ -224,7 +239,9 @@ def test_expand_is_statement_4(trees):
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_adaptive_cut_matches_fast_where_the_rules_agree(trees, name):
-    """Same cut as reference.bounds.adaptive_cut at both ends; in between both brackets valid and within tol."""
+    """Same cut as reference.bounds.adaptive_cut at both ends (the root, and the exhausted cut where every
+    eps_v = 0); in between both brackets are valid and within tol, and the cuts may differ: the fast rule
+    expands in bulk rounds and aims at tol - 8 W (proofs/README.md section 4.8)."""
     tree = trees[name]
     for seed in range(3):
         q = _query(tree, seed, 3.0)
@@ -233,11 +250,10 @@ def test_adaptive_cut_matches_fast_where_the_rules_agree(trees, name):
         r_lo, r_hi, _ = log_partition_bracket(tree, q, Cut.root())
         wide = (r_hi - r_lo) + 1.0  # the root is narrow enough: both stop there
         assert _entries(plain.adaptive_cut(tree, q, wide)) == _entries(adaptive_cut(tree, q, wide)) == {(0, -1)}
-        # tol far below the slack any entry of positive radius leaves at logit scale 3: both refine to the end
-        end, fast_end = plain.adaptive_cut(tree, q, 1e-12), adaptive_cut(tree, q, 1e-12)
-        assert _entries(end) == _entries(fast_end)
-        lo, hi = plain.bracket(tree, q, 1e-12)
-        assert abs(lo - log_z) <= fp and abs(hi - log_z) <= fp
+        # the end of the refinement: plain's refinement_order to the end, and the fast cut at a tol
+        # below its rounding widening (8 W > 1e-12: it refines to the end); the exhausted cut is unique
+        end = _replay(tree, q, plain.refinement_order(tree, q).tolist())[-1]
+        assert _entries(end) == _entries(adaptive_cut(tree, q, 1e-12))
         for tol in (1.0, 0.1):
             f_lo, f_hi, _ = log_partition_bracket(tree, q, adaptive_cut(tree, q, tol))
             lo, hi = plain.bracket(tree, q, tol)
@@ -342,16 +358,57 @@ def test_topk_ties_of_duplicates_at_any_magnitude():
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_topk_equals_fast(trees, name):
-    """The same ids as reference.sampling.topk, and the same logits to rounding (exactly on integer points)."""
+def test_topk_equals_fast_where_logits_are_exact_or_well_separated(trees, name):
+    """The same ids as reference.sampling.topk, and the same logits to rounding (exactly on integer points).
+
+    What is equal, exactly: both return the exact top-k of the logits *as each computes them*
+    (P8 in floating point); the two sum inner products in different orders, so their ids can
+    differ only where two distinct targets' logits lie within rounding (~1e-16 of the logit
+    scale) of each other (proofs/test_p08_topk_exact.py, near-ties). Here that cannot happen,
+    and the test checks it first: on integer points with integer queries every logit is an
+    exact integer; elsewhere distinct points have logits at least 1e-9 of the scale apart, and
+    equal points (duplicates) get bit-identical logits on both paths, ordered by id.
+    """
     tree = trees[name]
     for seed, scale in [(0, 1.0), (1, 30.0), (2, 1e4)]:
         q = np.round(_query(tree, seed, scale)) if name == "integer" else _query(tree, seed, scale)
+        live, a = _brute(tree, q)
+        if name != "integer":
+            rows, first = np.unique(tree.points[live], axis=0, return_index=True)
+            distinct = np.sort(a[first])
+            assert np.diff(distinct).min() > 1e-9 * scale, "precondition: no near-ties between distinct points"
         for k in (1, 10, 50):
-            ids, a = plain.topk(tree, q, k)
+            ids, a_k = plain.topk(tree, q, k)
             f_ids, f_a = fast_topk(tree, q, k)
             assert_array_equal(ids, f_ids, err_msg=f"{name}, scale {scale}, k = {k}")
-            assert_allclose(a, f_a, rtol=0, atol=0.0 if name == "integer" else 1e-12 * scale)
+            assert_allclose(a_k, f_a, rtol=0, atol=0.0 if name == "integer" else 1e-12 * scale)
+
+
+def test_topk_refuses_a_tree_violating_i3():
+    """Section 4.6: an evaluated logit above its leaf's ub_v beyond the rounding margin raises ValueError."""
+    tree = Tree.build(make_targets(200, 3, seed=8), branching=3, leaf_size=5, seed=8)
+    q = _query(tree, 8, 20.0)
+    plain.topk(tree, q, 5)                   # valid: no error
+    tree.radius[tree.is_leaf] *= 0.5         # every leaf too small for its farthest target
+    with pytest.raises(ValueError, match="I3"):
+        plain.topk(tree, q, tree.n_live)     # k = N: every leaf is evaluated
+
+
+def test_plain_imports_nothing_private():
+    """plain.py stands alone: no fast-path internals; only numpy, scipy, the standard library, the
+    public reference.tree and reference.bounds, and the shared argument checks of reference._validation;
+    and no name with a leading underscore from any of them."""
+    import ast
+    import inspect
+    allowed = {"__future__", "heapq", "math", "typing", "numpy", "scipy.special", "reference._validation",
+               "reference.bounds", "reference.tree"}
+    tree_ = ast.parse(inspect.getsource(plain))
+    for node in ast.walk(tree_):
+        if isinstance(node, ast.ImportFrom):
+            assert node.module in allowed, f"plain imports from {node.module}"
+            assert not any(a.name.startswith("_") for a in node.names if node.module != "__future__"), node.module
+        elif isinstance(node, ast.Import):
+            assert all(a.name in allowed for a in node.names), [a.name for a in node.names]
 
 
 # ---------------------------------------------------------------- samplers
@@ -392,29 +449,26 @@ def test_rejection_sample_fits_softmax(trees, name):
 
 
 @pytest.mark.parametrize("name, tol, scale", [("clustered", 1.0, 8.0), ("deleted", 3.0, 5.0)])
-def test_rejection_sample_goes_through_rejection_at_the_rate_z_over_u(trees, name, tol, scale, monkeypatch):
+def test_rejection_sample_goes_through_rejection_at_the_rate_z_over_u(trees, name, tol, scale):
     """P6 on the plain path, where it has teeth: most proposals come from node entries with eps_v > 0
-    (counted by instrumenting the proposal step), so a wrong acceptance probability (1.5 eps_v, say)
+    (read from the sampler's trace), so a wrong acceptance probability (1.5 eps_v, say)
     changes the distribution (G-test) and the rate; accepted / proposals matches Z / U = exp(log Z - hi),
     hi of (2) over the cut of plain.adaptive_cut (two-sided exact binomial test). Each test fails at
-    p < 1e-6 (false-alarm rate 1e-6 each); fixed seeds.
+    p < 1e-6 (false-alarm rate 1e-6 each); fixed seeds. The trace itself is checked: the accepted
+    proposals are the returned ids, in order, and each records a_y, its bound and u < exp(log_accept).
 
     (Draws stop at exactly n acceptances, so the number of proposals is a stopping time; with
     > 2e4 proposals the O(1/n) bias of accepted / proposals is far below the test's resolution.)
     """
     tree = trees[name]
-    counts = {"proposals": 0, "node": 0}
-    propose = plain._uniform_descendant
-
-    def counted(tree_, e, rng_):                   # called once per proposal, with its entry e
-        counts["proposals"] += 1
-        counts["node"] += int(e.node >= 0 and e.eps > 0)
-        return propose(tree_, e, rng_)
-
-    monkeypatch.setattr(plain, "_uniform_descendant", counted)
     q = _query(tree, 17, scale)
-    ids = plain.rejection_sample(tree, q, N_DRAWS, np.random.default_rng(17), tol=tol)
-    share = counts["node"] / counts["proposals"]
+    trace: list[plain.Proposal] = []
+    ids = plain.rejection_sample(tree, q, N_DRAWS, np.random.default_rng(17), tol=tol, trace=trace)
+    assert [p.target for p in trace if p.accepted] == ids.tolist()
+    for p in trace[:200]:
+        assert p.logit == float(q @ tree.points[p.target]) and p.log_accept == p.logit - p.bound
+        assert p.accepted == (p.uniform < np.exp(min(p.log_accept, 0.0)))
+    share = np.mean([p.node >= 0 and p.log_accept < 0 for p in trace])
     assert share >= 0.5, f"{name}: only {share:.1%} of proposals went through the acceptance step"
     live, a = _brute(tree, q)
     log_p = np.full(tree.points.shape[0], -np.inf)
@@ -423,8 +477,8 @@ def test_rejection_sample_goes_through_rejection_at_the_rate_z_over_u(trees, nam
     _, hi, _ = _bracket_by_definition(tree, q, plain.adaptive_cut(tree, q, tol))
     rate = float(np.exp(_log_z(tree, q) - hi))
     assert rate >= np.exp(-tol) * (1 - 1e-9)
-    pv = binomtest(N_DRAWS, counts["proposals"], rate).pvalue
-    assert pv >= ALPHA, f"{name}: acceptance {N_DRAWS}/{counts['proposals']} vs Z / U = {rate:.4f}: p = {pv:.2e}"
+    pv = binomtest(N_DRAWS, len(trace), rate).pvalue
+    assert pv >= ALPHA, f"{name}: acceptance {N_DRAWS}/{len(trace)} vs Z / U = {rate:.4f}: p = {pv:.2e}"
 
 
 def test_rejection_sample_refuses_a_tree_violating_i3():
