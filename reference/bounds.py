@@ -61,7 +61,7 @@ from reference._fastpath import (
     terms,
     widen,
 )
-from reference._validation import MAX_PARAM, as_index_array, check_nonnegative, check_positive
+from reference._validation import MAX_PARAM, as_index_array, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "DEFAULT_TOL",
@@ -149,8 +149,8 @@ class Cut:
     # -- constructors -----------------------------------------------------
     @classmethod
     def root(cls, n_queries: int = 1) -> "Cut":
-        """The coarsest cut ``{root}`` for each of ``n_queries`` queries."""
-        n = int(n_queries)
+        """The coarsest cut ``{root}`` for each of ``n_queries`` queries (an integer >= 1)."""
+        n = check_int(n_queries, "n_queries", low=1)
         return cls(np.arange(n), np.zeros(n, np.int64), np.full(n, -1, np.int64), n)
 
     @classmethod
