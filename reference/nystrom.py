@@ -575,7 +575,9 @@ class NystromMap:
             raise ValueError(
                 f"G_L: expected one row per landmark, shape ({self.m}, d), got {G_L.shape}"
             )
-        with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
+        # Every flag ignored: an overflowing product comes out +-inf, or NaN where the BLAS adds
+        # partial sums of both signs (platform-dependent); either is reported below as a ValueError.
+        with np.errstate(all="ignore"):
             W = self.inv_sqrt @ G_L
         big = float(np.max(np.abs(W))) if W.size else 0.0
         if not big <= MAX_ABS_COORD:  # also NaN / inf: the product overflowed

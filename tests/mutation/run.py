@@ -19,9 +19,10 @@ binomial (Clopper-Pearson) interval.
 
 What it does
 ------------
-1. Copies the working tree (``reference/``, ``tests/``, ``proofs/``, ``conftest.py``,
-   ``pyproject.toml``) to a temporary directory. mutmut writes its ``mutants/`` tree there,
-   never into the repository, and the run measures the tests as they were when it started.
+1. Copies the working tree (``reference/``, ``figures/``, ``tests/``, ``proofs/``,
+   ``conftest.py``, ``pyproject.toml``, ``README.md``) to a temporary directory. mutmut writes
+   its ``mutants/`` tree there, never into the repository, and the run measures the tests as
+   they were when it started.
 2. Enumerates every mutant mutmut 3 generates for each core module (with mutmut's own
    generator, in mutmut's order and naming; after the run the names are checked against the
    ones mutmut recorded), drops those that lie inside a ``raise`` statement or a bare string
