@@ -193,7 +193,8 @@ class Cut:
         return self.node < 0
 
     def of_query(self, b: int) -> "Cut":
-        """The single-query cut of query ``b``."""
+        """The single-query cut of query ``b`` (``0 <= b < n_queries``)."""
+        b = check_int(b, "b", low=0, high=self.n_queries - 1)
         lo, hi = self.ptr[b], self.ptr[b + 1]
         return Cut(np.zeros(hi - lo, np.int64), self.node[lo:hi], self.target[lo:hi], 1)
 

@@ -412,6 +412,13 @@ def sampled_softmax_loss(
     d_neg : numpy.ndarray, shape (B, n)
         d loss / d a_neg (log_q held constant).
 
+    Notes
+    -----
+    Dtypes: ``d_pos`` and ``d_neg`` have the dtype ``np.result_type(a_pos, a_neg)``
+    (integers count as float64): float32 only when both are float32, whatever
+    the dtype of ``log_q``. A float32 argument next to a float64 one is
+    promoted exactly, so the results are bitwise those of its float64 copy.
+
     References
     ----------
     P13, proofs/README.md section 6; Bengio & Senecal, "Adaptive importance sampling to

@@ -107,6 +107,8 @@ MESSAGES: list[tuple[str, str, Callable[[Env], Any]]] = [
     ("Cut.from_entries", "nodes", lambda e: Cut.from_entries([[0]])),
     ("Cut.from_entries", "targets", lambda e: Cut.from_entries([], [-1])),
     ("Cut.stack", "cuts", lambda e: Cut.stack([])),
+    ("Cut.of_query", "b", lambda e: Cut.root(2).of_query(2)),
+    ("Cut.of_query", "b", lambda e: Cut.root(2).of_query(-1)),
     ("validate_cut", "cut", lambda e: bounds.validate_cut(e.tree, "root")),
     ("log_partition_bracket", "tree", lambda e: bounds.log_partition_bracket(None, e.q, Cut.root())),
     ("log_partition_bracket", "q", lambda e: bounds.log_partition_bracket(e.tree, Z(4), Cut.root())),
@@ -247,7 +249,7 @@ def test_the_message_table_covers_every_public_entry_point() -> None:
 
     covered = {e.split(".")[-1] if "." in e else e for e, _, _ in MESSAGES} | {e for e, _, _ in MESSAGES}
     unchecked = {"Tree", "draw_in_place", "row_distances", "restore_derived", "refresh", "containment_tolerance",
-                 "check_invariants", "diag", "param_shapes", "get_params", "memory", "of_query", "Kernel",
+                 "check_invariants", "diag", "param_shapes", "get_params", "memory", "Kernel",
                  "InvariantError", "TowerCache", "LinearKernel", "RBFKernel", "PolynomialKernel", "n_params"}
     missing = []
     for mod in (sm, bounds, sampling, tree, nystrom, dynamic, encoder):
@@ -415,11 +417,15 @@ def test_sampled_softmax_loss_dtypes(with_q: bool) -> None:
     got = sm.sampled_softmax_loss(ap, an32, lq)            # float64 a_pos, float32 a_neg
     assert got[1].dtype == got[2].dtype == np.float64
     assert got[0] == ref[0] and np.array_equal(got[1], ref[1]) and np.array_equal(got[2], ref[2])
-    both = sm.sampled_softmax_loss(ap32, an32, None if lq is None else lq.astype(np.float32))
-    assert both[1].dtype == both[2].dtype == np.float32
     ref = sm.sampled_softmax_loss(ap32.astype(np.float64), an32.astype(np.float64), lq)
-    np.testing.assert_allclose(both[1], ref[1], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(both[2], ref[2], rtol=1e-5, atol=1e-7)
+    for lq_dtype in (np.float32, np.float64):             # float32 a_pos and a_neg: float32, whatever log_q
+        both = sm.sampled_softmax_loss(ap32, an32, None if lq is None else lq.astype(lq_dtype))
+        assert both[1].dtype == both[2].dtype == np.float32
+        np.testing.assert_allclose(both[1], ref[1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(both[2], ref[2], rtol=1e-5, atol=1e-7)
+    got = sm.sampled_softmax_loss(np.arange(4), an, lq)    # integers count as float64
+    ref = sm.sampled_softmax_loss(np.arange(4.0), an, lq)
+    assert got[1].dtype == np.float64 and got[0] == ref[0] and np.array_equal(got[2], ref[2])
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf", "polynomial"])
