@@ -181,6 +181,8 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
         ``"<tower>.b<l>" -> (width_{l+1},)`` for tower in ("query", "target")
         and l = 0 .. len(hidden); the layer computes ``h @ W + b``.
     """
+    if not isinstance(config, EncoderConfig):
+        raise ValueError(f"config: expected an EncoderConfig, got {type(config).__name__}")
     shapes: dict[str, tuple[int, ...]] = {}
     for tower in TOWERS:
         w = config.widths(tower)
