@@ -477,6 +477,88 @@ def test_nystrom_maps_compute_in_float64() -> None:
             assert got.dtype == np.float64 and np.array_equal(got, ref)
 
 
+def _arrays(x: Any) -> list[np.ndarray]:
+    """Every array in a result (tuples, dicts, cuts, trees' stored arrays)."""
+    if isinstance(x, (tuple, list)):
+        return [a for y in x for a in _arrays(y)]
+    if isinstance(x, dict):
+        return [a for y in x.values() for a in _arrays(y)]
+    if isinstance(x, Cut):
+        return [x.query, x.node, x.target]
+    if isinstance(x, Tree):
+        return [x.points, x.points_dfs, x.rep, x.radius, x.order]
+    if isinstance(x, DynamicIndex):
+        return [x.cache, x.W, x.W0, *_arrays(x.tree)]
+    return [np.asarray(x)]
+
+
+# Entry points that compute in float64: a float32 argument is converted first, so the result is
+# bitwise that of its float64 copy and every floating result is float64. ``call(e, cast)`` applies
+# ``cast`` to the float arrays it passes.
+FLOAT64_ENTRIES: list[tuple[str, Callable[[Env, Callable], Any]]] = [
+    ("Tree.build", lambda e, c: Tree.build(c(e.points), leaf_size=4)),
+    ("Tree.insert", lambda e, c: (e.tree.insert(c(e.points[:3] + 0.25)), e.tree)[1]),
+    ("Tree.update", lambda e, c: (e.tree.update([1, 2], c(e.points[:2] * 3)), e.tree)[1]),
+    ("log_partition_bracket", lambda e, c: bounds.log_partition_bracket(e.tree, c(e.Q), Cut.root(2))),
+    ("adaptive_cut", lambda e, c: bounds.adaptive_cut(e.tree, c(e.Q), tol=0.3)),
+    ("cut_distribution", lambda e, c: bounds.cut_distribution(e.tree, c(e.Q), Cut.root(2))),
+    ("grad_bias_bound", lambda e, c: bounds.grad_bias_bound(e.tree, c(e.Q), Cut.root(2))),
+    ("cut_sample", lambda e, c: sampling.cut_sample(e.tree, c(e.Q), 4, e.rng)),
+    ("rejection_sample", lambda e, c: sampling.rejection_sample(e.tree, c(e.Q), 4, e.rng)[0]),
+    ("rejection_envelope", lambda e, c: sampling.rejection_envelope(e.tree, c(e.Q), 4)),
+    ("topk", lambda e, c: sampling.topk(e.tree, c(e.Q), 4)),
+    ("select_landmarks", lambda e, c: select_landmarks(c(e.G), 5, method="rls", rng=e.rng)),
+    ("DynamicIndex", lambda e, c: DynamicIndex(c(e.G), np.arange(5), leaf_size=4)),
+    ("DynamicIndex.step", lambda e, c: e.index.step(c(e.G[:5] * 0.5))),
+    ("DynamicIndex.queries", lambda e, c: e.index.queries(c(e.G[:3]))),
+    ("DynamicIndex.logits", lambda e, c: e.index.logits(c(e.G[:3]))),
+    ("DynamicIndex.bracket", lambda e, c: e.index.bracket(c(e.G[:3]))),
+    ("DynamicIndex.topk", lambda e, c: e.index.topk(c(e.G[:3]), 4)),
+    ("DynamicIndex.add", lambda e, c: (e.index.add(c(e.G[:2] * 0.5)), e.index)),
+    ("DynamicIndex.refresh", lambda e, c: (e.index.refresh(c(e.G * 0.5)), e.index)[1]),
+    ("DualEncoder.encode_queries", lambda e, c: e.model.encode_queries(c(e.X))),
+    ("DualEncoder.forward_targets", lambda e, c: e.model.forward_targets(c(e.Y))[0]),
+    ("DualEncoder.full_softmax_loss", lambda e, c: e.model.full_softmax_loss(c(e.X), [0, 1, 2, 3], c(e.Y))),
+]
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(np.float32)
+
+
+def _f32_as_f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("entry, call", FLOAT64_ENTRIES, ids=[e for e, _ in FLOAT64_ENTRIES])
+def test_float32_input_is_computed_in_float64(entry: str, call) -> None:
+    got, want = _arrays(call(Env(), _f32)), _arrays(call(Env(), _f32_as_f64))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and (g.dtype.kind != "f" or g.dtype == np.float64), (g.dtype, w.dtype)
+        assert np.array_equal(g, w), entry
+
+
+# Entry points that keep float32 (documented "in the dtype of logits"): float32 in, float32 out,
+# within float32 rounding of the float64 computation.
+FLOAT32_KEPT: list[tuple[str, Callable[[np.ndarray], Any]]] = [
+    ("log_partition", lambda a: sm.log_partition(a)),
+    ("softmax", lambda a: sm.softmax(a)),
+    ("sampled_log_partition", lambda a: sm.sampled_log_partition(a, np.full(a.shape, -1.5))),
+    ("full_softmax_loss", lambda a: sm.full_softmax_loss(a, [0, 1, 2])[1]),
+    ("DualEncoder.logits", lambda a: DualEncoder(EncoderConfig(query_dim=1, target_dim=1, out_dim=5), seed=0)
+     .logits(a, a[:2])),
+]
+
+
+@pytest.mark.parametrize("entry, call", FLOAT32_KEPT, ids=[e for e, _ in FLOAT32_KEPT])
+def test_float32_input_keeps_float32_where_documented(entry: str, call) -> None:
+    a = np.random.default_rng(15).standard_normal((3, 5))
+    got, want = call(a.astype(np.float32)), call(a.astype(np.float32).astype(np.float64))
+    assert got.dtype == np.float32 and want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- empty and degenerate
 
 
