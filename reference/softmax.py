@@ -416,8 +416,9 @@ def sampled_softmax_loss(
     -----
     Dtypes: ``d_pos`` and ``d_neg`` have the dtype ``np.result_type(a_pos, a_neg)``
     (integers count as float64): float32 only when both are float32, whatever
-    the dtype of ``log_q``. A float32 argument next to a float64 one is
-    promoted exactly, so the results are bitwise those of its float64 copy.
+    the dtype of ``log_q``. When one of ``a_pos`` and ``a_neg`` is float64, a
+    float32 other is promoted exactly: the results are bitwise those of its
+    float64 copy.
 
     References
     ----------
