@@ -425,9 +425,10 @@ def range_weights(tree: Any, Q: np.ndarray, q: np.ndarray, v: np.ndarray, shift:
         if big.any():
             c = np.where(big, R.max(axis=2), c)           # padding repeats a real row: the real maximum
         R -= c[:, :, None]
-        np.exp(R, out=R)
         cols = np.arange(Lb) < ni[:, None]
-        tot = np.matmul(R, cols[:, :, None].astype(np.float64))[:, :, 0]   # sums over the real columns
+        with np.errstate(over="ignore", invalid="ignore"):  # a corrupt tree's inf / NaN: reported below
+            np.exp(R, out=R)
+            tot = np.matmul(R, cols[:, :, None].astype(np.float64))[:, :, 0]   # sums over the real columns
         if (gi == Gb).all() and cols.all():
             vals, p, tot, c = R.ravel(), pair.ravel(), tot.ravel(), c.ravel()
         else:

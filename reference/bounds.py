@@ -61,7 +61,7 @@ from reference._fastpath import (
     terms,
     widen,
 )
-from reference._validation import MAX_PARAM, as_index_array, check_nonnegative, check_positive
+from reference._validation import MAX_PARAM, as_index_array, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "DEFAULT_TOL",
@@ -149,8 +149,8 @@ class Cut:
     # -- constructors -----------------------------------------------------
     @classmethod
     def root(cls, n_queries: int = 1) -> "Cut":
-        """The coarsest cut ``{root}`` for each of ``n_queries`` queries."""
-        n = int(n_queries)
+        """The coarsest cut ``{root}`` for each of ``n_queries`` queries (an integer >= 1)."""
+        n = check_int(n_queries, "n_queries", low=1)
         return cls(np.arange(n), np.zeros(n, np.int64), np.full(n, -1, np.int64), n)
 
     @classmethod
@@ -193,7 +193,8 @@ class Cut:
         return self.node < 0
 
     def of_query(self, b: int) -> "Cut":
-        """The single-query cut of query ``b``."""
+        """The single-query cut of query ``b`` (``0 <= b < n_queries``)."""
+        b = check_int(b, "b", low=0, high=self.n_queries - 1)
         lo, hi = self.ptr[b], self.ptr[b + 1]
         return Cut(np.zeros(hi - lo, np.int64), self.node[lo:hi], self.target[lo:hi], 1)
 

@@ -181,6 +181,8 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
         ``"<tower>.b<l>" -> (width_{l+1},)`` for tower in ("query", "target")
         and l = 0 .. len(hidden); the layer computes ``h @ W + b``.
     """
+    if not isinstance(config, EncoderConfig):
+        raise ValueError(f"config: expected an EncoderConfig, got {type(config).__name__}")
     shapes: dict[str, tuple[int, ...]] = {}
     for tower in TOWERS:
         w = config.widths(tower)
@@ -439,7 +441,11 @@ class DualEncoder:
         return G
 
     def logits(self, F: Any, G: Any) -> np.ndarray:
-        """a = beta F G^T, shape (B, N), from already encoded F (B, d) and G (N, d)."""
+        """a = beta F G^T, shape (B, N), from already encoded F (B, d) and G (N, d).
+
+        In the dtype ``np.result_type(F, G)`` (integers count as float64): float32
+        when both are float32, whatever the model's dtype.
+        """
         d = self.config.out_dim
         F = as_float_array(F, "F", shape=(None, d))
         G = as_float_array(G, "G", shape=(None, d))

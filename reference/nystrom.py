@@ -249,19 +249,21 @@ def ridge_leverage_scores(
     Parameters
     ----------
     G0 : array_like, shape (N, d)
-        Cached target embeddings.
+        Cached target embeddings. Any real dtype, converted to float64 first:
+        float32 input gives bitwise the scores of its float64 copy.
     kernel : str or kernel object, default "linear"
     ridge : float, optional
         Ridge lambda > 0. Default trace(K) / p, which makes the scores sum to
         at most p (the effective dimension at that ridge).
     pilot : int, optional
         Pilot sample size for non-linear kernels, default min(N, 256)
-        (:func:`select_landmarks` passes min(N, max(64, 2 m))).
+        (:func:`select_landmarks` passes min(N, max(64, 2 m))): ``pilot``
+        distinct targets, drawn uniformly without replacement.
     rng : numpy.random.Generator
 
     Returns
     -------
-    numpy.ndarray, shape (N,)
+    numpy.ndarray of float64, shape (N,)
         Scores in [0, 1].
 
     References
@@ -481,7 +483,9 @@ class NystromMap:
         Parameters
         ----------
         anchor : array_like, shape (m, d)
-            Cached embeddings of the landmarks.
+            Cached embeddings of the landmarks. Any real dtype; stored (as
+            :attr:`anchor`) and used as float64, so float32 input gives bitwise
+            the map of its float64 copy (as every method of the map does).
         landmarks : array_like of int, shape (m,), optional
             Their ids (stored for reference only; default 0..m-1).
 
@@ -575,7 +579,9 @@ class NystromMap:
             raise ValueError(
                 f"G_L: expected one row per landmark, shape ({self.m}, d), got {G_L.shape}"
             )
-        with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
+        # Every flag ignored: an overflowing product comes out +-inf, or NaN where the BLAS adds
+        # partial sums of both signs (platform-dependent); either is reported below as a ValueError.
+        with np.errstate(all="ignore"):
             W = self.inv_sqrt @ G_L
         big = float(np.max(np.abs(W))) if W.size else 0.0
         if not big <= MAX_ABS_COORD:  # also NaN / inf: the product overflowed

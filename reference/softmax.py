@@ -412,6 +412,14 @@ def sampled_softmax_loss(
     d_neg : numpy.ndarray, shape (B, n)
         d loss / d a_neg (log_q held constant).
 
+    Notes
+    -----
+    Dtypes: ``d_pos`` and ``d_neg`` have the dtype ``np.result_type(a_pos, a_neg)``
+    (integers count as float64): float32 only when both are float32, whatever
+    the dtype of ``log_q``. When one of ``a_pos`` and ``a_neg`` is float64, a
+    float32 other is promoted exactly: the results are bitwise those of its
+    float64 copy.
+
     References
     ----------
     P13, proofs/README.md section 6; Bengio & Senecal, "Adaptive importance sampling to

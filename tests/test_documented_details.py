@@ -304,9 +304,9 @@ def test_refine_to_width_redo_branch_gives_the_exhausted_cut(monkeypatch) -> Non
 def test_project_overflow_with_mixed_signs_is_a_value_error() -> None:
     """K_LL^{-1/2} G_L overflowing, with products of both signs in one sum: the documented
     ValueError naming G_L, not a floating-point warning (an error under the test suite's
-    warning filter). (With this machine's BLAS the sums of overflowing products come out
-    +-inf, not NaN, so the "invalid" flag is never raised here: see
-    tests/mutation/survivors.md.)"""
+    warning filter). (With this machine's BLAS, under NumPy 1.25.2 and 2.4.6, the sums of
+    overflowing products come out +-inf, not NaN: only the "overflow" flag is raised here.
+    project ignores every flag, so a BLAS that produces NaN is covered as well.)"""
     G = np.random.default_rng(0).normal(size=(8, 3)) * 1e-160  # K_LL ~ 1e-320: K^{-1/2} ~ 1e160
     nmap = NystromMap(linear(0.0), ridge=0.0).fit(G, np.arange(3))
     assert np.abs(nmap.inv_sqrt).max() > np.finfo(np.float64).max / 1e150  # products overflow
