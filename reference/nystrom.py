@@ -556,21 +556,27 @@ class NystromMap:
     def reconstruction_tolerance(self) -> float:
         """The largest :meth:`reconstruction_error` :meth:`check_invariants` accepts.
 
-        ``sqrt(m - r) * max(cutoff, 16 m eps) + 16 m eps sqrt(condition)``,
+        ``sqrt(m - r) * max(cutoff, 16 m eps) + 16 m^1.5 eps sqrt(condition)``,
         eps = 2.2e-16. The first term bounds the dropped eigenvalues (each at
         most ``cutoff`` times the largest, or a negative rounding error of a
         positive semi-definite K of at most about ``m eps`` times it), relative
         to ||K||_F >= the largest eigenvalue. The second bounds the rounding of
-        ``eigh`` (backward error about ``m eps ||K||``) and of the product
-        K inv_sqrt, whose entries grow with 1/sqrt(smallest kept eigenvalue):
-        relative error about ``m eps sqrt(condition)``. The factor 16 is
-        margin over the constants of those bounds.
+        ``eigh`` (backward error about ``m eps ||K||_2``, at most sqrt(m) times
+        that in the Frobenius norm) and of the product K inv_sqrt, whose
+        entries grow with 1/sqrt(smallest kept eigenvalue): relative error
+        about ``m^1.5 eps sqrt(condition)``. The factor 16 is margin over the
+        constants of those bounds: over 600 random fits (every kernel, m up to
+        400, near-duplicate landmarks, ridge and cutoff 0) the largest error
+        measured was 24 m eps (m = 124), 0.14 of this tolerance. An
+        ``inv_sqrt`` scaled by 1 + 1e-6 (error 2e-6) is refused whenever
+        the tolerance is below 2e-6: for a well-conditioned K_LL with the
+        default cutoff, any m up to about 10^5.
         """
         self._require_fit()
         eps = float(np.finfo(np.float64).eps)
         m, r = self.m, int(self.rank)
         cond = float(self.eigenvalues[0] / self.eigenvalues[r - 1])
-        return float(np.sqrt(m - r)) * max(float(self.cutoff), 16 * m * eps) + 16 * m * eps * float(np.sqrt(cond))
+        return float(np.sqrt(m - r)) * max(float(self.cutoff), 16 * m * eps) + 16 * m**1.5 * eps * float(np.sqrt(cond))
 
     def check_invariants(self) -> None:
         """Check that the map is one :meth:`fit` could have produced (the checks of the constructor and ``fit``).

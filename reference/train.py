@@ -266,7 +266,7 @@ class TrainConfig:
         object.__setattr__(self, "beta", check_positive(self.beta, "beta"))
         check_int(self.steps, "steps", low=1)
         check_int(self.batch_size, "batch_size", low=2)
-        check_int(self.negatives, "negatives", low=1, high=self.n_targets - 1)  # n of the N - 1 other targets
+        check_int(self.negatives, "negatives", low=1)  # per miner: _check_miners
         object.__setattr__(self, "lr", check_positive(self.lr, "lr"))
         check_int(self.refresh_every, "refresh_every", low=1)
         check_int(self.cache_size, "cache_size", low=1, high=self.n_targets)
@@ -1026,6 +1026,7 @@ def compare(
         raise ValueError(f"miners, seeds: expected at least one of each, got {miners} and {seeds}")
     if len(set(miners)) != len(miners) or len(set(seeds)) != len(seeds):
         raise ValueError(f"miners, seeds: expected no repeats, got {miners} and {seeds}")
+    _check_miners(config, miners)
     if (checkpoint_every or resume) and run_dir is None:
         raise ValueError("run_dir: expected a directory when checkpoint_every > 0 or resume is set, got None")
     rdir = None if run_dir is None else Path(run_dir)
@@ -1060,6 +1061,24 @@ def compare(
     del shared["seed"]
     return {"config": shared, "miners": miners, "seeds": seeds, "runs": runs,
             "summary": summarize(runs, miners, seeds)}
+
+
+def _check_miners(config: TrainConfig, miners: Sequence[str]) -> None:
+    """Refuse, before any training, a budget one of ``miners`` cannot train (``ValueError`` naming the field).
+
+    The exact top-k miners return the n best of the N - 1 targets other than
+    the positive (n <= N - 1); in-batch negatives are the other B - 1
+    queries' positives (n <= B - 1). Every other miner samples with
+    replacement and takes any n >= 1.
+    """
+    miners = [check_choice(m, "miners[]", MINERS) for m in miners]
+    top = [m for m in miners if m in ("brute_topk", "stale_topk")]
+    if top and config.negatives > config.n_targets - 1:
+        raise ValueError(f"negatives: expected an integer <= N - 1 = {config.n_targets - 1} for {', '.join(top)} "
+                         f"(the n best of the targets other than the positive), got {config.negatives}")
+    if "in_batch" in miners and config.negatives > config.batch_size - 1:
+        raise ValueError(f"negatives: expected an integer <= batch_size - 1 = {config.batch_size - 1} for in_batch "
+                         f"(the other queries' positives), got {config.negatives}")
 
 
 _RUN_KIND = "compare_run"  # the checksum kind of a finished run's JSON (persist.seal_record)
@@ -1133,27 +1152,42 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str], 
         if value is not None:
             preset[name] = value
     miners = list(args.miners) if args.miners is not None else list(MINERS)
-    files = _data_files_from_args(args)
-    if files is not None:  # N is the targets' row count (the files are read, and validated, here)
-        n_targets = files.load().n_targets
+    try:
+        files = _data_files_from_args(args)
+        n_targets = None if files is None else files.load().n_targets  # the files are read, and validated, here
+    except ValueError as exc:
+        raise ValueError(_as_option(str(exc), args, preset)) from None
+    if files is not None:  # N is the targets' row count
         if args.n_targets is not None and args.n_targets != n_targets:
             raise ValueError(f"--n-targets: expected the number of rows of --targets ({n_targets}) or nothing, "
                              f"got {args.n_targets}")
         preset.update(n_targets=n_targets, data_files=files)
     try:
         config = TrainConfig(**preset)
+        _check_miners(config, miners)
     except ValueError as exc:  # name the option (and where the value came from), not the field
         raise ValueError(_as_option(str(exc), args, preset)) from None
     return config, miners, seeds
 
 
+_DATA_OPTIONS = ("queries", "targets", "positives", "test_queries", "test_positives", "test_fraction", "split_seed")
+
+
 def _as_option(message: str, args: argparse.Namespace, preset: dict[str, Any]) -> str:
-    """A ``TrainConfig`` error ``"field: ..."`` as ``"--option: ... (from --preset P; N = ... from --targets)"``."""
-    field_name, sep, rest = message.partition(": ")
+    """An error ``"field: ..."`` or ``"field (path): ..."`` of ``TrainConfig`` / ``load_dataset`` naming the option.
+
+    ``"--option: ..."``, and for a budget field whose value came from the
+    preset, where it came from (``--preset P``; ``N = ... rows of --targets``).
+    """
+    head, sep, rest = message.partition(": ")
+    field_name, paren, path = head.partition(" (")
     options = {name: opt for opt, (name, _) in _OPTIONS.items()}
+    options.update({name: "--" + name.replace("_", "-") for name in _DATA_OPTIONS})
     if not sep or field_name not in options:
         return message
     opt = options[field_name]
+    if field_name in _DATA_OPTIONS:
+        return f"{opt}{paren}{path}: {rest}"
     given = getattr(args, opt[2:].replace("-", "_")) is not None
     source = [] if given else [f"the value of --preset {args.preset}; set {opt} to override it"]
     if preset.get("data_files") is not None:

@@ -181,7 +181,7 @@ def test_command_line_refusals_exit_2(tmp_path, capsys):
     out = ["--out", str(tmp_path / "c.json"), "--quiet"]
     cases = [
         (["--queries", str(X), "--targets", str(Y), "--positives", str(pos)],
-         rf"error: positives \({re.escape(str(pos))}\): target ids, rows of the targets \(N = 12\): expected ids < 12, got 12"),
+         rf"error: --positives \({re.escape(str(pos))}\): target ids, rows of the targets \(N = 12\): expected ids < 12, got 12"),
         (["--queries", str(X), "--positives", str(good_pos)],
          r"error: --targets: expected --queries, --targets and --positives together"),
         (["--queries", str(X), "--targets", str(Y), "--positives", str(good_pos), "--n-targets", "50"],
