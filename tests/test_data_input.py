@@ -230,3 +230,51 @@ def test_data_files_digest_is_of_the_contents_and_refuses_unreadable_files(files
     assert DataFiles(str(p["Y"]), str(p["X"]), str(p["pos"])).sha256 != a.sha256   # roles count
     with pytest.raises(ValueError, match=r"^targets \(.*nope\.npy\): expected a readable \.npy file, got No such file"):
         DataFiles(str(p["X"]), str(tmp_path / "nope.npy"), str(p["pos"]))
+
+
+def test_a_file_changed_mid_run_stops_the_run_naming_it(files, tmp_path):
+    """The issue's attack: X.npy swapped during a comparison made seed 0 train on the old data and seeds
+    1-2 on the new, recording only the old digest. Now each load checks the bytes it parses against the
+    digest recorded at the start: the swap stops the run (ValueError naming the file, exit 2 on the
+    command line) before anything trains on the new data, and after the file is put back ``--resume``
+    reuses only runs of the recorded data and ends as an uninterrupted run."""
+    d, p = files
+    argv = [*ARGV, "--miners", "uniform", "--seeds", "0", "1", "--queries", str(p["X"]), "--targets", str(p["Y"]),
+            "--positives", str(p["pos"])]
+    cfg, miners, seeds = T.config_from_args(parse(argv))
+    original = p["X"].read_bytes()
+    X = np.load(p["X"])
+    X[0, 0] += 1.0
+
+    def swap(info):  # at the end of seed 0, another process rewrites the queries
+        if info["seed"] == 0 and info["step"] == info["steps"]:
+            np.save(p["X"], X)
+
+    run_dir = tmp_path / "runs"
+    with pytest.raises(ValueError) as exc:
+        T.compare(cfg, miners, seeds, run_dir=run_dir, progress=swap)
+    assert str(exc.value).startswith(f"queries ({p['X']}): the file changed since the run started (SHA-256 ")
+    assert sorted(f.name for f in run_dir.iterdir()) == ["uniform-seed0.json"]  # seed 1 never trained
+    p["X"].write_bytes(original)
+    resumed = T.compare(cfg, miners, seeds, run_dir=run_dir, resume=True)
+    fresh = T.compare(cfg, miners, seeds)
+
+    def strip(v):  # every wall-clock "seconds" field
+        return ({k: strip(x) for k, x in v.items() if k != "seconds"} if isinstance(v, dict)
+                else [strip(x) for x in v] if isinstance(v, list) else v)
+
+    assert strip(resumed["runs"]) == strip(fresh["runs"])
+
+
+def test_the_data_is_parsed_from_the_bytes_that_were_checked(files, monkeypatch):
+    """The check and the parse use one read: a file swapped between them cannot be parsed unchecked."""
+    d, p = files
+    f = DataFiles(str(p["Xtr"]), str(p["Y"]), str(p["ptr"]), str(p["Xte"]), str(p["pte"]))
+    assert np.array_equal(f.load().train_x, d.train_x) and np.array_equal(f.load().test_pos, d.test_pos)
+    import reference.data as D
+
+    reads = []
+    real = D.read_regular_file
+    monkeypatch.setattr(D, "read_regular_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    f.load()
+    assert sorted(reads) == sorted(str(p[k]) for k in ("Xtr", "Y", "ptr", "Xte", "pte"))  # each file read once
