@@ -81,6 +81,18 @@ writes, atomically with :func:`reference.persist.save_checkpoint` (the format
 the step, the miner's ``state_dict`` and the history so far; ``--resume``
 continues from there, and a run killed (even by SIGKILL) and resumed ends
 bitwise identical to an uninterrupted one (only the wall-clock fields differ).
+
+Nothing is reused unchecked: a checkpoint is resumed only if its step agrees
+with its history, its Adam step count and the configuration (:class:`_History`
+``.check``); a finished run's JSON carries a SHA-256
+(:func:`reference.persist.seal_record`) and is reused only if the checksum,
+its miner, seed and configuration (which includes the SHA-256 of a user's data
+files) match. A user's data files are read once per load and checked against
+the digest recorded when the run started (:class:`reference.data.DataFiles`),
+so a file changed during a run stops it (exit status 2 naming the file)
+instead of mixing datasets. On the command line every input and output path
+and the budget against N (``--negatives``, ``--cache-size``, ``--landmarks``)
+are checked before any training.
 """
 
 from __future__ import annotations
@@ -202,7 +214,8 @@ class TrainConfig:
     batch_size : int
         B, queries per step.
     negatives : int
-        n, negatives per query.
+        n, negatives per query (>= 1; :func:`compare` also requires n <= N - 1
+        for the top-k miners and n <= B - 1 for ``in_batch``).
     lr : float
         Adam step size.
     refresh_every : int
@@ -1008,7 +1021,10 @@ def compare(
     checkpoint_every : int, default 0
         Steps between checkpoints of the run in progress.
     resume : bool, default False
-        Reuse finished runs found in ``run_dir`` and continue checkpointed ones.
+        Reuse finished runs found in ``run_dir`` (checksum, miner, seed and
+        configuration verified: :func:`reference.persist.load_record`; a
+        damaged or edited one raises ``PersistError`` naming it) and continue
+        checkpointed ones.
     progress : bool or callable, default False
         True: progress lines on stderr; a callable receives every step's info.
 
