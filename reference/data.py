@@ -469,10 +469,10 @@ def _read(source: Any, arg: str) -> tuple[np.ndarray, str]:
     raise ValueError(f"{arg}: expected a path to a .npy file or a numpy array, got {type(source).__name__}")
 
 
-Reader = Callable[[Any, str], "tuple[np.ndarray, str]"]
+_Reader = Callable[[Any, str], "tuple[np.ndarray, str]"]
 
 
-def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1, read: Reader = _read) -> np.ndarray:
+def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1, read: _Reader = _read) -> np.ndarray:
     """A 2-D finite feature array of >= ``min_rows`` rows (float32 kept; float64 otherwise), or ``ValueError``.
 
     Entries beyond ``MAX_ABS_COORD`` (1e150) are refused, as everywhere in the package.
@@ -492,7 +492,7 @@ def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1, 
     return out.copy() if out is source else out  # never keep a caller's array (it may change)
 
 
-def _positives(source: Any, arg: str, rows: int, n_targets: int, read: Reader = _read) -> np.ndarray:
+def _positives(source: Any, arg: str, rows: int, n_targets: int, read: _Reader = _read) -> np.ndarray:
     """A 1-D int64 array of ``rows`` ids in [0, N), or ``ValueError`` naming ``arg``."""
     arr, name = read(source, arg)
     if arr.dtype.kind not in "iu":
@@ -557,7 +557,7 @@ def load_dataset(
 
 
 def _load_dataset(queries: Any, targets: Any, positives: Any, test_queries: Any, test_positives: Any,
-                  test_fraction: float, split_seed: int, read: Reader) -> RetrievalData:
+                  test_fraction: float, split_seed: int, read: _Reader) -> RetrievalData:
     """:func:`load_dataset`, reading each path with ``read(source, arg) -> (array, name)``."""
     if (test_queries is None) != (test_positives is None):
         raise ValueError("test_queries, test_positives: expected both or neither, got "

@@ -438,7 +438,7 @@ class _History:
                 raise ValueError(f"history: expected {f} = {want[f][:8]}{'...' if len(want[f]) > 8 else ''} at "
                                  f"step {step}, got {L[f][:8]}{'...' if len(L[f]) > 8 else ''} ({len(L[f])} entries)")
         for f in self.FIELDS:
-            n = len(L["grad_step"] if f.startswith("grad") else L["train_loss"] if f == "train_loss" else L["eval_step"])
+            n = len(L["grad_step"] if f.startswith("grad") else L[f] if f == "train_loss" else L["eval_step"])
             if len(L[f]) != n or not all(math.isfinite(v) for v in L[f]):
                 raise ValueError(f"history: expected {n} finite values of {f}, got {len(L[f])}")
         counts = [self.rows, self.logits_mining, self.logits_loss, *L["eval_rows"], *L["eval_logits"]]
@@ -491,12 +491,13 @@ def _load_checkpoint(path: Path, config: TrainConfig, miner_name: str, model: Du
         if opt.t != step:
             raise ValueError(f"optimizer: expected {step} Adam steps (the checkpoint's step), got {opt.t}")
         miner.load_state_dict(ckpt["miner"])
+        persist.check_objects(list(vars(miner).values()))  # a restored tree or index means what it should
         hist.load_state_dict(ckpt["extra"]["history"])
         hist.check(step, config)
         batch_rng, miner_rng = ckpt["rngs"]["batch"], ckpt["rngs"]["miner"]
         if not all(isinstance(g, np.random.Generator) for g in (batch_rng, miner_rng)):
             raise ValueError("rngs: expected the batch and miner generators")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:  # AssertionError: an InvariantError
         raise ValueError(f"{path}: checkpoint does not fit this run ({type(exc).__name__}: {exc})") from None
     return step, batch_rng, miner_rng
 

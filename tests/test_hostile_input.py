@@ -934,9 +934,9 @@ def test_features_beyond_the_coordinate_limit_are_refused(own_data, tmp_path, ca
 
 
 @pytest.mark.parametrize("extra, start", [
-    (["--cache-size", "5"], "error: --negatives: expected an integer <= N - 1 = 4 for brute_topk, stale_topk (the n best of the targets "
-         "other than the positive), got 8 (the value of --preset quick; set --negatives to override it; N = 5 rows "
-         "of --targets)"),
+    (["--cache-size", "5"], "error: --negatives: expected an integer <= N - 1 = 4 for brute_topk, stale_topk (the n "
+                            "best of the targets other than the positive), got 8 (the value of --preset quick; set "
+                            "--negatives to override it; N = 5 rows of --targets)"),
     (["--negatives", "3"], "error: --cache-size: expected an integer <= 5, got 128 (the value of --preset quick"),
     (["--negatives", "3", "--cache-size", "5", "--landmarks", "6"], "error: --landmarks: expected an integer <= 5, "
                                                                    "got 6 (N = 5 rows of --targets)\n"),
@@ -958,7 +958,8 @@ def test_compare_out_is_checked_before_any_training(tmp_path, capsys, case) -> N
         (tmp_path / "c_runs").write_text("x")
     start = {"directory": f"error: --out: expected a path for a regular file (it is replaced), got '{tmp_path}', a "
                           "directory",
-             "under a file": f"error: --out: expected a path whose parent is a directory, got '{tmp_path / 'f'}/c.json'",
+             "under a file": f"error: --out: expected a path whose parent is a directory, got "
+                             f"'{tmp_path / 'f'}/c.json'",
              "runs dir is a file": "error: --out (its directory of runs and checkpoints): expected a directory"}[case]
     _refused([*_COMPARE, "--out", str(out[case])], capsys, start)
 

@@ -335,3 +335,23 @@ def test_demo_resume_refuses_a_checkpoint_whose_step_disagrees(tmp_path: Path, c
     code, stdout, err = _cli([*DEMO, "--checkpoint", str(ckpt), "--resume", "--out", str(out)], capsys)
     assert code == 2 and err.startswith(f"error: {ckpt}: checkpoint does not fit this demo") and problem in err, err
     assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("member, problem", [
+    ("index.nmap.inv_sqrt", "NystromMap: inv_sqrt: expected K_LL^(+1/2)"),
+    ("index.W0", "W0: expected K_LL^{-1/2} g_0(L)"),
+])
+def test_resume_refuses_a_miner_index_that_violates_its_invariants(tmp_path: Path, a_checkpoint: bytes, member: str,
+                                                                   problem: str) -> None:
+    """The miner's restored index is checked like a loaded one: a scaled K_LL^{-1/2} or W_0, re-saved with valid
+    checksums, passed the miner's own shape and tree checks before."""
+    src, ckpt = tmp_path / "good.ckpt.npz", tmp_path / "run.ckpt.npz"
+    src.write_bytes(a_checkpoint)
+    c = persist.load_checkpoint(src)
+    c["miner"][member] = c["miner"][member] * 5.66
+    persist.save_checkpoint(ckpt, step=c["step"], params=c["params"], optimizer=c["optimizer"], rngs=c["rngs"],
+                            miner=c["miner"], extra=c["extra"], meta=c["meta"])
+    with pytest.raises(ValueError) as info:
+        T.train(T.TrainConfig(**SMALL), "tree_nystrom", checkpoint=ckpt, resume=True)
+    assert str(info.value).startswith(f"{ckpt}: checkpoint does not fit this run (InvariantError: DynamicIndex: ")
+    assert problem in str(info.value)
