@@ -1190,11 +1190,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str], 
 _DATA_OPTIONS = ("queries", "targets", "positives", "test_queries", "test_positives", "test_fraction", "split_seed")
 
 
-def _as_option(message: str, args: argparse.Namespace, preset: dict[str, Any]) -> str:
+def _as_option(message: str, args: argparse.Namespace, preset: dict[str, Any] | None) -> str:
     """An error ``"field: ..."`` or ``"field (path): ..."`` of ``TrainConfig`` / ``load_dataset`` naming the option.
 
     ``"--option: ..."``, and for a budget field whose value came from the
     preset, where it came from (``--preset P``; ``N = ... rows of --targets``).
+    With ``preset`` None only the data files' errors are renamed.
     """
     head, sep, rest = message.partition(": ")
     field_name, paren, path = head.partition(" (")
@@ -1205,6 +1206,8 @@ def _as_option(message: str, args: argparse.Namespace, preset: dict[str, Any]) -
     opt = options[field_name]
     if field_name in _DATA_OPTIONS:
         return f"{opt}{paren}{path}: {rest}"
+    if preset is None:
+        return message
     given = getattr(args, opt[2:].replace("-", "_")) is not None
     source = [] if given else [f"the value of --preset {args.preset}; set {opt} to override it"]
     if preset.get("data_files") is not None:
@@ -1236,8 +1239,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(run_dir, "--out (its directory of runs and checkpoints)")
     config, miners, seeds = config_from_args(args)
     t0 = time.perf_counter()
-    result = compare(config, miners, seeds, run_dir=run_dir, checkpoint_every=args.checkpoint_every,
-                     resume=args.resume, progress=not args.quiet)
+    try:
+        result = compare(config, miners, seeds, run_dir=run_dir, checkpoint_every=args.checkpoint_every,
+                         resume=args.resume, progress=not args.quiet)
+    except ValueError as exc:  # e.g. a data file changed mid-run: name its option
+        raise ValueError(_as_option(str(exc), args, preset=None)) from None
     result["preset"] = args.preset
     result["environment"] = {"python": sys.version.split()[0], "numpy": np.__version__}
     write_json(out, result)

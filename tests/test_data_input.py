@@ -278,3 +278,27 @@ def test_the_data_is_parsed_from_the_bytes_that_were_checked(files, monkeypatch)
     monkeypatch.setattr(D, "read_regular_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     f.load()
     assert sorted(reads) == sorted(str(p[k]) for k in ("Xtr", "Y", "ptr", "Xte", "pte"))  # each file read once
+
+
+def test_on_the_command_line_a_mid_run_change_exits_2_naming_the_option(files, tmp_path, capsys, monkeypatch):
+    """The same swap through ``python -m reference compare`` (in process): exit 2, one line naming --queries."""
+    d, p = files
+    X = np.load(p["X"])
+    X[0, 0] += 1.0
+    real_train = T.train
+
+    def train_then_swap(*a, **k):  # the first run finishes, then another process rewrites the queries
+        result = real_train(*a, **k)
+        np.save(p["X"], X)
+        return result
+
+    monkeypatch.setattr(T, "train", train_then_swap)
+    out = tmp_path / "c.json"
+    argv = ["compare", *ARGV, "--miners", "uniform", "--seeds", "0", "1", "--queries", str(p["X"]), "--targets",
+            str(p["Y"]), "--positives", str(p["pos"]), "--out", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --queries ({p['X']}): the file changed since the run started (SHA-256 "), err
+    assert not out.exists()
