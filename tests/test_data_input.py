@@ -302,3 +302,28 @@ def test_on_the_command_line_a_mid_run_change_exits_2_naming_the_option(files, t
     assert exc.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: --queries ({p['X']}): the file changed since the run started (SHA-256 "), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["C", "Fortran", "big-endian float", "big-endian int", "float32", "empty"])
+def test_the_checked_parser_reads_what_numpy_load_reads(tmp_path, layout):
+    """The .npy files are parsed from the bytes that were hashed (no numpy.load): the same dtype, shape and values."""
+    from reference.data import load_dataset
+
+    rng = np.random.default_rng(5)
+    a = {"C": rng.normal(size=(7, 3)), "Fortran": np.asfortranarray(rng.normal(size=(7, 3))),
+         "big-endian float": rng.normal(size=(7, 3)).astype(">f8"),
+         "big-endian int": rng.integers(-9, 9, size=(7, 3)).astype(">i4"),
+         "float32": rng.normal(size=(7, 3)).astype(np.float32), "empty": np.zeros((7, 0))}[layout]
+    np.save(tmp_path / "X.npy", a)
+    np.save(tmp_path / "Y.npy", rng.normal(size=(4, 2)))
+    np.save(tmp_path / "pos.npy", rng.integers(0, 4, size=7))
+    if layout == "empty":
+        with pytest.raises(ValueError, match=r"expected a non-empty 2-D array .*got shape \(7, 0\)"):
+            load_dataset(tmp_path / "X.npy", tmp_path / "Y.npy", tmp_path / "pos.npy")
+        return
+    got = load_dataset(tmp_path / "X.npy", tmp_path / "Y.npy", tmp_path / "pos.npy", test_fraction=0.3)
+    want = load_dataset(np.load(tmp_path / "X.npy"), np.load(tmp_path / "Y.npy"), np.load(tmp_path / "pos.npy"),
+                        test_fraction=0.3)
+    for f in ("targets", "train_x", "train_pos", "test_x", "test_pos"):
+        assert getattr(got, f).dtype == getattr(want, f).dtype
+        assert getattr(got, f).tobytes() == getattr(want, f).tobytes()
