@@ -11,12 +11,25 @@ embeddings, :data:`MAX_LOGIT` on a query's logit scale on a tree
 (:func:`check_logit_scale`), :data:`MAX_PARAM` on scalars that scale a
 returned bound. Input beyond them is refused with a ``ValueError`` naming the
 argument and the limit, so no overflow reaches a result.
+
+Files handed to the package by path are read through :func:`read_regular_file`
+(regular files only: a FIFO, a device or a directory is refused before a byte
+is read, so nothing blocks or reads forever); ``.npy`` headers are parsed by
+:func:`read_npy_header`, and a header is checked against the bytes that follow
+it before anything is allocated. Output paths given on the command line are
+checked by :func:`check_output_file` / :func:`check_output_dir` before any work.
+Objects that check their own invariants (``check_invariants``) raise
+:class:`InvariantError`.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import stat
+import tempfile
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -32,7 +45,22 @@ __all__ = [
     "check_choice",
     "check_rng",
     "check_logit_scale",
+    "InvariantError",
+    "read_regular_file",
+    "read_npy_header",
+    "npy_data_bytes",
+    "check_output_file",
+    "check_output_dir",
 ]
+
+
+class InvariantError(AssertionError):
+    """An object's invariants are violated (``Tree``, ``NystromMap``, ``DynamicIndex.check_invariants``).
+
+    An ``AssertionError``: for an object built by this package's own methods
+    a violation is a bug, not bad input. :mod:`reference.persist` reports one
+    found in a loaded file as a damaged file.
+    """
 
 # --------------------------------------------------------------------------
 # Magnitude limits (proofs/README.md section 2, "Numerics"). The only place they are set.
@@ -290,3 +318,142 @@ def check_rng(rng: Any) -> np.random.Generator:
             f"rng: expected a numpy.random.Generator (e.g. np.random.default_rng(0)), got {_describe(rng)}"
         )
     return rng
+
+
+# --------------------------------------------------------------------------
+# Files read by path, .npy headers, output paths
+# --------------------------------------------------------------------------
+
+_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def read_regular_file(path: Any, name: str, what: str = "a readable regular file") -> bytearray:
+    """The whole content of the regular file ``path``, read once; anything else is a ``ValueError``.
+
+    The file is opened non-blocking and checked with ``fstat`` on the open
+    descriptor (so a path swapped between a check and the open cannot slip
+    through): a FIFO, a character or block device (``/dev/zero``, also through
+    a symlink), a socket or a directory is refused before a byte is read, so
+    the call never blocks and never reads forever. The size is taken from the
+    same ``fstat``; a file that grows or shrinks while it is read is refused.
+
+    Parameters
+    ----------
+    path : path-like
+    name : str
+        Prefix of error messages (e.g. ``"queries (X.npy)"``).
+    what : str, default "a readable regular file"
+        What was expected, for the messages.
+
+    Returns
+    -------
+    bytearray
+        The bytes (writable, so arrays viewing them are writable).
+    """
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected {what}, got {getattr(err, 'strerror', None) or err}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{name}: expected {what} (a regular file), got a {_file_kind(st.st_mode)}")
+        buf = bytearray(st.st_size)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            got = fh.readinto(buf) if st.st_size else 0
+            extra = fh.read(1)
+    except OSError as err:
+        raise ValueError(f"{name}: expected {what}, got {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if got != st.st_size or extra:
+        raise ValueError(f"{name}: expected {what} that stays the same while it is read, got one whose size "
+                         f"changed from {st.st_size} bytes during the read")
+    return buf
+
+
+def read_npy_header(fp: IO[bytes]) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Parse a ``.npy`` header from ``fp`` without reading the data: (dtype, shape, fortran, header bytes).
+
+    Raises ``ValueError`` (numpy's message) for a missing magic string, an
+    unsupported format version or a malformed header. Versions 1.0 and 2.0.
+    """
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return dtype, tuple(shape), bool(fortran), fp.tell()
+
+
+def npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes of data an array of ``shape`` and ``dtype`` needs (exact Python integer: no overflow)."""
+    return math.prod(int(s) for s in shape) * int(dtype.itemsize)
+
+
+def _nearest_existing(path: str) -> str:
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+def _probe_directory(directory: str, option: str, target: str) -> None:
+    """Create and remove a file in ``directory``: the only check that holds for root and read-only mounts."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=directory)
+    except OSError as err:
+        raise ValueError(f"{option}: expected a writable location, got {target!r}: cannot create files in "
+                         f"{directory!r} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: Any, option: str) -> str:
+    """Check, before any work, that a file can be written at ``path``; return it as a string.
+
+    ``path`` must be a regular file or not exist yet; its nearest existing
+    ancestor must be a directory in which a file can be created (tried: a
+    file is created there and removed). Missing parent directories are
+    allowed (the writers create them). ``ValueError`` names ``option``.
+    """
+    target = os.fspath(path)
+    if os.path.lexists(target):
+        st = os.stat(target) if os.path.exists(target) else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            kind = "broken symlink" if st is None else _file_kind(st.st_mode)
+            raise ValueError(f"{option}: expected a path for a regular file (it is replaced), got {target!r}, a {kind}")
+    anc = _nearest_existing(os.path.dirname(os.path.abspath(target)))
+    if not os.path.isdir(anc):
+        raise ValueError(f"{option}: expected a path whose parent is a directory, got {target!r} ({anc!r} is a file)")
+    _probe_directory(anc, option, target)
+    return target
+
+
+def check_output_dir(path: Any, option: str) -> str:
+    """Check, before any work, that ``path`` is (or can be created as) a directory one can write in.
+
+    ``ValueError`` names ``option``. Nothing is created except a probe file,
+    removed at once.
+    """
+    target = os.fspath(path)
+    anc = _nearest_existing(target)
+    if not os.path.isdir(anc):
+        what = "it" if anc == os.path.abspath(target) else repr(anc)
+        raise ValueError(f"{option}: expected a directory (or a path where one can be created), got {target!r} "
+                         f"({what} is a file)")
+    _probe_directory(anc, option, target)
+    return target

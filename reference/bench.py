@@ -90,7 +90,15 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from reference._validation import as_float_array, check_choice, check_int, check_positive, check_rng
+from reference._validation import (
+    as_float_array,
+    check_choice,
+    check_int,
+    check_output_dir,
+    check_output_file,
+    check_positive,
+    check_rng,
+)
 from reference.data import make_isotropic, make_targets
 from reference.jsonio import write_json
 from reference import sampling
@@ -1052,6 +1060,10 @@ def run(args: argparse.Namespace) -> int:
     json_path = args.json if args.json is not None else (None if cfg.quick else "figures/out/bench.json")
     if json_path == "-":
         json_path = None
+    if json_path is not None:  # output paths are checked before any work
+        check_output_file(json_path, "--json")
+    if cfg.memmap is not None:
+        check_output_dir(cfg.memmap, "--memmap")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     result = run_bench(cfg, log=log)
     print(format_report(result))

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except ValueError as exc:  # bad option values: a clear message, no traceback
         parser.exit(2, f"error: {exc}\n")
+    except OSError as exc:  # a file system refusal the checks before the work could not foresee (e.g. disk full)
+        parser.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

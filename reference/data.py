@@ -47,13 +47,25 @@ documented seeded rule into the same :class:`RetrievalData`.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from reference._validation import as_float_array, as_index_array, check_int, check_nonnegative, check_positive
+from reference._validation import (
+    MAX_ABS_COORD,
+    as_float_array,
+    as_index_array,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    npy_data_bytes,
+    read_npy_header,
+    read_regular_file,
+)
 
 __all__ = ["RetrievalData", "DataFiles", "make_targets", "make_isotropic", "make_dataset", "load_dataset"]
 
@@ -412,26 +424,60 @@ def make_dataset(
 _FEATURE_KINDS = "fiu"
 
 
+_NPY = "a readable .npy file"
+# Longest .npy header numpy reads (its max_header_size, 10000) plus magic, version and length.
+_NPY_HEADER_READ = 10_000 + 16
+
+
+def _npy_from_bytes(buf: bytearray, name: str) -> np.ndarray:
+    """The array of a ``.npy`` file's bytes, viewing ``buf`` (no copy), or ``ValueError`` naming ``name``.
+
+    The header is parsed first and the bytes after it must be exactly what
+    its shape and dtype need, so a forged header (say, shape (1e12, 16) in a
+    144-byte file) is refused before anything is allocated. Object and
+    structured dtypes are refused (they would need pickle).
+    """
+    if bytes(buf[:4]) == b"PK\x03\x04":
+        raise ValueError(f"{name}: expected a .npy file holding one array, got a zip archive (.npz?)")
+    fp = io.BytesIO(bytes(buf[:_NPY_HEADER_READ]))
+    try:
+        dtype, shape, fortran, header_len = read_npy_header(fp)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"{name}: expected {_NPY} of a numeric array (no pickles), got an unreadable header "
+                         f"({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"{name}: expected {_NPY} of a numeric array (no pickles), got dtype {dtype}")
+    need, have = npy_data_bytes(shape, dtype), len(buf) - header_len
+    if need != have:
+        raise ValueError(f"{name}: expected {_NPY} whose data matches its header, got a header claiming shape "
+                         f"{shape} of {dtype} ({need} bytes) followed by {have} bytes (truncated or forged)")
+    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize if dtype.itemsize else 0, offset=header_len)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
 def _read(source: Any, arg: str) -> tuple[np.ndarray, str]:
-    """``source`` (a ``.npy`` path or an array) as an array, and the name errors use: ``arg`` (path)."""
+    """``source`` (a ``.npy`` path or an array) as an array, and the name errors use: ``arg`` (path).
+
+    A path is read once (:func:`reference._validation.read_regular_file`:
+    regular files only, so a FIFO or ``/dev/zero`` is refused, never read).
+    """
     if isinstance(source, (str, os.PathLike)):
         name = f"{arg} ({os.fspath(source)})"
-        try:
-            arr = np.load(source, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"{name}: expected a readable .npy file of a numeric array (no pickles), "
-                             f"got {type(exc).__name__}: {exc}") from None
-        if not isinstance(arr, np.ndarray):
-            raise ValueError(f"{name}: expected a .npy file holding one array, got {type(arr).__name__} (.npz?)")
-        return arr, name
+        return _npy_from_bytes(read_regular_file(source, name, _NPY), name), name
     if isinstance(source, np.ndarray):
         return source, arg
     raise ValueError(f"{arg}: expected a path to a .npy file or a numpy array, got {type(source).__name__}")
 
 
-def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    """A 2-D finite feature array of >= ``min_rows`` rows (float32 kept; float64 otherwise), or ``ValueError``."""
-    arr, name = _read(source, arg)
+_Reader = Callable[[Any, str], "tuple[np.ndarray, str]"]
+
+
+def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1, read: _Reader = _read) -> np.ndarray:
+    """A 2-D finite feature array of >= ``min_rows`` rows (float32 kept; float64 otherwise), or ``ValueError``.
+
+    Entries beyond ``MAX_ABS_COORD`` (1e150) are refused, as everywhere in the package.
+    """
+    arr, name = read(source, arg)
     if arr.dtype.kind not in _FEATURE_KINDS:
         raise ValueError(f"{name}: expected a real numeric dtype (float or int), got {arr.dtype}")
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -442,13 +488,13 @@ def _features(source: Any, arg: str, dim: int | None = None, min_rows: int = 1) 
     if arr.shape[0] < min_rows:
         raise ValueError(f"{name}: expected at least {min_rows} rows, got {arr.shape[0]}")
     dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    out = as_float_array(arr, name, ndim=2, dtype=dtype)
+    out = as_float_array(arr, name, ndim=2, dtype=dtype, max_abs=MAX_ABS_COORD)
     return out.copy() if out is source else out  # never keep a caller's array (it may change)
 
 
-def _positives(source: Any, arg: str, rows: int, n_targets: int) -> np.ndarray:
+def _positives(source: Any, arg: str, rows: int, n_targets: int, read: _Reader = _read) -> np.ndarray:
     """A 1-D int64 array of ``rows`` ids in [0, N), or ``ValueError`` naming ``arg``."""
-    arr, name = _read(source, arg)
+    arr, name = read(source, arg)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected an integer dtype (target ids), got {arr.dtype}")
     if arr.shape != (rows,):
@@ -502,9 +548,17 @@ def load_dataset(
     ------
     ValueError
         Naming the argument and the file, what was expected and what came:
-        an unreadable or pickled file, a non-numeric dtype, a wrong shape,
-        NaN or infinite values, non-integer positives or ids outside [0, N).
+        an unreadable or pickled file, not a regular file (a FIFO, a device),
+        a ``.npy`` header that does not match the file's size, a non-numeric
+        dtype, a wrong shape, NaN or infinite values or entries beyond
+        ``MAX_ABS_COORD`` (1e150), non-integer positives or ids outside [0, N).
     """
+    return _load_dataset(queries, targets, positives, test_queries, test_positives, test_fraction, split_seed, _read)
+
+
+def _load_dataset(queries: Any, targets: Any, positives: Any, test_queries: Any, test_positives: Any,
+                  test_fraction: float, split_seed: int, read: _Reader) -> RetrievalData:
+    """:func:`load_dataset`, reading each path with ``read(source, arg) -> (array, name)``."""
     if (test_queries is None) != (test_positives is None):
         raise ValueError("test_queries, test_positives: expected both or neither, got "
                          f"{'test_queries' if test_positives is None else 'test_positives'} alone")
@@ -512,10 +566,10 @@ def load_dataset(
     if not test_fraction < 1.0:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     split_seed = check_int(split_seed, "split_seed", low=0)
-    Y = _features(targets, "targets", min_rows=2)
+    Y = _features(targets, "targets", min_rows=2, read=read)
     N = Y.shape[0]
-    X = _features(queries, "queries")
-    pos = _positives(positives, "positives", X.shape[0], N)
+    X = _features(queries, "queries", read=read)
+    pos = _positives(positives, "positives", X.shape[0], N, read=read)
     if test_queries is None:
         n = X.shape[0]
         n_test = int(round(test_fraction * n))
@@ -527,8 +581,8 @@ def load_dataset(
         train_x, train_pos, test_x, test_pos = X[train_idx], pos[train_idx], X[test_idx], pos[test_idx]
     else:
         train_x, train_pos = X, pos
-        test_x = _features(test_queries, "test_queries", dim=X.shape[1])
-        test_pos = _positives(test_positives, "test_positives", test_x.shape[0], N)
+        test_x = _features(test_queries, "test_queries", dim=X.shape[1], read=read)
+        test_pos = _positives(test_positives, "test_positives", test_x.shape[0], N, read=read)
 
     def source(x: Any) -> str | None:
         return os.fspath(x) if isinstance(x, (str, os.PathLike)) else None if x is None else "array"
@@ -561,7 +615,13 @@ class DataFiles:
     run records which data it used, and ``compare --resume`` refuses a
     checkpoint (or reuses a finished run) only if the files still hold the
     same bytes, not merely the same paths. Raises ``ValueError`` naming the
-    file if one cannot be read.
+    file if one cannot be read or is not a regular file (a FIFO or a device
+    is refused without being read).
+
+    What a run computes on is what it records: :meth:`load` reads every file
+    once into memory, checks those very bytes against the digest recorded
+    here, and parses the arrays from them; a file changed since (even
+    between two seeds of one ``compare``) raises ``ValueError`` naming it.
     """
 
     queries: str
@@ -574,26 +634,54 @@ class DataFiles:
     sha256: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        digest = hashlib.sha256()
         for name in _FILE_FIELDS:
             value = getattr(self, name)
             if value is None and name.startswith("test_"):
                 continue
             if not isinstance(value, (str, os.PathLike)):
                 raise ValueError(f"{name}: expected a path to a .npy file, got {type(value).__name__}")
-            path = os.fspath(value)
-            object.__setattr__(self, name, path)
-            try:
-                with open(path, "rb") as fh:
-                    digest.update(f"{name} {os.fstat(fh.fileno()).st_size}\n".encode())
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-            except OSError as err:
-                raise ValueError(f"{name} ({path}): expected a readable .npy file, got {err.strerror or err}") from None
-        object.__setattr__(self, "sha256", digest.hexdigest())
+            object.__setattr__(self, name, os.fspath(value))
+        digest, per_file = self._digest(lambda name, path: read_regular_file(path, f"{name} ({path})", _NPY))
+        object.__setattr__(self, "sha256", digest)
+        object.__setattr__(self, "_file_sha256", per_file)  # not a field: the configuration records only sha256
+
+    def _digest(self, read: Callable[[str, str], bytearray]) -> tuple[str, dict[str, str]]:
+        """The digest of :attr:`sha256` and one per file, over ``read(name, path)`` of each given file."""
+        digest, per_file = hashlib.sha256(), {}
+        for name in _FILE_FIELDS:
+            path = getattr(self, name)
+            if path is None:
+                continue
+            buf = read(name, path)
+            digest.update(f"{name} {len(buf)}\n".encode())
+            digest.update(buf)
+            per_file[name] = hashlib.sha256(buf).hexdigest()
+        return digest.hexdigest(), per_file
 
     def load(self) -> RetrievalData:
-        """:func:`load_dataset` of these files."""
-        return load_dataset(self.queries, self.targets, self.positives, test_queries=self.test_queries,
-                            test_positives=self.test_positives, test_fraction=self.test_fraction,
-                            split_seed=self.split_seed)
+        """:func:`load_dataset` of these files, from bytes checked against :attr:`sha256`.
+
+        Each file is read once; the bytes read are hashed and, if the digest
+        is the recorded one, parsed. Raises ``ValueError`` naming the first
+        file whose content changed since this ``DataFiles`` was made.
+        """
+        bufs: dict[str, bytearray] = {}
+
+        def read_file(name: str, path: str) -> bytearray:
+            bufs[name] = read_regular_file(path, f"{name} ({path})", _NPY)
+            return bufs[name]
+
+        digest, per_file = self._digest(read_file)
+        if digest != self.sha256:
+            name = next((n for n in per_file if per_file[n] != self._file_sha256.get(n)), "queries")
+            raise ValueError(
+                f"{name} ({getattr(self, name)}): the file changed since the run started (SHA-256 "
+                f"{self._file_sha256.get(name, '?')[:16]}... recorded, {per_file[name][:16]}... now); a run must "
+                "compute on the data it records: restore the file or start a new run")
+
+        def read(source: Any, arg: str) -> tuple[np.ndarray, str]:
+            name = f"{arg} ({source})"
+            return _npy_from_bytes(bufs[arg], name), name
+
+        return _load_dataset(self.queries, self.targets, self.positives, self.test_queries, self.test_positives,
+                             self.test_fraction, self.split_seed, read)

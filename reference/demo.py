@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from reference import persist
-from reference._validation import check_int, check_positive
+from reference._validation import check_int, check_output_file, check_positive
 from reference.data import make_dataset
 from reference.encoder import ACTIVATIONS, DTYPES, DualEncoder, EncoderConfig, params_sha256
 from reference.jsonio import write_json
@@ -119,6 +119,37 @@ def _validate(args: argparse.Namespace) -> None:
     check_int(args.checkpoint_every, "--checkpoint-every", low=0)
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume: expected --checkpoint PATH to resume from, got none")
+    if args.checkpoint is not None:
+        check_output_file(args.checkpoint, "--checkpoint")
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+
+
+def _check_resumed(step: Any, args: argparse.Namespace, opt: Adam, extra: dict[str, Any]) -> None:
+    """Refuse (``ValueError``) a checkpoint whose step disagrees with its history, optimiser or the options.
+
+    ``step`` completed steps, 0 <= step < ``--steps``; Adam's step count
+    equal to it; one progress row at step 0 and at every multiple of
+    ``--eval-every`` up to it, finite apart from row 0's training loss; the
+    training losses since the last row (``step mod --eval-every`` of them),
+    finite; the target-row counter a non-negative integer.
+    """
+    if type(step) is not int or not 0 <= step < args.steps:
+        raise ValueError(f"step: expected a completed step in [0, {args.steps}) (--steps), got {step!r}")
+    if opt.t != step:
+        raise ValueError(f"optimizer: expected {step} Adam steps (the checkpoint's step), got {opt.t}")
+    history, losses, rows = extra["history"], extra["losses"], extra["target_rows_encoded"]
+    want = [0, *range(args.eval_every, step + 1, args.eval_every)]
+    ok_rows = isinstance(history, list) and all(isinstance(r, list) and len(r) == 5 for r in history)
+    if not ok_rows or [r[0] for r in history] != [float(w) for w in want]:
+        raise ValueError(f"history: expected progress rows at steps {want[:8]}{'...' if len(want) > 8 else ''}, "
+                         f"got {len(history) if isinstance(history, list) else type(history).__name__} rows")
+    values = [v for r in history for v in r][2:] + list(losses)
+    if not all(isinstance(v, float) and np.isfinite(v) for v in values) or len(losses) != step % args.eval_every:
+        raise ValueError(f"history: expected finite values and {step % args.eval_every} training losses since the "
+                         f"last progress row, got {len(losses)}")
+    if type(rows) is not int or rows < 0:
+        raise ValueError(f"target_rows_encoded: expected an integer >= 0, got {rows!r}")
 
 
 # Options that change the run's numbers: a checkpoint is only resumed under the same ones.
@@ -186,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         try:  # validated by each setter before it changes anything
             model.set_params(ckpt["params"])
             opt.load_state_dict(ckpt["optimizer"])
+            _check_resumed(ckpt["step"], args, opt, extra)
             for name, g in rngs.items():
                 persist.restore_rng(g, persist.rng_to_array(ckpt["rngs"][name]))
         except (KeyError, TypeError, ValueError) as exc:

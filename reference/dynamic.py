@@ -64,6 +64,7 @@ from reference import sampling as _sampling
 from reference._fastpath import tree_scale
 from reference._validation import (
     MAX_ABS_COORD,
+    InvariantError,
     as_float_array,
     as_index_array,
     check_int,
@@ -167,6 +168,74 @@ class DynamicIndex:
         self.last_refresh: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
+    def check_invariants(self) -> None:
+        """Check that the index is one the constructor and the methods could have produced.
+
+        The map's own checks (:meth:`NystromMap.check_invariants`) and the
+        tree's (:meth:`Tree.check_invariants`, I1-I4: ``order`` a permutation
+        of the live targets, finite non-negative radii, ...), and between them:
+        ``cache`` a finite float64 (capacity, d) array within ``MAX_ABS_COORD``;
+        the tree over the m-dimensional phi with one point row per cache row;
+        the landmarks live ids in range (< capacity), and the map's anchor
+        their cache rows bitwise (``fit`` and ``refresh`` anchor the map
+        there); ``W`` and ``W0`` finite (m, d) within ``MAX_ABS_COORD``, and
+        ``W0`` = K_LL^{-1/2} g_0(L) as ``project`` computes it, within the
+        standard bound 2 m eps |K_LL^{-1/2}| |g_0(L)| of two float64 matrix
+        products (so a file written on a machine with another BLAS passes);
+        ``beta`` > 0; the counters non-negative integers. Cost: the tree's,
+        O(N depth) plus O(m^3).
+
+        Raises
+        ------
+        InvariantError
+            (an ``AssertionError``) naming the first violation.
+        """
+
+        def fail(msg: str) -> None:
+            raise InvariantError(f"DynamicIndex: {msg}")
+
+        for name, cls in (("cache", np.ndarray), ("nmap", NystromMap), ("tree", Tree), ("W", np.ndarray),
+                          ("W0", np.ndarray), ("last_refresh", dict)):
+            if not isinstance(getattr(self, name), cls):
+                fail(f"{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        try:
+            check_positive(self.beta, "beta")
+            check_int(self.rebuild_depth, "rebuild_depth", low=0)
+            check_int(self.steps_since_refresh, "steps_since_refresh", low=0)
+            check_int(self.n_refreshes, "n_refreshes", low=0)
+            if self.cache.dtype != np.float64:
+                raise ValueError(f"cache: expected float64, got {self.cache.dtype}")
+            as_float_array(self.cache, "cache", ndim=2, max_abs=MAX_ABS_COORD)
+        except ValueError as exc:
+            fail(str(exc))
+        self.nmap.check_invariants()
+        if not self.nmap.fitted:
+            fail("nmap: expected a fitted map")
+        self.tree.check_invariants()
+        cap, d = self.cache.shape
+        m = self.nmap.m
+        if self.tree.points.shape != (cap, m) or self.nmap.dim != d:
+            fail(f"tree: expected points phi of shape ({cap}, {m}) (one row per cache row, m = {m} landmarks) and "
+                 f"a map of d = {d}, got {self.tree.points.shape} and d = {self.nmap.dim}")
+        L = self.landmarks
+        if L.size and (L.max() >= cap or not self.tree.alive[L].all()):
+            fail(f"landmarks: expected live target ids < {cap}, got {L.tolist()[:20]}")
+        if not np.array_equal(self.nmap.anchor, self.cache[L]):
+            fail("nmap.anchor: expected the landmarks' cache rows (the map is anchored there)")
+        try:
+            for name in ("W", "W0"):
+                a = getattr(self, name)
+                if a.dtype != np.float64:
+                    raise ValueError(f"{name}: expected float64, got {a.dtype}")
+                as_float_array(a, name, shape=(m, d), max_abs=MAX_ABS_COORD)
+        except ValueError as exc:
+            fail(str(exc))
+        S, A = self.nmap.inv_sqrt, self.nmap.anchor
+        eps = float(np.finfo(np.float64).eps)
+        excess = np.abs(self.W0 - S @ A) - 2 * m * eps * (np.abs(S) @ np.abs(A))
+        if (excess > 0).any():
+            fail("W0: expected K_LL^{-1/2} g_0(L) (project(anchor)), got values beyond rounding from it")
+
     @property
     def landmarks(self) -> np.ndarray:
         """Landmark ids L (m,), in the row order ``step`` expects."""

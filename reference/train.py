@@ -81,13 +81,24 @@ writes, atomically with :func:`reference.persist.save_checkpoint` (the format
 the step, the miner's ``state_dict`` and the history so far; ``--resume``
 continues from there, and a run killed (even by SIGKILL) and resumed ends
 bitwise identical to an uninterrupted one (only the wall-clock fields differ).
+
+Nothing is reused unchecked: a checkpoint is resumed only if its step agrees
+with its history, its Adam step count and the configuration (:class:`_History`
+``.check``); a finished run's JSON carries a SHA-256
+(:func:`reference.persist.seal_record`) and is reused only if the checksum,
+its miner, seed and configuration (which includes the SHA-256 of a user's data
+files) match. A user's data files are read once per load and checked against
+the digest recorded when the run started (:class:`reference.data.DataFiles`),
+so a file changed during a run stops it (exit status 2 naming the file)
+instead of mixing datasets. On the command line every input and output path
+and the budget against N (``--negatives``, ``--cache-size``, ``--landmarks``)
+are checked before any training.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -100,7 +111,14 @@ from typing import Any
 import numpy as np
 
 from reference import metrics, persist
-from reference._validation import check_choice, check_int, check_nonnegative, check_positive
+from reference._validation import (
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_output_dir,
+    check_output_file,
+    check_positive,
+)
 from reference.data import DataFiles, RetrievalData, make_dataset
 from reference.encoder import DualEncoder, EncoderConfig, params_sha256
 from reference.jsonio import write_json
@@ -196,7 +214,8 @@ class TrainConfig:
     batch_size : int
         B, queries per step.
     negatives : int
-        n, negatives per query.
+        n, negatives per query (>= 1; :func:`compare` also requires n <= N - 1
+        for the top-k miners and n <= B - 1 for ``in_batch``).
     lr : float
         Adam step size.
     refresh_every : int
@@ -260,7 +279,7 @@ class TrainConfig:
         object.__setattr__(self, "beta", check_positive(self.beta, "beta"))
         check_int(self.steps, "steps", low=1)
         check_int(self.batch_size, "batch_size", low=2)
-        check_int(self.negatives, "negatives", low=1)  # top-k miners also need n <= N - 1
+        check_int(self.negatives, "negatives", low=1)  # per miner: _check_miners
         object.__setattr__(self, "lr", check_positive(self.lr, "lr"))
         check_int(self.refresh_every, "refresh_every", low=1)
         check_int(self.cache_size, "cache_size", low=1, high=self.n_targets)
@@ -399,6 +418,35 @@ class _History:
         out["grad_seconds"] = np.array(self.grad_seconds, dtype=np.float64)
         return out
 
+    def check(self, step: int, config: TrainConfig) -> None:
+        """Refuse (``ValueError``) a history that is not the one ``train`` records in ``step`` steps of ``config``.
+
+        One training loss per step, finite; evaluations at steps
+        0, E, 2E, ... below ``step``; gradient errors at steps 0, g, 2g, ...
+        below ``step`` (E = ``eval_every``, g = ``grad_every``); every
+        recorded number finite and every counter a non-negative integer,
+        non-decreasing along the evaluations.
+        """
+        L = self.lists
+        want = {"train_loss": step, "eval_step": list(range(0, step, config.eval_every)),
+                "grad_step": list(range(0, step, config.grad_every))}
+        if len(L["train_loss"]) != step:
+            raise ValueError(f"history: expected {step} training losses (one per completed step), "
+                             f"got {len(L['train_loss'])}")
+        for f in ("eval_step", "grad_step"):
+            if L[f] != want[f]:
+                raise ValueError(f"history: expected {f} = {want[f][:8]}{'...' if len(want[f]) > 8 else ''} at "
+                                 f"step {step}, got {L[f][:8]}{'...' if len(L[f]) > 8 else ''} ({len(L[f])} entries)")
+        for f in self.FIELDS:
+            n = len(L["grad_step"] if f.startswith("grad") else L[f] if f == "train_loss" else L["eval_step"])
+            if len(L[f]) != n or not all(math.isfinite(v) for v in L[f]):
+                raise ValueError(f"history: expected {n} finite values of {f}, got {len(L[f])}")
+        counts = [self.rows, self.logits_mining, self.logits_loss, *L["eval_rows"], *L["eval_logits"]]
+        if min(counts, default=0) < 0 or any(np.diff(L["eval_rows"]) < 0) or any(np.diff(L["eval_logits"]) < 0):
+            raise ValueError("history: expected non-negative, non-decreasing counters")
+        if not (math.isfinite(self.grad_seconds) and self.grad_seconds >= 0):
+            raise ValueError(f"history: expected grad_seconds >= 0, got {self.grad_seconds}")
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore from :meth:`state_dict` (float64 and int64 round-trip exactly through ``tolist``)."""
         lists = {f: np.asarray(state[f]).tolist() for f in self.FIELDS}
@@ -433,15 +481,25 @@ def _load_checkpoint(path: Path, config: TrainConfig, miner_name: str, model: Du
             f"{path}: checkpoint of miner {meta.get('miner')!r} with config {meta.get('config')}, "
             f"expected miner {miner_name!r} with config {config.to_dict()} (delete it or drop --resume)"
         )
+    step = ckpt["step"]
     try:  # validated by each setter before it changes anything
+        if not 0 <= step < config.steps:
+            raise ValueError(f"step: expected a completed step in [0, {config.steps}) (steps = {config.steps}), "
+                             f"got {step}")
         model.set_params(ckpt["params"])
         opt.load_state_dict(ckpt["optimizer"])
+        if opt.t != step:
+            raise ValueError(f"optimizer: expected {step} Adam steps (the checkpoint's step), got {opt.t}")
         miner.load_state_dict(ckpt["miner"])
+        persist.check_objects(list(vars(miner).values()))  # a restored tree or index means what it should
         hist.load_state_dict(ckpt["extra"]["history"])
+        hist.check(step, config)
         batch_rng, miner_rng = ckpt["rngs"]["batch"], ckpt["rngs"]["miner"]
-    except (KeyError, TypeError, ValueError) as exc:
+        if not all(isinstance(g, np.random.Generator) for g in (batch_rng, miner_rng)):
+            raise ValueError("rngs: expected the batch and miner generators")
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:  # AssertionError: an InvariantError
         raise ValueError(f"{path}: checkpoint does not fit this run ({type(exc).__name__}: {exc})") from None
-    return ckpt["step"], batch_rng, miner_rng
+    return step, batch_rng, miner_rng
 
 
 def train(
@@ -964,7 +1022,10 @@ def compare(
     checkpoint_every : int, default 0
         Steps between checkpoints of the run in progress.
     resume : bool, default False
-        Reuse finished runs found in ``run_dir`` and continue checkpointed ones.
+        Reuse finished runs found in ``run_dir`` (checksum, miner, seed and
+        configuration verified: :func:`reference.persist.load_record`; a
+        damaged or edited one raises ``PersistError`` naming it) and continue
+        checkpointed ones.
     progress : bool or callable, default False
         True: progress lines on stderr; a callable receives every step's info.
 
@@ -982,6 +1043,7 @@ def compare(
         raise ValueError(f"miners, seeds: expected at least one of each, got {miners} and {seeds}")
     if len(set(miners)) != len(miners) or len(set(seeds)) != len(seeds):
         raise ValueError(f"miners, seeds: expected no repeats, got {miners} and {seeds}")
+    _check_miners(config, miners)
     if (checkpoint_every or resume) and run_dir is None:
         raise ValueError("run_dir: expected a directory when checkpoint_every > 0 or resume is set, got None")
     rdir = None if run_dir is None else Path(run_dir)
@@ -995,8 +1057,8 @@ def compare(
         data = None
         for m in miners:
             done_path = None if rdir is None else rdir / f"{m}-seed{seed}.json"
-            if resume and done_path.exists():
-                prev = json.loads(done_path.read_text())
+            if resume and os.path.lexists(done_path):
+                prev = _load_run(done_path, m, seed)
                 if prev.get("config") == cfg.to_dict():
                     runs.append(prev)
                     if isinstance(report, _Progress):
@@ -1008,7 +1070,7 @@ def compare(
                         resume=resume, progress=report)
             res["config"] = cfg.to_dict()
             if done_path is not None:
-                write_json(done_path, res)
+                write_json(done_path, persist.seal_record(_RUN_KIND, res))
                 if ckpt.exists():
                     ckpt.unlink()
             runs.append(res)
@@ -1016,6 +1078,36 @@ def compare(
     del shared["seed"]
     return {"config": shared, "miners": miners, "seeds": seeds, "runs": runs,
             "summary": summarize(runs, miners, seeds)}
+
+
+def _check_miners(config: TrainConfig, miners: Sequence[str]) -> None:
+    """Refuse, before any training, a budget one of ``miners`` cannot train (``ValueError`` naming the field).
+
+    The exact top-k miners return the n best of the N - 1 targets other than
+    the positive (n <= N - 1); in-batch negatives are the other B - 1
+    queries' positives (n <= B - 1). Every other miner samples with
+    replacement and takes any n >= 1.
+    """
+    miners = [check_choice(m, "miners[]", MINERS) for m in miners]
+    top = [m for m in miners if m in ("brute_topk", "stale_topk")]
+    if top and config.negatives > config.n_targets - 1:
+        raise ValueError(f"negatives: expected an integer <= N - 1 = {config.n_targets - 1} for {', '.join(top)} "
+                         f"(the n best of the targets other than the positive), got {config.negatives}")
+    if "in_batch" in miners and config.negatives > config.batch_size - 1:
+        raise ValueError(f"negatives: expected an integer <= batch_size - 1 = {config.batch_size - 1} for in_batch "
+                         f"(the other queries' positives), got {config.negatives}")
+
+
+_RUN_KIND = "compare_run"  # the checksum kind of a finished run's JSON (persist.seal_record)
+
+
+def _load_run(path: Path, miner: str, seed: int) -> dict[str, Any]:
+    """A finished run's record for ``--resume``: checksum verified (``persist.load_record``), its miner and seed."""
+    prev = persist.load_record(path, _RUN_KIND)  # PersistError (a ValueError) names the file
+    if prev.get("miner") != miner or prev.get("seed") != seed:
+        raise persist.CorruptFileError(path, f"the record of miner {prev.get('miner')!r}, seed {prev.get('seed')!r}, "
+                                             f"expected miner {miner!r}, seed {seed} (delete it to recompute it)")
+    return prev
 
 
 # --------------------------------------------------------------------------- command line
@@ -1077,14 +1169,50 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str], 
         if value is not None:
             preset[name] = value
     miners = list(args.miners) if args.miners is not None else list(MINERS)
-    files = _data_files_from_args(args)
-    if files is not None:  # N is the targets' row count (the files are read, and validated, here)
-        n_targets = files.load().n_targets
+    try:
+        files = _data_files_from_args(args)
+        n_targets = None if files is None else files.load().n_targets  # the files are read, and validated, here
+    except ValueError as exc:
+        raise ValueError(_as_option(str(exc), args, preset)) from None
+    if files is not None:  # N is the targets' row count
         if args.n_targets is not None and args.n_targets != n_targets:
             raise ValueError(f"--n-targets: expected the number of rows of --targets ({n_targets}) or nothing, "
                              f"got {args.n_targets}")
         preset.update(n_targets=n_targets, data_files=files)
-    return TrainConfig(**preset), miners, seeds
+    try:
+        config = TrainConfig(**preset)
+        _check_miners(config, miners)
+    except ValueError as exc:  # name the option (and where the value came from), not the field
+        raise ValueError(_as_option(str(exc), args, preset)) from None
+    return config, miners, seeds
+
+
+_DATA_OPTIONS = ("queries", "targets", "positives", "test_queries", "test_positives", "test_fraction", "split_seed")
+
+
+def _as_option(message: str, args: argparse.Namespace, preset: dict[str, Any] | None) -> str:
+    """An error ``"field: ..."`` or ``"field (path): ..."`` of ``TrainConfig`` / ``load_dataset`` naming the option.
+
+    ``"--option: ..."``, and for a budget field whose value came from the
+    preset, where it came from (``--preset P``; ``N = ... rows of --targets``).
+    With ``preset`` None only the data files' errors are renamed.
+    """
+    head, sep, rest = message.partition(": ")
+    field_name, paren, path = head.partition(" (")
+    options = {name: opt for opt, (name, _) in _OPTIONS.items()}
+    options.update({name: "--" + name.replace("_", "-") for name in _DATA_OPTIONS})
+    if not sep or field_name not in options:
+        return message
+    opt = options[field_name]
+    if field_name in _DATA_OPTIONS:
+        return f"{opt}{paren}{path}: {rest}"
+    if preset is None:
+        return message
+    given = getattr(args, opt[2:].replace("-", "_")) is not None
+    source = [] if given else [f"the value of --preset {args.preset}; set {opt} to override it"]
+    if preset.get("data_files") is not None:
+        source.append(f"N = {preset['n_targets']} rows of --targets")
+    return f"{opt}: {rest}" + (f" ({'; '.join(source)})" if source else "")
 
 
 def _data_files_from_args(args: argparse.Namespace) -> DataFiles | None:
@@ -1106,12 +1234,16 @@ def _data_files_from_args(args: argparse.Namespace) -> DataFiles | None:
 
 def run(args: argparse.Namespace) -> int:
     """``python -m reference compare``: train, print the Markdown table, write the JSON."""
-    config, miners, seeds = config_from_args(args)
-    out = Path(args.out)
+    out = Path(check_output_file(args.out, "--out"))  # every path is checked before any work
     run_dir = out.with_name(out.stem + "_runs")
+    check_output_dir(run_dir, "--out (its directory of runs and checkpoints)")
+    config, miners, seeds = config_from_args(args)
     t0 = time.perf_counter()
-    result = compare(config, miners, seeds, run_dir=run_dir, checkpoint_every=args.checkpoint_every,
-                     resume=args.resume, progress=not args.quiet)
+    try:
+        result = compare(config, miners, seeds, run_dir=run_dir, checkpoint_every=args.checkpoint_every,
+                         resume=args.resume, progress=not args.quiet)
+    except ValueError as exc:  # e.g. a data file changed mid-run: name its option
+        raise ValueError(_as_option(str(exc), args, preset=None)) from None
     result["preset"] = args.preset
     result["environment"] = {"python": sys.version.split()[0], "numpy": np.__version__}
     write_json(out, result)

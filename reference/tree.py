@@ -83,7 +83,7 @@ import numpy as np
 import scipy.sparse
 
 from reference._fastpath import ranges
-from reference._validation import MAX_ABS_COORD, as_float_array, as_index_array, check_int
+from reference._validation import MAX_ABS_COORD, InvariantError, as_float_array, as_index_array, check_int
 
 __all__ = ["InvariantError", "Tree", "row_distances"]
 
@@ -106,10 +106,6 @@ _SEED_SAMPLE = 128
 #: Depth below which nodes are split by index instead of k-means, so that a
 #: pathological point set cannot produce a tree of depth ~N.
 _MAX_KMEANS_DEPTH = 48
-
-
-class InvariantError(AssertionError):
-    """An invariant I1-I4 (or the array layout) of a :class:`Tree` is violated."""
 
 
 def row_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -952,6 +948,17 @@ class Tree:
         def fail(msg: str) -> None:
             raise InvariantError(msg)
 
+        # ---- parameters (the checks of build; a loaded tree has not been through them)
+        try:
+            _check_branching_leaf(self.branching, self.leaf_size)
+            check_int(self.kmeans_iters, "kmeans_iters", low=0)
+            check_int(self.n_live, "n_live", low=1)
+            check_int(self.dim, "dim", low=1)
+        except ValueError as exc:
+            fail(f"parameters: {exc}")
+        if not isinstance(self.nested, bool) or not isinstance(self.kmeans_rng, np.random.Generator):
+            fail(f"parameters: nested must be a bool and kmeans_rng a Generator, got {type(self.nested).__name__} "
+                 f"and {type(self.kmeans_rng).__name__}")
         m = self.parent.shape[0]
         cap = self.points.shape[0]
         k = self.dim
@@ -975,6 +982,11 @@ class Tree:
         if not (np.isfinite(self.rep).all() and np.isfinite(self.radius).all() and (self.radius >= 0).all()):
             bad = int(np.flatnonzero(~(np.isfinite(self.radius) & (self.radius >= 0)) | ~np.isfinite(self.rep).all(1))[0])
             fail(f"layout: node {bad} has a non-finite representative or a negative/non-finite radius {float(self.radius[bad])}")
+        for lo in range(0, cap, _BLOCK):  # the build's limits on the points (in blocks: may be memory-mapped)
+            big = np.abs(self.points[lo : lo + _BLOCK])
+            if not (big <= MAX_ABS_COORD).all():  # also NaN
+                i = lo + int(np.flatnonzero(~(big <= MAX_ABS_COORD).all(axis=1))[0])
+                fail(f"layout: point {i} has a non-finite coordinate or one beyond MAX_ABS_COORD = {MAX_ABS_COORD:g}")
         # ---- structure (parent / children / depth)
         nodes = np.arange(m)
         for v in np.flatnonzero((self.parent[1:] < 0) | (self.parent[1:] >= nodes[1:]))[:1] + 1:

@@ -181,7 +181,7 @@ def test_command_line_refusals_exit_2(tmp_path, capsys):
     out = ["--out", str(tmp_path / "c.json"), "--quiet"]
     cases = [
         (["--queries", str(X), "--targets", str(Y), "--positives", str(pos)],
-         rf"error: positives \({re.escape(str(pos))}\): target ids, rows of the targets \(N = 12\): expected ids < 12, got 12"),
+         rf"error: --positives \({re.escape(str(pos))}\): target ids, rows of the targets \(N = 12\): expected ids < 12, got 12"),
         (["--queries", str(X), "--positives", str(good_pos)],
          r"error: --targets: expected --queries, --targets and --positives together"),
         (["--queries", str(X), "--targets", str(Y), "--positives", str(good_pos), "--n-targets", "50"],
@@ -230,3 +230,100 @@ def test_data_files_digest_is_of_the_contents_and_refuses_unreadable_files(files
     assert DataFiles(str(p["Y"]), str(p["X"]), str(p["pos"])).sha256 != a.sha256   # roles count
     with pytest.raises(ValueError, match=r"^targets \(.*nope\.npy\): expected a readable \.npy file, got No such file"):
         DataFiles(str(p["X"]), str(tmp_path / "nope.npy"), str(p["pos"]))
+
+
+def test_a_file_changed_mid_run_stops_the_run_naming_it(files, tmp_path):
+    """The issue's attack: X.npy swapped during a comparison made seed 0 train on the old data and seeds
+    1-2 on the new, recording only the old digest. Now each load checks the bytes it parses against the
+    digest recorded at the start: the swap stops the run (ValueError naming the file, exit 2 on the
+    command line) before anything trains on the new data, and after the file is put back ``--resume``
+    reuses only runs of the recorded data and ends as an uninterrupted run."""
+    d, p = files
+    argv = [*ARGV, "--miners", "uniform", "--seeds", "0", "1", "--queries", str(p["X"]), "--targets", str(p["Y"]),
+            "--positives", str(p["pos"])]
+    cfg, miners, seeds = T.config_from_args(parse(argv))
+    original = p["X"].read_bytes()
+    X = np.load(p["X"])
+    X[0, 0] += 1.0
+
+    def swap(info):  # at the end of seed 0, another process rewrites the queries
+        if info["seed"] == 0 and info["step"] == info["steps"]:
+            np.save(p["X"], X)
+
+    run_dir = tmp_path / "runs"
+    with pytest.raises(ValueError) as exc:
+        T.compare(cfg, miners, seeds, run_dir=run_dir, progress=swap)
+    assert str(exc.value).startswith(f"queries ({p['X']}): the file changed since the run started (SHA-256 ")
+    assert sorted(f.name for f in run_dir.iterdir()) == ["uniform-seed0.json"]  # seed 1 never trained
+    p["X"].write_bytes(original)
+    resumed = T.compare(cfg, miners, seeds, run_dir=run_dir, resume=True)
+    fresh = T.compare(cfg, miners, seeds)
+
+    def strip(v):  # every wall-clock "seconds" field
+        return ({k: strip(x) for k, x in v.items() if k != "seconds"} if isinstance(v, dict)
+                else [strip(x) for x in v] if isinstance(v, list) else v)
+
+    assert strip(resumed["runs"]) == strip(fresh["runs"])
+
+
+def test_the_data_is_parsed_from_the_bytes_that_were_checked(files, monkeypatch):
+    """The check and the parse use one read: a file swapped between them cannot be parsed unchecked."""
+    d, p = files
+    f = DataFiles(str(p["Xtr"]), str(p["Y"]), str(p["ptr"]), str(p["Xte"]), str(p["pte"]))
+    assert np.array_equal(f.load().train_x, d.train_x) and np.array_equal(f.load().test_pos, d.test_pos)
+    import reference.data as D
+
+    reads = []
+    real = D.read_regular_file
+    monkeypatch.setattr(D, "read_regular_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    f.load()
+    assert sorted(reads) == sorted(str(p[k]) for k in ("Xtr", "Y", "ptr", "Xte", "pte"))  # each file read once
+
+
+def test_on_the_command_line_a_mid_run_change_exits_2_naming_the_option(files, tmp_path, capsys, monkeypatch):
+    """The same swap through ``python -m reference compare`` (in process): exit 2, one line naming --queries."""
+    d, p = files
+    X = np.load(p["X"])
+    X[0, 0] += 1.0
+    real_train = T.train
+
+    def train_then_swap(*a, **k):  # the first run finishes, then another process rewrites the queries
+        result = real_train(*a, **k)
+        np.save(p["X"], X)
+        return result
+
+    monkeypatch.setattr(T, "train", train_then_swap)
+    out = tmp_path / "c.json"
+    argv = ["compare", *ARGV, "--miners", "uniform", "--seeds", "0", "1", "--queries", str(p["X"]), "--targets",
+            str(p["Y"]), "--positives", str(p["pos"]), "--out", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --queries ({p['X']}): the file changed since the run started (SHA-256 "), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["C", "Fortran", "big-endian float", "big-endian int", "float32", "empty"])
+def test_the_checked_parser_reads_what_numpy_load_reads(tmp_path, layout):
+    """The .npy files are parsed from the bytes that were hashed (no numpy.load): the same dtype, shape and values."""
+    from reference.data import load_dataset
+
+    rng = np.random.default_rng(5)
+    a = {"C": rng.normal(size=(7, 3)), "Fortran": np.asfortranarray(rng.normal(size=(7, 3))),
+         "big-endian float": rng.normal(size=(7, 3)).astype(">f8"),
+         "big-endian int": rng.integers(-9, 9, size=(7, 3)).astype(">i4"),
+         "float32": rng.normal(size=(7, 3)).astype(np.float32), "empty": np.zeros((7, 0))}[layout]
+    np.save(tmp_path / "X.npy", a)
+    np.save(tmp_path / "Y.npy", rng.normal(size=(4, 2)))
+    np.save(tmp_path / "pos.npy", rng.integers(0, 4, size=7))
+    if layout == "empty":
+        with pytest.raises(ValueError, match=r"expected a non-empty 2-D array .*got shape \(7, 0\)"):
+            load_dataset(tmp_path / "X.npy", tmp_path / "Y.npy", tmp_path / "pos.npy")
+        return
+    got = load_dataset(tmp_path / "X.npy", tmp_path / "Y.npy", tmp_path / "pos.npy", test_fraction=0.3)
+    want = load_dataset(np.load(tmp_path / "X.npy"), np.load(tmp_path / "Y.npy"), np.load(tmp_path / "pos.npy"),
+                        test_fraction=0.3)
+    for f in ("targets", "train_x", "train_pos", "test_x", "test_pos"):
+        assert getattr(got, f).dtype == getattr(want, f).dtype
+        assert getattr(got, f).tobytes() == getattr(want, f).tobytes()

@@ -24,6 +24,7 @@ products lose a few hundred ulp at most at |a| = 1e4).
 from __future__ import annotations
 
 import copy
+import io
 from typing import Any
 
 import numpy as np
@@ -849,3 +850,135 @@ def test_dynamic_index_and_nystrom_refuse_values_beyond_the_limits() -> None:
         assert not ok and str(err).startswith(f"{name}:") and "MAX_ABS_COORD = 1e+150" in str(err), err
     ok, err = call(select_landmarks, np.vstack([G, huge]), 3, rng=np.random.default_rng(0))
     assert not ok and str(err).startswith("G0:"), err
+
+
+# --------------------------------------------------------------------------- hostile paths on the command line
+#
+# Every input path is checked before any work and every bad one ends in exit status 2 and one line
+# ``error: --option ...`` on stderr, never a traceback, a hang or a MemoryError. The FIFO and the
+# /dev/zero symlink run in a subprocess with a timeout: a regression would block (a FIFO with no
+# writer) or read forever (/dev/zero), and must fail the test rather than hang it.
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from reference import cli  # noqa: E402
+
+_REPO = Path(__file__).resolve().parents[1]
+_COMPARE = ["compare", "--preset", "quick", "--seeds", "0", "--steps", "2", "--eval-every", "2",
+            "--checkpoint-every", "0"]  # no --quiet: a progress line would show that training started
+
+
+@pytest.fixture
+def own_data(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = {k: tmp_path / f"{k}.npy" for k in ("X", "Y", "pos", "Y5", "pos5", "Xhuge")}
+    np.save(paths["X"], rng.normal(size=(60, 4)))
+    np.save(paths["Y"], rng.normal(size=(200, 4)))
+    np.save(paths["pos"], rng.integers(0, 200, size=60))
+    np.save(paths["Y5"], rng.normal(size=(5, 4)))
+    np.save(paths["pos5"], rng.integers(0, 5, size=60))
+    np.save(paths["Xhuge"], np.where(np.arange(240).reshape(60, 4) == 7, -1e308, 1.0))
+    return paths
+
+
+def _own(paths, queries="X", targets="Y", positives="pos") -> list[str]:
+    return ["--queries", str(paths[queries]), "--targets", str(paths[targets]), "--positives", str(paths[positives])]
+
+
+def _refused(argv: list[str], capsys, start: str) -> str:
+    """Run in process; assert exit 2, one line on stderr starting with ``start``, nothing trained."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2, err
+    assert err.startswith(start) and err.count("\n") == 1, err
+    assert "[compare]" not in err and out == "", (out, err)  # refused before any training
+    return err
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero symlink"])
+def test_a_fifo_or_a_device_as_data_is_refused_without_reading(own_data, tmp_path, special) -> None:
+    path = tmp_path / "special.npy"
+    if special == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    proc = subprocess.run([sys.executable, "-m", "reference", *_COMPARE, "--queries", str(path), "--targets",
+                           str(own_data["Y"]), "--positives", str(own_data["pos"]), "--out", str(tmp_path / "o.json")],
+                          cwd=_REPO, env={**os.environ, "PYTHONPATH": str(_REPO)}, capture_output=True, text=True,
+                          timeout=120)
+    kind = "FIFO (named pipe)" if special == "fifo" else "character device"
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr == f"error: --queries ({path}): expected a readable .npy file (a regular file), got a {kind}\n"
+
+
+def test_a_forged_npy_header_is_refused_before_allocating(own_data, tmp_path, capsys) -> None:
+    """A 144-byte file whose header claims shape (1e12, 16): a MemoryError traceback before."""
+    path = tmp_path / "forged.npy"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 16)})
+    path.write_bytes(header.getvalue() + bytes(16))
+    err = _refused([*_COMPARE, "--queries", str(path), *_own(own_data)[2:], "--out", str(tmp_path / "o.json")],
+                   capsys, f"error: --queries ({path}): expected a readable .npy file whose data matches its header")
+    assert "shape (1000000000000, 16) of float64 (128000000000000 bytes) followed by 16 bytes" in err
+
+
+def test_features_beyond_the_coordinate_limit_are_refused(own_data, tmp_path, capsys) -> None:
+    """Features of -1e308 trained with an overflow warning and exit 0 before; MAX_ABS_COORD is 1e150."""
+    err = _refused([*_COMPARE, *_own(own_data, queries="Xhuge"), "--out", str(tmp_path / "o.json")], capsys,
+                   f"error: --queries ({own_data['Xhuge']}): expected |entries| <= MAX_ABS_COORD = 1e+150")
+    assert "got 1e+308" in err
+
+
+@pytest.mark.parametrize("extra, start", [
+    (["--cache-size", "5"], "error: --negatives: expected an integer <= N - 1 = 4 for brute_topk, stale_topk (the n "
+                            "best of the targets other than the positive), got 8 (the value of --preset quick; set "
+                            "--negatives to override it; N = 5 rows of --targets)"),
+    (["--negatives", "3"], "error: --cache-size: expected an integer <= 5, got 128 (the value of --preset quick"),
+    (["--negatives", "3", "--cache-size", "5", "--landmarks", "6"], "error: --landmarks: expected an integer <= 5, "
+                                                                   "got 6 (N = 5 rows of --targets)\n"),
+    (["--miners", "in_batch", "--negatives", "40", "--cache-size", "5"],
+     "error: --negatives: expected an integer <= batch_size - 1 = 31 for in_batch"),
+])
+def test_the_budget_is_checked_against_n_before_any_training(own_data, tmp_path, capsys, extra, start) -> None:
+    """N = 5 targets with the quick preset's 8 negatives: three miners trained before 'k: expected an integer
+    <= 4' (naming neither --negatives nor N)."""
+    _refused([*_COMPARE, *_own(own_data, targets="Y5", positives="pos5"), *extra, "--out",
+              str(tmp_path / "o.json")], capsys, start)
+
+
+@pytest.mark.parametrize("case", ["directory", "under a file", "runs dir is a file"])
+def test_compare_out_is_checked_before_any_training(tmp_path, capsys, case) -> None:
+    (tmp_path / "f").write_text("x")
+    out = {"directory": tmp_path, "under a file": tmp_path / "f" / "c.json", "runs dir is a file": tmp_path / "c.json"}
+    if case == "runs dir is a file":
+        (tmp_path / "c_runs").write_text("x")
+    start = {"directory": f"error: --out: expected a path for a regular file (it is replaced), got '{tmp_path}', a "
+                          "directory",
+             "under a file": f"error: --out: expected a path whose parent is a directory, got "
+                             f"'{tmp_path / 'f'}/c.json'",
+             "runs dir is a file": "error: --out (its directory of runs and checkpoints): expected a directory"}[case]
+    _refused([*_COMPARE, "--out", str(out[case])], capsys, start)
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["demo", "--out", "{f}/d.json"], "error: --out: expected a path whose parent is a directory"),
+    (["demo", "--checkpoint", "{d}"], "error: --checkpoint: expected a path for a regular file (it is replaced)"),
+    (["bench", "--quick", "--json", "{f}/b.json"], "error: --json: expected a path whose parent is a directory"),
+    (["bench", "--quick", "--memmap", "{f}"], "error: --memmap: expected a directory (or a path where one can be "
+                                              "created), got '{f}' (it is a file)"),
+    (["bench", "--quick", "--memmap", "{f}/mm"], "error: --memmap: expected a directory"),
+])
+def test_output_paths_of_demo_and_bench_are_checked_before_any_work(tmp_path, capsys, argv, start) -> None:
+    f, d = tmp_path / "file", tmp_path / "dir"
+    f.write_text("x")
+    d.mkdir()
+    fill = {"{f}": str(f), "{d}": str(d)}
+    for k, v in fill.items():
+        argv = [a.replace(k, v) for a in argv]
+        start = start.replace(k, v)
+    _refused([*argv, "--quiet"], capsys, start)
+    assert f.read_text() == "x" and list(d.iterdir()) == []  # nothing written

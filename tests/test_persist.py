@@ -976,3 +976,216 @@ def test_object_loaders_check_kind_and_type(tmp_path: Path) -> None:
         persist.save_checkpoint(path, step=-1, params={})
     with pytest.raises(ValueError, match="rngs"):
         persist.save_checkpoint(path, step=0, params={}, rngs={"a": 1})
+
+
+# --------------------------------------------------------------------------- meaning: invariants on load and save
+#
+# Each attack below edits a valid object so that it breaks one invariant, then writes it with
+# ``check=False`` (the skip option): the file is intact (valid CRCs and SHA-256) but its content is
+# not an object the package could have made. Loading it by default must refuse it naming the file
+# and the violation; saving it by default must refuse it and write nothing; ``check=False`` loads
+# it (that is exactly what the option skips).
+
+
+def _bad_tree(how: str) -> Tree:
+    t = Tree.build(np.random.default_rng(0).standard_normal((200, 5)), leaf_size=8)
+    if how == "order not a permutation":
+        t.order = t.order.copy()
+        t.order[0] = t.order[1]
+        t.restore_derived()  # the caches consistent with the bad order: only I1 can catch it
+    elif how == "negative radius":
+        t.radius = t.radius.copy()
+        t.radius[3] = -1.0
+    elif how == "NaN point":
+        t.points = t.points.copy()
+        t.points[7, 2] = np.nan
+        t.restore_derived()
+    elif how == "leaf_size 0":
+        t.leaf_size = 0
+    return t
+
+
+def _bad_nmap(how: str) -> NystromMap:
+    rng = np.random.default_rng(1)
+    kernel = rbf(0.5) if how == "rbf gamma < 0" else linear()
+    m = NystromMap(kernel).fit(rng.standard_normal((100, 6)), np.arange(10))
+    if how == "negative eigenvalues":
+        m.eigenvalues = -m.eigenvalues
+    elif how == "scaled inv_sqrt":
+        m.inv_sqrt = m.inv_sqrt * 5.66  # reconstruction error |5.66^2 - 1| = 31 instead of ~1e-15
+    elif how == "inv_sqrt off by 1e-6":
+        m.inv_sqrt = m.inv_sqrt * (1 + 1e-6)  # error 2e-6: still far above the tolerance (2e-10 here)
+    elif how == "repeated landmark":
+        m.landmarks = m.landmarks.copy()
+        m.landmarks[1] = m.landmarks[0]
+    elif how == "rank not the count above the cutoff":
+        m.rank = m.rank + 1
+    elif how == "record edited":
+        m.record = {**m.record, "condition": 1.0}
+    elif how == "rbf gamma < 0":
+        m.kernel = type(kernel)(gamma=-0.5)
+    return m
+
+
+def _bad_index(how: str):
+    from reference.dynamic import DynamicIndex
+
+    G = np.random.default_rng(2).standard_normal((200, 6))
+    index = DynamicIndex(G, np.arange(0, 200, 20), leaf_size=8)
+    if how == "NaN cache":
+        index.cache = index.cache.copy()
+        index.cache[5, 1] = np.nan
+    elif how == "landmark out of range":
+        index.nmap.landmarks = index.nmap.landmarks.copy()
+        index.nmap.landmarks[0] = 250
+    elif how == "anchor not the cache rows":
+        index.cache = index.cache.copy()
+        index.cache[index.landmarks[2]] += 1.0
+    elif how == "W0 scaled":
+        index.W0 = index.W0 * 1.001
+    elif how == "order not a permutation":
+        index.tree.order = index.tree.order.copy()
+        index.tree.order[0] = index.tree.order[1]
+        index.tree.restore_derived()
+    return index
+
+
+_ATTACKS = [
+    ("tree", _bad_tree, "order not a permutation", "I1: order is not a permutation of the live targets"),
+    ("tree", _bad_tree, "negative radius", "negative/non-finite radius -1.0"),
+    ("tree", _bad_tree, "NaN point", "layout: point 7 has a non-finite coordinate"),
+    ("tree", _bad_tree, "leaf_size 0", "parameters: leaf_size: expected an integer >= 1, got 0"),
+    ("nystrom", _bad_nmap, "negative eigenvalues", "eigenvalues: expected them in descending order"),
+    ("nystrom", _bad_nmap, "scaled inv_sqrt", "inv_sqrt: expected K_LL^(+1/2)"),
+    ("nystrom", _bad_nmap, "inv_sqrt off by 1e-6", "got an error of 2e-06"),
+    ("nystrom", _bad_nmap, "repeated landmark", "landmarks: expected distinct ids"),
+    ("nystrom", _bad_nmap, "rank not the count above the cutoff", "rank: expected the number of positive eigenvalues"),
+    ("nystrom", _bad_nmap, "record edited", "record: expected"),
+    ("nystrom", _bad_nmap, "rbf gamma < 0", "gamma: expected a finite number > 0"),
+    ("dynamic_index", _bad_index, "NaN cache", "cache: expected finite values"),
+    ("dynamic_index", _bad_index, "landmark out of range", "landmarks: expected live target ids < 200"),
+    ("dynamic_index", _bad_index, "anchor not the cache rows", "nmap.anchor: expected the landmarks' cache rows"),
+    ("dynamic_index", _bad_index, "W0 scaled", "W0: expected K_LL^{-1/2} g_0(L)"),
+    ("dynamic_index", _bad_index, "order not a permutation", "I1: order is not a permutation"),
+]
+
+
+@pytest.mark.parametrize("kind, make, how, problem", _ATTACKS, ids=[f"{a[0]}: {a[2]}" for a in _ATTACKS])
+def test_an_intact_file_of_an_invalid_object_is_refused_on_load_and_save(tmp_path: Path, kind, make, how,
+                                                                          problem) -> None:
+    save = {"tree": persist.save_tree, "nystrom": persist.save_nystrom, "dynamic_index": persist.save_dynamic_index}
+    load = {"tree": persist.load_tree, "nystrom": persist.load_nystrom, "dynamic_index": persist.load_dynamic_index}
+    bad, path = make(how), tmp_path / "x.npz"
+    with pytest.raises(ValueError, match=rf"^{kind}: refusing to save an object that violates its invariants") as info:
+        save[kind](path, bad)
+    assert problem in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    save[kind](path, bad, check=False)
+    assert persist.load_arrays(path, kind)  # the container is intact: CRCs and SHA-256 pass
+    with pytest.raises(CorruptFileError) as info:
+        load[kind](path)
+    assert str(info.value).startswith(f"{path}: the content is intact but invalid: ") and problem in str(info.value)
+    assert type(load[kind](path, check=False)).__name__ == type(bad).__name__  # what check=False skips
+
+
+def test_the_valid_objects_pass_their_checks(tmp_path: Path) -> None:
+    """No false alarm: every object the package builds (mutated trees, every kernel, a refreshed index) passes."""
+    for obj in _used_instances():
+        persist.save_object(tmp_path / "o.npz", "bag", {"obj": obj})
+        persist.load_object(tmp_path / "o.npz", "bag", dict)
+    _bad_tree("none").check_invariants()
+    _bad_index("none").check_invariants()
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_the_nystrom_reconstruction_tolerance_has_no_false_alarms(seed: int) -> None:
+    """Random fits (every kernel, rank-deficient and near-duplicate landmarks, scales 1e-3..1e3, ridge and
+    cutoff 0) pass check_invariants; the measured error stays below half the tolerance (max 0.21 of it over
+    200 such fits when the tolerance was set)."""
+    rng = np.random.default_rng(seed)
+    d, m = int(rng.integers(1, 30)), int(rng.integers(1, 200))
+    G = rng.standard_normal((m + 20, d)) * 10.0 ** rng.uniform(-3, 3)
+    if seed % 3 == 0:
+        G[: m // 2] = G[0] + 1e-6 * rng.standard_normal((m // 2, d))
+    kernel = [linear(), linear(1.0), rbf(10.0 ** rng.uniform(-2, 1)), polynomial(2, 1.0)][seed % 4]
+    try:
+        nmap = NystromMap(kernel, cutoff=[1e-10, 0.0, 1e-6][seed % 3], ridge=[0.0, 0.0, 1e-3][seed % 3])
+        nmap.fit(G, rng.choice(G.shape[0], m, replace=False))
+    except ValueError:  # a polynomial kernel overflowing at scale 1e3: refused by fit, nothing to check
+        return
+    nmap.check_invariants()
+    assert nmap.reconstruction_error() <= 0.5 * nmap.reconstruction_tolerance()
+
+
+def test_a_checkpoint_holding_an_invalid_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    bad = _bad_tree("order not a permutation")
+    with pytest.raises(ValueError, match=r"^checkpoint: refusing to save .*I1: order is not a permutation"):
+        persist.save_checkpoint(path, step=3, params={}, miner={"tree": bad})
+    assert not path.exists()
+    state = {"step": 3, "params": {}, "optimizer": None, "rngs": None, "miner": {"tree": bad}, "extra": None}
+    graph, arrays = persist.object_to_arrays(state, "checkpoint")
+    save_arrays(path, "checkpoint", arrays, {"graph": graph, "user": {}, "step": 3})
+    with pytest.raises(CorruptFileError, match=r"content is intact but invalid: Tree: I1: order is not a perm"):
+        persist.load_checkpoint(path)
+    for step in (-1, "3", 2.5):
+        state["step"], state["miner"] = step, None
+        graph, arrays = persist.object_to_arrays(state, "checkpoint")
+        save_arrays(path, "checkpoint", arrays, {"graph": graph, "user": {}, "step": step})
+        with pytest.raises(CorruptFileError, match=r"the step must be an integer >= 0"):
+            persist.load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- sealed JSON records
+
+
+def test_a_sealed_record_round_trips_and_refuses_any_edit(tmp_path: Path) -> None:
+    from reference.jsonio import write_json
+
+    record = {"final": {"recall@1": 0.0, "loss": 4.123456789012345}, "curve": [1e-300, -0.0, 2**70], "x": None}
+    path = tmp_path / "r.json"
+    write_json(path, persist.seal_record("compare_run", record))
+    assert persist.load_record(path, "compare_run") == record
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):
+        persist.load_record(path, "other_kind")  # the kind is part of the checksum
+    doc = json.loads(path.read_text())
+    doc["final"]["recall@1"] = 0.9  # the issue's attack: 0.0 -> 0.9 went into the table
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CorruptFileError) as info:
+        persist.load_record(path, "compare_run")
+    assert str(info.value) == (f"{path}: SHA-256 checksum mismatch: the record was altered after it was written "
+                               "(delete it to recompute it)")
+    path.write_text('{"final": ')
+    with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: not valid UTF-8 JSON"):
+        persist.load_record(path, "compare_run")
+    path.write_text(json.dumps(record))  # no checksum (an older writer)
+    with pytest.raises(CorruptFileError, match="expected a JSON object with a 'sha256' checksum"):
+        persist.load_record(path, "compare_run")
+    with pytest.raises(ValueError, match="expected no 'sha256' key"):
+        persist.seal_record("compare_run", {"sha256": "x"})
+
+
+_READ_SPECIAL = """
+import os, sys
+from reference import persist
+try:
+    persist.load_record(sys.argv[1], "compare_run")
+except persist.MissingFileError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero symlink", "directory"])
+def test_a_record_path_that_is_not_a_regular_file_is_refused_without_reading(tmp_path: Path, special: str) -> None:
+    """In a subprocess with a timeout: a FIFO with no writer or /dev/zero would block or read forever."""
+    path = tmp_path / "r.json"
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    proc = subprocess.run([sys.executable, "-c", _READ_SPECIAL, str(path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    kind = {"fifo": "FIFO (named pipe)", "directory": "directory", "/dev/zero symlink": "character device"}[special]
+    assert proc.stdout.strip() == f"{path}: expected a readable regular file (a regular file), got a {kind}", proc
