@@ -1,4 +1,4 @@
-"""Negative miners: one interface, eight ways to choose the negatives of a batch.
+"""Negative miners: one interface, ten ways to choose the negatives of a batch.
 
 proofs/README.md section 8. A miner is asked, at every training step t, for negatives of a
 batch of B queries x_1..x_B (with positives pos_1..pos_B) given the *current*
@@ -30,10 +30,24 @@ The miners (``MINERS``, in the order of the comparison table)
                   in-batch softmax of Yi et al. 2019).
 ``brute_topk``    the n largest a_y over all N targets, *current* encodings
                   (all N targets re-encoded every step), positive excluded,
-                  ties by smaller id: the paper's "oracle" brute-force
-                  negative mining. No log Q.
-``stale_topk``    the same top-n, but scored against a cache G_s of target
-                  embeddings re-encoded every R steps (a static index).
+                  ties by smaller id: exact hard-negative mining. No log Q:
+                  the loss is the softmax over {positive} + top-n, a
+                  different objective from the full softmax (a fair
+                  baseline for recall, not for the test loss).
+``exact_softmax`` n i.i.d. draws from the exact softmax over all N targets
+                  under the *current* encodings (all N re-encoded every
+                  step), log Q = log P: the oracle of the method's own
+                  estimator (sample from the softmax, correct by log Q) with
+                  nothing approximated. Its corrected loss equals the full
+                  softmax loss up to rounding.
+``stale_topk``    the top-n of ``brute_topk``, but scored against a table
+                  G_s of target embeddings re-encoded every R steps. No log
+                  Q. Kept as the *collapsed* variant: at the decide preset's
+                  former N = 24000 its recall fell below uniform's (README).
+``stale_softmax`` the stale index as practitioners run it: the same table
+                  G_s (resident on the accelerator, re-encoded every R
+                  steps), scored every step, n i.i.d. draws from its
+                  softmax, log Q = log of that softmax (P13).
 ``neg_cache``     the negative cache of Lindgren et al. (2021): a FIFO cache of
                   C (id, embedding) pairs; every step the batch positives'
                   fresh embeddings replace the oldest entries; negatives are
@@ -65,16 +79,17 @@ item size, place, lifetime). Sizes (:class:`Sizes`): N targets, embedding
 dimension d, feature dimensions d_x (queries) and d_y (targets), H the sum of
 a tower's hidden widths, batch B, n negatives, P model parameters, C cache
 slots, m landmarks, M tree nodes and the block size B_s (``block_rows``).
-One encoded row holds its input, its hidden activations and its output:
-r_x = d_x + H + d numbers for a query, r_y = d_y + H + d for a target.
+A row encoded for the backward pass holds its input, its hidden activations
+and its output: r_x = d_x + H + d numbers for a query, r_y = d_y + H + d for
+a target; a row encoded forward only holds r_f = max_l (w_l + w_{l+1}).
 
 Accelerator (numbers; bytes = numbers x ``itemsize``, the encoder's, except
 ids, int64, and the index's float64 K_LL^{-1/2} and W_t). Every miner holds the model,
 4 P (parameters, gradients, Adam m and v), and in every step the query
 batch, B r_x. A *pass* of the target tower over R rows holds
 
-    materialised  pass(R) = R r_y  [+ B R logits when scored against the batch]
-    streamed      pass(R) = min(R, B_s) r_y  [+ B min(R, B_s) logits]: blocks
+    materialised  pass(R) = R r_f  [+ B R logits when scored against the batch]
+    streamed      pass(R) = min(R, B_s) r_f  [+ B min(R, B_s) logits]: blocks
                   of B_s rows, each encoded, scored and folded into a running
                   result (top-n: B n scores + B n ids; logsumexp: 2 B) or
                   copied to the host before the next block
@@ -83,36 +98,51 @@ and nothing else differs between the two rules. Per miner (``loss`` =
 B (n + 1) (r_y + 1), the sampled loss's target rows and their logits):
 
     miner         every step, besides 4 P + B r_x        refresh step adds
-    full          pass(N) scored + 2 B (logsumexp)       -
+    full          pass*(N) scored + 2 B (logsumexp)      -
     uniform       loss                                   -
     in_batch      loss                                   -
     brute_topk    loss + pass(N) scored + 2 B n (top-n)  -
-    stale_topk    loss                                   pass(N) to the host
+    exact_softmax loss + pass(N) scored + draws          -
+    stale_topk    loss + table + 2 B n (top-n)           pass(N) into the table
+    stale_softmax loss + table + draws                   pass(N) into the table
     neg_cache     loss + C (d + 1) + pass(B) + B C g     pass(C) (the fill)
     tree_stale    loss                                   pass(N) to the host
     tree_nystrom  loss + pass(m) + B m + m^2 + m d       pass(N) to the host
+
+``pass`` is forward only (nothing is differentiated through it): it holds
+two consecutive layers of its rows at a time, r_f = max_l (w_l + w_{l+1})
+numbers a row over the widths (d_y, hidden..., d), instead of every layer.
+``pass*`` (the full softmax's, differentiated through) holds every layer,
+r_y a row; so do the loss rows and the query batch. ``table`` (the stale
+index as practitioners run it): the N x d table, resident on the
+accelerator (kept), and the batch's logits against it every step, B N
+materialised or B min(N, B_s) streamed. ``draws`` (sampling from a softmax
+over all rows, block by block by the Gumbel-max trick): 3 B n (best
+perturbed score, id and logit per draw) + 2 B (logsumexp). Every refresh,
+to the host or into the table, is the same forward-only pass(N).
 
 ``neg_cache``: the slots' embeddings and ids C (d + 1), the batch positives'
 fresh encodings pass(B), and g = 3 + n materialised (scores, log-probabilities,
 the n Gumbel draws of (B, C) each, log Q per cached id) or 4 streamed (one
 draw at a time). ``tree_nystrom``: the landmarks' features and encodings
 pass(m), psi_t (B x m), K_LL^{-1/2} and W_t; its index and the samplers run
-on the host (as the trees of ``tree_stale`` and the cache of ``stale_topk``
-do). Reported for each rule:
+on the host (as the tree and cache of ``tree_stale`` do). Reported for each rule:
 
     step  = 4 P + B r_x + every step column
     peak  = step + refresh column  (the refresh pass is charged on top of
             everything the step holds: an upper bound on the refresh step)
 
 The gradient buffers of the backward pass (one layer's width per row at a
-time) and framework workspace are not counted, for any miner.
+time) and framework workspace are not counted, for any miner. The charge of
+a pass is an upper bound on its arrays at any one time (its logits and
+running result are charged on top of its layers).
 
 Host (bytes, every array the miner keeps between steps; the dataset's
 features are everyone's and are not counted):
 
-    full, uniform, brute_topk, neg_cache   0
+    full, uniform, brute_topk, exact_softmax, neg_cache   0
+    stale_topk, stale_softmax                             0 (the table is on the accelerator)
     in_batch       8 N                 (the float64 log Q table)
-    stale_topk     N d itemsize        (the cache g_s)
     tree_stale     N d itemsize + tree(N, k = d)
     tree_nystrom   index(N, d, m) = 8 N d + tree(N, k = m) + 8 (2 m + 2 m d)
                    (cache, tree over phi, landmark ids, g_0(L), eigenvalues
@@ -129,11 +159,13 @@ both against the ``.nbytes`` of the arrays the real objects keep.
 Streaming changes the picture for the miners that encode all N targets:
 materialised, brute force's per-step pass(N) grows with N while the
 method's per-step arrays do not, but the method's refresh pass(N) does too;
-streamed, no miner holds an N-sized array on the accelerator (brute force
-keeps only a running top-n), and N enters only the encoder's compute
-(N target rows per step for brute force, N per R steps for the method). The
-claim-2 ratio is reported for both rules, per step and at the peak
-(``reference.train.summarize``).
+streamed, no miner but the stale indexes holds an N-sized array on the
+accelerator (brute force keeps only a running top-n; ``stale_topk`` and
+``stale_softmax`` keep their N x d table resident, as the prior art runs
+it), and otherwise N enters only the encoder's compute (N target rows per
+step for brute force, N per R steps for the method). The claim-2 ratios are
+reported for both rules, per step and at the peak, over N up to 2.1e7
+(``reference.train.claim2_table``).
 
 References
 ----------

@@ -34,34 +34,55 @@ progress lines on stderr (miner, seed, step, loss, elapsed, expected
 remaining). ``python -m reference figures`` plots the training curves from
 that JSON (``figures/fig_training_curves.py``).
 
-The paper's two headline claims are evaluated from the runs:
+The paper's claims
+------------------
+The paper (abstract): the method "reduces error by half in relation to
+oracle brute-force negative mining", and it "surpasses prior
+state-of-the-art while using 150x less accelerator memory" (on over 20
+million targets). Judged from the runs, as those words say, every interval
+95% and paired by seed (every miner of a seed shares the dataset, the
+initialisation and the batches); the rules are proofs/README.md section 8.2:
 
-(1) error gap: for each metric, gap(miner) = metric(full) - metric(miner)
-    (recall) or loss(miner) - loss(full) (test loss), paired by seed; the
-    claim is gap(tree_nystrom) ~ 0.5 gap(brute_topk), tested as "at most
-    half". Every gap is reported with the 95% Student-t interval of its
-    per-seed values (:func:`reference.stats.paired_t_interval`), and every
-    ratio gap(miner) / gap(brute_topk) of mean gaps with Fieller's 95%
-    interval from the paired per-seed gaps
-    (:func:`reference.stats.fieller_interval`). The verdict per metric:
+(1a) literal reading: error(tree_nystrom) / error(brute_topk) is about 0.5,
+     error being the task error 1 - recall@k (k = 1, 10, 100) or the test
+     loss. Printed with the paired difference error(method) -
+     error(brute_topk) and its Student-t interval
+     (:func:`reference.stats.paired_t_interval`), so a brute force that
+     beats the method shows as such.
+(1b) against the oracle of the method's own estimator, ``exact_softmax``
+     (negatives sampled from the exact softmax under the current encodings,
+     logQ-corrected): excess(miner) = error(miner) - error(exact_softmax)
+     for the task errors, the test loss and the mean gradient error; the
+     claim is excess(tree_nystrom) / excess(prior) about 0.5 for each
+     prior-art index of :data:`PRIOR_ART` (the stale index as practitioners
+     run it, ``stale_softmax``; the tree on a stale cache, ``tree_stale``;
+     the negative cache, ``neg_cache``).
 
-    - *supported*: brute force's gap interval lies above 0 and the ratio's
-      interval at or below 0.5;
-    - *contradicted*: brute force's gap interval lies above 0 and the
-      ratio's interval above 0.5;
-    - *undecided*: otherwise (the ratio's interval contains 0.5; brute
-      force's gap is not distinguishable from 0, or is negative, so there is
-      no gap to halve; fewer than two seeds).
+     Every ratio of (1a) and (1b) is a ratio of paired means with Fieller's
+     interval (:func:`reference.stats.fieller_interval`) and the verdict of
+     :func:`reference.stats.verdict_about` with target 0.5 and the band
+     [1/3, 3/4]: SUPPORTED inside it, CONTRADICTED above it, EXCEEDED below
+     it, UNDECIDED when the interval straddles an end of the band or the
+     denominator is not distinguishable from 0 (:func:`_ratio_claim`).
+     Beside each, its operating characteristics: the probability of
+     SUPPORTED if the true ratio were 0.5 and 1.0, at this run's seeds and
+     seed-to-seed spread (:func:`reference.stats.simulate_verdicts`). The
+     metrics are not corrected for multiplicity.
+(2a) "surpasses": error(tree_nystrom) - error(prior) with its t-interval,
+     for each prior-art miner: SUPPORTED below 0, CONTRADICTED above 0,
+     UNDECIDED otherwise.
+(2b) "150x less accelerator memory": accelerator(prior) /
+     accelerator(tree_nystrom) by the accounting of :mod:`reference.miners`
+     for the prior art of :data:`CLAIM2_PRIOR` (the stale index with its
+     N x d table resident, and the negative cache), brute force beside
+     them, per step and at the peak under both rules, over N from 1e4 to
+     the paper's 2.1e7 (:func:`claim2_table`); SUPPORTED at N = 2.1e7 under
+     a rule when the peak ratio is >= 150. An accounting, not a sample: no
+     interval.
 
-    Each verdict is a one-sided test at level 2.5%; the four metrics are not
-    corrected for multiplicity. The test loss also carries the caveat that
-    brute force trains a biased objective, so the table prints the same ratio
-    for every logQ-corrected miner beside the method's.
-(2) memory: accelerator(brute_topk) / accelerator(tree_nystrom) at N = 1e6
-    by the accounting; the claim is >= 100. Reported per step and at the
-    peak under each rule of the accounting (materialised, streamed) and
-    judged at the peak (:func:`_claim2`). An accounting, not a sample: no
-    interval.
+The gap to full softmax of every miner (metric(full) - metric(miner), with
+its t-interval) and the ratio of gaps gap(miner) / gap(brute_topk) (Fieller)
+are printed too, as description; no verdict is drawn from them.
 
 The miners' hyper-parameters are fixed by rules stated before any comparison
 is run, never tuned on its results: m = min(2 d, N) landmarks
@@ -329,14 +350,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                   refresh_every=20, cache_size=128, seeds=(0, 1, 2)),
     # the README's comparison: a few minutes on 2 cores
     "default": dict(seeds=(0, 1, 2)),
-    # the run that can decide the claims (proofs/README.md section 8.1), fixed and written down
-    # before it was ever run: N as large as fits about an hour on 2 cores for 8 miners x 5
-    # seeds (estimated from 60-step pilots on seed 99, not one of these: README), B, n, R, d as
-    # the default, C = N / 4 as the default's 512 of 2000, m and cut_tol by the rules; the
-    # gradient error every 3rd step (coprime with R = 50; 600 steps = 4 x 150, so every phase
-    # is measured 4 times); the test metrics at steps 0, 300 and 600.
-    "decide": dict(n_targets=24000, queries_per_target=3, steps=600, eval_every=300, grad_every=3,
-                   cache_size=6000, seeds=(0, 1, 2, 3, 4)),
+    # the run that can decide the claims as the paper states them (issue 23; proofs/README.md section 8.2),
+    # fixed and written down with its verdict rules before it was ever run: 10 miners x 10 seeds, N as large
+    # as fits about an hour on a shared 2-core machine (from 100-step timing runs of every miner on seed 99,
+    # not one of these: README); more seeds rather than a larger N, because the power of the "about half"
+    # verdicts grows with the seeds (README); B, n, R, d as the default, C = N / 4 as the default's 512 of
+    # 2000, m and cut_tol by the rules; the gradient error every 3rd step (coprime with R = 50; 600 steps =
+    # 4 x 150, so every phase is measured 4 times); the test metrics at steps 0, 300 and 600.
+    "decide": dict(n_targets=12000, queries_per_target=3, steps=600, eval_every=300, grad_every=3,
+                   cache_size=3000, seeds=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)),
 }
 
 
@@ -1055,11 +1077,16 @@ def _claims_text(s: dict[str, Any], seeds: Sequence[int]) -> list[str]:
                          for m in (*CLAIM2_PRIOR, "brute_topk")]
                 lines.append(f"| {row['n_targets']:.2g} | {r} | {_mib(acc['tree_nystrom'][r]['step_bytes'])} / "
                              f"{_mib(acc['tree_nystrom'][r]['peak_bytes'])} | " + " | ".join(cells) + " |")
+        paper = next(x for x in mc["rows"] if x["n_targets"] == mc["n_paper"])
         lines.append("")
+        for r in MEMORY_RULES:
+            lines.append(f"- {r} ({what[r]}), N = {mc['n_paper']:.2g}: " + "; ".join(
+                f"{prior} / tree_nystrom per step {_sig3(paper['ratios'][prior][r]['step'])}x, peak "
+                f"{_sig3(paper['ratios'][prior][r]['peak'])}x -> {mc['verdicts'][prior]['per_rule'][r].upper()}"
+                for prior in mc["verdicts"]))
         for prior, v in mc["verdicts"].items():
-            lines.append(f"- vs {prior} at N = {mc['n_paper']:.2g}: {v['verdict'].upper()} ("
-                         + ", ".join(f"{r}: peak ratio {_sig3(next(x for x in mc['rows'] if x['n_targets'] == mc['n_paper'])['ratios'][prior][r]['peak'])}x "
-                                     f"{w.upper()}" for r, w in v["per_rule"].items()) + f"; {what['materialised']} / {what['streamed']})")
+            lines.append(f"- vs {prior} at N = {mc['n_paper']:.2g}: {v['verdict'].upper()}"
+                         + (" (the rules disagree)" if v["verdict"] == "undecided" else ""))
     return lines
 
 
