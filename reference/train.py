@@ -127,6 +127,7 @@ from reference.encoder import DualEncoder, EncoderConfig, params_sha256
 from reference.jsonio import write_json
 from reference.miners import MEMORY_RULES, MINERS, MinerConfig, Sizes, make_miner, memory_accounting
 from reference.optim import Adam
+from reference.softmax import topk_ids
 from reference.stats import (
     ABOUT_FACTOR,
     CONFIDENCE,
@@ -148,6 +149,8 @@ __all__ = [
     "train",
     "gradient_error",
     "compare",
+    "negative_hardness",
+    "claim2_table",
     "summarize",
     "markdown_table",
     "add_arguments",
@@ -503,6 +506,7 @@ def train(
     checkpoint_every: int = 0,
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one dual encoder with one miner; return every number it produced.
 
@@ -524,6 +528,11 @@ def train(
         Continue from ``checkpoint`` if it exists.
     progress : callable, optional
         Called after every step with ``{"miner", "seed", "step", "steps", "loss"}``.
+    observe : callable, optional
+        Called at every step, after the miner and before the update, with
+        ``{"step", "model", "x", "pos", "targets", "negatives"}`` (the live
+        objects: an observer that draws no random numbers and changes
+        nothing leaves the run unchanged; :func:`negative_hardness` is one).
 
     Returns
     -------
@@ -576,6 +585,8 @@ def train(
         x, pos = data.train_x[idx], data.train_pos[idx]
         rows = model.target_rows_encoded
         neg = miner.mine(model, Y, x, pos, t, miner_rng)
+        if observe is not None:
+            observe({"step": t, "model": model, "x": x, "pos": pos, "targets": Y, "negatives": neg})
         if neg.ids is None:
             loss, grads = model.full_softmax_loss(x, pos, Y)
             hist.logits_loss += B * N
@@ -1211,6 +1222,53 @@ def compare(
     del shared["seed"]
     return {"config": shared, "miners": miners, "seeds": seeds, "runs": runs,
             "summary": summarize(runs, miners, seeds)}
+
+
+def negative_hardness(config: TrainConfig, miner_name: str, every: int = 10) -> dict[str, Any]:
+    """How hard a miner's negatives are under the *current* model, along one training run.
+
+    Trains ``miner_name`` under ``config`` (exactly :func:`train`'s run: the
+    observer draws nothing and changes nothing) and, at every ``every``-th
+    step, before the update, compares the miner's negatives with the current
+    model's exact top-n (``reference.softmax.topk_ids`` of the current logits
+    over all N targets, positive excluded): ``overlap``, the mean over
+    queries of the fraction of the current top-n among the miner's n ids;
+    ``negative_rank``, the mean number of targets the current model scores
+    above a negative (0 = the hardest); ``positive_rank``, the median over
+    queries of the number of targets scored above the positive (0 = recall@1
+    for that query); and ``distinct``, the distinct ids among the B n
+    negatives. Used in the README to explain the collapse of ``stale_topk``.
+
+    Returns
+    -------
+    dict
+        ``trace``: one dict per recorded step (``step``, ``overlap``,
+        ``negative_rank``, ``positive_rank``, ``distinct``); ``final``: the
+        run's test metrics after its last step.
+    """
+    every = check_int(every, "every", low=1)
+    rows: list[dict[str, float]] = []
+
+    def look(info: dict[str, Any]) -> None:
+        neg = info["negatives"]
+        if info["step"] % every or neg.ids is None:
+            return
+        model, x, pos = info["model"], info["x"], info["pos"]
+        a = model.beta * (model.encode_queries(x) @ model.encode_targets(info["targets"], count=False).T)
+        top = topk_ids(a, neg.ids.shape[1], exclude=pos)
+        i = np.arange(a.shape[0])
+        above_neg = (a[:, None, :] > a[i[:, None], neg.ids][:, :, None]).sum(axis=2)  # (B, n) targets above
+        above_pos = (a > a[i, pos][:, None]).sum(axis=1)  # (B,)
+        rows.append({
+            "step": int(info["step"]),
+            "overlap": float(np.mean([np.isin(n, t).mean() for n, t in zip(neg.ids, top)])),
+            "negative_rank": float(above_neg.mean()),
+            "positive_rank": float(np.median(above_pos)),
+            "distinct": int(np.unique(neg.ids).size),
+        })
+
+    result = train(config, miner_name, observe=look)
+    return {"trace": rows, "final": result["final"]}
 
 
 # --------------------------------------------------------------------------- command line

@@ -505,3 +505,23 @@ def test_decide_preset_is_fixed_and_written_down_in_the_readme():
     assert len(seeds) >= 5 and len(set(seeds)) == len(seeds)
     assert cfg.steps % (cfg.refresh_every * cfg.grad_every) == 0  # each phase measured equally often
     assert T.preset_line("decide") in (REPO / "README.md").read_text()
+
+
+def test_negative_hardness_reads_the_run_without_changing_it(data):
+    """brute_topk's negatives are the current top-n (overlap 1, ranks 0..n, the positive possibly among
+    them); an observer that draws nothing leaves the run bitwise unchanged; the rows follow ``every``."""
+    cfg = dataclasses.replace(CFG, steps=6)
+    got = T.negative_hardness(cfg, "brute_topk", every=2)
+    rows = got["trace"]
+    assert got["final"] == T.train(cfg, "brute_topk", data=data)["final"]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    n = cfg.negatives
+    for r in rows:
+        assert r["overlap"] == 1.0 and (n - 1) / 2 <= r["negative_rank"] <= (n + 1) / 2
+        assert 0 <= r["positive_rank"] < cfg.n_targets and 1 <= r["distinct"] <= cfg.batch_size * n
+    stale = T.negative_hardness(dataclasses.replace(cfg, refresh_every=3), "stale_topk", every=1)["trace"]
+    assert [r["overlap"] for r in stale][0] == 1.0  # at a refresh the stale table is the current one
+    seen = []
+    plain = T.train(cfg, "stale_topk", data=data)
+    watched = T.train(cfg, "stale_topk", data=data, observe=lambda info: seen.append(info["step"]))
+    assert seen == list(range(cfg.steps)) and strip_time(plain) == strip_time(watched)
