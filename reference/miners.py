@@ -649,11 +649,13 @@ class InBatch(Miner):
 
 
 class BruteTopK(Miner):
-    """The paper's "oracle": exact top-n of the current logits over all N targets.
+    """Exact hard-negative mining: the top-n of the current logits over all N targets.
 
     Re-encodes all N targets with the current target tower every step (N
     target-encoder passes, B N logits); the positive is excluded; ties by
-    smaller id. No log Q (the loss is the softmax over {pos} u top-n).
+    smaller id. No log Q: the loss is the softmax over {pos} u top-n, a
+    different objective from the full softmax. A fair baseline for recall,
+    not the oracle of a logQ-corrected sampler (that is :class:`ExactSoftmax`).
     """
 
     name = "brute_topk"

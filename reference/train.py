@@ -1161,7 +1161,7 @@ def compare(
     config : TrainConfig
         The budget (its ``seed`` is replaced by each of ``seeds``).
     miners : sequence of str
-        Keys of :data:`reference.miners.MINERS` (default: all eight).
+        Keys of :data:`reference.miners.MINERS` (default: all ten).
     seeds : sequence of int
         One dataset, initialisation and batch sequence per seed, shared by the miners.
     run_dir : path-like, optional
