@@ -157,7 +157,7 @@ __all__ = [
     "run",
 ]
 
-#: N of the per-miner memory columns of the table (and of the old 100x reading of claim 2).
+#: N of the per-miner memory columns of the comparison table.
 CLAIM_N = 1_000_000
 #: The paper's size for claim 2: "over 20 million targets" (2.1e7).
 PAPER_N = 21_000_000
