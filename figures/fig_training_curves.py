@@ -19,10 +19,11 @@ minimum and maximum):
    step by default; log scale; the full-softmax miner's is 0 and is not drawn
    on the log axis);
 5. the same error against t mod R, the steps since the last refresh of the
-   stale caches (stale_topk, tree_stale, tree_nystrom; for the other miners
+   stale caches (stale_topk, stale_softmax, tree_stale, tree_nystrom; for the other miners
    the phase is a control): per run the mean over its measured steps of each
    phase, then the mean over seeds. A measurement only at refresh steps
-   would see only the left end of this panel.
+   would see only the left end of this panel. Phase 0 includes step 0, the
+   untrained model (the comparison's table prints step 0 apart).
 
 CSVs: ``training_curves.csv`` (one row per run and evaluation step: test
 metrics and counters) and ``training_curves_grad.csv`` (one row per run and

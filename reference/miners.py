@@ -1,4 +1,4 @@
-"""Negative miners: one interface, eight ways to choose the negatives of a batch.
+"""Negative miners: one interface, ten ways to choose the negatives of a batch.
 
 proofs/README.md section 8. A miner is asked, at every training step t, for negatives of a
 batch of B queries x_1..x_B (with positives pos_1..pos_B) given the *current*
@@ -30,10 +30,24 @@ The miners (``MINERS``, in the order of the comparison table)
                   in-batch softmax of Yi et al. 2019).
 ``brute_topk``    the n largest a_y over all N targets, *current* encodings
                   (all N targets re-encoded every step), positive excluded,
-                  ties by smaller id: the paper's "oracle" brute-force
-                  negative mining. No log Q.
-``stale_topk``    the same top-n, but scored against a cache G_s of target
-                  embeddings re-encoded every R steps (a static index).
+                  ties by smaller id: exact hard-negative mining. No log Q:
+                  the loss is the softmax over {positive} + top-n, a
+                  different objective from the full softmax (a fair
+                  baseline for recall, not for the test loss).
+``exact_softmax`` n i.i.d. draws from the exact softmax over all N targets
+                  under the *current* encodings (all N re-encoded every
+                  step), log Q = log P: the oracle of the method's own
+                  estimator (sample from the softmax, correct by log Q) with
+                  nothing approximated. Its corrected loss equals the full
+                  softmax loss up to rounding.
+``stale_topk``    the top-n of ``brute_topk``, but scored against a table
+                  G_s of target embeddings re-encoded every R steps. No log
+                  Q. Kept as the *collapsed* variant: at the decide preset's
+                  former N = 24000 its recall fell below uniform's (README).
+``stale_softmax`` the stale index as practitioners run it: the same table
+                  G_s (resident on the accelerator, re-encoded every R
+                  steps), scored every step, n i.i.d. draws from its
+                  softmax, log Q = log of that softmax (P13).
 ``neg_cache``     the negative cache of Lindgren et al. (2021): a FIFO cache of
                   C (id, embedding) pairs; every step the batch positives'
                   fresh embeddings replace the oldest entries; negatives are
@@ -65,16 +79,17 @@ item size, place, lifetime). Sizes (:class:`Sizes`): N targets, embedding
 dimension d, feature dimensions d_x (queries) and d_y (targets), H the sum of
 a tower's hidden widths, batch B, n negatives, P model parameters, C cache
 slots, m landmarks, M tree nodes and the block size B_s (``block_rows``).
-One encoded row holds its input, its hidden activations and its output:
-r_x = d_x + H + d numbers for a query, r_y = d_y + H + d for a target.
+A row encoded for the backward pass holds its input, its hidden activations
+and its output: r_x = d_x + H + d numbers for a query, r_y = d_y + H + d for
+a target; a row encoded forward only holds r_f = max_l (w_l + w_{l+1}).
 
 Accelerator (numbers; bytes = numbers x ``itemsize``, the encoder's, except
 ids, int64, and the index's float64 K_LL^{-1/2} and W_t). Every miner holds the model,
 4 P (parameters, gradients, Adam m and v), and in every step the query
 batch, B r_x. A *pass* of the target tower over R rows holds
 
-    materialised  pass(R) = R r_y  [+ B R logits when scored against the batch]
-    streamed      pass(R) = min(R, B_s) r_y  [+ B min(R, B_s) logits]: blocks
+    materialised  pass(R) = R r_f  [+ B R logits when scored against the batch]
+    streamed      pass(R) = min(R, B_s) r_f  [+ B min(R, B_s) logits]: blocks
                   of B_s rows, each encoded, scored and folded into a running
                   result (top-n: B n scores + B n ids; logsumexp: 2 B) or
                   copied to the host before the next block
@@ -83,36 +98,51 @@ and nothing else differs between the two rules. Per miner (``loss`` =
 B (n + 1) (r_y + 1), the sampled loss's target rows and their logits):
 
     miner         every step, besides 4 P + B r_x        refresh step adds
-    full          pass(N) scored + 2 B (logsumexp)       -
+    full          pass*(N) scored + 2 B (logsumexp)      -
     uniform       loss                                   -
     in_batch      loss                                   -
     brute_topk    loss + pass(N) scored + 2 B n (top-n)  -
-    stale_topk    loss                                   pass(N) to the host
+    exact_softmax loss + pass(N) scored + draws          -
+    stale_topk    loss + table + 2 B n (top-n)           pass(N) into the table
+    stale_softmax loss + table + draws                   pass(N) into the table
     neg_cache     loss + C (d + 1) + pass(B) + B C g     pass(C) (the fill)
     tree_stale    loss                                   pass(N) to the host
     tree_nystrom  loss + pass(m) + B m + m^2 + m d       pass(N) to the host
+
+``pass`` is forward only (nothing is differentiated through it): it holds
+two consecutive layers of its rows at a time, r_f = max_l (w_l + w_{l+1})
+numbers a row over the widths (d_y, hidden..., d), instead of every layer.
+``pass*`` (the full softmax's, differentiated through) holds every layer,
+r_y a row; so do the loss rows and the query batch. ``table`` (the stale
+index as practitioners run it): the N x d table, resident on the
+accelerator (kept), and the batch's logits against it every step, B N
+materialised or B min(N, B_s) streamed. ``draws`` (sampling from a softmax
+over all rows, block by block by the Gumbel-max trick): 3 B n (best
+perturbed score, id and logit per draw) + 2 B (logsumexp). Every refresh,
+to the host or into the table, is the same forward-only pass(N).
 
 ``neg_cache``: the slots' embeddings and ids C (d + 1), the batch positives'
 fresh encodings pass(B), and g = 3 + n materialised (scores, log-probabilities,
 the n Gumbel draws of (B, C) each, log Q per cached id) or 4 streamed (one
 draw at a time). ``tree_nystrom``: the landmarks' features and encodings
 pass(m), psi_t (B x m), K_LL^{-1/2} and W_t; its index and the samplers run
-on the host (as the trees of ``tree_stale`` and the cache of ``stale_topk``
-do). Reported for each rule:
+on the host (as the tree and cache of ``tree_stale`` do). Reported for each rule:
 
     step  = 4 P + B r_x + every step column
     peak  = step + refresh column  (the refresh pass is charged on top of
             everything the step holds: an upper bound on the refresh step)
 
 The gradient buffers of the backward pass (one layer's width per row at a
-time) and framework workspace are not counted, for any miner.
+time) and framework workspace are not counted, for any miner. The charge of
+a pass is an upper bound on its arrays at any one time (its logits and
+running result are charged on top of its layers).
 
 Host (bytes, every array the miner keeps between steps; the dataset's
 features are everyone's and are not counted):
 
-    full, uniform, brute_topk, neg_cache   0
+    full, uniform, brute_topk, exact_softmax, neg_cache   0
+    stale_topk, stale_softmax                             0 (the table is on the accelerator)
     in_batch       8 N                 (the float64 log Q table)
-    stale_topk     N d itemsize        (the cache g_s)
     tree_stale     N d itemsize + tree(N, k = d)
     tree_nystrom   index(N, d, m) = 8 N d + tree(N, k = m) + 8 (2 m + 2 m d)
                    (cache, tree over phi, landmark ids, g_0(L), eigenvalues
@@ -129,11 +159,13 @@ both against the ``.nbytes`` of the arrays the real objects keep.
 Streaming changes the picture for the miners that encode all N targets:
 materialised, brute force's per-step pass(N) grows with N while the
 method's per-step arrays do not, but the method's refresh pass(N) does too;
-streamed, no miner holds an N-sized array on the accelerator (brute force
-keeps only a running top-n), and N enters only the encoder's compute
-(N target rows per step for brute force, N per R steps for the method). The
-claim-2 ratio is reported for both rules, per step and at the peak
-(``reference.train.summarize``).
+streamed, no miner but the stale indexes holds an N-sized array on the
+accelerator (brute force keeps only a running top-n; ``stale_topk`` and
+``stale_softmax`` keep their N x d table resident, as the prior art runs
+it), and otherwise N enters only the encoder's compute (N target rows per
+step for brute force, N per R steps for the method). The claim-2 ratios are
+reported for both rules, per step and at the peak, over N up to 2.1e7
+(``reference.train.claim2_table``).
 
 References
 ----------
@@ -169,6 +201,7 @@ from reference._validation import (
 )
 from reference.dynamic import DynamicIndex
 from reference.nystrom import LANDMARK_METHODS, make_kernel, select_landmarks
+from reference.softmax import draw_in_place
 from reference.softmax import topk_ids  # the one exact top-k (P8's tie rule); re-exported
 from reference.tree import Tree
 
@@ -182,7 +215,9 @@ __all__ = [
     "Uniform",
     "InBatch",
     "BruteTopK",
+    "ExactSoftmax",
     "StaleTopK",
+    "StaleSoftmax",
     "NegativeCache",
     "TreeStale",
     "TreeNystrom",
@@ -334,6 +369,11 @@ class Sizes:
             raise ValueError(f"hidden: expected a sequence of positive ints, got {self.hidden!r}") from None
         object.__setattr__(self, "hidden", hidden)
 
+    def forward_row(self) -> int:
+        """r_f = max_l (w_l + w_{l+1}) over the widths (d_y, hidden..., d): numbers a forward-only pass holds per row."""
+        w = (self.target_dim, *self.hidden, self.out_dim)
+        return max(a + b for a, b in zip(w[:-1], w[1:]))
+
     def estimated_tree_nodes(self) -> int:
         """M: the given node count, else ceil(N / leaf_size) leaves times b / (b - 1)."""
         if self.tree_nodes:
@@ -378,27 +418,69 @@ def _check_state(state: Any, expected: Mapping[str, tuple[tuple[int | None, ...]
 
 
 def _pass(s: Sizes, what: str, rows: int, when: str, streamed: bool, *, scored: bool = False,
-          reduce: str | None = None) -> list[Array]:
+          reduce: str | None = None, trained: bool = False) -> list[Array]:
     """pass(R): the accelerator arrays of one pass of the target tower over R = ``rows`` rows.
 
     The only place the two rules differ (module docstring): materialised,
-    all R rows at once; streamed, blocks of min(R, B_s) rows. A ``scored``
+    all R rows at once; streamed, blocks of min(R, B_s) rows. A ``trained``
+    pass (one the loss is differentiated through: the full softmax's) holds
+    every layer of its rows for the backward pass, r_y = d_y + H + d numbers
+    a row; a forward-only pass (scoring, sampling, a refresh, landmarks)
+    holds two consecutive layers at a time, r_f = max_l (w_l + w_{l+1}) over
+    the widths (d_y, hidden..., d) (:meth:`Sizes.forward_row`). A ``scored``
     pass adds the logits of the batch against its rows; ``reduce`` ("topk",
-    "logsumexp") adds the running result the blocks are folded into.
+    "logsumexp", "sample") adds the running result the blocks are folded into.
     """
     r = min(rows, s.block_rows) if streamed else rows
     f, acc = s.itemsize, "accelerator"
-    out = [Array(f"{what}: features", (r, s.target_dim), f, acc, when),
-           Array(f"{what}: hidden activations", (r, sum(s.hidden)), f, acc, when),
-           Array(f"{what}: encodings", (r, s.out_dim), f, acc, when)]
+    if trained:
+        out = [Array(f"{what}: features", (r, s.target_dim), f, acc, when),
+               Array(f"{what}: hidden activations", (r, sum(s.hidden)), f, acc, when),
+               Array(f"{what}: encodings", (r, s.out_dim), f, acc, when)]
+    else:
+        out = [Array(f"{what}: two consecutive layers (forward only)", (r, s.forward_row()), f, acc, when)]
     if scored:
         out.append(Array(f"{what}: logits", (s.batch_size, r), f, acc, when))
-    if reduce == "topk":
-        out += [Array(f"{what}: top-n scores", (s.batch_size, s.negatives), f, acc, when),
-                Array(f"{what}: top-n ids", (s.batch_size, s.negatives), _memory.ID, acc, when)]
-    elif reduce == "logsumexp":
-        out.append(Array(f"{what}: running max and sum", (s.batch_size, 2), f, acc, when))
+    out += _reduce(s, what, when, reduce)
     return out
+
+
+def _reduce(s: Sizes, what: str, when: str, reduce: str | None) -> list[Array]:
+    """The running result a pass's blocks are folded into: ``topk``, ``logsumexp``, ``sample`` or nothing.
+
+    ``sample`` (n i.i.d. draws from the softmax over every row, block by
+    block by the Gumbel-max trick): per (query, draw) the best perturbed
+    score, its id and its logit, and per query the running max and sum of
+    the logsumexp (for log Q).
+    """
+    f, acc, B, n = s.itemsize, "accelerator", s.batch_size, s.negatives
+    if reduce == "topk":
+        return [Array(f"{what}: top-n scores", (B, n), f, acc, when),
+                Array(f"{what}: top-n ids", (B, n), _memory.ID, acc, when)]
+    if reduce == "logsumexp":
+        return [Array(f"{what}: running max and sum", (B, 2), f, acc, when)]
+    if reduce == "sample":
+        return [Array(f"{what}: best perturbed scores", (B, n), f, acc, when),
+                Array(f"{what}: drawn ids", (B, n), _memory.ID, acc, when),
+                Array(f"{what}: logits of the drawn ids", (B, n), f, acc, when),
+                Array(f"{what}: running max and sum", (B, 2), f, acc, when)]
+    return []
+
+
+def _table(s: Sizes, streamed: bool, reduce: str) -> list[Array]:
+    """A stale index held as practitioners run it: its N x d table resident on the accelerator, scored every step.
+
+    The table g_s (kept), the batch's logits against it every step (B x N
+    materialised, B x min(N, B_s) streamed) with the running result
+    ``reduce``, and the refresh pass over all N targets that re-encodes it
+    (forward only, charged as every refresh is).
+    """
+    N, f = s.n_targets, s.itemsize
+    r = min(N, s.block_rows) if streamed else N
+    return [Array("index table g_s (resident)", (N, s.out_dim), f, "accelerator", "kept"),
+            Array("table: logits", (s.batch_size, r), f, "accelerator", "step"),
+            *_reduce(s, "table", "step", reduce),
+            *_pass(s, "refresh", N, "refresh", streamed)]
 
 
 def _loss_rows(s: Sizes) -> list[Array]:
@@ -424,10 +506,18 @@ class Miner:
     samples : bool
         True when :meth:`mine` returns ``log_q`` (ids drawn i.i.d. from Q):
         the training loss then applies the logQ correction (P13).
+    full_support : bool
+        True when that Q is positive on every target, so the corrected loss
+        estimates the full softmax (P13); a sampler whose Q is 0 on some
+        targets estimates the softmax over the others only.
     """
 
     name: ClassVar[str] = ""
     samples: ClassVar[bool] = False
+    #: True when the proposal Q is positive on every target (up to exp underflow), so that the
+    #: logQ-corrected loss estimates the full softmax; False for ``neg_cache`` (Q = 0 outside the
+    #: C cached ids) and ``in_batch`` (Q = 0 on targets that are no training query's positive).
+    full_support: ClassVar[bool] = False
 
     def mine(self, model: Any, targets: Any, x: Any, pos: Any, step: int, rng: np.random.Generator) -> Negatives:
         """Negatives for a batch, given the current model.
@@ -491,7 +581,7 @@ class FullSoftmax(Miner):
 
     @staticmethod
     def memory(s: Sizes, streamed: bool) -> list[Array]:
-        return _pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="logsumexp")
+        return _pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="logsumexp", trained=True)
 
 
 class Uniform(Miner):
@@ -499,6 +589,7 @@ class Uniform(Miner):
 
     name = "uniform"
     samples = True
+    full_support = True
 
     def __init__(self, config: MinerConfig) -> None:
         self.n = config.negatives
@@ -558,11 +649,13 @@ class InBatch(Miner):
 
 
 class BruteTopK(Miner):
-    """The paper's "oracle": exact top-n of the current logits over all N targets.
+    """Exact hard-negative mining: the top-n of the current logits over all N targets.
 
     Re-encodes all N targets with the current target tower every step (N
     target-encoder passes, B N logits); the positive is excluded; ties by
-    smaller id. No log Q (the loss is the softmax over {pos} u top-n).
+    smaller id. No log Q: the loss is the softmax over {pos} u top-n, a
+    different objective from the full softmax. A fair baseline for recall,
+    not the oracle of a logQ-corrected sampler (that is :class:`ExactSoftmax`).
     """
 
     name = "brute_topk"
@@ -578,6 +671,54 @@ class BruteTopK(Miner):
     @staticmethod
     def memory(s: Sizes, streamed: bool) -> list[Array]:
         return [*_loss_rows(s), *_pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="topk")]
+
+
+def _softmax_draws(a: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n i.i.d. ids per row from the softmax of the (B, N) logits ``a``, and their log-probabilities.
+
+    The package's one exact softmax sampler (:func:`reference.softmax.draw_in_place`,
+    inverse CDF, B n uniforms from ``rng``) on a float64 copy of ``a``;
+    log Q(s_ij) = a_{i, s_ij} - log Z_i with log Z_i = max_i + log W_{i,N-1}
+    as that sampler forms it. ``a`` is left unchanged.
+    """
+    a64 = np.asarray(a, dtype=np.float64)
+    ids, log_z = draw_in_place(a64.copy(), n, rng)
+    log_q = np.minimum(np.take_along_axis(a64, ids, axis=1) - log_z[:, None], 0.0)  # Q <= 1 up to rounding
+    return ids, log_q
+
+
+class ExactSoftmax(Miner):
+    """The oracle of the method's own estimator: n i.i.d. draws from the exact softmax, logQ-corrected.
+
+    Every step all N targets are re-encoded with the current target tower
+    (N target-encoder passes, B N logits, as ``brute_topk``), and the n
+    negatives of query i are drawn i.i.d. from P(y | x_i) = softmax_y(a_iy)
+    over all N targets (the positive included, as for every sampling miner),
+    with log Q = log P (P13 with Q = P). Nothing is approximated: the
+    method's estimator (sample from the softmax, correct by log Q) with its
+    approximations (tree cut, Nystrom logits, stale cache) removed. With
+    Q = P every importance weight exp(a - log Q) equals Z, so the corrected
+    loss equals the full softmax loss up to rounding and the gradient is an
+    unbiased n-sample estimate of the full softmax gradient.
+    """
+
+    name = "exact_softmax"
+    samples = True
+    full_support = True
+
+    def __init__(self, config: MinerConfig) -> None:
+        self.n = config.negatives
+
+    def mine(self, model, targets, x, pos, step, rng) -> Negatives:
+        Y, X, _ = _check_batch(model, targets, x, pos)
+        rng = check_rng(rng)
+        a = model.beta * (model.encode_queries(X) @ model.encode_targets(Y).T)
+        ids, log_q = _softmax_draws(a, self.n, rng)
+        return Negatives(ids=ids, log_q=log_q, logits=a.size)
+
+    @staticmethod
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return [*_loss_rows(s), *_pass(s, "all targets", s.n_targets, "step", streamed, scored=True, reduce="sample")]
 
 
 class _StaleCache(Miner):
@@ -628,8 +769,39 @@ class StaleTopK(_StaleCache):
 
     @staticmethod
     def memory(s: Sizes, streamed: bool) -> list[Array]:
-        return [*_loss_rows(s), *_pass(s, "refresh", s.n_targets, "refresh", streamed),
-                Array("cache g_s", (s.n_targets, s.out_dim), s.itemsize, "host", "kept")]
+        return [*_loss_rows(s), *_table(s, streamed, "topk")]
+
+
+class StaleSoftmax(_StaleCache):
+    """The prior-art stale index as practitioners run it: sampled from its softmax, logQ-corrected.
+
+    A table G_s of all N target embeddings, re-encoded every R steps (N
+    target-encoder passes per refresh) and held resident on the accelerator,
+    is scored against the current queries every step, a_iy = beta <f_t(x_i),
+    g_s(y)>, and the n negatives of query i are drawn i.i.d. from
+    softmax_y(a_iy) over all N targets with log Q = log of that probability
+    (P13). The loss then uses the current embeddings of the drawn ids, so
+    the only approximation is the staleness of the proposal, and the
+    correction keeps the estimator consistent for the full softmax whatever
+    the staleness. It is ``exact_softmax`` with a stale table, and
+    ``tree_stale`` without the tree.
+    """
+
+    name = "stale_softmax"
+    samples = True
+    full_support = True
+
+    def mine(self, model, targets, x, pos, step, rng) -> Negatives:
+        Y, X, _ = _check_batch(model, targets, x, pos)
+        rng = check_rng(rng)
+        self._refresh_if_due(model, Y, step)
+        a = model.beta * (model.encode_queries(X) @ self.cache.T)
+        ids, log_q = _softmax_draws(a, self.n, rng)
+        return Negatives(ids=ids, log_q=log_q, logits=a.size)
+
+    @staticmethod
+    def memory(s: Sizes, streamed: bool) -> list[Array]:
+        return [*_loss_rows(s), *_table(s, streamed, "sample")]
 
 
 class NegativeCache(Miner):
@@ -760,6 +932,7 @@ class TreeStale(_StaleCache):
 
     name = "tree_stale"
     samples = True
+    full_support = True
 
     def __init__(self, config: MinerConfig) -> None:
         super().__init__(config)
@@ -818,6 +991,7 @@ class TreeNystrom(Miner):
 
     name = "tree_nystrom"
     samples = True
+    full_support = True
     _GRAPH_KEY = "index.graph"
 
     def __init__(self, config: MinerConfig) -> None:
@@ -926,7 +1100,9 @@ MINERS: dict[str, type[Miner]] = {
     "uniform": Uniform,
     "in_batch": InBatch,
     "brute_topk": BruteTopK,
+    "exact_softmax": ExactSoftmax,
     "stale_topk": StaleTopK,
+    "stale_softmax": StaleSoftmax,
     "neg_cache": NegativeCache,
     "tree_stale": TreeStale,
     "tree_nystrom": TreeNystrom,

@@ -208,6 +208,46 @@ def test_stale_topk_scores_against_the_cache_of_the_last_refresh(data):
         perturb(model, 10 + step)
 
 
+@pytest.mark.parametrize("name", ["exact_softmax", "stale_softmax"])
+def test_softmax_miners_sample_the_softmax_of_their_logits_with_its_log_q(data, name):
+    """exact_softmax: the softmax of the current logits over all N (all N re-encoded every step);
+    stale_softmax: of the current queries against the table of the last refresh (R = 3). log Q is
+    that softmax's log-probability (to 1e-9), and 20000 draws pass the G-test (false alarm 1e-6)."""
+    model = make_model(data)
+    cfg = MinerConfig(negatives=20000, refresh_every=3)
+    miner = make_miner(name, cfg)
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        x, pos = batch(data, B=2, seed=step)
+        if name == "exact_softmax" or step % cfg.refresh_every == 0:
+            G = model.encode_targets(data.targets, count=False)
+        rows = model.target_rows_encoded
+        neg = miner.mine(model, data.targets, x, pos, step, rng)
+        fresh = name == "exact_softmax" or step % cfg.refresh_every == 0
+        assert model.target_rows_encoded - rows == (data.n_targets if fresh else 0)
+        a = model.beta * model.encode_queries(x) @ G.T
+        log_p = a - logsumexp(a, axis=1, keepdims=True)
+        np.testing.assert_allclose(neg.log_q, np.take_along_axis(log_p, neg.ids, 1), rtol=TOL, atol=TOL)
+        assert neg.logits == a.size
+        for b in range(2):
+            assert g_test(np.bincount(neg.ids[b], minlength=data.n_targets), np.exp(log_p[b])).p_value > P_FAIL
+        perturb(model, 40 + step)
+
+
+def test_exact_softmax_corrected_loss_is_the_full_softmax_loss(data):
+    """With Q = P every importance weight is Z: the corrected sampled loss equals the full softmax
+    loss (to 1e-12 relative: the same logsumexp formed two ways), for any draws."""
+    model = make_model(data)
+    perturb(model, 7)
+    miner = make_miner("exact_softmax", CFG)
+    for seed in range(3):
+        x, pos = batch(data, seed=seed)
+        neg = miner.mine(model, data.targets, x, pos, 0, np.random.default_rng(seed))
+        sampled, _ = model.sampled_softmax_loss(x, pos, data.targets, neg.ids, neg.log_q)
+        full, _ = model.full_softmax_loss(x, pos, data.targets)
+        assert sampled == pytest.approx(full, rel=1e-12)
+
+
 # --------------------------------------------------------------------------- negative cache
 
 
@@ -384,24 +424,36 @@ def test_memory_accounting_formulas():
     acc = {name: memory_accounting(name, SIZES) for name in MINERS}
     mat = {k: v["materialised"] for k, v in acc.items()}
     st = {k: v["streamed"] for k, v in acc.items()}
-    # brute force: pass(N) scored + running top-n (scores and int64 ids, 8 bytes each)
-    assert mat["brute_topk"]["step_bytes"] == 8 * (common + loss + N * ry + B * N + 2 * B * n)
-    assert st["brute_topk"]["step_bytes"] == 8 * (common + loss + Bs * ry + B * Bs + 2 * B * n)
+    # a forward-only pass holds two consecutive layers a row: max(16 + 64, 64 + 16, 16 + 32) = 80 < ry = 112
+    rf = max(dy + 64, 64 + 16, 16 + d)
+    assert SIZES.forward_row() == rf == 80
+    # brute force: forward-only pass(N) scored + running top-n (scores and int64 ids, 8 bytes each)
+    assert mat["brute_topk"]["step_bytes"] == 8 * (common + loss + N * rf + B * N + 2 * B * n)
+    assert st["brute_topk"]["step_bytes"] == 8 * (common + loss + Bs * rf + B * Bs + 2 * B * n)
+    # the oracle: the same pass, folded into n draws (best score, id, logit) and a logsumexp
+    assert mat["exact_softmax"]["step_bytes"] == 8 * (common + loss + N * rf + B * N + 3 * B * n + 2 * B)
+    assert st["exact_softmax"]["step_bytes"] == 8 * (common + loss + Bs * rf + B * Bs + 3 * B * n + 2 * B)
+    # the full softmax's pass is differentiated through: every layer of every row
     assert mat["full"]["step_bytes"] == 8 * (common + N * ry + B * N + 2 * B)
     assert st["full"]["step_bytes"] == 8 * (common + Bs * ry + B * Bs + 2 * B)
-    for name in ("full", "uniform", "in_batch", "brute_topk"):  # no refresh
+    for name in ("full", "uniform", "in_batch", "brute_topk", "exact_softmax"):  # no refresh
         for rule in (mat, st):
             assert rule[name]["peak_bytes"] == rule[name]["step_bytes"]
-    for name in ("uniform", "in_batch", "stale_topk", "tree_stale"):
+    for name in ("uniform", "in_batch", "tree_stale"):
         assert mat[name]["step_bytes"] == st[name]["step_bytes"] == 8 * (common + loss)
-    for name in ("stale_topk", "tree_stale", "tree_nystrom"):  # the refresh pass, to the host
-        assert mat[name]["refresh_bytes"] == 8 * N * ry and st[name]["refresh_bytes"] == 8 * Bs * ry
-    # the method: pass(m) + psi (B x m) + K_LL^{-1/2} + W_t
-    assert mat["tree_nystrom"]["step_bytes"] == 8 * (common + loss + m * ry + B * m + m * m + m * d)
+    # the stale index as practitioners run it: the N x d table resident, scored every step
+    assert mat["stale_topk"]["step_bytes"] == 8 * (common + loss + N * d + B * N + 2 * B * n)
+    assert st["stale_topk"]["step_bytes"] == 8 * (common + loss + N * d + B * Bs + 2 * B * n)
+    assert mat["stale_softmax"]["step_bytes"] == 8 * (common + loss + N * d + B * N + 3 * B * n + 2 * B)
+    assert st["stale_softmax"]["step_bytes"] == 8 * (common + loss + N * d + B * Bs + 3 * B * n + 2 * B)
+    for name in ("stale_topk", "stale_softmax", "tree_stale", "tree_nystrom"):  # every refresh charged alike
+        assert mat[name]["refresh_bytes"] == 8 * N * rf and st[name]["refresh_bytes"] == 8 * Bs * rf
+    # the method: forward-only pass(m) + psi (B x m) + K_LL^{-1/2} + W_t
+    assert mat["tree_nystrom"]["step_bytes"] == 8 * (common + loss + m * rf + B * m + m * m + m * d)
     # neg_cache: slots C (d + 1), positives pass(B), B C (3 + n) materialised or 4 B C streamed; the fill pass(C)
-    assert mat["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * ry + B * C * (3 + n))
-    assert st["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * ry + 4 * B * C)
-    assert mat["neg_cache"]["refresh_bytes"] == 8 * C * ry
+    assert mat["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * rf + B * C * (3 + n))
+    assert st["neg_cache"]["step_bytes"] == 8 * (common + loss + C * (d + 1) + B * rf + 4 * B * C)
+    assert mat["neg_cache"]["refresh_bytes"] == 8 * C * rf
     # host: every kept array
     M = SIZES.estimated_tree_nodes()
     assert M == int(np.ceil(-(-N // 16) * 8 / 7))
@@ -410,25 +462,27 @@ def test_memory_accounting_formulas():
         return 8 * (2 * N * k + M * (k + 2)) + 8 * (2 * N + 7 * M) + (N + M)
 
     host = {k: v["host_bytes"] for k, v in acc.items()}
-    assert host["full"] == host["uniform"] == host["brute_topk"] == host["neg_cache"] == 0
+    assert host["full"] == host["uniform"] == host["brute_topk"] == host["neg_cache"] == host["exact_softmax"] == 0
+    assert host["stale_topk"] == host["stale_softmax"] == 0  # their table is on the accelerator
     assert host["in_batch"] == 8 * N
-    assert host["stale_topk"] == 8 * N * d
     assert host["tree_stale"] == 8 * N * d + tree(d)
     assert host["tree_nystrom"] == 8 * N * d + tree(m) + 8 * (2 * m + 2 * m * d)
     assert acc["brute_topk"]["block_rows"] == Bs
 
 
 def test_memory_scales_with_n_as_the_rule_says():
-    """Materialised: per step only full and brute force grow with N, and the refresh step of
-    the cached miners grows too; streamed (N >= B_s): no accelerator figure depends on N."""
+    """Materialised: per step only the miners that score every target every step grow with N, and
+    the refresh step of the cached miners grows too; streamed (N >= B_s): only the stale indexes'
+    resident N x d table depends on N."""
     big = Sizes(**{**SIZES.__dict__, "n_targets": 1_000_000})
     small, large = ({name: memory_accounting(name, s) for name in MINERS} for s in (SIZES, big))
     for name in MINERS:
-        grows_step = name in ("full", "brute_topk")
-        grows_peak = grows_step or name in ("stale_topk", "tree_stale", "tree_nystrom")
+        table = name in ("stale_topk", "stale_softmax")
+        grows_step = table or name in ("full", "brute_topk", "exact_softmax")
+        grows_peak = grows_step or name in ("tree_stale", "tree_nystrom")
         assert (large[name]["materialised"]["step_bytes"] > small[name]["materialised"]["step_bytes"]) == grows_step
         assert (large[name]["materialised"]["peak_bytes"] > small[name]["materialised"]["peak_bytes"]) == grows_peak
-        assert large[name]["streamed"]["peak_bytes"] == small[name]["streamed"]["peak_bytes"]
+        assert (large[name]["streamed"]["peak_bytes"] > small[name]["streamed"]["peak_bytes"]) == table
         assert (large[name]["host_bytes"] > small[name]["host_bytes"]) == (small[name]["host_bytes"] > 0)
     with pytest.raises(ValueError, match="miner"):
         memory_accounting("nope", SIZES)
