@@ -13,7 +13,7 @@ in an :class:`ExactStore`). Notation as in :mod:`reference.bounds`.
 
 Where the time goes, and why the kernels are shaped as they are (gathers in
 blocks that stay in cache, no per-target Python work, reductions on the
-blocks), is measured in the README, section "Profile and design history of
+blocks), is measured in reference/PERFORMANCE.md, section "Profile and design history of
 the fast path".
 
 The module is private as a whole, so its names carry no leading underscore;

@@ -47,7 +47,7 @@ the two costs per logit is what the targets bound.
 
 The profile of the fast path (where the time goes at N = 1e6) and the
 history of its design changes, with their measured effects, are in the
-README, section "Profile and design history of the fast path"; a profile is
+reference/PERFORMANCE.md, section "Profile and design history of the fast path"; a profile is
 taken by running this benchmark under ``py-spy record``.
 
 Peak memory of the build is measured two ways: the process's peak resident

@@ -43,7 +43,7 @@ The miners (``MINERS``, in the order of the comparison table)
 ``stale_topk``    the top-n of ``brute_topk``, but scored against a table
                   G_s of target embeddings re-encoded every R steps. No log
                   Q. Kept as the *collapsed* variant: at the decide preset's
-                  former N = 24000 its recall fell below uniform's (README).
+                  former N = 24000 its recall fell below uniform's (reference/COMPARISON.md).
 ``stale_softmax`` the stale index as practitioners run it: the same table
                   G_s (resident on the accelerator, re-encoded every R
                   steps), scored every step, n i.i.d. draws from its

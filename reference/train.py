@@ -370,13 +370,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a smoke run: seconds
     "quick": dict(n_targets=300, steps=40, eval_every=20, batch_size=32, negatives=8,
                   refresh_every=20, cache_size=128, seeds=(0, 1, 2)),
-    # the README's comparison: a few minutes on 2 cores
+    # the comparison of reference/COMPARISON.md: a few minutes on 2 cores
     "default": dict(seeds=(0, 1, 2)),
-    # the run that can decide the claims as the paper states them (issue 23; proofs/README.md section 8.2),
+    # the run that can decide the claims as the paper states them (proofs/README.md section 8.2),
     # fixed and written down with its verdict rules before it was ever run: 10 miners x 10 seeds, N as large
     # as fits about an hour on a shared 2-core machine (from 100-step timing runs of every miner on seed 99,
-    # not one of these: README); more seeds rather than a larger N, because the power of the "about half"
-    # verdicts grows with the seeds (README); B, n, R, d as the default, C = N / 4 as the default's 512 of
+    # not one of these: reference/COMPARISON.md); more seeds rather than a larger N, because the power of the "about half"
+    # verdicts grows with the seeds (reference/COMPARISON.md); B, n, R, d as the default, C = N / 4 as the default's 512 of
     # 2000, m and cut_tol by the rules; the gradient error every 3rd step (coprime with R = 50; 600 steps =
     # 4 x 150, so every phase is measured 4 times); the test metrics at steps 0, 300 and 600.
     "decide": dict(n_targets=12000, queries_per_target=3, steps=600, eval_every=300, grad_every=3,
@@ -385,7 +385,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_line(name: str) -> str:
-    """One preset as one line of text, ``name: field=value, ...`` (the README quotes it verbatim)."""
+    """One preset as one line of text, ``name: field=value, ...`` (reference/COMPARISON.md quotes it verbatim)."""
     check_choice(name, "name", PRESETS)
     return f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in PRESETS[name].items())
 
@@ -1329,7 +1329,7 @@ def negative_hardness(config: TrainConfig, miner_name: str, every: int = 10) -> 
     above a negative (0 = the hardest); ``positive_rank``, the median over
     queries of the number of targets scored above the positive (0 = recall@1
     for that query); and ``distinct``, the distinct ids among the B n
-    negatives. Used in the README to explain the collapse of ``stale_topk``.
+    negatives. Used in reference/COMPARISON.md to explain the collapse of ``stale_topk``.
 
     Returns
     -------

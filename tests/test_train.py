@@ -498,13 +498,13 @@ def test_gap_and_ratio_intervals_come_from_the_paired_seeds(small_compare):
 
 
 def test_decide_preset_is_fixed_and_written_down_in_the_readme():
-    """The preset that can decide the claims: >= 5 seeds, every phase measured evenly, and the README says so."""
+    """The preset that can decide the claims: >= 5 seeds, every phase measured evenly, and reference/COMPARISON.md says so."""
     preset = dict(T.PRESETS["decide"])
     seeds = preset.pop("seeds")
     cfg = T.TrainConfig(**preset)
     assert len(seeds) >= 5 and len(set(seeds)) == len(seeds)
     assert cfg.steps % (cfg.refresh_every * cfg.grad_every) == 0  # each phase measured equally often
-    assert T.preset_line("decide") in (REPO / "README.md").read_text()
+    assert T.preset_line("decide") in (REPO / "reference" / "COMPARISON.md").read_text()
 
 
 def test_negative_hardness_reads_the_run_without_changing_it(data):
