@@ -3,8 +3,7 @@
 The paper: the method "surpasses prior state-of-the-art while using 150x less
 accelerator memory", on over 20 million targets. This figure draws, for N
 from 1e4 to 2.1e7 (the paper's size), the accelerator bytes of
-``reference.miners.memory_accounting`` (proofs/README.md section 8; README,
-"The comparison") for the method (``tree_nystrom``), the prior art the claim
+``reference.miners.memory_accounting`` (proofs/README.md section 8; reference/COMPARISON.md) for the method (``tree_nystrom``), the prior art the claim
 names (``stale_softmax``: the stale index with its N x d table resident,
 re-encoded every R steps; ``neg_cache``: the negative cache) and, beside
 them, brute force (``brute_topk`` and ``exact_softmax``, every target
