@@ -404,6 +404,8 @@ def test_plain_imports_nothing_private():
                "reference.bounds", "reference.tree"}
     tree_ = ast.parse(inspect.getsource(plain))
     for node in ast.walk(tree_):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mutmut."):
+            continue  # the mutation runner's copy of plain.py imports mutmut's own harness
         if isinstance(node, ast.ImportFrom):
             assert node.module in allowed, f"plain imports from {node.module}"
             assert not any(a.name.startswith("_") for a in node.names if node.module != "__future__"), node.module
