@@ -265,6 +265,8 @@ def test_the_message_table_covers_every_public_entry_point() -> None:
                     f = getattr(f, "__func__", f)
                     if m.startswith("_") or not inspect.isfunction(f) or f"{name}.{m}" in unchecked:
                         continue
+                    if "__mutmut_" in m:  # the mutation runner's copies of each method, not entry points
+                        continue
                     takes_args = len(inspect.signature(f).parameters) > (0 if isinstance(vars(obj)[m], staticmethod)
                                                                          else 1)
                     if takes_args and f"{name}.{m}" not in covered:
