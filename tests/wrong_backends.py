@@ -269,7 +269,7 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
         WRONG_SAMPLER_TRUNCATED, "sampler", {"flat", "moderate", "peaked", "duplicates", "mixed-norms", "huge-logits"},
         "observed 0"),
     "sampler merges duplicate points": (WRONG_SAMPLER_DEDUPLICATES, "sampler", {"duplicates"}, "observed 0"),
-    "sampler overflows without log space": (WRONG_SAMPLER_NAIVE_EXP, "sampler", {"huge-logits"}, "backend raised"),
+    "sampler overflows without log space": (WRONG_SAMPLER_NAIVE_EXP, "sampler", {"huge-logits"}, "raised ValueError"),
     "sampler uses the first query for all": (
         WRONG_SAMPLER_FIRST_QUERY, "sampler", {"flat", "moderate", "peaked", "duplicates", "mixed-norms", "huge-logits"},
         "query 1"),
@@ -288,13 +288,17 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
     "top-k ties by the larger id": (
         WRONG_TOPK_TIE_RULE, "topk", {"integer-ties", "duplicates"}, "an exact tie must go to the smaller id"),
     "top-k not sorted by logit": (
-        WRONG_TOPK_UNSORTED, "topk", {"integer-ties", "duplicates", "random", "k-equals-N", "huge-logits"}, "expected id"),
+        WRONG_TOPK_UNSORTED, "topk", {"integer-ties", "duplicates", "random", "k-equals-N", "huge-logits", "near-duplicates"},
+        "not sorted by logit"),
     "bracket forgets eps": (
-        WRONG_BRACKET_NO_EPS, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"}, "log Z"),
+        WRONG_BRACKET_NO_EPS, "bracket",
+        {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided", "two-points", "cross", "extreme-point"},
+        "log Z"),
     "bracket ignores tol": (
         WRONG_BRACKET_IGNORES_TOL, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"},
         "wider than tol"),
-    "bracket radii 1% too small": (WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided"}, "upper bound below log Z"),
+    "bracket radii 1% too small": (
+        WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided", "two-points"}, "upper bound below log Z"),
     "Nystrom forgets the constant feature": (WRONG_NYSTROM_NO_CONST, "nystrom", {"linear-const"}, "backend"),
 }
 
