@@ -189,6 +189,70 @@ def topk_unsorted(points, queries, k):
     return np.sort(numpy_topk(points, queries, k), axis=1)
 
 
+# ----------------------------------------------------------------------------
+# What real top-k libraries do, written in NumPy (no FAISS or PyTorch needed)
+# ----------------------------------------------------------------------------
+
+#: Query rows scored at once by the float32 top-k (bounds its (rows, N) float32 scores).
+_ROWS = 8
+
+
+def topk_float32(points, queries, k):
+    """Correct in float32: the logits of float32-rounded inputs (a float32 matmul, as FAISS
+    ``IndexFlatIP`` or ``torch.topk`` on float32 embeddings compute them), then ordered by
+    (-score, id), as the README recommends re-sorting such a library's output. Its logits
+    differ from the float64 ones by float32 rounding, so two targets closer than that may come
+    in either order: it passes when it declares ``dtype = "float32"``."""
+    z = points.astype(np.float32)
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], _ROWS):
+        scores = queries[start:start + _ROWS].astype(np.float32) @ z.T
+        out[start:start + _ROWS] = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return out
+
+
+def topk_float32_one_replaced(points, queries, k):
+    """Bug: :func:`topk_float32` with one true neighbour (rank k // 2) replaced by the next one
+    down (its rank k), in every row."""
+    if k >= points.shape[0]:
+        return topk_float32(points, queries, k)
+    ids = topk_float32(points, queries, k + 1)
+    ids[:, k // 2] = ids[:, k]
+    return ids[:, :k]
+
+
+def topk_ivf_one_probe(points, queries, k):
+    """Bug (an approximate index): an inverted file with one probe, in the manner of FAISS
+    ``IndexIVFFlat`` with ``nprobe = 1``. sqrt(N) lists from 3 rounds of k-means (seeded),
+    each query searches only the list whose centroid has the largest inner product with it,
+    exactly, and pads with -1 when that list holds fewer than k targets."""
+    N = points.shape[0]
+    n_lists = max(1, int(round(np.sqrt(N))))
+    centroids = points[np.random.default_rng(0).choice(N, n_lists, replace=False)]
+    for _ in range(3):
+        d2 = (points ** 2).sum(1)[:, None] - 2 * points @ centroids.T + (centroids ** 2).sum(1)[None, :]
+        assign = np.argmin(d2, axis=1)
+        for c in range(n_lists):
+            if (assign == c).any():
+                centroids[c] = points[assign == c].mean(axis=0)
+    probe = np.argmax(queries @ centroids.T, axis=1)
+    out = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    for b, c in enumerate(probe):  # a loop over queries: test code
+        members = np.flatnonzero(assign == c)
+        scores = points[members] @ queries[b]
+        best = members[np.lexsort((members, -scores))][:k]
+        out[b, :best.size] = best
+    return out
+
+
+def topk_padding(points, queries, k):
+    """Bug: exact, but at most 8 results per query and the rest padded with -1 (an HNSW
+    search whose candidate list is shorter than k)."""
+    ids = numpy_topk(points, queries, k)
+    ids[:, 8:] = -1
+    return ids
+
+
 def _cluster_bracket(points, queries, *, with_eps: bool):
     """Groups of 8 points along the first coordinate; lo/hi = logsumexp(log n_v + <q,r_v> -/+ eps_v)."""
     N = points.shape[0]
@@ -453,9 +517,9 @@ def sample_distinct_in_rounds(points, queries, n, seed):
     return ids.reshape(B, rounds * m)[:, :n]
 
 
-def _swap(attribute: str, fn) -> SimpleNamespace:
-    """CORRECT_NUMPY with one callable replaced."""
-    backend = SimpleNamespace(**vars(CORRECT_NUMPY))
+def _swap(attribute: str, fn, **declared: Any) -> SimpleNamespace:
+    """CORRECT_NUMPY with one callable replaced (and attributes such as ``dtype`` declared)."""
+    backend = SimpleNamespace(**vars(CORRECT_NUMPY), **declared)
     setattr(backend, attribute, fn)
     return backend
 
@@ -468,6 +532,10 @@ GALLERY_STALE_INDEX = _swap("sample", sample_stale_index)
 GALLERY_WITHOUT_REPLACEMENT = _swap("sample", sample_without_replacement)
 GALLERY_DISTINCT_ROUNDS = _swap("sample", sample_distinct_in_rounds)
 GALLERY_TOPK_REVERSED_TIES = _swap("topk", topk_wrong_tie_rule)
+GALLERY_TOPK_FLOAT32_DECLARED = _swap("topk", topk_float32, dtype="float32")
+GALLERY_TOPK_FLOAT32_UNDECLARED = _swap("topk", topk_float32)
+GALLERY_TOPK_IVF = _swap("topk", topk_ivf_one_probe)
+GALLERY_TOPK_PADDING = _swap("topk", topk_padding)
 
 
 @dataclass(frozen=True)
@@ -549,7 +617,25 @@ GALLERY: tuple[GalleryEntry, ...] = (
         "a target gets at most n/16 draws: a probability of 0.98 (peaked) shows as <= 0.0625; the flat "
         "scenario (all P < 0.02) cannot tell"),
     GalleryEntry(
-        "top-k with reversed tie order", GALLERY_TOPK_REVERSED_TIES, _verdicts("topk"),
-        ("integer-ties", "duplicates"), "an exact tie must go to the smaller id", None,
+        "top-k with reversed tie order (FAISS returns tied ids in decreasing order)", GALLERY_TOPK_REVERSED_TIES,
+        _verdicts("topk"), ("integer-ties", "duplicates"), "an exact tie must go to the smaller id", None,
         "exact ties (integer coordinates, duplicate points) must go to the smaller id (P8)"),
+    GalleryEntry(
+        "float32 exact top-k declared float32", GALLERY_TOPK_FLOAT32_DECLARED, _verdicts(), (), "", None,
+        "its logits are within the float32 rounding bound of the float64 ones, and exact float64 ties "
+        "(integer coordinates, duplicates) stay exact in float32"),
+    GalleryEntry(
+        "float32 exact top-k undeclared", GALLERY_TOPK_FLOAT32_UNDECLARED, _verdicts("topk"), ("near-duplicates",),
+        "near-tie swap", None,
+        "copies 1e-9 apart tie in float32 and go by id; in float64 they are ordered, and the float64 "
+        "tolerance (~4e-15 |q|.|z|) does not cover a gap of 1e-9"),
+    GalleryEntry(
+        "inverted file with one probe", GALLERY_TOPK_IVF, _verdicts("topk"), ("random", "near-duplicates"),
+        "missing neighbours", None,
+        "an approximate index: the true neighbours outside the probed list are missed (recall@k < 1), "
+        "and lists shorter than k are padded with -1"),
+    GalleryEntry(
+        "padding ids (-1 beyond 8 results)", GALLERY_TOPK_PADDING, _verdicts("topk"),
+        ("integer-ties", "duplicates", "random", "k-equals-N", "near-duplicates"), "padding", None,
+        "-1 is not an id: every scenario with k > 8 fails, naming the query and the id"),
 )

@@ -192,7 +192,7 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
         return _Row(kind, recall, i,
                     f"query {b}: rank {i} holds id {int(g[i])} (logit {a_g[i]:.10g}) above rank {j} id {int(g[j])} "
                     f"(logit {a_g[j]:.10g}), whose logit is larger by {(a_g[j] - a_g[i]) / s:.3g} |q|.|z| > tolerance "
-                    f"{(e_g[i] + e_g[j]) / s:.3g}; {late.size} such ranks; {_window(g, want, i)}")
+                    f"{(e_g[i] + e_g[j]) / s:.3g}; {late.size} rank(s) out of order; {_window(g, want, i)}")
 
     # Exact ties in the order: positions sorted by (logit, position); equal logits need increasing ids.
     order = np.lexsort((np.arange(k), a_g))
@@ -349,9 +349,9 @@ def check_topk(
         lines = [detail, "classes: " + ", ".join(f"{kd} {n}" for kd, n in
                                                   sorted(counts.items(), key=lambda t: -SEVERITY[t[0]]))]
         if "missing neighbour" in counts:
-            per_query = ", ".join(f"query {b} {r[1]:.3f}" for b, r in failing if r[0] == "missing neighbour")
-            lines.append(f"recall@{sc.k} of the queries missing neighbours: {per_query}; "
-                         f"over the scenario {recall:.3f}")
+            missing = [f"query {b} {r[1]:.3f}" for b, r in failing if r[0] == "missing neighbour"]
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} queries)" if len(missing) > 10 else "")
+            lines.append(f"recall@{sc.k} of the queries missing neighbours: {shown}; over the scenario {recall:.3f}")
         report.cases.append(
             Case(sc.name, statistic, float(len(failing)), 0.0, "<=", False, "\n        ".join(lines), note,
                  kind=kind, headline=_headline(kind, counts[kind], B, sc.k, recall, detail, dtype))
