@@ -296,6 +296,59 @@ def bracket_shrunk_radii(points, queries, tol):
     return np.where(wide, exact, lo), np.where(wide, exact, hi)
 
 
+def _median_tree(points: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
+    """A binary tree written from the spec alone: each node (its ids, its children), split at the
+    median of its widest coordinate down to single points; node 0 is the root."""
+    nodes: list[tuple[np.ndarray, list[int]]] = [(np.arange(points.shape[0]), [])]
+    stack = [0]
+    while stack:
+        v = stack.pop()
+        ids = nodes[v][0]
+        if ids.size == 1:
+            continue
+        axis = int(np.argmax(np.ptp(points[ids], axis=0)))
+        order = ids[np.argsort(points[ids, axis], kind="stable")]
+        for half in (order[: ids.size // 2], order[ids.size // 2:]):
+            nodes[v][1].append(len(nodes))
+            nodes.append((half, []))
+            stack.append(len(nodes) - 1)
+    return nodes
+
+
+def tree_bracket(points, queries, tol, *, radius_scale: float = 1.0):
+    """A tree bracket from the spec: node bounds log n_v + <q, r_v> -/+ ||q|| rho_v (r_v the mean,
+    rho_v the largest distance to it, times ``radius_scale``), cut refined from the root by
+    splitting the node of widest bound until hi - lo <= tol (a loop over queries: test code)."""
+    nodes = _median_tree(points)
+    reps = np.stack([points[ids].mean(axis=0) for ids, _ in nodes])
+    rho = radius_scale * np.array([np.linalg.norm(points[ids] - reps[v], axis=1).max() for v, (ids, _) in
+                                   enumerate(nodes)])
+    log_n = np.log([ids.size for ids, _ in nodes])
+    lo, hi = np.empty(queries.shape[0]), np.empty(queries.shape[0])
+    for b, q in enumerate(queries):
+        centre, eps = log_n + reps @ q, np.linalg.norm(q) * rho
+        cut = [0]
+        while True:
+            lo[b], hi[b] = logsumexp(centre[cut] - eps[cut]), logsumexp(centre[cut] + eps[cut])
+            wide = [v for v in cut if nodes[v][1]]
+            if hi[b] - lo[b] <= tol or not wide:
+                break
+            v = max(wide, key=lambda u: centre[u] + eps[u])
+            cut.remove(v)
+            cut += nodes[v][1]
+    return lo, hi
+
+
+def bracket_tree_radii_099(points, queries, tol):
+    """Bug: :func:`tree_bracket` with every radius 1% too small."""
+    return tree_bracket(points, queries, tol, radius_scale=0.99)
+
+
+def bracket_tree_radii_half(points, queries, tol):
+    """Bug: :func:`tree_bracket` with every radius halved."""
+    return tree_bracket(points, queries, tol, radius_scale=0.5)
+
+
 def nystrom_forgets_const(G0, landmarks, G_L, kernel):
     """Bug: the linear kernel without its constant feature c^2 (so offsets b are not carried, P11)."""
     A = G0[landmarks]
@@ -322,6 +375,8 @@ WRONG_BRACKET_NO_EPS = _one("bracket", bracket_forgets_eps)
 WRONG_BRACKET_IGNORES_TOL = _one("bracket", bracket_ignores_tol)
 WRONG_BRACKET_SHRUNK_RADII = _one("bracket", bracket_shrunk_radii)
 WRONG_NYSTROM_NO_CONST = _one("nystrom", nystrom_forgets_const)
+WRONG_BRACKET_TREE_099 = _one("bracket", bracket_tree_radii_099)
+WRONG_BRACKET_TREE_HALF = _one("bracket", bracket_tree_radii_half)
 
 #: name -> (backend, check, scenarios that must fail, phrase the report must contain).
 #: Scenarios not listed must pass: the kit says *where* the bug shows, not just that one exists.
@@ -363,6 +418,11 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
         "wider than tol"),
     "bracket radii 1% too small": (
         WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided", "two-points"}, "upper bound below log Z"),
+    "tree bracket, radii 1% too small": (
+        WRONG_BRACKET_TREE_099, "bracket", {"two-points", "cross", "extreme-point"}, "upper bound below log Z"),
+    "tree bracket, radii halved": (
+        WRONG_BRACKET_TREE_HALF, "bracket", {"one-sided", "two-points", "cross", "extreme-point"},
+        "upper bound below log Z"),
     "Nystrom forgets the constant feature": (WRONG_NYSTROM_NO_CONST, "nystrom", {"linear-const"}, "backend"),
 }
 

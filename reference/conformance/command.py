@@ -20,8 +20,7 @@ from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.precision import PRECISIONS, declared_dtype
 from reference.conformance.runner import (
     CHECKS,
-    SIGNATURES,
-    adapter_name,
+    call_text,
     fitting_checks,
     load_backend,
     protocol_signature,
@@ -148,27 +147,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _bare_callable_role(obj: Any, spec: str) -> tuple[str | None, str]:
     """(the check a bare callable is checked as, or None; the note or error to print)."""
     fit = fitting_checks(obj)
-    if len(fit) > 1:  # e.g. bracket and topk both take three: the parameter names decide
-        named = [c for c in fit if SIGNATURES[c][0] == _parameter_names(obj)[: len(SIGNATURES[c][0])]]
-        fit = named if len(named) == 1 else fit
     expected = "; ".join(protocol_signature(c) for c in CHECKS)
     if len(fit) == 1:
         return fit[0], (f"note: {spec} is a bare callable whose signature fits {protocol_signature(fit[0])}: "
                         f"checking it as {fit[0]} (use --as to choose)")
     if not fit:
-        return None, (f"FAIL: {spec} (`{adapter_name(obj)}`) is a callable whose signature fits no protocol; "
+        return None, (f"FAIL: {spec} (`{call_text(obj)}`) is a callable whose signature fits no protocol; "
                       f"expected one of: {expected}; or an object providing them")
-    return None, (f"FAIL: {spec} (`{adapter_name(obj)}`) fits several protocols "
+    return None, (f"FAIL: {spec} (`{call_text(obj)}`) fits several protocols "
                   f"({', '.join(protocol_signature(c) for c in fit)}): choose one with --as")
-
-
-def _parameter_names(fn: Any) -> tuple[str, ...]:
-    import inspect
-
-    try:
-        return tuple(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return ()
 
 
 def run(args: argparse.Namespace) -> int:

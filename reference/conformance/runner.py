@@ -75,8 +75,27 @@ def fits(fn: Callable[..., Any], check: str) -> bool | None:
 
 
 def fitting_checks(fn: Callable[..., Any]) -> list[str]:
-    """The checks whose protocol ``fn``'s signature fits (all of them when it is unknown)."""
-    return [c for c in CHECKS if fits(fn, c) is not False]
+    """The checks whose protocol ``fn``'s signature fits (all of them when it is unknown).
+
+    When several fit (``bracket`` and ``topk`` both take three arguments), the one
+    whose parameter names ``fn`` uses, if exactly one, is the answer.
+    """
+    fit = [c for c in CHECKS if fits(fn, c) is not False]
+    if len(fit) > 1:
+        names = _parameter_names(fn)
+        named = [c for c in fit if names[: len(SIGNATURES[c][0])] == SIGNATURES[c][0]]
+        fit = named if len(named) == 1 else fit
+    return fit
+
+
+def _parameter_names(fn: Callable[..., Any]) -> tuple[str, ...]:
+    sig = _signature(fn)
+    return () if sig is None else tuple(sig.parameters)
+
+
+def call_text(fn: Callable[..., Any]) -> str:
+    """``module.name(its, parameters)``, without annotations."""
+    return f"{adapter_name(fn)}({', '.join(_parameter_names(fn))})"
 
 
 def adapter_name(fn: Any) -> str:
@@ -96,7 +115,7 @@ def mismatch(fn: Callable[..., Any], check: str) -> str | None:
         hint = f"; it fits {protocol_signature(others[0])}: check it with --as {others[0]}"
     elif others:
         hint = f"; it fits {' and '.join(protocol_signature(c) for c in others)}: choose one with --as"
-    return (f"`{adapter_name(fn)}{_signature(fn)}` does not fit the protocol: expected "
+    return (f"`{call_text(fn)}` does not fit the protocol: expected "
             f"{protocol_signature(check)}{hint}")
 
 
@@ -157,7 +176,7 @@ def run_conformance(
     """
     only = None if scenarios is None else [check_choice(c, "scenarios", CHECKS) for c in scenarios]
     if checks is None:
-        selected, required = list(CHECKS if only is None else only), False
+        selected, required = [c for c in CHECKS if only is None or c in only], False
     else:
         selected = [check_choice(c, "checks", CHECKS) for c in checks]
         required = True
