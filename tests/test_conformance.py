@@ -1,4 +1,4 @@
-"""Tests of the conformance kit (reference/conformance.py, proofs/README.md section 9).
+"""Tests of the conformance kit (reference/conformance/, proofs/README.md section 9).
 
 Three groups:
 

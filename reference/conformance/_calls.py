@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -175,4 +175,6 @@ def call_backend(
             f"{label} modified its input{'s' if len(changed) > 1 else ''} {', '.join(changed)} "
             "(no protocol allows it: a caller's arrays would change under it)"
         )
+    if "value" not in box:  # cannot happen unless the thread was ended from outside
+        return None, f"{label} ended without a result"
     return box["value"], None

@@ -18,15 +18,18 @@ a_y + e_y] make it the exact top-k of a', i.e.
   integer coordinates, a zero query) still follow the smaller-id rule, in the
   order and at the k-th place.
 
-A row that is not admissible fails, in the first of these classes that applies
-(most serious first; the report counts each per scenario):
+A row that is not admissible fails in one class, the first of these that
+applies (a row holding an invalid id cannot be judged further; the others
+are looked for in this order). The report counts the classes per scenario,
+and its first line names the most serious class found
+(:data:`reference.conformance.report.SEVERITY`: missing neighbour first):
 
-``missing neighbour``
-    the set: a true neighbour is missing beyond the declared precision
-    (the message gives recall@k per failing query and over the scenario);
 ``invalid id``
     an id outside [0, N) (``-1`` is how FAISS pads a row it could not fill),
     or an id returned twice;
+``missing neighbour``
+    the set: a true neighbour is missing beyond the declared precision
+    (the message gives recall@k per failing query and over the scenario);
 ``unsorted``
     the right set in the wrong order, two logits swapped that differ by more
     than :data:`NEAR_TIE` |q|.|z|;
