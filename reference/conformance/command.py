@@ -194,9 +194,10 @@ def run(args: argparse.Namespace) -> int:
         checks = checks or [args.role]
     elif callable(obj) and not provides_any(obj):
         role, message = _bare_callable_role(obj, args.backend)
-        print(message)
         if role is None:
+            print(message)
             return 1
+        print(message, file=sys.stderr)  # stdout's first line stays the verdict
         backend = {CHECKS[role][0]: obj}
         checks = checks or [role]
     if scenarios is not None and checks is not None:
