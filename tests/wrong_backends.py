@@ -9,9 +9,14 @@ with the scenario that must catch it and a phrase the report must contain;
 
 ``GALLERY`` checks the sampler check itself: planted precision and sampling
 bugs (bfloat16 logits, a float16 softmax, draws without replacement, a stale
-index, reversed top-k ties), each a full backend (``CORRECT_NUMPY`` with one
-callable swapped) with the verdict the kit must give for every check and the
-scenarios that must catch it, next to a float32 sampler that must pass. The
+index), and what real top-k libraries do, written in NumPy (tied ids in
+decreasing order as FAISS returns them, a float32 exact top-k declared and
+undeclared, an inverted file with one probe, ``-1`` padding), each a full
+backend (``CORRECT_NUMPY`` with one callable swapped) with the verdict the kit
+must give for every check and the scenarios that must catch it, next to a
+float32 sampler and a declared float32 top-k that must pass. ``tree_bracket``
+is a tree bracket written from the spec alone, whose radii the bracket
+scenarios must catch when scaled by 0.99 or 0.5. The
 precision samplers are that float32 sampler with one step changed, and each
 i.i.d. one comes with its exact per-draw distribution, so the verdicts are
 also derived, not only observed (``reference.conformance.power_against``).
