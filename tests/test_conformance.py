@@ -919,3 +919,37 @@ def test_the_cli_takes_dtype_and_time_limit(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(base + ["--time-limit", "-1"])
     assert exc.value.code == 2
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 40),
+    d=st.integers(1, 8),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    rel=st.sampled_from([0.0, 1e-12, 1e-9, 1e-7]),
+)
+def test_a_correct_backend_in_its_declared_precision_always_passes(seed, n, d, scale, rel):
+    """proofs/README.md section 9.1 as a property: the exact top-k of float32 logits (ties by id)
+    is admissible when declared float32, and the float64 one when declared float64, on any data,
+    including rows repeated with copies rel apart and k anywhere from 1 to N."""
+    rng = np.random.default_rng(seed)
+    base = scale * rng.standard_normal((n, d))
+    Z = np.concatenate([base, base + rel * scale * rng.standard_normal((n, d))])
+    Q = rng.standard_normal((3, d))
+    for k in (1, n, 2 * n):
+        assert all(kind is None for kind, _, _ in conformance.classify_topk(Z, Q, wb.topk_float32(Z, Q, k), k,
+                                                                            "float32"))
+        assert all(kind is None for kind, _, _ in conformance.classify_topk(Z, Q, wb.numpy_topk(Z, Q, k), k,
+                                                                            "float64"))
+
+
+def test_the_bracket_grants_the_declared_precision():
+    """N = 1: log Z is the one logit. A backend returning lo = hi = its float32 logit passes
+    declared float32 and fails declared float64 (its error ~1e-8 relative exceeds 1e-9)."""
+    def float32_logit(points, queries, tol):
+        a = (queries.astype(np.float32) @ points.astype(np.float32).T)[:, 0].astype(np.float64)
+        return a, a
+
+    single = [sc for sc in conformance.bracket_scenarios() if sc.name == "single-target"]
+    assert conformance.check_bracket(float32_logit, scenarios=single, dtype="float32").passed
+    assert not conformance.check_bracket(float32_logit, scenarios=single, dtype="float64").passed
