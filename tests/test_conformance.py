@@ -953,3 +953,27 @@ def test_the_bracket_grants_the_declared_precision():
     single = [sc for sc in conformance.bracket_scenarios() if sc.name == "single-target"]
     assert conformance.check_bracket(float32_logit, scenarios=single, dtype="float32").passed
     assert not conformance.check_bracket(float32_logit, scenarios=single, dtype="float64").passed
+
+
+def test_exact_ties_are_held_to_the_rule_only_where_the_logits_are_exact():
+    """Duplicate rows: reversing the order of the copies is a tie-rule failure when their
+    logits are exact in any arithmetic (coordinates on a grid of 1/8, queries of 1/4), and a
+    near tie when they are not (arbitrary floats: BLAS may give copies different last bits,
+    as the float64 matmul did for a correct backend on the data Hypothesis found)."""
+    from reference.conformance.precision import exact_logits
+
+    rng = np.random.default_rng(5)
+    grid = np.repeat(rng.integers(-16, 17, (10, 4)) / 8.0, 2, axis=0)  # rows 2i and 2i + 1 equal
+    floats = np.repeat(rng.standard_normal((10, 4)), 2, axis=0)
+    q_grid = rng.integers(-8, 9, (2, 4)) / 4.0
+    assert exact_logits(q_grid[0], grid, "float32").all()
+    assert not exact_logits(q_grid[0], floats, "float64").any()
+    assert exact_logits(np.zeros(4), floats, "float32").all()  # a zero query: every logit is 0 exactly
+
+    def copies_reversed(points, queries, k):
+        ids = wb.numpy_topk(points, queries, points.shape[0])
+        return np.where(ids % 2 == 0, ids + 1, ids - 1)[:, :k]  # each pair of copies in decreasing id
+
+    for Z, kind in ((grid, "tie rule"), (floats, None)):
+        kinds = {r[0] for r in conformance.classify_topk(Z, q_grid, copies_reversed(Z, q_grid, 20), 20)}
+        assert kinds == {kind}, (kinds, kind)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PRECISIONS", "SAFETY", "unit_roundoff", "gamma", "logit_error_factor", "logit_error_bounds",
-           "normal_range_problem", "declared_dtype", "check_dtype"]
+           "normal_range_problem", "exact_logits", "declared_dtype", "check_dtype"]
 
 #: The precisions a backend may declare.
 PRECISIONS = ("float64", "float32")
@@ -102,3 +102,37 @@ def normal_range_problem(points: np.ndarray, queries: np.ndarray, dtype: str) ->
     if d * q_max * z_max > big:
         return f"logits up to {d * q_max * z_max:.3g} overflow in {dtype} (largest {big:.3g})"
     return None
+
+
+def _dyadic_exponent(x: np.ndarray) -> np.ndarray:
+    """Per row of ``x``, the smallest k in 0..64 with x * 2^k all integers (inf when there is none)."""
+    out = np.full(x.shape[0], np.inf)
+    finite = np.isfinite(x).all(axis=1)
+    for k in range(65):
+        y = x * 2.0**k  # exact: a power of two
+        whole = finite & np.isinf(out) & np.all(y == np.floor(y), axis=1)
+        out[whole] = k
+    return out
+
+
+def exact_logits(query: np.ndarray, points: np.ndarray, dtype: str) -> np.ndarray:
+    """Whether <query, z> is computed exactly in ``dtype`` whatever the order of summation, per row z.
+
+    True when the query is zero, or when query * 2^a and z * 2^b are integer
+    vectors (a, b <= 64) with sum_i |q_i z_i| 2^(a+b) < 2^t, t = 24 (float32)
+    or 53 (float64): then every input, product and partial sum is an integer
+    times 2^-(a+b) of fewer than t bits, so no rounding happens
+    (proofs/README.md section 9.1). Equal logits of such targets are equal in
+    any correct backend's arithmetic too, so the smaller-id rule can be required.
+    """
+    if not query.any():
+        return np.ones(points.shape[0], dtype=bool)
+    bits = np.finfo(check_dtype(dtype)).nmant + 1
+    a = _dyadic_exponent(query[None, :])[0]
+    b = _dyadic_exponent(points)
+    if not np.isfinite(a):
+        return np.zeros(points.shape[0], dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = (np.abs(points) @ np.abs(query)) * 2.0 ** np.where(np.isfinite(b), a + b, 0.0)
+    return np.isfinite(b) & (scaled < 2.0**bits)
+
