@@ -169,7 +169,7 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
         return _Row("invalid id", recall, j,
                     f"query {b}, rank {j}: id {int(g[j])} ({why}); {bad.size} invalid ids in the row; "
                     f"recall@{k} of the valid ids {recall:.3f}; {_window(g, want, j)}")
-    uniq, first, counts = np.unique(g, return_index=True, return_counts=True)
+    uniq, counts = np.unique(g, return_counts=True)
     if (counts > 1).any():
         x = int(uniq[np.argmax(counts > 1)])
         ranks = np.flatnonzero(g == x).tolist()
