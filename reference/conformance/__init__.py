@@ -47,8 +47,9 @@ Precision
 Top-k and bracket compare the backend's logits with float64 ones; they
 accept the rounding of the declared precision, a bound derived in
 proofs/README.md ("The rounding bound of a declared precision") and computed
-by :mod:`reference.conformance.precision`. Exactly equal float64 logits are
-still held to the smaller-id rule.
+by :mod:`reference.conformance.precision`. Exact ties are still held to the
+smaller-id rule where the logits are exact in that precision whatever the
+order of summation (:func:`reference.conformance.precision.exact_logits`).
 
 False alarms
 ------------

@@ -25,7 +25,7 @@ SEVERITY: dict[str, int] = {
     "invalid id": 80,  # top-k: out of range, padding (-1) or repeated
     "unsorted": 70,  # top-k: the right set, not in decreasing logit
     "near-tie swap": 60,  # top-k: two close logits swapped, beyond the declared precision
-    "tie rule": 50,  # top-k: exactly equal logits not ordered by the smaller id
+    "tie rule": 50,  # top-k: exact ties (exact in the declared precision) not ordered by the smaller id
 }
 
 

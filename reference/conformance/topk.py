@@ -42,7 +42,7 @@ and its first line names the most serious class found
     two logits closer than that swapped, beyond the declared tolerance (the
     message gives the gap and the tolerance, both relative to |q|.|z|);
 ``tie rule``
-    exactly equal logits not ordered by the smaller id.
+    exactly equal logits, exact in the declared precision, not ordered by the smaller id.
 """
 
 from __future__ import annotations
