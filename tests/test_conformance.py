@@ -363,9 +363,12 @@ def test_gallery_verdicts_do_not_depend_on_the_seed(entry):
 
 def test_the_gallery_covers_the_issue():
     """bfloat16 logits, a float16 softmax, reversed top-k ties, draws without replacement,
-    a stale index, and a float32 sampler that passes; every failing entry names where."""
+    a stale index, and a float32 sampler that passes; what real top-k libraries do (a float32
+    exact top-k declared and undeclared, an inverted file with one probe, -1 padding);
+    every failing entry names where."""
     names = {e.name for e in wb.GALLERY}
-    for word in ("float32 sampler", "bfloat16", "float16 softmax", "reversed tie", "without replacement", "stale"):
+    for word in ("float32 sampler", "bfloat16", "float16 softmax", "reversed tie", "without replacement", "stale",
+                 "float32 exact top-k declared", "float32 exact top-k undeclared", "inverted file", "padding"):
         assert any(word in name for name in names), word
     for e in wb.GALLERY:
         assert set(e.verdicts) == set(conformance.CHECKS)
