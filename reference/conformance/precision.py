@@ -83,8 +83,9 @@ def normal_range_problem(points: np.ndarray, queries: np.ndarray, dtype: str) ->
 
     Sufficient condition: every nonzero |q_i| and |z_i|, and the smallest
     nonzero |q_i| times the smallest nonzero |z_i|, are at least the smallest
-    normal number of ``dtype`` (no rounding underflows), and d max|q_i| max|z_i|
-    is at most its largest number (no rounding overflows).
+    normal number of ``dtype`` (no input or product rounding underflows; an
+    addition whose result is subnormal is exact), and d max|q_i| max|z_i| is at
+    most half its largest number (no partial sum overflows, rounding included).
     """
     info = np.finfo(check_dtype(dtype))
     tiny, big = float(info.tiny), float(info.max)
@@ -99,8 +100,8 @@ def normal_range_problem(points: np.ndarray, queries: np.ndarray, dtype: str) ->
     if min(q_min, z_min) < tiny or (np.isfinite(q_min * z_min) and q_min * z_min < tiny):
         return (f"nonzero entries as small as {min(q_min, z_min):.3g} (products {q_min * z_min:.3g}) underflow "
                 f"in {dtype} (smallest normal {tiny:.3g})")
-    if d * q_max * z_max > big:
-        return f"logits up to {d * q_max * z_max:.3g} overflow in {dtype} (largest {big:.3g})"
+    if d * q_max * z_max > big / 2:
+        return f"logits up to {d * q_max * z_max:.3g} may overflow in {dtype} (half its largest number: {big / 2:.3g})"
     return None
 
 
