@@ -74,7 +74,7 @@ DEFAULT_PER_MODULE = 40
 TARGET = 0.95      # of the non-equivalent mutants, killed (issue "An oracle with teeth")
 
 #: What the runner copies into its working directory (mutmut copies it again into mutants/).
-COPIED = ("reference", "tests", "proofs", "conftest.py", "pyproject.toml", "README.md")
+COPIED = ("reference", "tests", "proofs", "figures", "conftest.py", "pyproject.toml", "README.md")
 IGNORED_IN_COPY = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache", "mutants", "out")
 
 #: mutmut's exit codes, grouped the way the report counts them. A mutant is detected when
