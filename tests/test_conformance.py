@@ -980,3 +980,128 @@ def test_exact_ties_are_held_to_the_rule_only_where_the_logits_are_exact():
     for Z, kind in ((grid, "tie rule"), (floats, None)):
         kinds = {r[0] for r in conformance.classify_topk(Z, q_grid, copies_reversed(Z, q_grid, 20), 20)}
         assert kinds == {kind}, (kinds, kind)
+
+
+# ----------------------------------------------------------------------------
+# 7. Details of the messages (each kills a mutant the tests above let through)
+# ----------------------------------------------------------------------------
+
+
+def test_run_conformance_hands_alpha_tv_and_power_to_the_sampler():
+    report = run_conformance({"sample": wb.numpy_sample}, tv=0.2, power=0.5, alpha=1e-4)
+    (sampler,) = report.ran
+    assert "total false-alarm rate 0.0001" in sampler.description
+    assert all("with probability >= 0.5 per query" in c.note for c in sampler.cases[1:])
+
+
+def test_messages_name_where_the_backend_failed():
+    def broken(points, queries, n, seed):
+        raise RuntimeError("index not built")
+
+    (case, *_) = check_sampler(broken, tv=0.2).failures
+    assert "raised RuntimeError: index not built (at test_conformance.py:" in case.worst
+
+    def out_of_range(points, queries, n, seed):
+        ids = wb.numpy_sample(points, queries, n, seed)
+        ids[0, 3] = points.shape[0]
+        return ids
+
+    fmt = check_sampler(out_of_range, tv=0.2).cases[0]
+    assert "(e.g. query 0, draw 3: id 7)" in fmt.worst  # n = 5: the planted id
+    assert "B=1, N=7, n=1: sample(points (7, 3), queries (1, 3), n=1, seed=0) raised IndexError" in fmt.worst
+
+    with pytest.raises(ValueError, match="^time_limit: "):
+        conformance.check_topk(wb.numpy_topk, time_limit=-1)
+
+
+def test_a_hanging_conversion_is_named():
+    import threading
+
+    release = threading.Event()
+
+    class Slow:
+        def __array__(self, dtype=None, copy=None):
+            release.wait()
+            return np.zeros((5, 15), dtype=np.int64)
+
+    report = conformance.check_topk(lambda p, q, k: Slow(), scenarios=conformance.topk_scenarios()[:1],
+                                    time_limit=0.2)
+    release.set()
+    assert "(converting its output was still running;" in report.failures[0].worst
+
+
+def test_bracket_and_nystrom_messages():
+    def nan_hi(points, queries, tol):
+        lo, hi = wb.numpy_bracket(points, queries, tol)
+        hi[0] = np.nan
+        return lo, hi
+
+    assert "lo/hi: 1 non-finite values" in check_bracket_text(nan_hi)
+
+    def lo_too_high(points, queries, tol):
+        lo, hi = wb.numpy_bracket(points, queries, tol)
+        return lo + tol, hi + tol
+
+    assert "lower bound above log Z" in check_bracket_text(lo_too_high)
+
+    def nystrom_nan(G0, landmarks, G_L, kernel):
+        out = wb.numpy_nystrom(G0, landmarks, G_L, kernel)
+        out[:2, 0] = np.nan
+        return out
+
+    assert "Ghat: 2 non-finite entries" in conformance.check_nystrom(nystrom_nan).format()
+
+    def nystrom_wrong_at_a_landmark(G0, landmarks, G_L, kernel):
+        out = wb.numpy_nystrom(G0, landmarks, G_L, kernel)
+        out[landmarks[0]] += 1.0
+        return out
+
+    text = conformance.check_nystrom(nystrom_wrong_at_a_landmark).format()
+    assert "(a landmark: P10 says Ghat = G_L there)" in text
+
+
+def check_bracket_text(fn) -> str:
+    return conformance.check_bracket(fn).format()
+
+
+def test_encoder_message_names_the_wrong_tensor():
+    text = check_encoder(wb.encoder_ignores_log_q).format()
+    assert "wrong: loss" in text
+
+
+def test_exact_logits_row_by_row_and_the_near_duplicates_spacing():
+    from reference.conformance._data import near_duplicates
+    from reference.conformance.precision import exact_logits
+
+    mixed = np.array([[0.5, 0.25], [np.pi, 1.0], [3.0, -2.0]])
+    assert exact_logits(np.array([1.0, 2.0]), mixed, "float32").tolist() == [True, False, True]
+    rng = np.random.default_rng(0)
+    base = 10.0 * rng.standard_normal((5, 4))
+    base[0] *= 1e-3  # rows of very different norms: each copy moves by 1e-9 of its own norm
+    Z = near_duplicates(rng, base, 2, 1e-9)
+    for row in base:
+        copies = Z[np.linalg.norm(Z - row, axis=1) < 1e-6 * np.linalg.norm(row)]
+        assert copies.shape[0] == 2
+        assert 0 < np.abs(copies - row).max() < 1e-8 * np.linalg.norm(row)
+
+
+def test_a_repeated_id_keeps_its_recall_and_the_signature_messages():
+    sc = conformance.topk_scenarios()[2]
+    got = _oracle_rows(sc)
+    got[0, 9] = got[0, 0]
+    kind, recall, _ = conformance.classify_topk(sc.points, sc.queries, got, sc.k)[0]
+    assert kind == "invalid id" and recall == pytest.approx(0.9)
+
+    class Scorer:  # a callable instance: no __qualname__
+        def __call__(self, x):
+            return x
+
+    from reference.conformance.runner import adapter_name, mismatch
+
+    assert adapter_name(Scorer()).endswith("Scorer")
+
+    def three(a, b, c):
+        return None
+
+    assert "it fits bracket(points, queries, tol) and topk(points, queries, k): choose one with --as" in mismatch(
+        three, "sampler")
