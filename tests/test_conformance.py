@@ -1042,7 +1042,7 @@ def test_bracket_and_nystrom_messages():
         lo, hi = wb.numpy_bracket(points, queries, tol)
         return lo + tol, hi + tol
 
-    assert "lower bound above log Z" in check_bracket_text(lo_too_high)
+    assert re.search(r"\): lower bound above log Z$", check_bracket_text(lo_too_high), re.M)
 
     def nystrom_nan(G0, landmarks, G_L, kernel):
         out = wb.numpy_nystrom(G0, landmarks, G_L, kernel)
@@ -1105,3 +1105,14 @@ def test_a_repeated_id_keeps_its_recall_and_the_signature_messages():
 
     assert "it fits bracket(points, queries, tol) and topk(points, queries, k): choose one with --as" in mismatch(
         three, "sampler")
+
+
+def test_the_help_explains_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["conformance", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("--dtype {float64,float32} precision of the backend's logits (default: its `dtype` attribute",
+                   "--queries Q.npy ... and queries (B, d), .npy files",
+                   "--power POWER detection probability at that TV (default 0.9)",
+                   "--time-limit SECONDS time limit of each backend call; exceeding it is a FAIL (default 600; 0: none)"):
+        assert phrase in text, phrase
