@@ -271,12 +271,22 @@ def compute(name: str) -> dict[str, np.ndarray]:
 
 
 def load(name: str, directory: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Load ``<directory>/<name>.npz`` with ``allow_pickle=False``."""
+    """Load ``<directory>/<name>.npz`` with ``allow_pickle=False``.
+
+    Raises ``ValueError`` when the file is missing or damaged (unreadable zip,
+    bad checksum, truncated), so that ``--golden check`` reports it as a FAIL line.
+    """
     path = _directory(directory) / f"{name}.npz"
     if not path.is_file():
         raise ValueError(f"golden file {path} does not exist; run `python -m reference conformance --golden regenerate`")
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as exc:  # a flipped byte (bad CRC, zlib error) or a truncated zip: a finding, not a crash
+        raise ValueError(
+            f"golden file {path} is damaged: {type(exc).__name__}: {exc}; restore it from version control "
+            "(or, after an intended change, run `python -m reference conformance --golden regenerate`)"
+        ) from None
 
 
 def save(name: str, arrays: dict[str, np.ndarray], directory: str | Path | None = None) -> Path:
@@ -353,11 +363,15 @@ def cli(action: str, directory: str | Path | None = None) -> int:
         return 0
     if action != "check":
         raise ValueError(f"--golden: expected 'check' or 'regenerate', got {action!r}")
+    results = check(directory)
+    bad = [name for name, problems in results.items() if problems]
+    print(f"FAIL: golden files that do not match or cannot be read: {', '.join(bad)}" if bad
+          else f"PASS: all {len(results)} golden files match the reference")
     failed = 0
-    for name, problems in check(directory).items():
+    for name, problems in results.items():
         if problems:
             failed += 1
-            print(f"FAIL  {name}: {len(problems)} difference(s)")
+            print(f"FAIL  {name}: {len(problems)} problem(s)")
             for line in problems[:20]:
                 print(f"        {line}")
         else:

@@ -9,9 +9,14 @@ with the scenario that must catch it and a phrase the report must contain;
 
 ``GALLERY`` checks the sampler check itself: planted precision and sampling
 bugs (bfloat16 logits, a float16 softmax, draws without replacement, a stale
-index, reversed top-k ties), each a full backend (``CORRECT_NUMPY`` with one
-callable swapped) with the verdict the kit must give for every check and the
-scenarios that must catch it, next to a float32 sampler that must pass. The
+index), and what real top-k libraries do, written in NumPy (tied ids in
+decreasing order as FAISS returns them, a float32 exact top-k declared and
+undeclared, an inverted file with one probe, ``-1`` padding), each a full
+backend (``CORRECT_NUMPY`` with one callable swapped) with the verdict the kit
+must give for every check and the scenarios that must catch it, next to a
+float32 sampler and a declared float32 top-k that must pass. ``tree_bracket``
+is a tree bracket written from the spec alone, whose radii the bracket
+scenarios must catch when scaled by 0.99 or 0.5. The
 precision samplers are that float32 sampler with one step changed, and each
 i.i.d. one comes with its exact per-draw distribution, so the verdicts are
 also derived, not only observed (``reference.conformance.power_against``).
@@ -189,6 +194,70 @@ def topk_unsorted(points, queries, k):
     return np.sort(numpy_topk(points, queries, k), axis=1)
 
 
+# ----------------------------------------------------------------------------
+# What real top-k libraries do, written in NumPy (no FAISS or PyTorch needed)
+# ----------------------------------------------------------------------------
+
+#: Query rows scored at once by the float32 top-k (bounds its (rows, N) float32 scores).
+_ROWS = 8
+
+
+def topk_float32(points, queries, k):
+    """Correct in float32: the logits of float32-rounded inputs (a float32 matmul, as FAISS
+    ``IndexFlatIP`` or ``torch.topk`` on float32 embeddings compute them), then ordered by
+    (-score, id), as the README recommends re-sorting such a library's output. Its logits
+    differ from the float64 ones by float32 rounding, so two targets closer than that may come
+    in either order: it passes when it declares ``dtype = "float32"``."""
+    z = points.astype(np.float32)
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], _ROWS):
+        scores = queries[start:start + _ROWS].astype(np.float32) @ z.T
+        out[start:start + _ROWS] = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return out
+
+
+def topk_float32_one_replaced(points, queries, k):
+    """Bug: :func:`topk_float32` with one true neighbour (rank k // 2) replaced by the next one
+    down (its rank k), in every row."""
+    if k >= points.shape[0]:
+        return topk_float32(points, queries, k)
+    ids = topk_float32(points, queries, k + 1)
+    ids[:, k // 2] = ids[:, k]
+    return ids[:, :k]
+
+
+def topk_ivf_one_probe(points, queries, k):
+    """Bug (an approximate index): an inverted file with one probe, in the manner of FAISS
+    ``IndexIVFFlat`` with ``nprobe = 1``. sqrt(N) lists from 3 rounds of k-means (seeded),
+    each query searches only the list whose centroid has the largest inner product with it,
+    exactly, and pads with -1 when that list holds fewer than k targets."""
+    N = points.shape[0]
+    n_lists = max(1, int(round(np.sqrt(N))))
+    centroids = points[np.random.default_rng(0).choice(N, n_lists, replace=False)]
+    for _ in range(3):
+        d2 = (points ** 2).sum(1)[:, None] - 2 * points @ centroids.T + (centroids ** 2).sum(1)[None, :]
+        assign = np.argmin(d2, axis=1)
+        for c in range(n_lists):
+            if (assign == c).any():
+                centroids[c] = points[assign == c].mean(axis=0)
+    probe = np.argmax(queries @ centroids.T, axis=1)
+    out = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    for b, c in enumerate(probe):  # a loop over queries: test code
+        members = np.flatnonzero(assign == c)
+        scores = points[members] @ queries[b]
+        best = members[np.lexsort((members, -scores))][:k]
+        out[b, :best.size] = best
+    return out
+
+
+def topk_padding(points, queries, k):
+    """Bug: exact, but at most 8 results per query and the rest padded with -1 (an HNSW
+    search whose candidate list is shorter than k)."""
+    ids = numpy_topk(points, queries, k)
+    ids[:, 8:] = -1
+    return ids
+
+
 def _cluster_bracket(points, queries, *, with_eps: bool):
     """Groups of 8 points along the first coordinate; lo/hi = logsumexp(log n_v + <q,r_v> -/+ eps_v)."""
     N = points.shape[0]
@@ -232,6 +301,59 @@ def bracket_shrunk_radii(points, queries, tol):
     return np.where(wide, exact, lo), np.where(wide, exact, hi)
 
 
+def _median_tree(points: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
+    """A binary tree written from the spec alone: each node (its ids, its children), split at the
+    median of its widest coordinate down to single points; node 0 is the root."""
+    nodes: list[tuple[np.ndarray, list[int]]] = [(np.arange(points.shape[0]), [])]
+    stack = [0]
+    while stack:
+        v = stack.pop()
+        ids = nodes[v][0]
+        if ids.size == 1:
+            continue
+        axis = int(np.argmax(np.ptp(points[ids], axis=0)))
+        order = ids[np.argsort(points[ids, axis], kind="stable")]
+        for half in (order[: ids.size // 2], order[ids.size // 2:]):
+            nodes[v][1].append(len(nodes))
+            nodes.append((half, []))
+            stack.append(len(nodes) - 1)
+    return nodes
+
+
+def tree_bracket(points, queries, tol, *, radius_scale: float = 1.0):
+    """A tree bracket from the spec: node bounds log n_v + <q, r_v> -/+ ||q|| rho_v (r_v the mean,
+    rho_v the largest distance to it, times ``radius_scale``), cut refined from the root by
+    splitting the node of widest bound until hi - lo <= tol (a loop over queries: test code)."""
+    nodes = _median_tree(points)
+    reps = np.stack([points[ids].mean(axis=0) for ids, _ in nodes])
+    rho = radius_scale * np.array([np.linalg.norm(points[ids] - reps[v], axis=1).max() for v, (ids, _) in
+                                   enumerate(nodes)])
+    log_n = np.log([ids.size for ids, _ in nodes])
+    lo, hi = np.empty(queries.shape[0]), np.empty(queries.shape[0])
+    for b, q in enumerate(queries):
+        centre, eps = log_n + reps @ q, np.linalg.norm(q) * rho
+        cut = [0]
+        while True:
+            lo[b], hi[b] = logsumexp(centre[cut] - eps[cut]), logsumexp(centre[cut] + eps[cut])
+            wide = [v for v in cut if nodes[v][1]]
+            if hi[b] - lo[b] <= tol or not wide:
+                break
+            v = max(wide, key=lambda u: centre[u] + eps[u])
+            cut.remove(v)
+            cut += nodes[v][1]
+    return lo, hi
+
+
+def bracket_tree_radii_099(points, queries, tol):
+    """Bug: :func:`tree_bracket` with every radius 1% too small."""
+    return tree_bracket(points, queries, tol, radius_scale=0.99)
+
+
+def bracket_tree_radii_half(points, queries, tol):
+    """Bug: :func:`tree_bracket` with every radius halved."""
+    return tree_bracket(points, queries, tol, radius_scale=0.5)
+
+
 def nystrom_forgets_const(G0, landmarks, G_L, kernel):
     """Bug: the linear kernel without its constant feature c^2 (so offsets b are not carried, P11)."""
     A = G0[landmarks]
@@ -258,6 +380,8 @@ WRONG_BRACKET_NO_EPS = _one("bracket", bracket_forgets_eps)
 WRONG_BRACKET_IGNORES_TOL = _one("bracket", bracket_ignores_tol)
 WRONG_BRACKET_SHRUNK_RADII = _one("bracket", bracket_shrunk_radii)
 WRONG_NYSTROM_NO_CONST = _one("nystrom", nystrom_forgets_const)
+WRONG_BRACKET_TREE_099 = _one("bracket", bracket_tree_radii_099)
+WRONG_BRACKET_TREE_HALF = _one("bracket", bracket_tree_radii_half)
 
 #: name -> (backend, check, scenarios that must fail, phrase the report must contain).
 #: Scenarios not listed must pass: the kit says *where* the bug shows, not just that one exists.
@@ -269,7 +393,7 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
         WRONG_SAMPLER_TRUNCATED, "sampler", {"flat", "moderate", "peaked", "duplicates", "mixed-norms", "huge-logits"},
         "observed 0"),
     "sampler merges duplicate points": (WRONG_SAMPLER_DEDUPLICATES, "sampler", {"duplicates"}, "observed 0"),
-    "sampler overflows without log space": (WRONG_SAMPLER_NAIVE_EXP, "sampler", {"huge-logits"}, "backend raised"),
+    "sampler overflows without log space": (WRONG_SAMPLER_NAIVE_EXP, "sampler", {"huge-logits"}, "raised ValueError"),
     "sampler uses the first query for all": (
         WRONG_SAMPLER_FIRST_QUERY, "sampler", {"flat", "moderate", "peaked", "duplicates", "mixed-norms", "huge-logits"},
         "query 1"),
@@ -288,13 +412,22 @@ BUGS: dict[str, tuple[SimpleNamespace, str, set[str], str]] = {
     "top-k ties by the larger id": (
         WRONG_TOPK_TIE_RULE, "topk", {"integer-ties", "duplicates"}, "an exact tie must go to the smaller id"),
     "top-k not sorted by logit": (
-        WRONG_TOPK_UNSORTED, "topk", {"integer-ties", "duplicates", "random", "k-equals-N", "huge-logits"}, "expected id"),
+        WRONG_TOPK_UNSORTED, "topk", {"integer-ties", "duplicates", "random", "k-equals-N", "huge-logits", "near-duplicates"},
+        "not sorted by logit"),
     "bracket forgets eps": (
-        WRONG_BRACKET_NO_EPS, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"}, "log Z"),
+        WRONG_BRACKET_NO_EPS, "bracket",
+        {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided", "two-points", "cross", "extreme-point"},
+        "log Z"),
     "bracket ignores tol": (
         WRONG_BRACKET_IGNORES_TOL, "bracket", {"loose", "medium", "tight", "duplicates", "huge-logits", "one-sided"},
         "wider than tol"),
-    "bracket radii 1% too small": (WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided"}, "upper bound below log Z"),
+    "bracket radii 1% too small": (
+        WRONG_BRACKET_SHRUNK_RADII, "bracket", {"one-sided", "two-points"}, "upper bound below log Z"),
+    "tree bracket, radii 1% too small": (
+        WRONG_BRACKET_TREE_099, "bracket", {"two-points", "cross", "extreme-point"}, "upper bound below log Z"),
+    "tree bracket, radii halved": (
+        WRONG_BRACKET_TREE_HALF, "bracket", {"one-sided", "two-points", "cross", "extreme-point"},
+        "upper bound below log Z"),
     "Nystrom forgets the constant feature": (WRONG_NYSTROM_NO_CONST, "nystrom", {"linear-const"}, "backend"),
 }
 
@@ -449,9 +582,9 @@ def sample_distinct_in_rounds(points, queries, n, seed):
     return ids.reshape(B, rounds * m)[:, :n]
 
 
-def _swap(attribute: str, fn) -> SimpleNamespace:
-    """CORRECT_NUMPY with one callable replaced."""
-    backend = SimpleNamespace(**vars(CORRECT_NUMPY))
+def _swap(attribute: str, fn, **declared: Any) -> SimpleNamespace:
+    """CORRECT_NUMPY with one callable replaced (and attributes such as ``dtype`` declared)."""
+    backend = SimpleNamespace(**vars(CORRECT_NUMPY), **declared)
     setattr(backend, attribute, fn)
     return backend
 
@@ -464,6 +597,10 @@ GALLERY_STALE_INDEX = _swap("sample", sample_stale_index)
 GALLERY_WITHOUT_REPLACEMENT = _swap("sample", sample_without_replacement)
 GALLERY_DISTINCT_ROUNDS = _swap("sample", sample_distinct_in_rounds)
 GALLERY_TOPK_REVERSED_TIES = _swap("topk", topk_wrong_tie_rule)
+GALLERY_TOPK_FLOAT32_DECLARED = _swap("topk", topk_float32, dtype="float32")
+GALLERY_TOPK_FLOAT32_UNDECLARED = _swap("topk", topk_float32)
+GALLERY_TOPK_IVF = _swap("topk", topk_ivf_one_probe)
+GALLERY_TOPK_PADDING = _swap("topk", topk_padding)
 
 
 @dataclass(frozen=True)
@@ -545,7 +682,25 @@ GALLERY: tuple[GalleryEntry, ...] = (
         "a target gets at most n/16 draws: a probability of 0.98 (peaked) shows as <= 0.0625; the flat "
         "scenario (all P < 0.02) cannot tell"),
     GalleryEntry(
-        "top-k with reversed tie order", GALLERY_TOPK_REVERSED_TIES, _verdicts("topk"),
-        ("integer-ties", "duplicates"), "an exact tie must go to the smaller id", None,
+        "top-k with reversed tie order (FAISS returns tied ids in decreasing order)", GALLERY_TOPK_REVERSED_TIES,
+        _verdicts("topk"), ("integer-ties", "duplicates"), "an exact tie must go to the smaller id", None,
         "exact ties (integer coordinates, duplicate points) must go to the smaller id (P8)"),
+    GalleryEntry(
+        "float32 exact top-k declared float32", GALLERY_TOPK_FLOAT32_DECLARED, _verdicts(), (), "", None,
+        "its logits are within the float32 rounding bound of the float64 ones, and exact float64 ties "
+        "(integer coordinates, duplicates) stay exact in float32"),
+    GalleryEntry(
+        "float32 exact top-k undeclared", GALLERY_TOPK_FLOAT32_UNDECLARED, _verdicts("topk"), ("near-duplicates",),
+        "near-tie swap", None,
+        "copies 1e-9 apart tie in float32 and go by id; in float64 they are ordered, and the float64 "
+        "tolerance (~4e-15 |q|.|z|) does not cover a gap of 1e-9"),
+    GalleryEntry(
+        "inverted file with one probe", GALLERY_TOPK_IVF, _verdicts("topk"), ("random", "near-duplicates"),
+        "missing neighbours", None,
+        "an approximate index: the true neighbours outside the probed list are missed (recall@k < 1), "
+        "and lists shorter than k are padded with -1"),
+    GalleryEntry(
+        "padding ids (-1 beyond 8 results)", GALLERY_TOPK_PADDING, _verdicts("topk"),
+        ("integer-ties", "duplicates", "random", "k-equals-N", "near-duplicates"), "padding", None,
+        "-1 is not an id: every scenario with k > 8 fails, naming the query and the id"),
 )
