@@ -17,6 +17,7 @@ from typing import Any
 from reference._validation import check_choice
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.bracket import check_bracket
+from reference.conformance.dynamic import check_dynamic
 from reference.conformance.encoder import check_encoder
 from reference.conformance.nystrom import check_nystrom
 from reference.conformance.precision import check_dtype, declared_dtype
@@ -34,6 +35,7 @@ CHECKS: dict[str, tuple[str, Callable[..., CheckReport]]] = {
     "bracket": ("bracket", check_bracket),
     "topk": ("topk", check_topk),
     "nystrom": ("nystrom", check_nystrom),
+    "dynamic": ("dynamic_build", check_dynamic),
 }
 
 #: check name -> (positional parameters, keyword parameters) of its protocol.
@@ -43,6 +45,7 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bracket": (("points", "queries", "tol"), ()),
     "topk": (("points", "queries", "k"), ()),
     "nystrom": (("G0", "landmarks", "G_L", "kernel"), ()),
+    "dynamic": (("points",), ()),
 }
 
 
@@ -204,9 +207,9 @@ def run_conformance(
         kwargs: dict[str, Any] = {"time_limit": time_limit}
         if scenarios is not None:
             kwargs["scenarios"] = scenarios[check_name]
-        if check_name == "sampler":
+        if check_name in ("sampler", "dynamic"):
             kwargs.update(alpha=alpha, tv=tv, power=power, seed=seed)
-        if check_name in ("topk", "bracket"):
+        if check_name in ("topk", "bracket", "dynamic"):
             kwargs["dtype"] = dtype
         report.checks.append(check(fn, **kwargs))
     return report
