@@ -84,6 +84,8 @@ def fitting_checks(fn: Callable[..., Any]) -> list[str]:
     whose parameter names ``fn`` uses, if exactly one, is the answer.
     """
     fit = [c for c in CHECKS if fits(fn, c) is not False]
+    # One parameter is too common a signature: a bare dynamic_build is recognised by its name ``points``.
+    fit = [c for c in fit if c != "dynamic" or _parameter_names(fn)[:1] == ("points",)]
     if len(fit) > 1:
         names = _parameter_names(fn)
         named = [c for c in fit if names[: len(SIGNATURES[c][0])] == SIGNATURES[c][0]]
