@@ -171,8 +171,11 @@ def dynamic_script(n: int = 300, d: int = 8, *, seed: int = SCRIPT_SEED) -> list
     and 12 in a new far region); 5 Nystrom; 6 delete (the top-1 of every probe,
     some inserted rows, some moved ones: n/6 in all); 7 Nystrom; 8 partial
     rebuild (depth 1); 9 Nystrom; 10 insert (near the data). The sampler is
-    checked after steps 0, 3, 6 and 8. Probe queries: 4 random directions of
-    norm 2.5 at every step, plus queries of norm 3 along what the step changed.
+    checked after steps 0, 3, 6 and 8. Probe queries at every step: 4 random
+    directions of norm 2.5 and one of norm 0.01 (a nearly flat softmax, where
+    the coarsest bracket is ~ log of the number of live targets: a count that
+    does not follow the inserts and deletes shows there), plus queries of norm
+    3 along what the step changed.
 
     Parameters
     ----------
@@ -201,7 +204,7 @@ def dynamic_script(n: int = 300, d: int = 8, *, seed: int = SCRIPT_SEED) -> list
         return keys, np.array([current[int(y)] for y in keys])
 
     def probes(extra: np.ndarray) -> np.ndarray:
-        base = directions(rng, 4, d, 2.5)
+        base = directions(rng, 5, d, [2.5, 2.5, 2.5, 2.5, 0.01])  # the last nearly flat: log Z ~ log(live count)
         return base if extra.size == 0 else np.vstack([base, 3.0 * _unit(extra)])
 
     def add(op: str, about: str, keys: np.ndarray, vectors: np.ndarray, extra: np.ndarray,
