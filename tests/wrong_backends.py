@@ -876,3 +876,23 @@ WRONG_DYNAMIC_DELETE = _dynamic(DeletedStillReturned)
 WRONG_DYNAMIC_INSERT = _dynamic(InsertedNeverReturned)
 WRONG_DYNAMIC_COUNTS = _dynamic(CountsStaleAfterDelete)
 WRONG_DYNAMIC_LANDMARKS = _dynamic(MapOnLandmarksOnly)
+
+#: name -> (backend, the first step of ``dynamic_script()`` that must fail, its op, the probes that
+#: must fail at that step, a phrase the report must contain). Every earlier step must pass.
+DYNAMIC_BUGS: dict[str, tuple[SimpleNamespace, int, str, set[str], str]] = {
+    "radii not grown after a move": (
+        WRONG_DYNAMIC_RADII, 3, "move", {"topk", "bracket"}, "missing neighbours"),
+    "a deleted id still returned": (
+        WRONG_DYNAMIC_DELETE, 6, "delete", {"topk", "bracket"}, "was deleted at step 6"),
+    "inserted ids never returned": (
+        WRONG_DYNAMIC_INSERT, 4, "insert", {"topk", "bracket"}, "missing neighbours"),
+    "node counts stale after a delete": (
+        WRONG_DYNAMIC_COUNTS, 6, "delete", {"bracket"}, "lower bound above log Z"),
+    "a Nystrom map applied to the landmarks only": (
+        WRONG_DYNAMIC_LANDMARKS, 1, "nystrom", {"topk", "bracket"}, "missing neighbours"),
+}
+
+
+def dynamic_build_spec(points):
+    """A bare ``dynamic_build`` (the kit recognises it by its one parameter, ``points``)."""
+    return SpecDynamicIndex(points)
