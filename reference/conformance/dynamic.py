@@ -50,8 +50,8 @@ erase. :func:`reference.conformance.dynamic_backends.from_static` turns any
 backend of the static protocols into one that rebuilds from scratch at every
 step (always right, a baseline); :data:`reference.conformance.dynamic_backends.TREE_BACKEND`
 is the reference's own :class:`reference.tree.Tree`, repaired in place
-(``Tree.update``, ``insert``, ``delete``, ``rebuild``): read it as a
-ten-line example.
+(``Tree.update``, ``insert``, ``delete``, ``rebuild``): read its
+``TreeState`` as an example of an adapter.
 
 The script and what is checked
 ------------------------------
@@ -92,6 +92,7 @@ of :func:`reference.stats.g_test`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,9 @@ class DynamicStep:
         the order they were built or inserted; the kit maps them to the
         backend's ids). Empty for build, insert and rebuild.
     vectors : ndarray (P, d)
-        The new vectors (build: all points; nystrom and move: one per key; insert: the new rows).
+        The new vectors (build: all points; nystrom and move: one per key;
+        insert: the new rows; delete: the deleted rows' last vectors, for the
+        probes only).
     depth : int
         The rebuild depth (rebuild only).
     queries : ndarray (B, d)
@@ -289,7 +292,7 @@ class _Replay:
         ids = np.array(sorted(self.vector), dtype=np.int64)
         return ids, np.array([self.vector[int(y)] for y in ids]).reshape(ids.size, self.d)
 
-    def issue(self, ids: Any, count: int, step: int) -> tuple[np.ndarray | None, str | None]:
+    def issue(self, ids: Any, count: int) -> tuple[np.ndarray | None, str | None]:
         """Record ``count`` new ids returned by the backend; an error when they are not usable."""
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu" or ids.shape != (count,):
@@ -326,8 +329,6 @@ def _method(state: Any, name: str) -> Callable[..., Any] | None:
 
 def _dead_note(view: _Replay, case: Case) -> str:
     """Name the deleted ids that appear in a failure message (what the static check cannot know)."""
-    import re
-
     text = f"{case.headline} {case.worst}"
     named = {int(m) for m in re.findall(r"(?:id|target) (\d+)", text)}
     dead = sorted(y for y in named if y in view.dead)
@@ -383,7 +384,7 @@ def check_dynamic(
     n_sampler = max(1, sum(st.sample for st in script))
     report = CheckReport(
         "dynamic",
-        f"{len(script)} steps of updates shaped like training; after each,  top-k, bracket and "
+        f"{len(script)} steps of updates shaped like training; after each, top-k, bracket and "
         f"(at {n_sampler} steps) the sampler against brute force on the current points, {dtype} declared",
     )
     view = _Replay(script[0].vectors.shape[1])
@@ -422,7 +423,7 @@ def check_dynamic(
         elif step.op == "insert":
             got, err = guarded(_method(state, "insert"), "insert", [("vectors", step.vectors)], np.asarray)
             if err is None:
-                ids, err = view.issue(got, step.vectors.shape[0], s)
+                ids, err = view.issue(got, step.vectors.shape[0])
             if err is None:
                 for i, (y, v) in enumerate(zip(ids, step.vectors)):
                     view.key_to_id[view.next_key + i] = int(y)
@@ -433,6 +434,8 @@ def check_dynamic(
             fn = _method(state, "rebuild")
             if fn is not None:
                 _, err = guarded(fn, "rebuild", [("depth", step.depth)])
+            else:
+                where = f"step {s} ({step.about}; the state has no rebuild: nothing done)"
         else:
             raise ValueError(f"script: step {s} has an unknown op {step.op!r}")
         if err is not None:
