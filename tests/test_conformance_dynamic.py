@@ -166,3 +166,13 @@ def test_a_bare_dynamic_build_is_recognised_by_its_parameter_name(capsys):
     captured = capsys.readouterr()
     assert "checking it as dynamic" in captured.err
     assert captured.out.startswith("PASS: all 1 checks passed (dynamic)")
+
+
+def test_the_declared_precision_reaches_the_dynamic_check():
+    """A float32 top-k, sampler and bracket rebuilt every step, declared float32, pass with the float32 tolerance."""
+    backend = from_static(wb.GALLERY_TOPK_FLOAT32_DECLARED)
+    report = run_conformance(backend, ["dynamic"])
+    assert report.passed, report.format()
+    assert report.checks[0].description.endswith("float32 declared")
+    tolerance = next(c.note for c in report.checks[0].cases if c.scenario == "step 0 topk")
+    assert "(float32 declared)" in tolerance
