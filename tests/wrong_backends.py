@@ -866,6 +866,21 @@ class MapOnLandmarksOnly(SpecDynamicIndex):
         super().move(ids, vectors)
 
 
+class RebuildDropsInserted(SpecDynamicIndex):
+    """rebuild() re-clusters the rows of the original build only: targets inserted since are lost."""
+
+    def __init__(self, points):
+        super().__init__(points)
+        self.built = points.shape[0]
+
+    def rebuild(self, depth):
+        inserted = self.alive.copy()
+        inserted[: self.built] = False
+        self.alive[inserted] = False
+        self._cluster()
+        self.alive[inserted] = True
+
+
 def _dynamic(state_class) -> SimpleNamespace:
     return SimpleNamespace(dynamic_build=state_class)
 
@@ -876,6 +891,7 @@ WRONG_DYNAMIC_DELETE = _dynamic(DeletedStillReturned)
 WRONG_DYNAMIC_INSERT = _dynamic(InsertedNeverReturned)
 WRONG_DYNAMIC_COUNTS = _dynamic(CountsStaleAfterDelete)
 WRONG_DYNAMIC_LANDMARKS = _dynamic(MapOnLandmarksOnly)
+WRONG_DYNAMIC_REBUILD = _dynamic(RebuildDropsInserted)
 
 #: name -> (backend, the first step of ``dynamic_script()`` that must fail, its op, the probes that
 #: must fail at that step, a phrase the report must contain). Every earlier step must pass.
@@ -890,6 +906,8 @@ DYNAMIC_BUGS: dict[str, tuple[SimpleNamespace, int, str, set[str], str]] = {
         WRONG_DYNAMIC_COUNTS, 6, "delete", {"bracket"}, "lower bound above log Z"),
     "a Nystrom map applied to the landmarks only": (
         WRONG_DYNAMIC_LANDMARKS, 1, "nystrom", {"topk", "bracket"}, "missing neighbours"),
+    "a rebuild that drops the targets inserted since the build": (
+        WRONG_DYNAMIC_REBUILD, 8, "rebuild", {"topk", "bracket"}, "missing neighbours"),
 }
 
 

@@ -236,7 +236,7 @@ def dynamic_script(n: int = 300, d: int = 8, *, seed: int = SCRIPT_SEED) -> list
     far = 4.0 * _unit(rng.standard_normal((6, d)))
     for y, v in zip(jump, far):
         current[int(y)] = v
-    add("move", f"large move: 6 rows (keys {sorted(jump.tolist())}) jumped to norm 4 in new directions",
+    add("move", f"large move: 6 rows (ids {sorted(jump.tolist())}, as built) jumped to norm 4 in new directions",
         np.sort(jump), far[np.argsort(jump)], far[:3], sample=True)
     _, Z = live()
     near = Z[rng.choice(Z.shape[0], n // 10)] + 0.2 * rng.standard_normal((n // 10, d))
