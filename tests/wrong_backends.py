@@ -21,6 +21,14 @@ precision samplers are that float32 sampler with one step changed, and each
 i.i.d. one comes with its exact per-draw distribution, so the verdicts are
 also derived, not only observed (``reference.conformance.power_against``).
 
+``SpecDynamicIndex`` (``CORRECT_DYNAMIC``) is a cluster index of the dynamic
+protocol written from the spec alone; each ``WRONG_DYNAMIC_*`` leaves out one
+step of an update (``DYNAMIC_BUGS``: radii not grown after a move, a deleted id
+still returned, inserted ids never returned, counts stale after a delete, a
+Nystrom map applied to the landmarks only, a rebuild that drops inserted
+targets), with the first step of the kit's script that must fail;
+``tests/test_conformance_dynamic.py`` runs them.
+
 Usable from the shell too, e.g.
 ``python -m reference conformance tests.wrong_backends:WRONG_TOPK_TIE_RULE``.
 """
