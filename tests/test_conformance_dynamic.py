@@ -176,3 +176,16 @@ def test_the_declared_precision_reaches_the_dynamic_check():
     assert report.checks[0].description.endswith("float32 declared")
     tolerance = next(c.note for c in report.checks[0].cases if c.scenario == "step 0 topk")
     assert "(float32 declared)" in tolerance
+
+
+def test_a_state_that_writes_into_its_queries_is_flagged():
+    class WritesIntoQueries(TreeState):
+        def topk(self, queries, k):
+            assert queries.flags["C_CONTIGUOUS"] and queries.shape[1] == 8
+            out = super().topk(queries, k)
+            queries[0, 0] = 7.0
+            return out
+
+    report = check_dynamic(WritesIntoQueries)
+    assert _steps(report) == {0}
+    assert "modified its input queries" in report.most_serious()[1]

@@ -467,6 +467,20 @@ def _not_replayed(report: CheckReport, script: Sequence[DynamicStep], s: int) ->
                                  f"not replayed: the backend went wrong at step {s}", skipped=True))
 
 
+def _first_columns(queries: np.ndarray, d: int) -> tuple[np.ndarray, Callable[[], None]]:
+    """A C-contiguous copy of ``queries[:, :d]``, and a function writing it back after the call.
+
+    Written back, a backend's write into its queries reaches the array the guarded
+    call handed over, which reports it as a modified input.
+    """
+    q = np.ascontiguousarray(queries[:, :d])
+
+    def back() -> None:
+        queries[:, :d] = q
+
+    return q, back
+
+
 def _probe(state: Any, dynamic_build: Callable[..., Any], view: _Replay, step: DynamicStep, s: int, *,
            dtype: str, time_limit: float | None, alpha: float, tv: float, power: float, seed: int
            ) -> list[tuple[str, Case]]:
@@ -477,7 +491,14 @@ def _probe(state: Any, dynamic_build: Callable[..., Any], view: _Replay, step: D
     topk = _method(state, "topk")
     if topk is not None:
         k = min(step.k, live_Z.shape[0])
-        rep = check_topk(lambda points, queries, k: topk(queries[:, :d], k), dtype=dtype, time_limit=time_limit,
+        def static_topk(points: np.ndarray, queries: np.ndarray, k: int) -> Any:
+            q, back = _first_columns(queries, d)
+            try:
+                return topk(q, k)
+            finally:
+                back()
+
+        rep = check_topk(static_topk, dtype=dtype, time_limit=time_limit,
                          scenarios=[TopkScenario("step", full, aug_q, k, f"{live_Z.shape[0]} live targets")])
         out += [("topk", c) for c in rep.cases]
     bracket = _method(state, "bracket")
@@ -490,7 +511,11 @@ def _probe(state: Any, dynamic_build: Callable[..., Any], view: _Replay, step: D
     if sample is not None and step.sample:
         def static_sample(points: np.ndarray, queries: np.ndarray, n: int, seed: int) -> Any:
             if points.shape == full.shape and np.array_equal(points, full):
-                return sample(queries[:, :d], n, seed)
+                q, back = _first_columns(queries, d)
+                try:
+                    return sample(q, n, seed)
+                finally:
+                    back()
             fresh = dynamic_build(points)  # the format probes: a state built from their points
             return _method(fresh, "sample")(queries, n, seed)
 
