@@ -173,7 +173,7 @@ def test_the_declared_precision_reaches_the_dynamic_check():
     backend = from_static(wb.GALLERY_TOPK_FLOAT32_DECLARED)
     report = run_conformance(backend, ["dynamic"])
     assert report.passed, report.format()
-    assert report.checks[0].description.endswith("float32 declared")
+    assert "float32 declared" in report.checks[0].description
     tolerance = next(c.note for c in report.checks[0].cases if c.scenario == "step 0 topk")
     assert "(float32 declared)" in tolerance
 
@@ -189,3 +189,14 @@ def test_a_state_that_writes_into_its_queries_is_flagged():
     report = check_dynamic(WritesIntoQueries)
     assert _steps(report) == {0}
     assert "modified its input queries" in report.most_serious()[1]
+
+
+def test_the_sampler_and_the_dynamic_check_share_the_run_false_alarm_rate():
+    both = SimpleNamespace(sample=wb.numpy_sample, dynamic_build=TreeState)
+    report = run_conformance(both, alpha=1e-6)
+    assert report.passed, report.format()
+    sampler, dynamic = (next(c for c in report.checks if c.name == n) for n in ("sampler", "dynamic"))
+    assert "total false-alarm rate 5e-07" in sampler.description
+    assert dynamic.description.endswith("false-alarm rate 5e-07")
+    alone = run_conformance(SimpleNamespace(dynamic_build=TreeState), alpha=1e-6)
+    assert alone.checks[-1].description.endswith("false-alarm rate 1e-06")

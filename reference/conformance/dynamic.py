@@ -385,7 +385,8 @@ def check_dynamic(
     report = CheckReport(
         "dynamic",
         f"{len(script)} steps of updates shaped like training; after each, top-k, bracket and "
-        f"(at {n_sampler} steps) the sampler against brute force on the current points, {dtype} declared",
+        f"(at {n_sampler} steps) the sampler against brute force on the current points, {dtype} declared; "
+        f"false-alarm rate {alpha:g}",
     )
     view = _Replay(script[0].vectors.shape[1])
     state: Any = None

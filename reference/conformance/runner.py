@@ -154,14 +154,15 @@ def run_conformance(
     ----------
     backend : object or mapping
         Provides some of ``sample``, ``encoder``, ``bracket``, ``topk``,
-        ``nystrom`` (attributes or keys; see :mod:`reference.conformance`),
+        ``nystrom``, ``dynamic_build`` (attributes or keys; see :mod:`reference.conformance`),
         and optionally ``dtype`` (the precision of its logits).
     checks : sequence of str, optional
         Names from :data:`CHECKS` to run. Default: all the backend provides
         (the others are reported as skipped). A check named here that the
         backend does not provide fails.
     alpha, tv, power, seed
-        Passed to :func:`check_sampler` (``alpha`` is the run's false-alarm rate).
+        Passed to :func:`check_sampler` and :func:`check_dynamic` (``alpha``
+        is the run's false-alarm rate: split evenly between them when both run).
     name : str, optional
         How the report names the backend.
     dtype : {"float64", "float32"}, optional
@@ -187,6 +188,10 @@ def run_conformance(
         required = True
     dtype = declared_dtype(backend) if dtype is None else check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
+    # The random checks (the sampler and the dynamic check's sampler steps) share the run's alpha.
+    random = [c for c in ("sampler", "dynamic") if c in selected and (only is None or c in only)
+              and _provided(backend, CHECKS[c][0]) is not None]
+    share = alpha / max(1, len(random))
     report = ConformanceReport(name or repr(backend)[:80], alpha=alpha, dtype=dtype,
                                protocols=tuple(a for a, _ in CHECKS.values()))
     for check_name in selected:
@@ -210,7 +215,7 @@ def run_conformance(
         if scenarios is not None:
             kwargs["scenarios"] = scenarios[check_name]
         if check_name in ("sampler", "dynamic"):
-            kwargs.update(alpha=alpha, tv=tv, power=power, seed=seed)
+            kwargs.update(alpha=share, tv=tv, power=power, seed=seed)
         if check_name in ("topk", "bracket", "dynamic"):
             kwargs["dtype"] = dtype
         report.checks.append(check(fn, **kwargs))
