@@ -93,7 +93,7 @@ def test_a_sampler_that_draws_deleted_ids_fails_at_the_delete_step():
     assert _steps(report) == {delete}
     assert [c.scenario for c in report.failures] == [f"step {delete} sample"]
     line = report.most_serious()[1]
-    assert "drew target" in line and f"was deleted at step {delete}" in line
+    assert "drew target" in line and f"(deleted at step {delete}); " in line
 
 
 def test_updates_the_backend_cannot_take_are_failures_naming_the_step():

@@ -907,7 +907,7 @@ DYNAMIC_BUGS: dict[str, tuple[SimpleNamespace, int, str, set[str], str]] = {
     "radii not grown after a move": (
         WRONG_DYNAMIC_RADII, 3, "move", {"topk", "bracket"}, "missing neighbours"),
     "a deleted id still returned": (
-        WRONG_DYNAMIC_DELETE, 6, "delete", {"topk", "bracket"}, "was deleted at step 6"),
+        WRONG_DYNAMIC_DELETE, 6, "delete", {"topk", "bracket"}, "a deleted id came back: id 28 (deleted at step 6)"),
     "inserted ids never returned": (
         WRONG_DYNAMIC_INSERT, 4, "insert", {"topk", "bracket"}, "missing neighbours"),
     "node counts stale after a delete": (

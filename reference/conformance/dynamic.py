@@ -334,7 +334,7 @@ def _dead_note(view: _Replay, case: Case) -> str:
     dead = sorted(y for y in named if y in view.dead)
     if not dead:
         return ""
-    return "; " + ", ".join(f"id {y} was deleted at step {view.dead[y]}" for y in dead[:3])
+    return "a deleted id came back: " + ", ".join(f"id {y} (deleted at step {view.dead[y]})" for y in dead[:3]) + "; "
 
 
 def check_dynamic(
@@ -453,8 +453,8 @@ def check_dynamic(
             if not (case.passed or case.skipped):
                 failed = True
                 case = dataclasses.replace(
-                    case, headline=f"first wrong at {where}: {protocol}: {case.headline or case.worst}"
-                    + _dead_note(view, case))
+                    case, headline=f"first wrong at {where}: {protocol}: {_dead_note(view, case)}"
+                    f"{case.headline or case.worst}")
             report.cases.append(dataclasses.replace(case, scenario=scenario))
         if failed:
             _not_replayed(report, script, s)
