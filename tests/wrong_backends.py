@@ -21,6 +21,14 @@ precision samplers are that float32 sampler with one step changed, and each
 i.i.d. one comes with its exact per-draw distribution, so the verdicts are
 also derived, not only observed (``reference.conformance.power_against``).
 
+``SpecDynamicIndex`` (``CORRECT_DYNAMIC``) is a cluster index of the dynamic
+protocol written from the spec alone; each ``WRONG_DYNAMIC_*`` leaves out one
+step of an update (``DYNAMIC_BUGS``: radii not grown after a move, a deleted id
+still returned, inserted ids never returned, counts stale after a delete, a
+Nystrom map applied to the landmarks only, a rebuild that drops inserted
+targets), with the first step of the kit's script that must fail;
+``tests/test_conformance_dynamic.py`` runs them.
+
 Usable from the shell too, e.g.
 ``python -m reference conformance tests.wrong_backends:WRONG_TOPK_TIE_RULE``.
 """
@@ -636,7 +644,7 @@ class GalleryEntry:
 
 
 def _verdicts(failing: str | None = None) -> dict[str, str]:
-    v = {"sampler": "PASS", "encoder": "SKIP", "bracket": "PASS", "topk": "PASS", "nystrom": "PASS"}
+    v = {"sampler": "PASS", "encoder": "SKIP", "bracket": "PASS", "topk": "PASS", "nystrom": "PASS", "dynamic": "SKIP"}
     if failing is not None:
         v[failing] = "FAIL"
     return v
@@ -704,3 +712,213 @@ GALLERY: tuple[GalleryEntry, ...] = (
         ("integer-ties", "duplicates", "random", "k-equals-N", "near-duplicates"), "padding", None,
         "-1 is not an id: every scenario with k > 8 fails, naming the query and the id"),
 )
+
+
+# ----------------------------------------------------------------------------
+# Dynamic backends: a cluster index written from the spec alone, and its ports' mistakes
+# ----------------------------------------------------------------------------
+#
+# ``SpecDynamicIndex`` uses no reference code (like ``CORRECT_NUMPY``): one level
+# of clusters of about 16 targets, each with a centre r_c, a certified radius
+# rho_c >= ||z_y - r_c|| of its members and a live count n_c; so
+# a_y <= <q, r_c> + ||q|| rho_c for every member (P1). Top-k by branch and bound,
+# a bracket from the node bounds refined until hi - lo <= tol, an exact
+# rejection sampler (propose a cluster with weight n_c exp(<q, r_c> + ||q|| rho_c),
+# a member uniformly, accept with probability exp(a_y - <q, r_c> - ||q|| rho_c)).
+# It passes the dynamic check. Each ``WRONG_DYNAMIC_*`` leaves out one step of an
+# update, as a port of the dynamic tree does, and fails at the step of the kit's
+# script that exposes it (``DYNAMIC_BUGS``). Being a port, it has no run-time
+# invariant checks of its own: what it gets wrong, it answers wrongly.
+
+
+class SpecDynamicIndex:
+    """A one-level cluster index with certified radii, repaired in place by its updates."""
+
+    leaf = 16
+
+    def __init__(self, points):
+        self.z = np.array(points, dtype=np.float64)
+        self.alive = np.ones(self.z.shape[0], dtype=bool)
+        self._cluster()
+
+    def _cluster(self):
+        live = np.flatnonzero(self.alive)
+        C = max(1, -(-live.size // self.leaf))
+        rng = np.random.default_rng(0)
+        centre = self.z[rng.choice(live, C, replace=False)]
+        for _ in range(5):
+            assign = np.argmin(((self.z[live, None, :] - centre[None]) ** 2).sum(-1), axis=1)
+            for c in range(C):
+                if (assign == c).any():
+                    centre[c] = self.z[live[assign == c]].mean(axis=0)
+        self.node = np.full(self.z.shape[0], -1)
+        self.node[live] = np.argmin(((self.z[live, None, :] - centre[None]) ** 2).sum(-1), axis=1)
+        self.centre = centre
+        self.radius = np.zeros(C)
+        self.count = np.bincount(self.node[live], minlength=C)
+        self._grow(live)
+
+    def _grow(self, ids):
+        ids = ids[self.node[ids] >= 0]
+        dist = np.linalg.norm(self.z[ids] - self.centre[self.node[ids]], axis=1)
+        np.maximum.at(self.radius, self.node[ids], dist * (1 + 1e-12))
+
+    def _members(self, c):
+        return np.flatnonzero(self.node == c)
+
+    # updates
+    def move(self, ids, vectors):
+        self.z[ids] = vectors
+        self._grow(ids)
+
+    def insert(self, vectors):
+        ids = np.arange(self.z.shape[0], self.z.shape[0] + vectors.shape[0])
+        self.z = np.vstack([self.z, vectors])
+        self.alive = np.concatenate([self.alive, np.ones(vectors.shape[0], dtype=bool)])
+        c = np.argmin(((vectors[:, None, :] - self.centre[None]) ** 2).sum(-1), axis=1)
+        self.node = np.concatenate([self.node, c])
+        np.add.at(self.count, c, 1)
+        self._grow(ids)
+        return ids
+
+    def delete(self, ids):
+        self.alive[ids] = False
+        np.subtract.at(self.count, self.node[ids], 1)
+        self.node[ids] = -1
+
+    def rebuild(self, depth):
+        self._cluster()  # one level: every depth is a full re-clustering
+
+    # queries (a loop over queries: test code)
+    def _upper(self, q):
+        return self.centre @ q + np.linalg.norm(q) * self.radius
+
+    def topk(self, queries, k):
+        out = np.empty((queries.shape[0], k), dtype=np.int64)
+        for b, q in enumerate(queries):
+            ub = self._upper(q)
+            margin = 1e-9 * np.linalg.norm(q) * (np.linalg.norm(self.centre, axis=1) + self.radius)
+            ids, a = np.zeros(0, dtype=np.int64), np.zeros(0)
+            for c in np.argsort(-ub, kind="stable"):
+                if ids.size >= k and ub[c] + margin[c] < a[k - 1]:
+                    break
+                m = self._members(c)
+                ids, a = np.concatenate([ids, m]), np.concatenate([a, self.z[m] @ q])
+                keep = np.lexsort((ids, -a))[:k]
+                ids, a = ids[keep], a[keep]
+            out[b] = ids
+        return out
+
+    def bracket(self, queries, tol):
+        lo, hi = np.empty(queries.shape[0]), np.empty(queries.shape[0])
+        with np.errstate(divide="ignore"):
+            log_n = np.log(self.count.astype(np.float64))
+        for b, q in enumerate(queries):
+            spread = np.linalg.norm(q) * self.radius
+            L, U = log_n + self.centre @ q - spread, log_n + self.centre @ q + spread
+            for c in np.argsort(-(U - L), kind="stable"):
+                if logsumexp(U) - logsumexp(L) <= tol:
+                    break
+                m = self._members(c)
+                L[c] = U[c] = logsumexp(self.z[m] @ q) if m.size else -np.inf
+            lo[b], hi[b] = logsumexp(L), logsumexp(U)
+        return lo, hi
+
+
+class RadiiNotGrown(SpecDynamicIndex):
+    """move() writes the new vectors but does not grow the radii (I3 broken after a move)."""
+
+    def move(self, ids, vectors):
+        self.z[ids] = vectors
+
+
+class DeletedStillReturned(SpecDynamicIndex):
+    """delete() marks the targets dead but leaves them in their clusters, which the queries read."""
+
+    def delete(self, ids):
+        self.alive[ids] = False
+
+
+class InsertedNeverReturned(SpecDynamicIndex):
+    """insert() stores the vectors and hands out ids but puts the targets in no cluster."""
+
+    def insert(self, vectors):
+        ids = np.arange(self.z.shape[0], self.z.shape[0] + vectors.shape[0])
+        self.z = np.vstack([self.z, vectors])
+        self.alive = np.concatenate([self.alive, np.ones(vectors.shape[0], dtype=bool)])
+        self.node = np.concatenate([self.node, np.full(vectors.shape[0], -1)])
+        return ids
+
+
+class CountsStaleAfterDelete(SpecDynamicIndex):
+    """delete() takes the targets out of their clusters but leaves the counts n_c as they were."""
+
+    def delete(self, ids):
+        self.alive[ids] = False
+        self.node[ids] = -1
+
+
+class MapOnLandmarksOnly(SpecDynamicIndex):
+    """A Nystrom update (a move of every live row) applied to the 16 landmark rows (ids 0-15) only.
+
+    The port re-encodes the landmarks and forgets to carry the map to the
+    other rows; a move of a few rows is applied in full.
+    """
+
+    landmarks = 16
+
+    def move(self, ids, vectors):
+        if ids.shape[0] == int(self.alive.sum()):
+            keep = ids < self.landmarks
+            ids, vectors = ids[keep], vectors[keep]
+        super().move(ids, vectors)
+
+
+class RebuildDropsInserted(SpecDynamicIndex):
+    """rebuild() re-clusters the rows of the original build only: targets inserted since are lost."""
+
+    def __init__(self, points):
+        super().__init__(points)
+        self.built = points.shape[0]
+
+    def rebuild(self, depth):
+        inserted = self.alive.copy()
+        inserted[: self.built] = False
+        self.alive[inserted] = False
+        self._cluster()
+        self.alive[inserted] = True
+
+
+def _dynamic(state_class) -> SimpleNamespace:
+    return SimpleNamespace(dynamic_build=state_class)
+
+
+CORRECT_DYNAMIC = _dynamic(SpecDynamicIndex)
+WRONG_DYNAMIC_RADII = _dynamic(RadiiNotGrown)
+WRONG_DYNAMIC_DELETE = _dynamic(DeletedStillReturned)
+WRONG_DYNAMIC_INSERT = _dynamic(InsertedNeverReturned)
+WRONG_DYNAMIC_COUNTS = _dynamic(CountsStaleAfterDelete)
+WRONG_DYNAMIC_LANDMARKS = _dynamic(MapOnLandmarksOnly)
+WRONG_DYNAMIC_REBUILD = _dynamic(RebuildDropsInserted)
+
+#: name -> (backend, the first step of ``dynamic_script()`` that must fail, its op, the probes that
+#: must fail at that step, a phrase the report must contain). Every earlier step must pass.
+DYNAMIC_BUGS: dict[str, tuple[SimpleNamespace, int, str, set[str], str]] = {
+    "radii not grown after a move": (
+        WRONG_DYNAMIC_RADII, 3, "move", {"topk", "bracket"}, "missing neighbours"),
+    "a deleted id still returned": (
+        WRONG_DYNAMIC_DELETE, 6, "delete", {"topk", "bracket"}, "a deleted id came back: id 28 (deleted at step 6)"),
+    "inserted ids never returned": (
+        WRONG_DYNAMIC_INSERT, 4, "insert", {"topk", "bracket"}, "missing neighbours"),
+    "node counts stale after a delete": (
+        WRONG_DYNAMIC_COUNTS, 6, "delete", {"bracket"}, "lower bound above log Z"),
+    "a Nystrom map applied to the landmarks only": (
+        WRONG_DYNAMIC_LANDMARKS, 1, "nystrom", {"topk", "bracket"}, "missing neighbours"),
+    "a rebuild that drops the targets inserted since the build": (
+        WRONG_DYNAMIC_REBUILD, 8, "rebuild", {"topk", "bracket"}, "missing neighbours"),
+}
+
+
+def dynamic_build_spec(points):
+    """A bare ``dynamic_build`` (the kit recognises it by its one parameter, ``points``)."""
+    return SpecDynamicIndex(points)

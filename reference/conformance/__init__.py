@@ -32,6 +32,9 @@ Protocols, one module each (read it for the exact rule and the scenarios)
     :mod:`reference.conformance.topk`.
 ``nystrom(G0, landmarks, G_L, kernel) -> Ghat``
     the Nystrom map of proofs/README.md section 5: :mod:`reference.conformance.nystrom`.
+``dynamic_build(points) -> state``, then ``state.move / insert / delete / rebuild`` and ``state.topk / sample / bracket``
+    an index kept right through a seeded script of updates shaped like training, checked after
+    every step; the report names the first wrong step: :mod:`reference.conformance.dynamic`.
 
 Inputs are plain C-contiguous NumPy arrays (float64 unless stated), ints and
 dicts of arrays; outputs may be anything ``numpy.asarray`` accepts (NumPy
@@ -98,6 +101,8 @@ from __future__ import annotations
 from reference.conformance._calls import DEFAULT_TIME_LIMIT
 from reference.conformance.bracket import BRACKET_RTOL, BracketScenario, bracket_scenarios, check_bracket
 from reference.conformance.command import add_arguments, load_user_data, run
+from reference.conformance.dynamic import DynamicStep, check_dynamic, dynamic_script
+from reference.conformance.dynamic_backends import REBUILD_BACKEND, TREE_BACKEND, from_static
 from reference.conformance.encoder import ENCODER_RTOL, GRADIENT_FLOOR, EncoderScenario, check_encoder, encoder_scenarios
 from reference.conformance.nystrom import NYSTROM_RTOL, NystromScenario, check_nystrom, nystrom_scenarios
 from reference.conformance.precision import logit_error_factor
@@ -162,6 +167,12 @@ __all__ = [
     "NystromScenario",
     "nystrom_scenarios",
     "check_nystrom",
+    "DynamicStep",
+    "dynamic_script",
+    "check_dynamic",
+    "from_static",
+    "TREE_BACKEND",
+    "REBUILD_BACKEND",
     "run_conformance",
     "load_backend",
     "load_user_data",

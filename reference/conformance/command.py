@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "backend",
         nargs="?",
         metavar="BACKEND",
-        help="'module:object' providing some of sample / encoder / bracket / topk / nystrom "
+        help="'module:object' providing some of sample / encoder / bracket / topk / nystrom / dynamic_build "
         "(e.g. reference.conformance:REFERENCE_BACKEND or reference.contrib.torch_backend:BACKEND), "
         "or a bare function of one protocol",
     )

@@ -17,6 +17,7 @@ from typing import Any
 from reference._validation import check_choice
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.bracket import check_bracket
+from reference.conformance.dynamic import check_dynamic
 from reference.conformance.encoder import check_encoder
 from reference.conformance.nystrom import check_nystrom
 from reference.conformance.precision import check_dtype, declared_dtype
@@ -34,6 +35,7 @@ CHECKS: dict[str, tuple[str, Callable[..., CheckReport]]] = {
     "bracket": ("bracket", check_bracket),
     "topk": ("topk", check_topk),
     "nystrom": ("nystrom", check_nystrom),
+    "dynamic": ("dynamic_build", check_dynamic),
 }
 
 #: check name -> (positional parameters, keyword parameters) of its protocol.
@@ -43,6 +45,7 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bracket": (("points", "queries", "tol"), ()),
     "topk": (("points", "queries", "k"), ()),
     "nystrom": (("G0", "landmarks", "G_L", "kernel"), ()),
+    "dynamic": (("points",), ()),
 }
 
 
@@ -81,6 +84,8 @@ def fitting_checks(fn: Callable[..., Any]) -> list[str]:
     whose parameter names ``fn`` uses, if exactly one, is the answer.
     """
     fit = [c for c in CHECKS if fits(fn, c) is not False]
+    # One parameter is too common a signature: a bare dynamic_build is recognised by its name ``points``.
+    fit = [c for c in fit if c != "dynamic" or _parameter_names(fn)[:1] == ("points",)]
     if len(fit) > 1:
         names = _parameter_names(fn)
         named = [c for c in fit if names[: len(SIGNATURES[c][0])] == SIGNATURES[c][0]]
@@ -149,14 +154,15 @@ def run_conformance(
     ----------
     backend : object or mapping
         Provides some of ``sample``, ``encoder``, ``bracket``, ``topk``,
-        ``nystrom`` (attributes or keys; see :mod:`reference.conformance`),
+        ``nystrom``, ``dynamic_build`` (attributes or keys; see :mod:`reference.conformance`),
         and optionally ``dtype`` (the precision of its logits).
     checks : sequence of str, optional
         Names from :data:`CHECKS` to run. Default: all the backend provides
         (the others are reported as skipped). A check named here that the
         backend does not provide fails.
     alpha, tv, power, seed
-        Passed to :func:`check_sampler` (``alpha`` is the run's false-alarm rate).
+        Passed to :func:`check_sampler` and :func:`check_dynamic` (``alpha``
+        is the run's false-alarm rate: split evenly between them when both run).
     name : str, optional
         How the report names the backend.
     dtype : {"float64", "float32"}, optional
@@ -182,6 +188,10 @@ def run_conformance(
         required = True
     dtype = declared_dtype(backend) if dtype is None else check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
+    # The random checks (the sampler and the dynamic check's sampler steps) share the run's alpha.
+    random = [c for c in ("sampler", "dynamic") if c in selected and (only is None or c in only)
+              and _provided(backend, CHECKS[c][0]) is not None]
+    share = alpha / max(1, len(random))
     report = ConformanceReport(name or repr(backend)[:80], alpha=alpha, dtype=dtype,
                                protocols=tuple(a for a, _ in CHECKS.values()))
     for check_name in selected:
@@ -204,9 +214,9 @@ def run_conformance(
         kwargs: dict[str, Any] = {"time_limit": time_limit}
         if scenarios is not None:
             kwargs["scenarios"] = scenarios[check_name]
-        if check_name == "sampler":
-            kwargs.update(alpha=alpha, tv=tv, power=power, seed=seed)
-        if check_name in ("topk", "bracket"):
+        if check_name in ("sampler", "dynamic"):
+            kwargs.update(alpha=share, tv=tv, power=power, seed=seed)
+        if check_name in ("topk", "bracket", "dynamic"):
             kwargs["dtype"] = dtype
         report.checks.append(check(fn, **kwargs))
     return report
