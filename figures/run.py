@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import figures
+from reference._validation import check_output_dir
 
 
 def figure_modules() -> dict[str, object]:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in chosen if n not in mods]
     if unknown:
         raise ValueError(f"--only: expected figure names among {sorted(mods)}, got {unknown}")
-    out = Path(args.out)
+    out = Path(check_output_dir(args.out, "--out"))  # before any figure is computed
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name in chosen:

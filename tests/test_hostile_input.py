@@ -982,3 +982,12 @@ def test_output_paths_of_demo_and_bench_are_checked_before_any_work(tmp_path, ca
         start = start.replace(k, v)
     _refused([*argv, "--quiet"], capsys, start)
     assert f.read_text() == "x" and list(d.iterdir()) == []  # nothing written
+
+
+def test_figures_output_directory_is_checked_before_any_figure(tmp_path, capsys) -> None:
+    """``figures --out`` under a file: exit 2, one line naming --out, no figure computed or written."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    _refused(["figures", "--out", str(f / "figs"), "--only", "bracket_refinement"], capsys,
+             f"error: --out: expected a directory (or a path where one can be created), got '{f}/figs'")
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
