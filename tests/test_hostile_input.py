@@ -991,3 +991,12 @@ def test_figures_output_directory_is_checked_before_any_figure(tmp_path, capsys)
     _refused(["figures", "--out", str(f / "figs"), "--only", "bracket_refinement"], capsys,
              f"error: --out: expected a directory (or a path where one can be created), got '{f}/figs'")
     assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_golden_regenerate_directory_is_checked_before_any_vector(tmp_path, capsys) -> None:
+    """``conformance --golden regenerate --golden-dir`` under a file: exit 2, one line naming the option."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    _refused(["conformance", "--golden", "regenerate", "--golden-dir", str(f / "g")], capsys,
+             f"error: --golden-dir: expected a directory (or a path where one can be created), got '{f}/g'")
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int, check_positive
+from reference._validation import check_int, check_output_dir, check_positive
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.precision import PRECISIONS, declared_dtype
 from reference.conformance.runner import (
@@ -163,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     if args.golden is not None:
         from reference import golden
 
+        if args.golden == "regenerate" and args.golden_dir is not None:
+            check_output_dir(args.golden_dir, "--golden-dir")  # before any vector is computed
         return golden.cli(args.golden, args.golden_dir)
     if args.backend is None:
         raise ValueError("BACKEND: expected 'module:object' (or --golden check|regenerate)")
