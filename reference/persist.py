@@ -1186,8 +1186,8 @@ def load_tree(path: str | os.PathLike[str], *, check: bool = True) -> Any:
         points, ``order`` a permutation of the live targets, counts, finite
         non-negative radii covering their targets, I1-I4); a violation raises
         :class:`CorruptFileError`. O(N depth): at N = 1e6, k = 16 about 1-2 s,
-        a load of 2.3 s instead of 0.5 s (README, "Saving, resuming,
-        robustness"). False skips exactly this check: the checksum then
+        a load of 2.3 s instead of 0.5 s (measured in
+        reference/PERSISTENCE.md). False skips exactly this check: the checksum then
         proves only that the arrays are the ones saved, not that they form a
         valid tree.
 
