@@ -409,7 +409,7 @@ def test_gallery_verdicts_follow_from_the_exact_distributions(entry):
 
 
 def test_what_the_defaults_do_not_resolve():
-    """The README's statement of the blind spots, derived from the exact distributions:
+    """reference/conformance/README.md's statement of the blind spots, derived from the exact distributions:
     bfloat16 logits and the float16 softmax are caught by huge-logits alone at the
     defaults (every other scenario fails with probability < 0.01); at ordinary logit
     scales bfloat16 takes --tv 0.02 (peaked fails with probability > 0.99) and the
@@ -426,7 +426,7 @@ def test_what_the_defaults_do_not_resolve():
 
 
 def test_the_precision_the_sampler_check_demands():
-    """README: random logit errors of standard deviation 0.03 nats pass (the run fails with
+    """reference/conformance/README.md: random logit errors of standard deviation 0.03 nats pass (the run fails with
     probability < 1e-3), of 0.1 nats fail in every scenario (probability > 0.95 each)."""
     from reference.softmax import softmax
 

@@ -213,7 +213,7 @@ _ROWS = 8
 def topk_float32(points, queries, k):
     """Correct in float32: the logits of float32-rounded inputs (a float32 matmul, as FAISS
     ``IndexFlatIP`` or ``torch.topk`` on float32 embeddings compute them), then ordered by
-    (-score, id), as the README recommends re-sorting such a library's output. Its logits
+    (-score, id), as reference/conformance/README.md recommends re-sorting such a library's output. Its logits
     differ from the float64 ones by float32 rounding, so two targets closer than that may come
     in either order: it passes when it declares ``dtype = "float32"``."""
     z = points.astype(np.float32)

@@ -80,7 +80,7 @@ each). The huge-logits scenario (logits near 1e4) makes that a relative
 precision of ~1e-6 for the logits: float32 logits pass, float16 and bfloat16
 logits fail; the arithmetic after the max-shift may be float16. The gallery
 of ``tests/wrong_backends.py`` (``GALLERY``) plants such defects, and what
-real top-k libraries do, with the verdicts the kit must give; README.md
+real top-k libraries do, with the verdicts the kit must give; reference/conformance/README.md
 lists them and what the defaults miss.
 
 Your own data
