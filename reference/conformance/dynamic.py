@@ -382,10 +382,12 @@ def check_dynamic(
     if not script or script[0].op != "build":
         raise ValueError("script: expected a list of DynamicStep starting with a build step")
     n_sampler = sum(bool(st.sample) for st in script)  # the run's alpha is shared among these steps
+    steps = f"{len(script)} step{'' if len(script) == 1 else 's'}"
+    at = f"{n_sampler} step{'' if n_sampler == 1 else 's'}"
     report = CheckReport(
         "dynamic",
-        f"{len(script)} step{'' if len(script) == 1 else 's'} of updates shaped like training; after each, top-k, bracket and "
-        f"(at {n_sampler} step{'' if n_sampler == 1 else 's'}) the sampler against brute force on the current points, {dtype} declared; "
+        f"{steps} of updates shaped like training; after each, top-k, bracket and "
+        f"(at {at}) the sampler against brute force on the current points, {dtype} declared; "
         f"false-alarm rate {alpha:g}",
     )
     view = _Replay(script[0].vectors.shape[1])
