@@ -77,7 +77,8 @@ def test_every_option_is_the_documented_one():
         assert got == (dest, default, typ, None if choices is None else list(choices), metavar), opt
         help_text = " ".join(a.help.split())
         assert help_text.startswith(opening), (opt, help_text)
-        assert "XX" not in help_text and help_text.rstrip()[-1] in ").,s" + "abcdefghijklmnopqrstuvwxyz", opt
+        # the opening pins the start; this guards the end only against mutmut's XX-wrapping
+        assert "XX" not in help_text, opt
     (positional,) = [a for a in _parser()._actions if not a.option_strings]
     assert (positional.dest, positional.nargs, positional.metavar) == ("backend", "?", "BACKEND")
     assert " ".join(positional.help.split()).startswith("'module:object' providing some of sample / encoder")
