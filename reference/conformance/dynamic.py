@@ -381,11 +381,13 @@ def check_dynamic(
     script = dynamic_script() if script is None else list(script)
     if not script or script[0].op != "build":
         raise ValueError("script: expected a list of DynamicStep starting with a build step")
-    n_sampler = max(1, sum(st.sample for st in script))
+    n_sampler = sum(bool(st.sample) for st in script)  # the run's alpha is shared among these steps
+    steps = f"{len(script)} step{'' if len(script) == 1 else 's'}"
+    at = f"{n_sampler} step{'' if n_sampler == 1 else 's'}"
     report = CheckReport(
         "dynamic",
-        f"{len(script)} steps of updates shaped like training; after each, top-k, bracket and "
-        f"(at {n_sampler} steps) the sampler against brute force on the current points, {dtype} declared; "
+        f"{steps} of updates shaped like training; after each, top-k, bracket and "
+        f"(at {at}) the sampler against brute force on the current points, {dtype} declared; "
         f"false-alarm rate {alpha:g}",
     )
     view = _Replay(script[0].vectors.shape[1])
@@ -446,7 +448,7 @@ def check_dynamic(
             return report
 
         cases = _probe(state, dynamic_build, view, step, s, dtype=dtype, time_limit=time_limit,
-                       alpha=alpha / n_sampler, tv=tv, power=power, seed=seed + 1000 * s)
+                       alpha=alpha / max(n_sampler, 1), tv=tv, power=power, seed=seed + 1000 * s)
         failed = False
         for protocol, case in cases:
             scenario = f"step {s} {protocol}" + ("" if case.scenario == "step" else f" {case.scenario}")
