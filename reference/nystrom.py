@@ -214,6 +214,13 @@ def make_kernel(kernel: KernelSpec) -> LinearKernel | RBFKernel | PolynomialKern
 # --------------------------------------------------------------------------
 
 
+def _landmark_matrix(kernel: Any, A: np.ndarray, ridge: float) -> np.ndarray:
+    """K_LL + ridge I of the landmarks' embeddings ``A``, made exactly symmetric (the one definition
+    that ``fit`` decomposes and ``check_invariants`` reconstructs)."""
+    K = kernel(A, A) + ridge * np.eye(A.shape[0])
+    return 0.5 * (K + K.T)
+
+
 def _inv_sqrt(K: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Symmetric pseudo-inverse square root of a PSD matrix by ``scipy.linalg.eigh``.
 
@@ -504,7 +511,7 @@ class NystromMap:
             if L.size != m:
                 raise ValueError(f"landmarks: expected {m} ids (one per anchor row), got {L.size}")
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as a ValueError
-            K = self.kernel(A, A) + self.ridge * np.eye(m)
+            K = _landmark_matrix(self.kernel, A, self.ridge)
         if not np.isfinite(K).all():
             raise ValueError(
                 "anchor: the kernel matrix K_LL overflowed (non-finite entries); "
@@ -538,9 +545,7 @@ class NystromMap:
 
     def _kernel_matrix(self) -> np.ndarray:
         """K_LL + ridge I of the anchor, symmetrised as ``fit`` does (finite: the anchor passed ``fit``)."""
-        m = self.anchor.shape[0]
-        K = self.kernel(self.anchor, self.anchor) + self.ridge * np.eye(m)
-        return 0.5 * (K + K.T)
+        return _landmark_matrix(self.kernel, self.anchor, self.ridge)
 
     def reconstruction_error(self) -> float:
         """||phi(L) phi(L)^T - K||_F / ||K||_F with phi(L) = K inv_sqrt and K = K_LL + ridge I.
