@@ -109,7 +109,10 @@ from reference.tree import Tree
 __all__ = [
     "BenchConfig",
     "DATASETS",
+    "LARGE_N",
+    "PRESETS",
     "TARGETS",
+    "TARGETS_LARGE",
     "add_arguments",
     "brute_force_sample",
     "brute_force_topk",
@@ -118,16 +121,24 @@ __all__ = [
     "make_queries",
     "perplexity",
     "processor_model",
+    "streamed_perplexity",
     "run",
     "run_bench",
     "timing_summary",
 ]
 
-#: Data sets: name -> generator of (n, dim) points (``seed`` keyword).
+#: Data sets: name -> generator of (n, dim) points (``seed`` keyword). ``clustered_auto``
+#: is the clustered data with the cluster depth of ``--depth auto`` whatever ``--depth``
+#: says, so that both hierarchies can be benchmarked side by side in one run.
 DATASETS: dict[str, Callable[..., np.ndarray]] = {
     "clustered": make_targets,
+    "clustered_auto": make_targets,
     "isotropic": make_isotropic,
 }
+
+#: The data sets whose depth is that of make_targets' cluster hierarchy: name -> depth rule
+#: (None: ``--depth``).
+_CLUSTER_DEPTH: dict[str, str | None] = {"clustered": None, "clustered_auto": "auto"}
 
 #: Bytes of logits held at once by the brute-force baselines (one block of
 #: queries times N). 256 MiB gives 32 queries per block at N = 1e6: large
@@ -135,15 +146,19 @@ DATASETS: dict[str, Callable[..., np.ndarray]] = {
 #: streamed only B / 32 times; smaller blocks were slower on the test machine.
 BRUTE_BLOCK_BYTES = 1 << 28
 
+#: Fewest queries per block of the brute-force baselines: where ``BRUTE_BLOCK_BYTES`` of
+#: logits hold fewer (N beyond ~1e6), the targets are taken in tiles instead (``_tiles``).
+BRUTE_MIN_QUERIES = 32
+
 #: Queries of the pilot run that sizes the timed run of a tree operation.
 PILOT_QUERIES = 8
 
 #: Largest number of (query, cut entry) pairs a block of queries may hold in
 #: a timed tree operation (~150 bytes each at the peak of the samplers'
-#: refinement: ~1.5 GB); see ``_time_tree_op``.
+#: refinement: ~1.5 GB); see ``_queries_to_time``.
 ENTRY_CAP = 10_000_000
 
-#: Wall-clock budget (s) of one timed run of a tree operation; see ``_time_tree_op``.
+#: Wall-clock budget (s) of one timed run of a tree operation; see ``_queries_to_time``.
 BUDGET_SECONDS = 60.0
 
 
@@ -173,6 +188,36 @@ TARGETS: dict[str, tuple[str, str, float]] = {
 
 #: The N at which the targets are stated.
 TARGET_N = 1_000_000
+
+#: The paper's scale (over twenty million targets): the N of ``TARGETS_LARGE``.
+LARGE_N = 20_000_000
+
+#: The targets at the paper's scale, checked instead of ``TARGETS`` on each clustered data set
+#: whose largest N is at least ``LARGE_N`` (``--preset paper-scale``). The memory ratios are
+#: peak resident memory above the process's size before the data was generated, over
+#: 2.5 x the float64 points + 1 GiB.
+TARGETS_LARGE: dict[str, tuple[str, str, float]] = {
+    "sample_speedup": ("exact sampling speed-up over brute force", ">=", 15.0),
+    "topk_speedup": ("exact top-10 speed-up over brute force", ">=", 30.0),
+    "sample_fraction": ("logits evaluated per query, sampling (fraction of N)", "<=", 0.01),
+    "topk_fraction": ("logits evaluated per query, top-10 (fraction of N)", "<=", 0.01),
+    "build_seconds": ("tree build time (s)", "<=", 900.0),
+    "build_memory": ("build peak memory / (2.5 x points + 1 GiB)", "<=", 1.0),
+    "query_memory": ("query-phase peak memory / (2.5 x points + 1 GiB)", "<=", 1.0),
+}
+
+#: ``--preset paper-scale``: N = 1e5, 1e6 and 2e7 (the exponents are fitted over them), k = 32,
+#: the clustered data with depth 3 and with the depth of ``--depth auto`` side by side,
+#: 200 queries, 3 repeats (about 45 minutes on the 2-core machine of reference/PERFORMANCE.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-scale": dict(sizes=(100_000, 1_000_000, LARGE_N), k=32, data=("clustered", "clustered_auto"),
+                        queries=200, repeats=3),
+}
+
+
+def _memory_budget(n: int, points_bytes: int) -> int:
+    """The memory target's limit in bytes: 3 x points + 1 GiB, or 2.5 x points + 1 GiB from ``LARGE_N`` on."""
+    return int((2.5 if n >= LARGE_N else 3.0) * points_bytes) + _GIB
 
 _GIB = 1 << 30
 _MIB = 1 << 20
@@ -234,8 +279,29 @@ class BenchConfig:
 # --------------------------------------------------------------------------
 
 def _query_block(n: int, block_bytes: int = BRUTE_BLOCK_BYTES) -> int:
-    """Queries per block so that a block of logits (block x n float64) fits in ``block_bytes``."""
-    return max(1, block_bytes // (8 * n))
+    """Queries per block so that a block of logits (block x n float64) fits in ``block_bytes``,
+    but at least ``BRUTE_MIN_QUERIES`` (beyond ~1e6 targets the targets are then tiled)."""
+    return max(BRUTE_MIN_QUERIES, block_bytes // (8 * n))
+
+
+def _tiles(n: int, bq: int, tile: int | None) -> int:
+    """Targets per tile of a brute-force block of ``bq`` queries: ``BRUTE_BLOCK_BYTES`` of logits.
+
+    Up to N = ``BRUTE_BLOCK_BYTES / (8 BRUTE_MIN_QUERIES)`` (about 1e6) one tile holds all N
+    targets and the baselines are single matrix products per block of queries; beyond, each
+    block of 32 queries meets the targets in tiles of that many rows, so the work per tile
+    (and its cost per logit) is that of the single product at 1e6 and the logits held stay
+    at ``BRUTE_BLOCK_BYTES``.
+    """
+    if tile is not None:
+        return check_int(tile, "tile", low=1)
+    return max(1, BRUTE_BLOCK_BYTES // (8 * bq))
+
+
+def _logit_tiles(Z: np.ndarray, Qb: np.ndarray, tile: int):
+    """``(t0, Qb @ Z[t0:t0 + tile].T)`` for the tiles of the targets, in order."""
+    for t0 in range(0, Z.shape[0], tile):
+        yield t0, Qb @ Z[t0:t0 + tile].T
 
 
 def _check_points_queries(points: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +313,7 @@ def _check_points_queries(points: Any, queries: Any) -> tuple[np.ndarray, np.nda
 
 
 def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generator, *,
-                       block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       block: int | None = None, tile: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact softmax samples by brute force: all N logits, then inverse CDF (the baseline).
 
     For each block of queries: ``A = Q_b Z^T`` (one matrix product), then in
@@ -256,6 +322,16 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     :func:`reference.softmax.draw_in_place`), so ``Pr(j) = exp(a_j) / Z`` up
     to float64 rounding of the sums (proofs/README.md section 2). Also returns
     ``log Z = max + log W_{N-1}``.
+
+    Where the targets come in several tiles (N beyond ~1e6, see ``_tiles``),
+    each tile ``t`` of the block is drawn from the same way (``n`` draws from
+    its own softmax, and its mass ``w_t``), and each draw slot keeps its
+    current id or switches to the tile's draw with probability
+    ``w_t / (w_1 + ... + w_t)`` (one uniform per slot and tile): a target
+    ``j`` of tile ``t`` ends in a slot with probability
+    ``(w_t / W_t) prod_{s > t} (1 - w_s / W_s) (e^{a_j} / w_t) = e^{a_j} / Z``,
+    the softmax again, with ``log Z = log (w_1 + ... + w_T)``. One tile is the
+    single product above, draw for draw.
 
     Parameters
     ----------
@@ -267,7 +343,10 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
         Draws per query (i.i.d., with replacement).
     rng : numpy.random.Generator
     block : int, optional
-        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits.
+        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits,
+        at least ``BRUTE_MIN_QUERIES``.
+    tile : int, optional
+        Targets per tile; default: ``BRUTE_BLOCK_BYTES`` of logits per block.
 
     Returns
     -------
@@ -279,15 +358,24 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     rng = check_rng(rng)
     N = Z.shape[0]
     bq = _query_block(N) if block is None else check_int(block, "block", low=1)
+    tile = _tiles(N, bq, tile)
     ids = np.empty((Q.shape[0], n), np.int64)
     log_z = np.empty(Q.shape[0])
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
         b1 = min(b0 + bq, Q.shape[0])
-        ids[b0:b1], log_z[b0:b1] = draw_in_place(Q[b0:b1] @ Z.T, n, rng)
+        for t0, A in _logit_tiles(Z, Q[b0:b1], tile):  # a batching loop over tiles of targets
+            t_ids, t_log_w = draw_in_place(A, n, rng)
+            if t0 == 0:
+                ids[b0:b1], log_z[b0:b1] = t_ids, t_log_w
+                continue
+            total = np.logaddexp(log_z[b0:b1], t_log_w)
+            switch = rng.random((b1 - b0, n)) < np.exp(t_log_w - total)[:, None]
+            ids[b0:b1][switch] = t_ids[switch] + t0
+            log_z[b0:b1] = total
     return ids, log_z
 
 
-def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = None
+def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = None, tile: int | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by brute force: all N logits, then :func:`reference.softmax.topk_ids` (the baseline).
 
@@ -299,13 +387,22 @@ def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = N
     conformance kit therefore selects on logits computed once per distinct
     point, with the same :func:`reference.softmax.topk_ids`).
 
+    Where the targets come in several tiles (N beyond ~1e6, see ``_tiles``),
+    the top-k of each tile (same rule) is merged into the running top-k by
+    sorting the 2k candidates on (decreasing logit, increasing id): the
+    result is the top-k of all N under the same total order, since each
+    tile's top-k holds every member of the overall top-k in that tile.
+
     Parameters
     ----------
     points : array_like (N, k_dim)
     queries : array_like (B, k_dim)
     k : int, 1 <= k <= N
     block : int, optional
-        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits.
+        Queries per matrix product; default: ``BRUTE_BLOCK_BYTES`` of logits,
+        at least ``BRUTE_MIN_QUERIES``.
+    tile : int, optional
+        Targets per tile; default: ``BRUTE_BLOCK_BYTES`` of logits per block.
 
     Returns
     -------
@@ -316,13 +413,23 @@ def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = N
     N = Z.shape[0]
     k = check_int(k, "k", low=1, high=N)
     bq = _query_block(N) if block is None else check_int(block, "block", low=1)
+    tile = _tiles(N, bq, tile)
     ids = np.empty((Q.shape[0], k), np.int64)
     vals = np.empty((Q.shape[0], k))
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
         b1 = min(b0 + bq, Q.shape[0])
-        A = Q[b0:b1] @ Z.T
-        ids[b0:b1] = topk_ids(A, k)
-        vals[b0:b1] = np.take_along_axis(A, ids[b0:b1], axis=1)
+        for t0, A in _logit_tiles(Z, Q[b0:b1], tile):  # a batching loop over tiles of targets
+            t_ids = topk_ids(A, min(k, A.shape[1]))
+            t_vals = np.take_along_axis(A, t_ids, axis=1)
+            if t0 == 0:
+                cand_ids, cand_vals = t_ids, t_vals
+            else:
+                cand_ids = np.concatenate([ids[b0:b1, :m], t_ids + t0], axis=1)
+                cand_vals = np.concatenate([vals[b0:b1, :m], t_vals], axis=1)
+            order = np.lexsort((cand_ids, -cand_vals), axis=-1)
+            m = min(k, order.shape[1])
+            ids[b0:b1, :m] = np.take_along_axis(cand_ids, order[:, :m], axis=1)
+            vals[b0:b1, :m] = np.take_along_axis(cand_vals, order[:, :m], axis=1)
     return ids, vals
 
 
@@ -352,6 +459,40 @@ def _raw_logits(Z: np.ndarray, U: np.ndarray) -> np.ndarray:
     return out
 
 
+def streamed_perplexity(points: Any, queries: Any, *, tile: int | None = None) -> np.ndarray:
+    """:func:`perplexity` of ``softmax(queries @ points.T)`` row by row, holding one tile of logits at a time.
+
+    Blocks of queries and tiles of targets as in the brute-force baselines
+    (``_tiles``); per query the running maximum ``m``, ``s = sum e^(a - m)``
+    and ``t = sum e^(a - m) a`` are merged tile by tile, and
+    ``H = m + log s - t / s``. With one tile it is :func:`perplexity` of the
+    block, bit for bit.
+    """
+    Z, Q = _check_points_queries(points, queries)
+    N = Z.shape[0]
+    bq = _query_block(N)
+    tile = _tiles(N, bq, tile)
+    out = np.empty(Q.shape[0])
+    for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
+        b1 = min(b0 + bq, Q.shape[0])
+        if tile >= N:
+            out[b0:b1] = perplexity(Q[b0:b1] @ Z.T)
+            continue
+        m = np.full(b1 - b0, -np.inf)
+        s_sum = np.zeros(b1 - b0)
+        t_sum = np.zeros(b1 - b0)
+        for _, A in _logit_tiles(Z, Q[b0:b1], tile):  # a batching loop over tiles of targets
+            m_new = np.maximum(m, A.max(axis=1))
+            scale = np.exp(m - m_new)
+            w = np.exp(A - m_new[:, None])
+            s_sum = s_sum * scale + w.sum(axis=1)
+            t_sum = t_sum * scale + np.einsum("bn,bn->b", w, A)
+            m = m_new
+        h = m + np.log(s_sum) - t_sum / s_sum
+        out[b0:b1] = np.exp(np.clip(h, 0.0, np.log(N)))
+    return out
+
+
 def calibrate_beta(points: Any, directions: Any, target: float, *, rtol: float = 0.01,
                    max_iter: int = 100) -> tuple[float, float]:
     """Temperature beta with mean perplexity of ``softmax(beta <u, z_y>)`` equal to ``target``.
@@ -371,6 +512,10 @@ def calibrate_beta(points: Any, directions: Any, target: float, *, rtol: float =
     rtol : float > 0, default 0.01
     max_iter : int, default 100
 
+    The logits ``U Z^T`` are kept while they take at most 1 GiB; beyond (tens
+    of millions of targets), every step recomputes them tile by tile
+    (:func:`streamed_perplexity`), so memory stays at one tile.
+
     Returns
     -------
     beta : float
@@ -383,11 +528,17 @@ def calibrate_beta(points: Any, directions: Any, target: float, *, rtol: float =
     if not 1.0 < target < Z.shape[0]:
         raise ValueError(f"target: expected a perplexity in (1, N = {Z.shape[0]}), got {target}")
     rtol = check_positive(rtol, "rtol")
-    A = _raw_logits(Z, U)
-    rows = max(1, (1 << 24) // Z.shape[0])  # rows per chunk: bounds the temporaries to ~128 MiB each
+    if U.shape[0] * Z.shape[0] * 8 <= 4 * BRUTE_BLOCK_BYTES:  # the logits are kept (<= 1 GiB)
+        A = _raw_logits(Z, U)
+        rows = max(1, (1 << 24) // Z.shape[0])  # rows per chunk: bounds the temporaries to ~128 MiB each
 
-    def ppl(beta: float) -> float:
-        return float(np.concatenate([perplexity(beta * A[i:i + rows]) for i in range(0, A.shape[0], rows)]).mean())
+        def ppl(beta: float) -> float:
+            return float(np.concatenate([perplexity(beta * A[i:i + rows])
+                                         for i in range(0, A.shape[0], rows)]).mean())
+    else:  # beyond 1 GiB of logits (N beyond ~2e6): recomputed tile by tile at every beta
+
+        def ppl(beta: float) -> float:
+            return float(streamed_perplexity(Z, beta * U).mean())
 
     lo, hi = 0.0, 1.0
     p_hi = ppl(hi)
@@ -510,29 +661,54 @@ def processor_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 def _machine() -> dict[str, Any]:
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     return dict(cpus=os.cpu_count(), processor=processor_model(), platform=platform.platform(),
-                python=platform.python_version(), numpy=np.__version__,
+                python=platform.python_version(), numpy=np.__version__, memory_bytes=_total_memory(),
                 thread_env={k: v for k, v in env.items() if v is not None})
+
+
+def _total_memory() -> int | None:
+    """``MemTotal`` of ``/proc/meminfo`` in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------
 # Timing the tree operations
 # --------------------------------------------------------------------------
 
-def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
-                     counters_of: Callable[[Any], dict[str, int]], n_targets: int) -> tuple[int, str | None]:
-    """How many of the queries ``Q`` a tree operation is timed on, and why not all.
+def _queries_to_time(op: Callable[..., Any], Q: np.ndarray,
+                     counters_of: Callable[[Any], dict[str, int]], n_targets: int
+                     ) -> tuple[int, str | None, int | None]:
+    """How many of the queries ``Q`` a tree operation is timed on (and why not all), and its query block.
 
     A pilot on ``PILOT_QUERIES`` queries (which also warms the caches)
     measures the logits per query ``L`` and the time per query. Where the tree
-    prunes little but not nothing (``L`` a large fraction of N, below N) the
-    samplers' flat (query, entry) arrays would hold ~``512 L`` entries per
-    block of queries, so the timed queries are then cut to the first
-    ``ENTRY_CAP / L`` ("memory"); a run beyond ``BUDGET_SECONDS`` is cut to
+    prunes little but not nothing (``L`` a large fraction of N, below N), or N
+    is tens of millions, the samplers' flat (query, entry) arrays would hold
+    ~``512 L`` entries per block of 512 queries; the operation is then run
+    with ``block = ENTRY_CAP // L`` queries per block (``block=`` of
+    :func:`reference.sampling.rejection_sample` and
+    :func:`reference.sampling.topk`), which bounds its working memory and
+    times every query. A run beyond ``BUDGET_SECONDS`` is cut to
     ``BUDGET_SECONDS / (time per query)`` queries ("time"). With ``L >= N``
-    every target was scored for every query: the samplers' dense fallback
-    (:func:`reference.sampling.rejection_sample`), which holds one block of
-    logits, not entries, so no memory cut applies. The report says how many were
-    timed and why; costs are compared per query.
+    every target was scored for every query: the samplers' dense fallback,
+    which holds one block of logits, not entries, so the block stays. The
+    report says how many were timed, why, and the block; costs are compared
+    per query.
+
+    Returns
+    -------
+    m : int
+        Queries to time (the first ``m`` of ``Q``).
+    why : str or None
+        ``"time"`` if ``m < len(Q)``, else None.
+    block : int or None
+        Queries per block to pass as ``block=`` (None: the default, 512).
     """
     B = Q.shape[0]
     pilot = min(B, PILOT_QUERIES)
@@ -541,12 +717,13 @@ def _queries_to_time(op: Callable[[np.ndarray], Any], Q: np.ndarray,
     per_query = (time.perf_counter() - t0) / pilot
     c = counters_of(out)
     L = max(1.0, (c["node_logits"] + c["target_logits"]) / pilot)
-    m, why = B, None
+    block = None
     if L < n_targets and min(B, sampling._QUERY_BLOCK) * L > ENTRY_CAP:
-        m, why = max(pilot, int(ENTRY_CAP // L)), "memory"
+        block = max(1, int(ENTRY_CAP // L))
+    m, why = B, None
     if m * per_query > BUDGET_SECONDS:
         m, why = max(pilot, int(BUDGET_SECONDS / per_query)), "time"
-    return (B, None) if m >= B else (m, why)
+    return (B, None, block) if m >= B else (m, why, block)
 
 
 def _time_interleaved(ops: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
@@ -625,12 +802,11 @@ def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.nd
     ``out=``; the same values as in RAM) and returned as a read-only
     ``np.memmap``, so N beyond RAM never passes through memory.
     """
-    kw = {} if data != "clustered" else dict(depth=cluster_depth(cfg.depth, n))
-    if cfg.memmap is None:
+    depth = _data_depth(cfg, data, n)
+    kw = {} if depth is None else dict(depth=depth)
+    if cfg.memmap is None:  # the targets are a view of the first n rows: no second N x k copy
         allp = DATASETS[data](n + cfg.queries, cfg.k, seed=cfg.seed, **kw)
-        targets, directions = allp[:n].copy(), allp[n:].copy()
-        del allp
-        return targets, directions
+        return allp[:n], allp[n:].copy()
     path = Path(cfg.memmap) / f"targets_{data}_n{n}_k{cfg.k}_seed{cfg.seed}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n + cfg.queries, cfg.k))
@@ -639,6 +815,14 @@ def _make_points(cfg: BenchConfig, data: str, n: int) -> tuple[np.ndarray, np.nd
     directions = np.array(mm[n:])
     del mm
     return np.load(path, mmap_mode="r")[:n], directions
+
+
+def _data_depth(cfg: BenchConfig, data: str, n: int) -> int | None:
+    """Cluster depth of a clustered data set at N = n (None for unclustered data)."""
+    if data not in _CLUSTER_DEPTH:
+        return None
+    rule = _CLUSTER_DEPTH[data]
+    return cluster_depth(cfg.depth if rule is None else rule, n)
 
 
 def _fraction_logits(counters: dict[str, int], B: int, n: int) -> tuple[float, float]:
@@ -652,8 +836,7 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     gc.collect()
     st = _proc_status()
     baseline = None if st is None else st["VmRSS"]
-    rec: dict[str, Any] = dict(data=data, n=n, load_start=_load(),
-                               cluster_depth=cluster_depth(cfg.depth, n) if data == "clustered" else None)
+    rec: dict[str, Any] = dict(data=data, n=n, load_start=_load(), cluster_depth=_data_depth(cfg, data, n))
     # ---- data and build (traced: tracemalloc counts the points and the tree's allocations)
     tracing_before = tracemalloc.is_tracing()
     if not tracing_before:
@@ -663,7 +846,9 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     rec["data_seconds"] = time.perf_counter() - t0
     points_bytes = n * cfg.k * 8
     log(f"[bench] {data} N={n}: data {rec['data_seconds']:.1f}s; building (load {_load()})")
-    build_kw: dict[str, Any] = dict(branching=cfg.branching, leaf_size=cfg.leaf_size, seed=cfg.seed)
+    # In RAM the tree keeps the generated array as its points (copy=False): brute force and
+    # the tree read the same N x k array, and the process holds two copies, not three.
+    build_kw: dict[str, Any] = dict(branching=cfg.branching, leaf_size=cfg.leaf_size, seed=cfg.seed, copy=False)
     storage = None
     if cfg.memmap is not None:  # a disk-backed tree: its N x k arrays are files too (Tree.build's storage)
         storage = Path(cfg.memmap) / f"tree_{data}_n{n}"
@@ -690,11 +875,13 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     rec["build"] = dict(
         seconds=min(build_times), runs=build_times, points_bytes=points_bytes, storage=tree.storage,
         peak_rss_bytes=peak.rss_peak, peak_traced_bytes=peak.traced_peak, peak_bytes=peak_bytes,
-        memory_budget_bytes=3 * points_bytes + _GIB, memmap=on_disk,
+        memory_budget_bytes=_memory_budget(n, points_bytes), memmap=on_disk,
         n_nodes=int(tree.radius.shape[0]), height=int(tree.depth.max()),
         n_leaves=int(tree.is_leaf.sum()), load=_load(),
     )
-    # ---- temperature and queries
+    # ---- temperature and queries (the query phase: peak resident memory above the baseline)
+    query_peak = _Peak(baseline)
+    query_peak.__enter__()
     cal = directions[: cfg.calibration_queries]
     unit = make_queries(directions, 1.0)
     t0 = time.perf_counter()
@@ -709,13 +896,13 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     rec["load_queries"] = _load()
     tree_sample = partial(_tree_sample, tree, cfg.negatives, cfg.seed)
     tree_topk = partial(topk, tree, k=cfg.topk, return_counters=True)
-    m_s, why_s = _queries_to_time(tree_sample, Q, lambda out: out[1], n)
-    m_t, why_t = _queries_to_time(tree_topk, Q, lambda out: out[2], n)
+    m_s, why_s, block_s = _queries_to_time(tree_sample, Q, lambda out: out[1], n)
+    m_t, why_t, block_t = _queries_to_time(tree_topk, Q, lambda out: out[2], n)
     # Tree and brute force (all queries) in turn, `repeats` times: the same load for both.
     runs = _time_interleaved({
-        "tree_sample": partial(tree_sample, Q[:m_s]),
+        "tree_sample": partial(tree_sample, Q[:m_s], block=block_s),
         "brute_sample": partial(_brute_sample, points, Q, cfg.negatives, cfg.seed),
-        "tree_topk": partial(tree_topk, Q[:m_t]),
+        "tree_topk": partial(tree_topk, Q[:m_t], block=block_t),
         "brute_topk": partial(brute_force_topk, points, Q, cfg.topk),
     }, cfg.repeats)
     rec["load_end"] = _load()
@@ -726,14 +913,16 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     bt_ids, bt_logits = runs["brute_topk"]["out"]
     rec["sample"] = _sample_record(tree, Q[:m_s], n, cfg, s_ids, s_counters, b_ids[:m_s], log_z[:m_s])
     rec["topk"] = _topk_record(tree, Q[:m_t], n, t_ids, t_logits, t_counters, bt_ids[:m_t], bt_logits[:m_t])
-    for key, m, why in (("sample", m_s, why_s), ("topk", m_t, why_t)):
+    for key, m, why, blk in (("sample", m_s, why_s, block_s), ("topk", m_t, why_t, block_t)):
         tr, br = runs[f"tree_{key}"], runs[f"brute_{key}"]
-        rec[key].update(queries_timed=m, queries_limited_by=why, tree_peak_rss_bytes=tr["peak_rss"],
+        rec[key].update(queries_timed=m, queries_limited_by=why, query_block=blk, tree_peak_rss_bytes=tr["peak_rss"],
                         brute_queries=B, brute_peak_rss_bytes=br["peak_rss"],
                         **timing_summary(tr["times"], m, br["times"], B, rec[key]["logits_per_query"], n))
-    ppl_q = _query_perplexities(points, Q)
+    ppl_q = streamed_perplexity(points, Q)
     rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
                                      p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
+    query_peak.__exit__(None, None, None)
+    rec["query_phase"] = dict(peak_rss_bytes=query_peak.rss_peak, memory_budget_bytes=_memory_budget(n, points_bytes))
     del tree, tree_sample, tree_topk, runs
     if storage is not None:  # the disk-backed tree's files (N x k float64, twice) are not kept
         gc.collect()
@@ -741,22 +930,15 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
     return rec
 
 
-def _tree_sample(tree: Tree, n: int, seed: int, Q: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+def _tree_sample(tree: Tree, n: int, seed: int, Q: np.ndarray, block: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, int]]:
     """The timed tree sampler: the same random stream on every repeat."""
-    return rejection_sample(tree, Q, n, np.random.default_rng([seed, 1]))
+    return rejection_sample(tree, Q, n, np.random.default_rng([seed, 1]), block=block)
 
 
 def _brute_sample(points: np.ndarray, Q: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The timed brute-force sampler: the same random stream on every repeat."""
     return brute_force_sample(points, Q, n, np.random.default_rng([seed, 2]))
-
-
-def _query_perplexities(points: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    out = np.empty(Q.shape[0])
-    bq = _query_block(points.shape[0])
-    for b0 in range(0, Q.shape[0], bq):
-        out[b0:b0 + bq] = perplexity(Q[b0:b0 + bq] @ points.T)
-    return out
 
 
 def _gathered_logits(points: np.ndarray, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -814,35 +996,45 @@ def _fit_exponent(ns: Sequence[int], ys: Sequence[float]) -> float | None:
 
 
 def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    runs = [r for r in result["runs"] if r["data"] == "clustered"]
-    if not runs:
-        return []
-    last = max(runs, key=lambda r: r["n"])
+    """The target rows, for each clustered data set at its largest N: ``TARGETS`` (with the isotropic
+    rows, for ``clustered``), or ``TARGETS_LARGE`` where that N is at least ``LARGE_N``."""
     iso = [r for r in result["runs"] if r["data"] == "isotropic"]
     last_iso = max(iso, key=lambda r: r["n"]) if iso else None
-    fits = result["fits"]["clustered"]
-    b = last["build"]
-    measured = dict(
-        sample_speedup=last["sample"]["speedup"], topk_speedup=last["topk"]["speedup"],
-        sample_fraction=last["sample"]["fraction"], topk_fraction=last["topk"]["fraction"],
-        sample_logit_cost=last["sample"]["logit_cost_ratio"], topk_logit_cost=last["topk"]["logit_cost_ratio"],
-        isotropic_sample_time=None if last_iso is None else 1.0 / last_iso["sample"]["speedup"],
-        isotropic_topk_time=None if last_iso is None else 1.0 / last_iso["topk"]["speedup"],
-        build_seconds=b["seconds"],
-        build_memory=None if b["peak_bytes"] is None else b["peak_bytes"] / b["memory_budget_bytes"],
-        sample_exponent=fits["sample"], topk_exponent=fits["topk"],
-    )
     rows = []
-    for name, (desc, cmp, thr) in TARGETS.items():
-        m = measured[name]
-        if m is None:
-            status = "N/A"
-        else:
-            status = "PASS" if (m >= thr if cmp == ">=" else m <= thr) else "MISS"
-        on = last_iso if name.startswith("isotropic_") else last
-        rows.append(dict(name=name, description=desc, comparison=cmp, threshold=thr, measured=m,
-                         status=status, n=None if on is None else on["n"],
-                         data="isotropic" if name.startswith("isotropic_") else "clustered"))
+    for data in _CLUSTER_DEPTH:
+        runs = [r for r in result["runs"] if r["data"] == data]
+        if not runs:
+            continue
+        last = max(runs, key=lambda r: r["n"])
+        large = last["n"] >= LARGE_N
+        table = TARGETS_LARGE if large else TARGETS
+        if data != "clustered" and not large:
+            continue  # the 1e6 targets are stated for the default clustered data only
+        fits = result["fits"][data]
+        b, qp = last["build"], last["query_phase"]
+        measured = dict(
+            sample_speedup=last["sample"]["speedup"], topk_speedup=last["topk"]["speedup"],
+            sample_fraction=last["sample"]["fraction"], topk_fraction=last["topk"]["fraction"],
+            sample_logit_cost=last["sample"]["logit_cost_ratio"], topk_logit_cost=last["topk"]["logit_cost_ratio"],
+            isotropic_sample_time=None if last_iso is None else 1.0 / last_iso["sample"]["speedup"],
+            isotropic_topk_time=None if last_iso is None else 1.0 / last_iso["topk"]["speedup"],
+            build_seconds=b["seconds"],
+            build_memory=None if b["peak_bytes"] is None else b["peak_bytes"] / b["memory_budget_bytes"],
+            query_memory=(None if qp["peak_rss_bytes"] is None or b["memmap"]
+                          else qp["peak_rss_bytes"] / qp["memory_budget_bytes"]),
+            sample_exponent=fits["sample"], topk_exponent=fits["topk"],
+        )
+        for name, (desc, cmp, thr) in table.items():
+            m = measured[name]
+            if m is None:
+                status = "N/A"
+            else:
+                status = "PASS" if (m >= thr if cmp == ">=" else m <= thr) else "MISS"
+            on = last_iso if name.startswith("isotropic_") else last
+            rows.append(dict(name=name, description=desc, comparison=cmp, threshold=thr, measured=m,
+                             status=status, n=None if on is None else on["n"],
+                             data="isotropic" if name.startswith("isotropic_") else data,
+                             table=data, target_n=LARGE_N if large else TARGET_N))
     return rows
 
 
@@ -915,9 +1107,15 @@ def format_report(result: dict[str, Any]) -> str:
         f"seed={cfg['seed']}  "
         f"tree branching={cfg['branching']} leaf_size={cfg['leaf_size']}  cluster depth {cfg['depth']}"
         + (f"  memmap={cfg['memmap']}" if cfg["memmap"] else ""),
-        f"machine: {mach.get('processor', 'unknown')}, {mach['cpus']} CPUs, load average {mach['load_start']} "
-        f"at start, {mach['load_end']} at end"
+        f"machine: {mach.get('processor', 'unknown')}, {mach['cpus']} CPUs"
+        + ("" if mach.get("memory_bytes") is None else f", {mach['memory_bytes'] / _GIB:.1f} GiB")
+        + f", load average {mach['load_start']} at start, {mach['load_end']} at end"
         + (f", {mach['thread_env']}" if mach["thread_env"] else "") + f"; numpy {mach['numpy']}",
+        "storage: " + (f"disk-backed (--memmap {cfg['memmap']}: targets in a .npy file, the tree's two N x k "
+                       "arrays in files; memory figures are tracemalloc's)" if cfg["memmap"] else
+                       "in RAM (the tree keeps the generated targets as its points: two N x k float64 "
+                       "arrays, the points and their depth-first copy; memory figures are peak resident "
+                       "memory above the process's size before the data)"),
     ]
     for data in cfg["data"]:
         rr = [r for r in result["runs"] if r["data"] == data]
@@ -925,14 +1123,16 @@ def format_report(result: dict[str, Any]) -> str:
                 "make_targets, cluster depth " + "/".join(str(r["cluster_depth"]) for r in rr))
         lines += ["", f"== {data} ==  ({what})",
                   f"{'N':>9} {'beta':>8} {'ppl cal':>7} {'ppl q10/50/90':>15} {'build s':>8} {'peak MiB':>9} "
-                  f"{'(x pts)':>7} {'nodes':>7} {'height':>6} {'load':>5}"]
+                  f"{'(x pts)':>7} {'query MiB':>9} {'(x pts)':>7} {'nodes':>8} {'height':>6} {'load':>5}"]
         for r in rr:
-            b, pq = r["build"], r["perplexity_queries"]
+            b, pq, qp = r["build"], r["perplexity_queries"], r["query_phase"]
             ratio = "-" if b["peak_bytes"] is None else f"{b['peak_bytes'] / b['points_bytes']:.2f}"
+            q_ratio = "-" if qp["peak_rss_bytes"] is None else f"{qp['peak_rss_bytes'] / b['points_bytes']:.2f}"
             lines.append(
                 f"{r['n']:>9} {r['beta']:>8.4g} {r['perplexity_calibration']:>7.0f} "
                 f"{pq['p10']:>5.0f}/{pq['median']:>4.0f}/{pq['p90']:>4.0f} {b['seconds']:>8.2f} "
-                f"{_fmt_bytes(b['peak_bytes']):>9} {ratio:>7} {b['n_nodes']:>7} {b['height']:>6} {b['load']!s:>5}")
+                f"{_fmt_bytes(b['peak_bytes']):>9} {ratio:>7} {_fmt_bytes(qp['peak_rss_bytes']):>9} {q_ratio:>7} "
+                f"{b['n_nodes']:>8} {b['height']:>6} {b['load']!s:>5}")
         lines.append(f"{'N':>9} {'op':<7} {'tree ms/q':>9} {'brute ms/q':>10} {'speed-up':>8} {'[min-max]':>13} "
                      f"{'logits/q':>10} {'% of N':>8} {'ns/logit':>8} {'brute ns':>8} {'ratio':>6} "
                      f"{'[min-max]':>13} {'tree MiB':>8} {'brute MiB':>9}  check")
@@ -946,6 +1146,8 @@ def format_report(result: dict[str, Any]) -> str:
                 sub = ("" if o["queries_limited_by"] is None else
                        f" [tree timed on {o['queries_timed']} of {o['brute_queries']} queries "
                        f"({o['queries_limited_by']})]")
+                if o.get("query_block") is not None:
+                    sub += f" [tree in blocks of {o['query_block']} queries (memory)]"
                 su, cr = o["speedup_range"], o["logit_cost_ratio_range"]
                 lines.append(f"{r['n']:>9} {op:<7} {1e3 * o['tree_per_query']:>9.3f} "
                              f"{1e3 * o['brute_per_query']:>10.3f} {o['speedup']:>7.2f}x "
@@ -960,13 +1162,16 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(f"fit over N: logits per query ~ N^{f['sample']:.2f} (sample), N^{f['topk']:.2f} "
                          f"(top-{cfg['topk']}); tree time per query ~ N^{f['sample_seconds']:.2f} (sample), "
                          f"N^{f['topk_seconds']:.2f} (top-{cfg['topk']})")
-    if result["targets"]:
-        n = result["targets"][0]["n"]
-        note = "" if n == result["target_n"] else f"  [the targets are stated for N = {result['target_n']:.0e}]"
-        iso = [t["n"] for t in result["targets"] if t["data"] == "isotropic" and t["n"] is not None]
+    for table in dict.fromkeys(t["table"] for t in result["targets"]):
+        rows = [t for t in result["targets"] if t["table"] == table]
+        n = next(t["n"] for t in rows if t["data"] == table)
+        target_n = rows[0]["target_n"]
+        note = "" if n == target_n else f"  [the targets are stated for N = {target_n:.0e}]"
+        iso = [t["n"] for t in rows if t["data"] == "isotropic" and t["n"] is not None]
         where = f"; isotropic ones at N = {iso[0]}" if iso else ""
-        lines += ["", f"== targets (clustered data, N = {n}{where}; exponents over all sizes){note} =="]
-        for t in result["targets"]:
+        expo = "; exponents over all sizes" if any(t["name"].endswith("exponent") for t in rows) else ""
+        lines += ["", f"== targets ({table} data, N = {n}{where}{expo}){note} =="]
+        for t in rows:
             lines.append(f"  {t['description']:<55} {t['comparison']} {t['threshold']:<6g} "
                          f"measured {_fmt_measured(t['name'], t['measured']):>10}   {t['status']}")
     lines += ["", f"verification: tree top-k == brute-force top-k and sampled ids valid on every run: "
@@ -1008,9 +1213,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     parser.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="N",
                         help="numbers of targets N (default: 1e4 1e5 1e6; with --quick: 1000 3000 10000)")
-    parser.add_argument("--data", choices=(*DATASETS, "both"), default="both",
-                        help="clustered (make_targets), isotropic (make_isotropic) or both (default: %(default)s)")
-    parser.add_argument("--k", type=int, default=d.k, help="index dimension k (default: %(default)s)")
+    parser.add_argument("--data", choices=(*DATASETS, "both"), nargs="+", default=None,
+                        help="one or more of: clustered (make_targets with --depth), clustered_auto "
+                             "(make_targets with the depth of --depth auto), isotropic (make_isotropic); "
+                             "both = clustered isotropic (default: both)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="paper-scale: N = 1e5 1e6 2e7, k = 32, --data clustered clustered_auto, "
+                             "200 queries, 3 repeats, and the targets at N = 2e7 (about 45 minutes and "
+                             "13 GiB of RAM on 2 cores); options given explicitly override it")
+    parser.add_argument("--k", type=int, default=None, help=f"index dimension k (default: {d.k})")
     parser.add_argument("--queries", type=int, default=None,
                         help=f"queries timed per N (default: {d.queries}; with --quick: {QUICK['queries']})")
     parser.add_argument("--negatives", type=int, default=d.negatives,
@@ -1041,14 +1252,24 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The :class:`BenchConfig` of parsed CLI options (``--quick`` fills unset ones)."""
     d = BenchConfig()
     quick = bool(args.quick)
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    if quick and preset:
+        raise ValueError("--preset: expected either --quick or --preset, got both")
+    if args.data:
+        data = tuple(dict.fromkeys(x for name in args.data
+                                   for x in (("clustered", "isotropic") if name == "both" else (name,))))
+    else:
+        data = preset.get("data", ("clustered", "isotropic"))
     return BenchConfig(
-        sizes=tuple(args.sizes) if args.sizes else (QUICK["sizes"] if quick else d.sizes),
-        data=tuple(DATASETS) if args.data == "both" else (args.data,),
-        k=args.k,
-        queries=args.queries if args.queries is not None else (QUICK["queries"] if quick else d.queries),
+        sizes=tuple(args.sizes) if args.sizes else (QUICK["sizes"] if quick else preset.get("sizes", d.sizes)),
+        data=data,
+        k=args.k if args.k is not None else preset.get("k", d.k),
+        queries=(args.queries if args.queries is not None else
+                 (QUICK["queries"] if quick else preset.get("queries", d.queries))),
         negatives=args.negatives, topk=args.topk, perplexity=args.perplexity,
         calibration_queries=QUICK["calibration_queries"] if quick else d.calibration_queries,
-        repeats=args.repeats if args.repeats is not None else (QUICK["repeats"] if quick else d.repeats),
+        repeats=(args.repeats if args.repeats is not None else
+                 (QUICK["repeats"] if quick else preset.get("repeats", d.repeats))),
         seed=args.seed, branching=args.branching, leaf_size=args.leaf_size, memmap=args.memmap, quick=quick,
         depth=args.depth,
     )

@@ -135,8 +135,8 @@ def cut_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, cut: C
     return ids, log_q
 
 
-def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, tol: float | None = None
-                     ) -> tuple[np.ndarray, dict[str, int]]:
+def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, tol: float | None = None, *,
+                     block: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """Draw ``n`` i.i.d. targets per query exactly from the softmax ``P`` (P6, proofs/README.md section 4).
 
     Refine a cut (below, :func:`rejection_envelope`); propose an entry with
@@ -190,6 +190,14 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
         number of proposals never exceeds about the brute-force cost
         ``N_live``. Fewer logits in total than a small ``tol``, at a lower
         acceptance rate. Exactness does not depend on the cut.
+    block : int >= 1, optional
+        Queries processed together (default 512). The working memory of a
+        block grows with ``block`` times the logits evaluated per query (the
+        flat (query, entry) arrays of its refinement); at tens of millions of
+        targets, where a query evaluates ~1e5 logits, a smaller block bounds
+        it (``python -m reference bench`` sizes it from a pilot). The draws
+        are those of calling this function on consecutive slices of
+        ``block`` queries with the same ``rng``: exact for any block.
 
     Returns
     -------
@@ -221,11 +229,12 @@ def rejection_sample(tree: Any, queries: Any, n: int, rng: np.random.Generator, 
     rng = check_rng(rng)
     if tol is not None:
         tol = check_positive(tol, "tol")
+    bq = _QUERY_BLOCK if block is None else check_int(block, "block", low=1)
     B = Q.shape[0]
     ids = np.empty((B, n), np.int64)
     counters = dict(proposals=0, accepted=0, target_logits=0, node_logits=0, cut_entries=0, rounds=0)
-    for b0 in range(0, B, _QUERY_BLOCK):
-        b1 = min(b0 + _QUERY_BLOCK, B)
+    for b0 in range(0, B, bq):
+        b1 = min(b0 + bq, B)
         ids[b0:b1] = _rejection_block(tree, Q[b0:b1], n, rng, tol, counters)
     if single:
         return ids[0], counters
@@ -277,7 +286,7 @@ def rejection_envelope(tree: Any, queries: Any, n: int, tol: float | None = None
     return cuts[0] if len(cuts) == 1 else Cut.stack(cuts)
 
 
-def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
+def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False, block: int | None = None):
     """Exact maximum-inner-product top-k by branch and bound (P8, proofs/README.md section 4).
 
     Every target ``y`` under node ``v`` has ``a_y <= ub_v = <q,r_v> + eps_v``
@@ -301,6 +310,10 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
     k : int, 1 <= k <= tree.n_live
     return_counters : bool, default False
         Also return ``{"node_logits", "target_logits", "rounds"}``.
+    block : int >= 1, optional
+        Queries processed together (default 512); as in
+        :func:`rejection_sample`, a smaller block bounds the working memory
+        at large N. The result does not depend on it.
 
     Returns
     -------
@@ -314,13 +327,14 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False):
     if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k > n_live:
         raise ValueError(f"k: expected at most the number of live targets ({n_live}), got {k}")
     k = check_int(k, "k", low=1, high=n_live)
+    bq = _QUERY_BLOCK if block is None else check_int(block, "block", low=1)
     B = Q.shape[0]
     ids = np.empty((B, k), np.int64)
     logits = np.empty((B, k))
     counters = dict(node_logits=0, target_logits=0, rounds=0)
     rep_norm = tree.rep_norm  # ||r_v||, cached on the tree
-    for b0 in range(0, B, _QUERY_BLOCK):
-        b1 = min(b0 + _QUERY_BLOCK, B)
+    for b0 in range(0, B, bq):
+        b1 = min(b0 + bq, B)
         ids[b0:b1], logits[b0:b1] = _topk_block(tree, Q[b0:b1], k, rep_norm, counters)
     out = (ids[0], logits[0]) if single else (ids, logits)
     return (*out, counters) if return_counters else out

@@ -54,7 +54,8 @@ Cost
 float64 N x k arrays (``points`` and ``points_dfs``), O(N) integers, the
 O(M k) node arrays and O(_BLOCK b k) temporaries. Memmap input is read in
 blocks (it stays on disk); in-RAM float64 input is held three times (input,
-``points``, ``points_dfs``).
+``points``, ``points_dfs``), or twice with ``build(..., copy=False)``, which
+keeps the input itself as ``points``.
 With ``Tree.build(..., storage=dir)`` the two N x k float64 arrays are
 memory-mapped files (a disk-backed tree, for N beyond RAM): the build then
 allocates only the O(N) integers, the node arrays and the block temporaries,
@@ -374,14 +375,17 @@ def _gather_rows(src: np.ndarray, rows: np.ndarray, storage: str | None, kind: s
     return out
 
 
-def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = None) -> np.ndarray:
+def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = None,
+                 copy: bool = True) -> np.ndarray:
     """Validate ``points`` (N, k) and return a float64 copy, reading in blocks.
 
     Accepts float32/float64/int arrays and ``np.memmap`` (read ``_BLOCK`` rows
     at a time). Raises ``ValueError`` for wrong shape, empty input, NaN/inf or
     entries beyond :data:`MAX_ABS_COORD`. With ``storage`` (a directory) the
     copy is a new ``.npy`` file there, memory-mapped; a rejected input leaves
-    no file behind.
+    no file behind. With ``copy=False`` (and no ``storage``) an in-RAM,
+    C-contiguous, writeable float64 ``points`` (not a memmap) is validated
+    in blocks and returned itself; any other input is copied as above.
     """
     arr = as_float_array(points, name, ndim=2, finite=False, allow_empty=True)
     if arr.shape[0] == 0:
@@ -390,7 +394,9 @@ def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = 
         raise ValueError(f"{name}: expected at least one coordinate per point, got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name}: expected shape (*, {dim}) to match the tree's dim, got {arr.shape}")
-    out = _allocate(arr.shape, storage, "points")
+    shared = (not copy and storage is None and arr is points and arr.dtype == np.float64
+              and arr.flags.c_contiguous and arr.flags.writeable and not isinstance(arr, np.memmap))
+    out = arr if shared else _allocate(arr.shape, storage, "points")
     try:
         for lo in range(0, arr.shape[0], _BLOCK):
             blk = np.asarray(arr[lo : lo + _BLOCK], dtype=np.float64)
@@ -402,7 +408,8 @@ def _copy_points(points: Any, name: str, dim: int | None, storage: str | None = 
                     "stay finite), "
                     f"got {np.abs(blk).max():g}"
                 )
-            out[lo : lo + _BLOCK] = blk
+            if not shared:
+                out[lo : lo + _BLOCK] = blk
     except BaseException:
         _release(out)
         raise
@@ -507,6 +514,7 @@ class Tree:
         seed: int | np.random.Generator = 0,
         kmeans_iters: int = 4,
         storage: str | os.PathLike[str] | None = None,
+        copy: bool = True,
     ) -> Tree:
         """Build the tree by top-down hierarchical k-means (proofs/README.md section 3).
 
@@ -540,6 +548,16 @@ class Tree:
             old one; the files of a live tree are its own, so delete the
             directory only when the tree is gone. A tree saved with
             :func:`reference.persist.save_tree` is loaded back into RAM.
+        copy : bool, default True
+            If False, and ``points`` is an in-RAM, C-contiguous, writeable
+            float64 ndarray (not a memmap) and no ``storage`` is given, the
+            tree keeps ``points`` itself as :attr:`points` instead of a copy
+            (after the same validation): the memory of one N x k copy is
+            saved, which decides whether tens of millions of targets fit in
+            RAM. The array then belongs to the tree: do not write to it, and
+            expect :meth:`update` to write into it (:meth:`insert` moves
+            the tree to a new, grown array). Other input is copied whatever
+            ``copy`` says.
 
         Returns
         -------
@@ -553,7 +571,9 @@ class Tree:
         else:
             rng = np.random.default_rng(check_int(seed, "seed", low=0))
         storage = None if storage is None else _check_storage(storage)
-        z = _copy_points(points, "points", None, storage)
+        if not isinstance(copy, (bool, np.bool_)):
+            raise ValueError(f"copy: expected True or False, got {copy!r}")
+        z = _copy_points(points, "points", None, storage, copy=bool(copy))
         t = cls()
         t.branching, t.leaf_size, t.kmeans_iters, t.kmeans_rng = branching, leaf_size, kmeans_iters, rng
         n, k = z.shape

@@ -8,8 +8,10 @@ can fail, and that the tree and the samplers work from an ``np.memmap``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -142,8 +144,8 @@ def test_auto_depth_grows_the_cluster_hierarchy_with_n():
 # --------------------------------------------------------------------------
 
 def test_wrong_tree_topk_is_reported(monkeypatch):
-    def off_by_one(tree, Q, k, return_counters=False):
-        ids, logits, c = topk(tree, Q, k + 1, return_counters=True)
+    def off_by_one(tree, Q, k, return_counters=False, block=None):
+        ids, logits, c = topk(tree, Q, k + 1, return_counters=True, block=block)
         return ids[:, 1:], logits[:, 1:], c        # drops the best target
 
     monkeypatch.setattr(bench, "topk", off_by_one)
@@ -155,8 +157,8 @@ def test_wrong_tree_topk_is_reported(monkeypatch):
 
 
 def test_inexact_sampler_is_caught_by_the_mean_log_p_check(monkeypatch):
-    def uniform(tree, Q, n, rng, tol=None):
-        ids, c = rejection_sample(tree, Q, n, rng)
+    def uniform(tree, Q, n, rng, tol=None, block=None):
+        ids, c = rejection_sample(tree, Q, n, rng, block=block)
         return rng.integers(0, tree.n_live, size=ids.shape), c
 
     monkeypatch.setattr(bench, "rejection_sample", uniform)
@@ -205,20 +207,92 @@ def test_processor_model_reads_cpuinfo(tmp_path):
     assert bench.processor_model(str(tmp_path / "missing")) == (bench.platform.processor() or "unknown")
 
 
-def test_memory_cut_applies_below_n_logits_only(monkeypatch):
-    """The timed queries are cut for memory when the pilot's logits per query L, below N, would
-    fill ENTRY_CAP entries in one block of queries; at L >= N (every target scored: the dense
-    fallback, which holds a block of logits rather than entries) they are not."""
+def test_memory_bound_shrinks_the_query_block_below_n_logits_only(monkeypatch):
+    """Where the pilot's logits per query L, below N, would fill more than ENTRY_CAP entries in one
+    block of 512 queries, the tree runs in blocks of ENTRY_CAP // L queries and every query is
+    timed; at L >= N (every target scored: the dense fallback, which holds a block of logits
+    rather than entries) the block stays; a run past the time budget is cut, for time only."""
     Q = np.zeros((2000, 4))
     monkeypatch.setattr(bench, "ENTRY_CAP", 1000 * bench.sampling._QUERY_BLOCK)
 
-    def op_with(L):
-        return lambda Qb: {"node_logits": 0, "target_logits": int(L) * Qb.shape[0]}
+    def op_with(L, seconds=0.0):
+        def op(Qb):
+            time.sleep(seconds * Qb.shape[0])
+            return {"node_logits": 0, "target_logits": int(L) * Qb.shape[0]}
+        return op
 
-    assert bench._queries_to_time(op_with(999), Q, lambda c: c, 1000) == (2000, None)   # 512 * 999 <= cap
-    assert bench._queries_to_time(op_with(1500), Q, lambda c: c, 2000) == (
-        bench.ENTRY_CAP // 1500, "memory")
-    assert bench._queries_to_time(op_with(1500), Q, lambda c: c, 1500) == (2000, None)   # L >= N
+    assert bench._queries_to_time(op_with(1000), Q, lambda c: c, 2000) == (2000, None, None)  # 512 * 1000 = cap
+    assert bench._queries_to_time(op_with(1001), Q, lambda c: c, 2000) == (
+        2000, None, bench.ENTRY_CAP // 1001)
+    assert bench._queries_to_time(op_with(1500), Q, lambda c: c, 1500) == (2000, None, None)   # L >= N
+    monkeypatch.setattr(bench, "BUDGET_SECONDS", 0.5)
+    m, why, block = bench._queries_to_time(op_with(10, seconds=0.01), Q, lambda c: c, 2000)
+    assert why == "time" and bench.PILOT_QUERIES <= m <= 50 and block is None
+
+
+def test_tiled_brute_force_is_the_single_product():
+    """Targets in tiles (N beyond ~1e6): top-k identical to the one-product top-k for tiles of
+    1, 7, 64 and 499 targets (ties by smaller id across tile borders included); the tiled sampler
+    draws the softmax (G-test, false-alarm rate 1e-6) and its log Z is logsumexp to 1e-12; the
+    streamed perplexity equals perplexity() up to the rounding of its sums (one tile: bit for bit); the default tile at N = 1e6 and 2e7."""
+    rng = np.random.default_rng(5)
+    Z = rng.integers(-3, 4, size=(500, 3)).astype(float)   # small integers: exact logits, many exact ties
+    Q = rng.integers(-3, 4, size=(9, 3)).astype(float)
+    want_ids, want_vals = bench.brute_force_topk(Z, Q, 12)
+    np.testing.assert_array_equal(want_ids, _ids_sorted_by_logit(Q @ Z.T, 12))
+    for tile in (1, 7, 64, 499):
+        ids, vals = bench.brute_force_topk(Z, Q, 12, block=4, tile=tile)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(vals, want_vals)
+    q = np.array([[2.0, -1.0, 0.5]])
+    Zs = rng.standard_normal((12, 3))
+    a = (q @ Zs.T)[0]
+    ids, log_z = bench.brute_force_sample(Zs, q, 200_000, np.random.default_rng(2), tile=5)  # tiles 5, 5, 2
+    assert log_z[0] == pytest.approx(logsumexp(a), rel=1e-12)
+    assert g_test(np.bincount(ids[0], minlength=12), np.exp(a - logsumexp(a))).p_value > 1e-6
+    one_ids, one_z = bench.brute_force_sample(Zs, q, 50, np.random.default_rng(3))
+    same_ids, same_z = bench.brute_force_sample(Zs, q, 50, np.random.default_rng(3), tile=12)
+    np.testing.assert_array_equal(one_ids, same_ids)          # one tile: the single product, draw for draw
+    big = 40 * rng.standard_normal((7, 3))                    # perplexities from ~1 to ~N
+    A = big @ Z.T
+    # log perplexity H = log Z - E_P[a] by two summation orders over N terms of size <= max|a|:
+    # they may differ by N eps max|a| (the recursive-summation bound), not more
+    err = np.abs(np.log(bench.streamed_perplexity(Z, big, tile=37)) - np.log(bench.perplexity(A)))
+    assert np.all(err <= Z.shape[0] * np.finfo(float).eps * np.abs(A).max(axis=1))
+    assert np.all(bench.streamed_perplexity(Z, big, tile=500) == bench.perplexity(A))
+    assert bench._tiles(10**6, bench._query_block(10**6), None) >= 10**6     # one tile up to ~1e6
+    assert bench._query_block(2 * 10**7) == bench.BRUTE_MIN_QUERIES
+    assert bench._tiles(2 * 10**7, 32, None) * 32 * 8 == bench.BRUTE_BLOCK_BYTES
+
+
+def test_paper_scale_targets_and_preset(monkeypatch):
+    """At N >= LARGE_N the targets of TARGETS_LARGE are judged for each clustered data set, memory
+    against 2.5 x points + 1 GiB; the preset fills the options it names, explicit options win."""
+    assert bench._memory_budget(bench.LARGE_N, 10 * 2**30) == 26 * 2**30
+    assert bench._memory_budget(bench.LARGE_N - 1, 10 * 2**30) == 31 * 2**30
+    monkeypatch.setattr(bench, "LARGE_N", 800)    # TINY's sizes reach 800: judged as the paper's scale
+    result = bench.run_bench(bench.BenchConfig(**{**TINY, "data": ("clustered", "clustered_auto")}))
+    rows = result["targets"]
+    assert [t["name"] for t in rows] == 2 * list(bench.TARGETS_LARGE)
+    assert [t["table"] for t in rows] == ["clustered"] * 7 + ["clustered_auto"] * 7
+    for t in rows:
+        run = next(r for r in result["runs"] if r["data"] == t["table"] and r["n"] == 800)
+        if t["name"] == "query_memory":
+            assert t["measured"] == run["query_phase"]["peak_rss_bytes"] / (2.5 * 800 * 64 * 8 + 2**30)
+        if t["name"] == "topk_speedup":
+            assert t["measured"] == run["topk"]["speedup"]
+            assert t["status"] == ("PASS" if t["measured"] >= 30 else "MISS")
+    report = bench.format_report(result)
+    assert "== targets (clustered_auto data, N = 800)" in report and "query-phase peak memory" in report
+    depths = {r["data"]: r["cluster_depth"] for r in result["runs"] if r["n"] == 800}
+    assert depths == {"clustered": 3, "clustered_auto": bench.cluster_depth("auto", 800)}
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    cfg = bench.config_from_args(parser.parse_args(["--preset", "paper-scale"]))
+    assert (cfg.sizes, cfg.k, cfg.data, cfg.queries, cfg.repeats) == (
+        (100_000, 1_000_000, 20_000_000), 32, ("clustered", "clustered_auto"), 200, 3)
+    cfg = bench.config_from_args(parser.parse_args(["--preset", "paper-scale", "--k", "8", "--data", "both"]))
+    assert (cfg.k, cfg.data) == (8, ("clustered", "isotropic"))
 
 
 # --------------------------------------------------------------------------

@@ -208,6 +208,31 @@ def test_rejection_sample_beyond_one_query_block_is_block_after_block() -> None:
     assert c["accepted"] >= B * n and c["cut_entries"] >= B
 
 
+@pytest.mark.parametrize("block", [1, 7, 40])
+def test_block_argument_splits_queries_and_changes_nothing_else(block: int) -> None:
+    """``block=`` (the memory bound at large N): the samples are those of one call per slice
+    of ``block`` queries on one generator, the counters their sums, and top-k is the same
+    for every block; a block below 1 or not an integer is refused by name."""
+    z = make_point_set("clustered", 300, 3, 2)
+    tree = Tree.build(z, branching=3, leaf_size=8, seed=0)
+    B, n = 45, 3
+    Q = np.random.default_rng(1).normal(size=(B, 3))
+    ids, c = sampling_module.rejection_sample(tree, Q, n, np.random.default_rng(0), block=block)
+    rng = np.random.default_rng(0)
+    parts = [sampling_module.rejection_sample(tree, Q[b0:b0 + block], n, rng) for b0 in range(0, B, block)]
+    np.testing.assert_array_equal(ids, np.vstack([p[0] for p in parts]))
+    assert c == {key: sum(p[1][key] for p in parts) for key in c}
+    t_ids, t_log, t_c = sampling_module.topk(tree, Q, 5, return_counters=True, block=block)
+    w_ids, w_log, w_c = sampling_module.topk(tree, Q, 5, return_counters=True)
+    np.testing.assert_array_equal(t_ids, w_ids)
+    np.testing.assert_array_equal(t_log, w_log)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="^block"):
+            sampling_module.rejection_sample(tree, Q, n, np.random.default_rng(0), block=bad)
+        with pytest.raises(ValueError, match="^block"):
+            sampling_module.topk(tree, Q, 5, block=bad)
+
+
 @pytest.mark.parametrize("sampler", ["fast", "plain"])
 @pytest.mark.parametrize("factor, raises", [(0.1, False), (10.0, True)])
 def test_rejection_sample_i3_margin_is_rounding_at_the_logit_scale(sampler, factor, raises) -> None:

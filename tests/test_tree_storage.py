@@ -191,3 +191,26 @@ def test_disk_backed_tree_works_with_less_private_memory_than_its_points(tmp_pat
     assert disk.returncode == 0 and disk.stdout.startswith("ok"), (disk.stdout, disk.stderr[-2000:])
     ram = _run_child(src, "-", 0.9)
     assert ram.returncode == 3 and "MemoryError" in ram.stdout, (ram.stdout, ram.stderr[-2000:])
+
+
+def test_build_without_copy_keeps_the_input_array_and_changes_no_result() -> None:
+    """``Tree.build(points, copy=False)``: an in-RAM C-contiguous float64 array becomes the
+    tree's ``points`` itself (one N x k copy less); the tree is bitwise the copying one's;
+    other input (float32, a strided view, ``copy`` not a bool) is copied or refused by name;
+    invalid values are still refused."""
+    z = np.random.default_rng(3).normal(size=(500, 4))
+    kept = Tree.build(z, copy=False, seed=1)
+    copied = Tree.build(z, seed=1)
+    assert kept.points is z and not np.shares_memory(copied.points, z)
+    for field in ("points_dfs", "rep", "radius", "order", "parent", "start", "count"):
+        np.testing.assert_array_equal(getattr(kept, field), getattr(copied, field))
+    kept.check_invariants()
+    for other in (z.astype(np.float32), z[::2], np.asfortranarray(z)):
+        t = Tree.build(other, copy=False, seed=1)
+        assert not np.shares_memory(t.points, other)
+    with pytest.raises(ValueError, match="^copy"):
+        Tree.build(z, copy="no")
+    bad = z.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match="^points: expected finite"):
+        Tree.build(bad, copy=False)
