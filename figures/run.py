@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes, for a smoke test (the figures are still checked)")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.add_argument("--bench-json", type=Path, default=None, metavar="PATH",
+                        help="the JSON of a `bench` run for the scaling figure (default: <out>/bench.json if "
+                             "it exists, else a small run of its own), e.g. reference/bench_paper_scale.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,12 +47,16 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in chosen if n not in mods]
     if unknown:
         raise ValueError(f"--only: expected figure names among {sorted(mods)}, got {unknown}")
+    bench_json = getattr(args, "bench_json", None)
+    if bench_json is not None and not Path(bench_json).is_file():
+        raise ValueError(f"--bench-json: expected an existing JSON file written by `bench`, got {bench_json}")
     out = Path(check_output_dir(args.out, "--out"))  # before any figure is computed
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name in chosen:
         t = time.perf_counter()
-        paths = mods[name].make(out, quick=args.quick)
+        extra = {"source": bench_json} if name == "scaling" and bench_json is not None else {}
+        paths = mods[name].make(out, quick=args.quick, **extra)
         print(f"[figures] {name}: {', '.join(str(p) for p in paths)} ({time.perf_counter() - t:.1f}s)", flush=True)
     print(f"[figures] {len(chosen)} figures in {time.perf_counter() - t0:.1f}s -> {out}")
     return 0

@@ -582,11 +582,12 @@ class Tree:
         t.alive = np.ones(n, dtype=bool)
         t.n_live = n
         t.leaf_of = np.full(n, -1, dtype=np.int64)
-        parent, depth, is_leaf, leaf_ids, leaf_nodes = _grow(
+        grown = _grow(
             z, np.arange(n, dtype=np.int64), np.array([n], dtype=np.int64),
             np.zeros(1, dtype=np.int64), branching, leaf_size, kmeans_iters, rng,
         )
-        t._install(parent, depth, is_leaf, leaf_ids, leaf_nodes, np.zeros((parent.shape[0], k)))
+        t._install(*grown)
+        del grown  # the (N,) leaf assignment of _grow, before the refresh's temporaries
         t._refresh_all()
         return t
 
@@ -618,7 +619,7 @@ class Tree:
         is_leaf: np.ndarray,
         leaf_ids: np.ndarray,
         leaf_nodes: np.ndarray,
-        rep: np.ndarray,
+        rep: np.ndarray | None = None,
         radius: np.ndarray | None = None,
     ) -> None:
         """Renumber nodes breadth-first and set every structural array.
@@ -648,7 +649,7 @@ class Tree:
         self.parent = np.where(p_old >= 0, new_of_old[np.maximum(p_old, 0)], -1)
         self.depth = depth[old_of_new].astype(np.int64)
         self.is_leaf = is_leaf[old_of_new].copy()
-        self.rep = rep[old_of_new].copy()
+        self.rep = np.zeros((m, self.points.shape[1])) if rep is None else rep[old_of_new].copy()
         self.rep_norm = np.linalg.norm(self.rep, axis=1)
         self.radius = np.zeros(m) if radius is None else radius[old_of_new].copy()
         nchild = np.bincount(self.parent[1:], minlength=m) if m > 1 else np.zeros(m, dtype=np.int64)
@@ -720,14 +721,21 @@ class Tree:
             live_ch = ch[self.count[ch] > 0]
             if live_ch.shape[0] == 0:
                 continue
-            p = self.parent[live_ch]
-            w = self.count[live_ch].astype(np.float64)
-            firsts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]]))
-            pv = p[firsts]
-            sums = np.add.reduceat(self.rep[live_ch] * w[:, None], firsts, axis=0)
-            self.rep[pv] = sums / self.count[pv][:, None]
-            reach = row_distances(self.rep[live_ch], self.rep[p]) + self.radius[live_ch]
-            self.radius[pv] = np.maximum.reduceat(reach, firsts)
+            p_all = self.parent[live_ch]
+            firsts_all = np.flatnonzero(np.concatenate([[True], p_all[1:] != p_all[:-1]]))
+            # Blocks of whole sibling groups, about _BLOCK children each (bounds the (children, k)
+            # temporaries; every group is reduced whole, so the results do not depend on the blocks).
+            cuts = np.unique(firsts_all[np.searchsorted(firsts_all, np.arange(0, live_ch.shape[0], _BLOCK),
+                                                        side="right") - 1])
+            for a, b in zip(cuts, np.append(cuts[1:], live_ch.shape[0])):
+                lc, p = live_ch[a:b], p_all[a:b]
+                firsts = firsts_all[(firsts_all >= a) & (firsts_all < b)] - a
+                w = self.count[lc].astype(np.float64)
+                pv = p[firsts]
+                sums = np.add.reduceat(self.rep[lc] * w[:, None], firsts, axis=0)
+                self.rep[pv] = sums / self.count[pv][:, None]
+                reach = row_distances(self.rep[lc], self.rep[p]) + self.radius[lc]
+                self.radius[pv] = np.maximum.reduceat(reach, firsts)
 
     def _refresh_all(self) -> None:
         empty = self.count == 0
@@ -934,8 +942,7 @@ class Tree:
         ])
         depth_all = np.concatenate([self.depth[top], g_depth])
         is_leaf = np.concatenate([np.zeros(T, dtype=bool), g_leaf])
-        rep = np.zeros((parent.shape[0], self.dim))
-        self._install(parent, depth_all, is_leaf, leaf_ids, leaf_nodes + T, rep)
+        self._install(parent, depth_all, is_leaf, leaf_ids, leaf_nodes + T)
         self._refresh_all()
 
     # -------------------------------------------------------------- checking

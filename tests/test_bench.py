@@ -290,7 +290,7 @@ def test_paper_scale_targets_and_preset(monkeypatch):
     bench.add_arguments(parser)
     cfg = bench.config_from_args(parser.parse_args(["--preset", "paper-scale"]))
     assert (cfg.sizes, cfg.k, cfg.data, cfg.queries, cfg.repeats) == (
-        (100_000, 1_000_000, 20_000_000), 32, ("clustered", "clustered_auto"), 200, 3)
+        (10_000, 100_000, 1_000_000, 20_000_000), 32, ("clustered", "clustered_auto"), 200, 3)
     cfg = bench.config_from_args(parser.parse_args(["--preset", "paper-scale", "--k", "8", "--data", "both"]))
     assert (cfg.k, cfg.data) == (8, ("clustered", "isotropic"))
 

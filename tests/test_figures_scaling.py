@@ -67,3 +67,29 @@ def test_figure_refuses_inconsistent_data(tmp_path, tiny_result):
         fig.make(tmp_path)
     with pytest.raises(ValueError, match="source: expected an existing JSON"):
         fig.make(tmp_path, source=tmp_path / "missing.json")
+
+
+def test_figures_command_plots_a_given_bench_json(tmp_path, tiny_result, capsys):
+    """``figures --only scaling --bench-json PATH`` plots that run without re-running it (the committed
+    paper-scale JSON), its second exponent fit (N >= n_min) checked too; a missing file is refused."""
+    from reference.cli import main
+
+    res = copy.deepcopy(tiny_result)
+    sub = [r for r in res["runs"] if r["data"] == "clustered" and r["n"] >= 800]
+    res["fits"]["clustered"]["from_n"] = dict(n_min=800, **{
+        op: float(np.polyfit(np.log([r["n"] for r in sub]), np.log([r[op]["logits_per_query"] for r in sub]), 1)[0])
+        for op in ("sample", "topk")})
+    src = tmp_path / "given.json"
+    write_json(src, res)
+    assert main(["figures", "--only", "scaling", "--out", str(tmp_path / "o"), "--bench-json", str(src)]) == 0
+    assert f"scaling.csv, {src}" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "scaling.json").exists()
+    res["fits"]["clustered"]["from_n"]["topk"] += 0.01
+    write_json(src, res)
+    with pytest.raises(AssertionError, match="clustered topk: exponent"):
+        fig.make(tmp_path / "o", source=src)
+    with pytest.raises(SystemExit) as exc:
+        main(["figures", "--only", "scaling", "--out", str(tmp_path / "o"),
+              "--bench-json", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2
+    assert "--bench-json: expected an existing JSON file" in capsys.readouterr().err
