@@ -626,7 +626,8 @@ class NystromMap:
             fail(str(exc))
         if not self.fitted:
             # Compared one by one: a tuple comparison would compare a leftover array elementwise (ValueError).
-            if any(x is not None for x in (self.landmarks, self.anchor, self.eigenvalues)) or (self.rank, self.record) != (0, {}):
+            leftover = any(x is not None for x in (self.landmarks, self.anchor, self.eigenvalues))
+            if leftover or (self.rank, self.record) != (0, {}):
                 fail("an unfitted map (inv_sqrt None) must have no landmarks, anchor, eigenvalues, rank or record")
             return
         for name in ("landmarks", "anchor", "eigenvalues", "inv_sqrt"):

@@ -291,3 +291,235 @@ def test_w0_within_the_product_bound_passes() -> None:
     ix = _index()
     ix.W0 = np.nextafter(ix.W0, np.inf)
     ix.check_invariants()
+
+
+@pytest.mark.parametrize("name", ["landmarks", "anchor", "eigenvalues", "rank", "record"])
+def test_an_unfitted_map_with_a_leftover_field_is_refused(name: str) -> None:
+    """Each field a fit sets, left on an unfitted map (inv_sqrt None), is an InvariantError (an array
+    among them made the tuple comparison raise ValueError before)."""
+    n = NystromMap()
+    n.check_invariants()
+    setattr(n, name, {"rank": 1, "record": {"m": 1}}.get(name, np.zeros(2)))
+    with pytest.raises(InvariantError, match=r"^NystromMap: an unfitted map \(inv_sqrt None\) must have no "):
+        n.check_invariants()
+
+
+# =========================================================================== dtypes
+
+
+def _int(x: Any) -> np.ndarray:
+    """Integers near 4 x (distinct enough for k-means, small enough to be exact in float64)."""
+    return np.rint(4 * np.asarray(x, dtype=np.float64)).astype(np.int64)
+
+
+def _int_as_f64(x: Any) -> np.ndarray:
+    return _int(x).astype(np.float64)
+
+
+@pytest.mark.parametrize("entry, call", FLOAT64_ENTRIES, ids=[e for e, _ in FLOAT64_ENTRIES])
+def test_integer_input_is_computed_in_float64(entry: str, call) -> None:
+    """The float64 table of tests/test_public_contracts.py, for integer arrays: converted to float64
+    first (as_float_array), so bitwise the result of the float64 copy, every float float64."""
+    got, want = _arrays(call(Env(), _int)), _arrays(call(Env(), _int_as_f64))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and (g.dtype.kind != "f" or g.dtype == np.float64), (entry, g.dtype, w.dtype)
+        assert np.array_equal(g, w), entry
+
+
+def _nystrom_calls(G: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for kernel in ("linear", "rbf", "polynomial"):
+        a = NystromMap(kernel).fit(G, np.arange(5))
+        b = NystromMap(kernel).fit_anchor(G[:5])
+        out += [a.inv_sqrt, a.anchor, a.eigenvalues, b.inv_sqrt, b.anchor, a.features(G), a.project(G[:5]),
+                a.approximate(G[:, :5], G[:5]),
+                ridge_leverage_scores(G, kernel, pilot=12, rng=np.random.default_rng(1))]
+    return out
+
+
+@pytest.mark.parametrize("cast", [_int, lambda x: np.asarray(x).astype(np.float32)], ids=["int", "float32"])
+def test_nystrom_entry_points_compute_in_float64(cast) -> None:
+    """fit, fit_anchor, features, project, approximate and ridge_leverage_scores, every kernel:
+    integer and float32 arrays give bitwise what their float64 copies give, in float64."""
+    G = np.random.default_rng(265).standard_normal((20, 6))
+    got, want = _nystrom_calls(cast(G)), _nystrom_calls(cast(G).astype(np.float64))
+    for g, w in zip(got, want):
+        assert g.dtype == np.float64 and np.array_equal(g, w)
+
+
+@pytest.mark.parametrize("cast", [_int, lambda x: np.asarray(x).astype(np.float32)], ids=["int", "float32"])
+def test_inverse_cdf_of_int_and_float32_is_that_of_float64(cast) -> None:
+    """inverse_cdf compares cdf and t as given; int64 / float32 values give the ids of their float64
+    copies (every int and float32 value is exact in float64), as int64."""
+    rng = np.random.default_rng(266)
+    cdf = np.cumsum(rng.integers(0, 3, (4, 9)), axis=1) + 1
+    t = rng.uniform(-1, cdf[:, -1:] + 1, (4, 7))
+    got = sm.inverse_cdf(cast(cdf), cast(t))
+    want = sm.inverse_cdf(cast(cdf).astype(np.float64), cast(t).astype(np.float64))
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+# =========================================================================== leaf statistics
+
+
+def _subtree(t: Tree, v: int) -> np.ndarray:
+    return t.order[t.start[v]:t.stop[v]]
+
+
+def _assert_statistics_are_their_definition(t: Tree) -> None:
+    """Every node of a nested tree against proofs/README.md section 3: a non-empty leaf's rep is
+    the centroid of its live targets (within the rounding of two sums of count terms) and its
+    radius the largest distance to that rep (bitwise: row_distances is the one distance of the
+    tree); an internal node's rep the count-weighted mean of its non-empty children, its radius
+    max_c ||r_c - r_v|| + radius[c] (bitwise); an empty node's radius 0; rep_norm = ||rep||."""
+    eps = np.finfo(np.float64).eps
+    scale = float(np.max(np.abs(t.points[t.alive])))
+    assert t.nested
+    for v in range(t.parent.shape[0]):
+        n = int(t.count[v])
+        ch = t.child_idx[t.child_ptr[v]:t.child_ptr[v + 1]]
+        if n == 0:
+            assert t.radius[v] == 0.0, v
+            continue
+        if t.is_leaf[v]:
+            z = t.points[_subtree(t, v)]
+            assert np.abs(t.rep[v] - z.mean(axis=0)).max() <= 2 * n * eps * scale, v
+            assert t.radius[v] == row_distances(z, np.broadcast_to(t.rep[v], z.shape)).max(), v
+        else:
+            ch = ch[t.count[ch] > 0]
+            w = t.count[ch].astype(np.float64)
+            mean = (t.rep[ch] * w[:, None]).sum(axis=0) / n
+            assert np.abs(t.rep[v] - mean).max() <= 2 * (ch.size + 1) * eps * scale, v
+            reach = row_distances(t.rep[ch], np.broadcast_to(t.rep[v], (ch.size, t.dim))) + t.radius[ch]
+            assert t.radius[v] == reach.max(), v
+    assert np.array_equal(t.rep_norm, np.linalg.norm(t.rep, axis=1))
+
+
+def _grown_radii(t: Tree, before: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """radius[v] = max(radius before, ||z_y - r_v||) over the moved / inserted y below v."""
+    want = before.copy()
+    for y in ids:
+        v = int(t.leaf_of[y])
+        while v >= 0:
+            want[v] = max(want[v], float(row_distances(t.points[y][None], t.rep[v][None])[0]))
+            v = int(t.parent[v])
+    return want
+
+
+def test_leaf_statistics_after_build_delete_insert_update_refresh_rebuild() -> None:
+    rng = np.random.default_rng(267)
+    z = rng.standard_normal((300, 4)) * rng.uniform(0.1, 3.0, 4)
+    t = Tree.build(z, branching=3, leaf_size=5, seed=3)
+    _assert_statistics_are_their_definition(t)                      # build
+    rep, radius = t.rep.copy(), t.radius.copy()
+    t.delete(rng.choice(300, 40, replace=False))                     # delete: nothing moves
+    assert np.array_equal(t.rep, rep) and np.array_equal(t.radius, radius) and t.nested
+    t.check_invariants()
+    new = t.insert(rng.standard_normal((25, 4)) * 4)                # insert: path radii grow to cover
+    assert not t.nested and np.array_equal(t.rep, rep)
+    assert np.array_equal(t.radius, _grown_radii(t, radius, new))
+    radius = t.radius.copy()
+    moved = np.flatnonzero(t.alive)[::17]
+    t.update(moved, rng.standard_normal((moved.size, 4)) * 5)        # update: the same rule
+    assert np.array_equal(t.rep, rep) and np.array_equal(t.radius, _grown_radii(t, radius, moved))
+    t.check_invariants()
+    t.refresh()                                                      # refresh: the definition again
+    _assert_statistics_are_their_definition(t)
+    t.check_invariants()
+    for depth in (2, 0):                                            # partial and full rebuild
+        t.delete(np.flatnonzero(t.alive)[::9])
+        t.rebuild(depth)
+        _assert_statistics_are_their_definition(t)
+        t.check_invariants()
+
+
+def test_leaf_statistics_over_more_than_one_block() -> None:
+    """More live targets than one block of _leaf_stats (2^15): the blocked statistics are the
+    definition on every node, as for a small tree."""
+    from reference.tree import _BLOCK
+    z = np.random.default_rng(268).standard_normal((_BLOCK + 5000, 2))
+    t = Tree.build(z, branching=4, leaf_size=64, seed=0, kmeans_iters=1)
+    _assert_statistics_are_their_definition(t)
+
+
+# =========================================================================== search and sampler
+
+
+def _first_above(cdf: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Brute force: the first j with cdf[r, j] > t[r, i], else N - 1."""
+    above = cdf[:, None, :] > t[:, :, None]
+    return np.where(above.any(axis=2), above.argmax(axis=2), cdf.shape[1] - 1)
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 100])
+def test_inverse_cdf_is_the_first_column_above_the_threshold(N: int) -> None:
+    """Thresholds below 0, at 0 (u = 0), at every cumulative value (ties: W_j = W_{j+1} for a zero
+    weight), strictly between, at the row total (u W_{N-1} rounded up to it) and above it, on rows
+    with zero-weight columns first, inside and last: the brute-force answer, as int64 (R, n)."""
+    rng = np.random.default_rng(N)
+    w = rng.integers(0, 4, (6, N)).astype(np.float64)
+    w[0] = 1.0                       # no zero weight
+    w[1, 0] = 0.0                    # zero weight first
+    w[2, -1] = 0.0                   # zero weight last
+    w[:, -1] = np.where(w.sum(axis=1) == 0, 1.0, w[:, -1])  # every row some mass
+    cdf = np.cumsum(w, axis=1)
+    total = cdf[:, -1:]
+    t = np.concatenate([np.full((6, 1), -1.0), np.zeros((6, 1)), cdf, cdf - 0.5, total,
+                        np.nextafter(total, np.inf), total + 3, rng.random((6, 5)) * total], axis=1)
+    got = sm.inverse_cdf(cdf, t)
+    assert got.dtype == np.int64 and got.shape == t.shape
+    assert np.array_equal(got, _first_above(cdf, t))
+
+
+def test_inverse_cdf_never_returns_a_zero_weight_column_below_the_total() -> None:
+    """u in [0, 1): t = u W_{N-1} < W_{N-1} never lands on a column of weight 0."""
+    w = np.array([[0.0, 2.0, 0.0, 0.0, 1.0, 0.0]])
+    cdf = np.cumsum(w, axis=1)
+    u = np.array([[0.0, 0.5, 2 / 3 - 1e-12, 2 / 3, 1 - 2 ** -53]])
+    got = sm.inverse_cdf(cdf, u * cdf[:, -1:])
+    assert got.tolist() == [[1, 1, 1, 4, 4]]
+
+
+def _check_trace(tree: Tree, q: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Every proposal of plain.rejection_sample against rule (8) recomputed from the trace."""
+    trace: list[plain.Proposal] = []
+    ids = plain.rejection_sample(tree, q, n, np.random.default_rng(seed), trace=trace)
+    assert ids.dtype == np.int64 and ids.shape == (n,)
+    assert [p.target for p in trace if p.accepted] == ids.tolist()
+    for p in trace:
+        assert p.logit == float(q @ tree.points[p.target])
+        assert p.log_accept == p.logit - p.bound
+        assert p.accepted == (p.uniform < math.exp(min(p.log_accept, 0.0)))
+        assert 0.0 <= p.uniform < 1.0
+        if p.node >= 0:   # a node entry: a target below it, bound <q, r_v> + ||q|| rho_v
+            assert p.target in _subtree(tree, p.node)
+            want = float(q @ tree.rep[p.node]) + float(np.linalg.norm(q)) * float(tree.radius[p.node])
+            assert abs(p.bound - want) <= 1e-12 * (1 + abs(want))
+        else:             # a single-target entry: its own logit, always accepted
+            assert p.bound == p.logit and p.log_accept == 0.0 and p.accepted
+    return ids
+
+
+def test_rejection_sample_of_one_target_returns_it_n_times() -> None:
+    t = Tree.build(np.array([[1.0, -2.0]]), leaf_size=1)
+    ids = _check_trace(t, np.array([0.3, 0.7]), 5, 0)
+    assert ids.tolist() == [0] * 5
+
+
+def test_rejection_sample_of_identical_targets_accepts_every_proposal() -> None:
+    """Integer points, all equal: centroids are exact, radii 0, so every bound equals the logit and
+    every proposal is accepted (probability exp(0) = 1 > u): n proposals for n draws."""
+    t = Tree.build(np.tile([[3.0, -1.0, 2.0]], (40, 1)), branching=2, leaf_size=3)
+    trace: list[plain.Proposal] = []
+    plain.rejection_sample(t, np.array([0.5, 0.25, -1.0]), 30, np.random.default_rng(1), trace=trace)
+    assert len(trace) == 30 and all(p.accepted and p.log_accept == 0.0 for p in trace)
+    _check_trace(t, np.array([0.5, 0.25, -1.0]), 30, 1)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0])
+def test_rejection_sample_follows_rule_8_on_every_proposal(scale: float) -> None:
+    """A general tree with rejections (scale 3) and with few (scale 0.1)."""
+    t = _tree()
+    q = np.random.default_rng(269).standard_normal(3) * scale
+    _check_trace(t, q, 200, 2)
