@@ -33,7 +33,7 @@ from reference import softmax as sm
 from reference.dynamic import DynamicIndex
 from reference.nystrom import NystromMap, polynomial, ridge_leverage_scores
 from reference.tree import InvariantError, Tree, row_distances
-from tests.test_public_contracts import FLOAT64_ENTRIES, Env, _arrays
+from tests.test_public_contracts import FLOAT32_KEPT, FLOAT64_ENTRIES, Env, _arrays
 
 # =========================================================================== invariants
 
@@ -327,6 +327,25 @@ def test_integer_input_is_computed_in_float64(entry: str, call) -> None:
         assert np.array_equal(g, w), entry
 
 
+@pytest.mark.parametrize("entry, call", FLOAT32_KEPT, ids=[e for e, _ in FLOAT32_KEPT])
+def test_integer_input_of_the_dtype_keeping_entries_is_float64(entry: str, call) -> None:
+    """The entries that keep float32 (tests/test_public_contracts.py) still count integers as
+    float64: integer in, float64 out, bitwise the result of the float64 copy."""
+    a = np.random.default_rng(15).integers(-3, 4, (3, 5))
+    got, want = call(a), call(a.astype(np.float64))
+    assert got.dtype == want.dtype == np.float64 and np.array_equal(got, want)
+
+
+def test_integers_beyond_float32_precision_stay_exact() -> None:
+    """Integers are converted to float64, not float32: 2^24 + 1 (not a float32) survives exactly."""
+    big = np.array([[2**24 + 1, 0], [0, 2**24 + 3], [5, 7]], dtype=np.int64)
+    t = Tree.build(big, leaf_size=1)
+    assert t.points.dtype == np.float64 and np.array_equal(t.points, big.astype(np.float64))
+    n = NystromMap("linear").fit_anchor(big)
+    assert np.array_equal(n.anchor, big.astype(np.float64))
+    assert sm.log_partition(big).tolist() == sm.log_partition(big.astype(np.float64)).tolist()
+
+
 def _nystrom_calls(G: np.ndarray) -> list[np.ndarray]:
     out = []
     for kernel in ("linear", "rbf", "polynomial"):
@@ -424,6 +443,9 @@ def test_leaf_statistics_after_build_delete_insert_update_refresh_rebuild() -> N
     t.update(moved, rng.standard_normal((moved.size, 4)) * 5)        # update: the same rule
     assert np.array_equal(t.rep, rep) and np.array_equal(t.radius, _grown_radii(t, radius, moved))
     t.check_invariants()
+    leaf = _first(t.is_leaf & (t.count > 0) & (t.radius > 0))
+    t.delete(_subtree(t, leaf))                                      # an empty leaf: radius 0 after refresh
+    assert t.count[leaf] == 0 and t.radius[leaf] > 0
     t.refresh()                                                      # refresh: the definition again
     _assert_statistics_are_their_definition(t)
     t.check_invariants()
@@ -519,7 +541,11 @@ def test_rejection_sample_of_identical_targets_accepts_every_proposal() -> None:
 
 @pytest.mark.parametrize("scale", [0.1, 3.0])
 def test_rejection_sample_follows_rule_8_on_every_proposal(scale: float) -> None:
-    """A general tree with rejections (scale 3) and with few (scale 0.1)."""
+    """A general tree, a short and a long query; both see rejections and acceptances."""
     t = _tree()
     q = np.random.default_rng(269).standard_normal(3) * scale
+    trace: list[plain.Proposal] = []
     _check_trace(t, q, 200, 2)
+    plain.rejection_sample(t, q, 200, np.random.default_rng(2), trace=trace)
+    rejected = sum(not p.accepted for p in trace)
+    assert 0 < rejected < len(trace), rejected   # both outcomes are exercised
