@@ -573,3 +573,66 @@ def test_rejection_sample_follows_rule_8_on_every_proposal(scale: float) -> None
     plain.rejection_sample(t, q, 200, np.random.default_rng(2), trace=trace)
     rejected = sum(not p.accepted for p in trace)
     assert 0 < rejected < len(trace), rejected   # both outcomes are exercised
+
+
+# =========================================================================== Nystrom formulas
+
+# (kernel, cutoff, ridge, m, d): full rank; rank d < m (linear, zero eigenvalues dropped); a cutoff
+# that drops positive eigenvalues (so max(cutoff, 16 m eps) is the cutoff); a ridge.
+NYSTROM_FITS = [("linear", 1e-10, 0.0, 6, 8), ("linear", 1e-10, 0.0, 9, 4), ("rbf", 0.05, 0.0, 12, 3),
+                ("polynomial", 0.0, 0.5, 7, 5)]
+
+
+def _fit(kernel: str, cutoff: float, ridge: float, m: int, d: int) -> tuple[NystromMap, np.ndarray]:
+    G = np.random.default_rng(271 + m).standard_normal((m + 5, d))
+    nmap = NystromMap(kernel, cutoff=cutoff, ridge=ridge).fit(G, np.arange(m))
+    K = nmap.kernel(G[:m], G[:m]) + ridge * np.eye(m)
+    return nmap, 0.5 * (K + K.T)
+
+
+@pytest.mark.parametrize("fit", NYSTROM_FITS, ids=[f"{k}-m{m}-d{d}" for k, _, _, m, d in NYSTROM_FITS])
+def test_nystrom_fit_is_its_definition(fit) -> None:
+    """eigenvalues: those of K_LL + ridge I, descending; rank: how many exceed cutoff * the largest
+    (and 0); inv_sqrt = U_r diag(s_r^-1/2) U_r^T, symmetric up to rounding, so that inv_sqrt K inv_sqrt is the
+    projector on the kept eigenvectors; record: its eight fields from s and r; all within the
+    rounding of eigh (m eps times the largest eigenvalue)."""
+    nmap, K = _fit(*fit)
+    kernel, cutoff, ridge, m, d = fit
+    eps = np.finfo(np.float64).eps
+    s, r = nmap.eigenvalues, nmap.rank
+    want = np.linalg.eigvalsh(K)[::-1]
+    assert np.all(np.diff(s) <= 0) and np.abs(s - want).max() <= 16 * m * eps * want[0]
+    assert r == np.count_nonzero(s > max(cutoff * s[0], 0.0)) and s[r - 1] > 0
+    if kernel == "linear" and d < m:
+        assert r == d                                   # the zero eigenvalues are dropped
+    if cutoff == 0.05:
+        assert r < np.count_nonzero(s > 1e-12 * s[0])   # positive eigenvalues dropped by the cutoff
+    np.testing.assert_allclose(nmap.inv_sqrt, nmap.inv_sqrt.T, rtol=0, atol=16 * m * eps * np.abs(nmap.inv_sqrt).max())
+    w, U = np.linalg.eigh(K)
+    Ur = U[:, ::-1][:, :r]
+    scale = 1.0 / s[r - 1]
+    np.testing.assert_allclose(nmap.inv_sqrt @ K @ nmap.inv_sqrt, Ur @ Ur.T, rtol=0, atol=1e3 * m * eps * s[0] * scale)
+    assert nmap.record == {"m": m, "rank": r, "dropped": m - r, "cutoff": cutoff, "ridge": ridge,
+                           "eig_max": float(s[0]), "eig_min_kept": float(s[r - 1]),
+                           "condition": float(s[0] / s[r - 1])}
+    assert all(type(nmap.record[f]) is int for f in ("m", "rank", "dropped"))
+    assert all(type(nmap.record[f]) is float for f in ("cutoff", "ridge", "eig_max", "eig_min_kept", "condition"))
+
+
+@pytest.mark.parametrize("fit", NYSTROM_FITS, ids=[f"{k}-m{m}-d{d}" for k, _, _, m, d in NYSTROM_FITS])
+def test_reconstruction_error_and_tolerance_are_their_formulas(fit) -> None:
+    """reconstruction_error = ||phi(L) phi(L)^T - K||_F / ||K||_F with phi(L) = K inv_sqrt, and
+    reconstruction_tolerance = sqrt(m - r) max(cutoff, 16 m eps) + 16 m^1.5 eps sqrt(condition),
+    both evaluated here from their docstrings; an inv_sqrt scaled by c has error about |c^2 - 1|."""
+    nmap, K = _fit(*fit)
+    kernel, cutoff, ridge, m, d = fit
+    eps = float(np.finfo(np.float64).eps)
+    B = K @ nmap.inv_sqrt
+    err = float(np.linalg.norm(B @ B.T - K)) / float(np.linalg.norm(K))
+    assert nmap.reconstruction_error() == err
+    r, s = nmap.rank, nmap.eigenvalues
+    tol = math.sqrt(m - r) * max(cutoff, 16 * m * eps) + 16 * m ** 1.5 * eps * math.sqrt(s[0] / s[r - 1])
+    assert nmap.reconstruction_tolerance() == pytest.approx(tol, rel=1e-14)
+    assert err <= tol
+    nmap.inv_sqrt = nmap.inv_sqrt * 1.001
+    assert nmap.reconstruction_error() == pytest.approx(1.001 ** 2 - 1, abs=2 * tol + 1e-9)
