@@ -636,3 +636,86 @@ def test_reconstruction_error_and_tolerance_are_their_formulas(fit) -> None:
     assert err <= tol
     nmap.inv_sqrt = nmap.inv_sqrt * 1.001
     assert nmap.reconstruction_error() == pytest.approx(1.001 ** 2 - 1, abs=2 * tol + 1e-9)
+
+
+# =========================================================================== DynamicIndex formulas
+
+
+def _product_bound(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Entrywise rounding bound of a float64 product A @ B: 2 n eps |A| |B| (n inner terms)."""
+    return 2 * A.shape[-1] * np.finfo(np.float64).eps * (np.abs(A) @ np.abs(B))
+
+
+def test_dynamic_index_maps_are_their_formulas() -> None:
+    """psi = beta W_t f (queries), ghat = W_t^T phi (approximate), logits <psi, phi(y)> (logits),
+    W_t = project(G_L) (step, which counts the step): each against its product, within the
+    rounding of float64 products; the default ids are the live ids ascending."""
+    ix = DynamicIndex(np.random.default_rng(272).standard_normal((50, 5)), np.arange(0, 50, 7), beta=2.5,
+                      leaf_size=4)
+    ix.remove([3, 4, 5])
+    G_L = np.random.default_rng(273).standard_normal((ix.m, 5))
+    W = ix.step(G_L)
+    assert W is ix.W and np.array_equal(W, ix.nmap.project(G_L)) and ix.steps_since_refresh == 1
+    F = np.random.default_rng(274).standard_normal((3, 5))
+    psi = ix.queries(F)
+    assert np.all(np.abs(psi - 2.5 * (F @ W.T)) <= 2.5 * _product_bound(F, np.abs(W.T)) + 1e-300)
+    assert np.all(np.abs(ix.queries(F[1]) - psi[1]) <= 2 * 2.5 * _product_bound(F[1], np.abs(W.T)))  # one query
+    live = np.setdiff1d(np.arange(50), [3, 4, 5])
+    assert np.array_equal(ix.ids, live)
+    phi = ix.phi[live]
+    assert np.all(np.abs(ix.approximate() - phi @ W) <= _product_bound(phi, W))
+    assert np.all(np.abs(ix.approximate([9, 1]) - phi[[6, 1]] @ W) <= _product_bound(phi[[6, 1]], W))  # ids 9, 1
+    logits = ix.logits(F)
+    assert np.all(np.abs(logits - psi @ phi.T) <= _product_bound(psi, phi.T))
+    assert np.all(np.abs(ix.logits(F, [9, 1]) - psi @ phi[[6, 1]].T) <= _product_bound(psi, phi[[6, 1]].T))
+
+
+@pytest.mark.parametrize("current", [True, False])
+def test_dynamic_index_add_is_its_definition(current: bool) -> None:
+    """add(current=True): phi the least-squares solution of W_t^T phi = g (exact when g is in the
+    span), cache row W_0^T phi; add(current=False): phi = features(g), cache row g itself. New ids
+    continue the capacity; the tree holds phi; nothing else moves."""
+    ix = DynamicIndex(np.random.default_rng(275).standard_normal((30, 4)), np.arange(0, 30, 5), leaf_size=4)
+    ix.step(np.random.default_rng(276).standard_normal((ix.m, 4)))
+    g = np.random.default_rng(277).standard_normal((3, 4))
+    old_cache, W, W0 = ix.cache.copy(), ix.W.copy(), ix.W0.copy()
+    new = ix.add(g, current=current)
+    assert new.tolist() == [30, 31, 32] and ix.cache.shape == (33, 4)
+    assert np.array_equal(ix.cache[:30], old_cache) and np.array_equal(ix.W, W) and np.array_equal(ix.W0, W0)
+    phi = ix.phi[new]
+    if current:
+        assert np.array_equal(phi, np.linalg.lstsq(W.T, g.T, rcond=None)[0].T)
+        assert np.array_equal(ix.cache[new], phi @ W0)
+        np.testing.assert_allclose(phi @ W, g, rtol=0, atol=1e-12)   # m = 6 >= d = 4: g is in the span
+    else:
+        assert np.array_equal(phi, ix.nmap.features(g)) and np.array_equal(ix.cache[new], g)
+    ix.check_invariants()
+
+
+def test_dynamic_index_refresh_is_its_definition() -> None:
+    """refresh(G, ids): the new cache holds G for ids and the carried approximation phi_old W_t for
+    every other live id; the map is refitted on the landmarks' new rows, W = W_0 = project(anchor);
+    the tree holds the new phi; counters and the record as documented (depth capped at the height)."""
+    ix = DynamicIndex(np.random.default_rng(278).standard_normal((40, 4)), np.arange(0, 40, 8), leaf_size=4)
+    ix.step(np.random.default_rng(279).standard_normal((ix.m, 4)))
+    ix.remove([1])
+    live = ix.ids
+    y = np.array([0, 5, 9, 16])
+    G = np.random.default_rng(280).standard_normal((4, 4))
+    carried = ix.phi[live] @ ix.W
+    phi_old = ix.phi[live].copy()
+    rec = ix.refresh(G, y, depth=50)
+    want = ix.cache.copy()
+    assert np.array_equal(ix.cache[y], G)
+    rest = np.setdiff1d(live, y)
+    assert np.array_equal(ix.cache[rest], carried[np.searchsorted(live, rest)])
+    assert np.array_equal(ix.nmap.anchor, want[ix.landmarks])
+    assert np.array_equal(ix.W0, ix.nmap.project(ix.nmap.anchor)) and np.array_equal(ix.W, ix.W0)
+    assert np.array_equal(ix.phi[live], ix.nmap.features(ix.cache[live]))
+    height = int(ix.tree.depth.max())
+    assert (ix.steps_since_refresh, ix.n_refreshes) == (0, 1)
+    max_move = float(np.sqrt(np.max(np.sum((ix.phi[live] - phi_old) ** 2, axis=1))))
+    assert rec == {"refreshed": 4, "carried": live.size - 4, "rank": ix.nmap.rank,
+                   "dropped": ix.nmap.record["dropped"], "depth": rec["depth"], "max_move": max_move}
+    assert rec["depth"] <= 50 and rec["depth"] >= min(height, 1) and ix.last_refresh is rec
+    ix.check_invariants()
