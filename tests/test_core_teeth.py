@@ -719,3 +719,30 @@ def test_dynamic_index_refresh_is_its_definition() -> None:
                    "dropped": ix.nmap.record["dropped"], "depth": rec["depth"], "max_move": max_move}
     assert rec["depth"] <= 50 and rec["depth"] >= min(height, 1) and ix.last_refresh is rec
     ix.check_invariants()
+
+
+# =========================================================================== sample_softmax
+
+
+def test_sample_softmax_is_inversion_of_its_stream() -> None:
+    """The documented method, from the same generator: u = rng.random((B, n)) row by row,
+    W = cumsum(exp(a - max)), id = first j with W_j > u W_{N-1} (brute force). Rows with ties,
+    a single column, and entries of weight 0 (logits 800 below the maximum, never returned);
+    the input is kept, 1-D logits give (n,), ids are int64; draw_in_place's log Z is
+    max + log W_{N-1}, within rounding of scipy's logsumexp."""
+    from scipy.special import logsumexp
+    a = np.array([[0.0, 0.0, 1.0, 1.0, -800.0], [3.0, -800.0, -800.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0, 5.0]])
+    keep = a.copy()
+    ids = sm.sample_softmax(a, 400, np.random.default_rng(281))
+    assert np.array_equal(a, keep) and ids.dtype == np.int64 and ids.shape == (3, 400)
+    u = np.random.default_rng(281).random((3, 400))
+    W = np.cumsum(np.exp(a - a.max(axis=1, keepdims=True)), axis=1)
+    assert np.array_equal(ids, _first_above(W, u * W[:, -1:]))
+    assert not np.isin(ids[0], [4]).any() and not np.isin(ids[1], [1, 2]).any()
+    assert set(np.unique(ids[2])) == {0, 1, 2, 3, 4}
+    one = sm.sample_softmax(a[1], 7, np.random.default_rng(282))
+    assert one.shape == (7,) and np.array_equal(one, sm.sample_softmax(a[1:2], 7, np.random.default_rng(282))[0])
+    assert sm.sample_softmax(np.array([[2.5]]), 3, np.random.default_rng(0)).tolist() == [[0, 0, 0]]
+    _, log_z = sm.draw_in_place(a.copy(), 1, np.random.default_rng(0))
+    assert np.array_equal(log_z, a.max(axis=1) + np.log(W[:, -1]))
+    np.testing.assert_allclose(log_z, logsumexp(a, axis=1), rtol=8 * np.finfo(float).eps)
