@@ -79,8 +79,7 @@ def _reparent_within_level(t: Tree) -> str:
 def _swap_order_across_leaves(t: Tree) -> str:
     a, b = 0, int(t.count[t.leaf_of[t.order[0]]])  # first target of the first two leaves
     t.order[[a, b]] = t.order[[b, a]]
-    y = int(t.order[b])  # after the swap: the first live target, in order, outside its leaf
-    y = int(min(t.order[a], t.order[b]))
+    y = int(min(t.order[a], t.order[b]))  # both are now outside their leaves; the smaller id is reported
     return rf"^I2: target {y} is at position \d+ of order, outside its leaf {t.leaf_of[y]}'s range"
 
 
