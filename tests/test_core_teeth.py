@@ -745,3 +745,31 @@ def test_sample_softmax_is_inversion_of_its_stream() -> None:
     _, log_z = sm.draw_in_place(a.copy(), 1, np.random.default_rng(0))
     assert np.array_equal(log_z, a.max(axis=1) + np.log(W[:, -1]))
     np.testing.assert_allclose(log_z, logsumexp(a, axis=1), rtol=8 * np.finfo(float).eps)
+
+
+# =========================================================================== rebuild
+
+
+def _families(t: Tree, depth: int) -> list[tuple[int, ...]]:
+    """The live descendant sets D(v) of the non-empty nodes at depth <= ``depth``, sorted."""
+    v = np.flatnonzero((t.depth <= depth) & (t.count > 0))
+    return sorted(tuple(sorted(_subtree(t, int(u)).tolist())) for u in v)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_rebuild_keeps_the_nodes_above_its_depth(depth: int) -> None:
+    """rebuild(depth) regrows the subtree of every non-empty node at ``depth`` (and of every
+    non-empty leaf above it) and keeps the internal nodes above: the descendant sets of the
+    non-empty nodes at depth <= ``depth`` are the same before and after, every node is non-empty,
+    leaves hold at most leaf_size targets, and the statistics are their definition."""
+    rng = np.random.default_rng(283)
+    t = Tree.build(rng.standard_normal((400, 3)), branching=3, leaf_size=4, seed=5)
+    t.delete(np.arange(0, 400, 3))
+    t.insert(rng.standard_normal((60, 3)) * 2)   # overfull leaves, for the rebuild to split
+    assert int(t.count[t.is_leaf].max()) > 4
+    before = _families(t, depth)
+    t.rebuild(depth)
+    assert _families(t, depth) == before
+    assert (t.count > 0).all() and int(t.count[t.is_leaf].max()) <= 4
+    _assert_statistics_are_their_definition(t)
+    t.check_invariants()
