@@ -13,11 +13,15 @@ Each theme pins a behaviour for every place it occurs, not for one mutant:
   and the softmax search the same, for float32 and integer input;
 - leaf statistics: the representatives and radii stored by the tree against their definition
   (proofs/README.md section 3), on every node, after build, delete, insert, update, refresh and
-  rebuild;
-- the search and the sampler: ``softmax.inverse_cdf`` against brute force on its edge cases
+  rebuild, and the memory bound of the blocked leaf statistics (tracemalloc, not timing);
+  ``rebuild`` keeps the nodes above its depth;
+- the search and the samplers: ``softmax.inverse_cdf`` against brute force on its edge cases
   (thresholds at 0, at every cumulative value, at and above the row total, ties, zero-weight
-  columns, one column), and every proposal of ``plain.rejection_sample`` against the acceptance
-  rule (8) recomputed from the trace, on one target, identical targets and a general tree.
+  columns, one column); ``sample_softmax`` as inversion of its own uniform stream; every proposal
+  of ``plain.rejection_sample`` against the acceptance rule (8) recomputed from the trace, on one
+  target, identical targets and a general tree;
+- documented formulas: the Nystrom fit (eigenvalues, rank, inv_sqrt, record), its
+  reconstruction error and tolerance; the maps, ``add`` and ``refresh`` of ``DynamicIndex``.
 """
 
 from __future__ import annotations
