@@ -625,7 +625,9 @@ class NystromMap:
         except ValueError as exc:
             fail(str(exc))
         if not self.fitted:
-            if (self.landmarks, self.anchor, self.eigenvalues, self.rank, self.record) != (None, None, None, 0, {}):
+            # Compared one by one: a tuple comparison would compare a leftover array elementwise (ValueError).
+            leftover = any(x is not None for x in (self.landmarks, self.anchor, self.eigenvalues))
+            if leftover or (self.rank, self.record) != (0, {}):
                 fail("an unfitted map (inv_sqrt None) must have no landmarks, anchor, eigenvalues, rank or record")
             return
         for name in ("landmarks", "anchor", "eigenvalues", "inv_sqrt"):
