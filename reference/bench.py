@@ -19,9 +19,11 @@ index dimensions, the benchmark
    (:func:`reference.sampling.topk`, P8) for ``--queries`` queries, and the
    same two operations by brute force in NumPy (one matrix product per block
    of queries, then :func:`reference.softmax.draw_in_place` /
-   :func:`reference.softmax.topk_ids`), in the same process; each repeat
-   runs the four in turn, so that tree and brute force see the same machine
-   load;
+   :func:`reference.softmax.topk_ids`; beyond ~1e6 targets, blocks of 32
+   queries meet the targets in tiles of 2^20 rows, 256 MiB of logits as at
+   1e6, merged exactly: see :func:`brute_force_topk` and
+   :func:`brute_force_sample`), in the same process; each repeat runs the
+   four in turn, so that tree and brute force see the same machine load;
 4. reports, as the median over the repeats with their range, the speed-ups
    and the cost per evaluated logit: the tree's time per query over the
    logits it evaluated per query (node inner products ``<q, r_v>`` plus
@@ -50,6 +52,22 @@ history of its design changes, with their measured effects, are in the
 reference/PERFORMANCE.md, section "Profile and design history of the fast path"; a profile is
 taken by running this benchmark under ``py-spy record``.
 
+Memory. In RAM the tree keeps the generated targets as its points
+(``Tree.build(..., copy=False)``), so the process holds two N x k float64
+arrays: the points (read by brute force and the tree alike) and the tree's
+depth-first copy, which its queries read contiguously. A tree operation whose
+pilot evaluates many logits per query runs in blocks of ``ENTRY_CAP / L``
+queries (``block=`` of the samplers), so every query is timed at any N; the
+perplexity calibration keeps the logits of its queries only up to 1 GiB and
+streams them tile by tile beyond. The peak resident memory of the query
+phase (calibration, timing and checks) above the size before the data is
+recorded beside the build's.
+
+``--preset paper-scale`` runs N = 1e4, 1e5, 1e6 and 2e7 at k = 32 on the
+clustered data with depth 3 and with the depth of ``--depth auto``
+(``--data clustered clustered_auto``), 200 queries and 3 repeats, and
+judges ``TARGETS_LARGE`` at N = 2e7 for both; it needs about 13 GiB of RAM.
+
 Peak memory of the build is measured two ways: the process's peak resident
 set size during the build (Linux ``VmHWM``, reset at the start of the phase
 through ``/proc/self/clear_refs``) above the resident size before the data
@@ -68,6 +86,7 @@ Example::
     python -m reference bench --quick               # smoke test, a few seconds
     python -m reference bench --sizes 1e6 --data clustered --memmap /tmp/bench
     python -m reference bench --data clustered --depth auto   # cluster hierarchy deepening with N
+    python -m reference bench --preset paper-scale --json reference/bench_paper_scale.json   # N up to 2e7
 """
 
 from __future__ import annotations
