@@ -16,14 +16,17 @@ over the targets and nodes, never through plain's own helpers:
   D(v), ``logit`` a_y, ``bound`` <q, r_v> + eps_v, ``log_accept`` their
   difference, ``accepted`` the comparison of ``uniform`` with
   exp(min(0, log_accept)) (8); the accepted targets, in order, are the result;
-  the proposals follow U_v / U (G-test).
+  a clone of the Generator replays the records (one per proposal, in rounds,
+  the target's offset in D(v) and the uniform bit for bit); the proposals
+  follow U_v / U (G-test).
 - :class:`reference.plain.Pop` (``topk(..., trace=)``): the best-first search (9)
   is replayed from the records: ``node`` is the frontier's largest ub (ties: the
   smaller id), ``ub`` is <q, r_v> + eps_v + ROUNDING (1 + ||q|| (||r_v|| + rho_v))
   (10), ``tau`` the k-th best logit among the targets of the leaves popped
   before, ``action`` "stop" iff ub < tau, else "leaf" or "expand".
 - With and without ``trace=``, every function returns the same result and
-  leaves its Generator in the same state.
+  ``rejection_sample`` leaves its Generator in the same state (``adaptive_cut``
+  and ``topk`` take none; ``cut_sample`` has no trace).
 
 Trees: clustered, clustered after deletes (nodes with n_v = 0), exact ties
 (a tree mirrored about an axis: equal slacks, equal ub and equal logits),
@@ -41,7 +44,7 @@ shift back <= u + u T; so each computation is within u (6 T + |C| + 4) of the
 exact value and two of them within ``16 u (T + |C| + 1)`` (``_lse_tol``), plus
 the error of the inner products. The log slack has the same terms and one
 log of 2 sinh (math.sinh and log1p/expm1, a few ulp each): within
-``16 u (T + 1)``. All of these are about 1e-14 or less here, and the smallest
+``16 u (T + 1)``, plus the error of the inner products. All of these are about 1e-14 or less here, and the smallest
 documented quantity a wrong field changes (the rounding margin ROUNDING = 1e-9
 of the logit scale, a slack's eps_v) is far larger. The statistical test fails
 at p < 1e-6 (its false-alarm rate).
@@ -104,7 +107,7 @@ def _one_dim() -> Tree:
 
 
 def _query(tree: Tree, name: str, seed: int, scale: float) -> np.ndarray:
-    """A query of logit scale ``||q|| max ||z_y|| = scale``; along the mirror axis, or integer, where ties are wanted."""
+    """A query: (scale, 0) on the mirrored tree, integer on the integer tree (ties), else of logit scale ``scale``."""
     if name == "mirrored":
         return np.array([scale, 0.0])
     if name == "integer":
@@ -282,6 +285,36 @@ def test_proposals_field_by_field(trees, name, seed, scale, tol):
     rng2 = np.random.default_rng(seed)
     assert_array_equal(plain.rejection_sample(tree, q, n, rng2, tol=tol), ids)
     assert rng2.bit_generator.state == rng.bit_generator.state
+
+
+@pytest.mark.parametrize("name,seed,scale", CASES)
+def test_proposals_replay_the_generator_stream(trees, name, seed, scale):
+    """One record per proposal, in the order of the Generator's stream: rounds of (8), (7), then the uniform.
+
+    Each round proposes as many entries as draws are still missing, with one
+    ``rng.choice(..., p=...)`` (NumPy's Generator.choice with ``p`` consumes one
+    ``random()`` double per draw, on every NumPy this project tests), then per
+    proposal j ~ uniform{0..n_v - 1} for a node entry (7) (none for a single
+    target) and the uniform of (8). A clone of the Generator replays this:
+    the target is ``order[start[v] + j]`` and the uniform is bit-identical.
+    """
+    tree = trees[name]
+    q = _query(tree, name, seed, scale)
+    n, tol = 30, 0.05
+    trace: list = []
+    plain.rejection_sample(tree, q, n, np.random.default_rng(seed), tol=tol, trace=trace)
+    clone, i, missing = np.random.default_rng(seed), 0, n
+    while missing:
+        clone.random(missing)                       # the round's choice of entries
+        for p in trace[i:i + missing]:
+            if p.node >= 0:
+                j = int(clone.integers(int(tree.count[p.node])))
+                assert p.target == int(tree.order[tree.start[p.node] + j]), (i, p, j)
+            assert p.uniform == float(clone.random()), (i, p)
+        accepted = sum(p.accepted for p in trace[i:i + missing])
+        assert len(trace[i:i + missing]) == missing, "the trace ended within a round"
+        i, missing = i + missing, missing - accepted
+    assert i == len(trace), "records after the last round"
 
 
 @pytest.mark.parametrize("name", ["clustered", "deleted", "one_dim"])
