@@ -293,7 +293,8 @@ def test_proposals_replay_the_generator_stream(trees, name, seed, scale):
 
     Each round proposes as many entries as draws are still missing, with one
     ``rng.choice(..., p=...)`` (NumPy's Generator.choice with ``p`` consumes one
-    ``random()`` double per draw, on every NumPy this project tests), then per
+    ``random()`` double per draw: seen with NumPy 1.25.2 and 2.4.6, the oldest
+    and the newest this project tests), then per
     proposal j ~ uniform{0..n_v - 1} for a node entry (7) (none for a single
     target) and the uniform of (8). A clone of the Generator replays this:
     the target is ``order[start[v] + j]`` and the uniform is bit-identical.
