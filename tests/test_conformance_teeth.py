@@ -226,3 +226,331 @@ if __name__ == "__main__":
         _regenerate()
     else:
         print(f"usage: python {sys.argv[0]} --regenerate   (rewrite the stored reports in {REPORTS})")
+
+
+# --- 3a. _calls: the guarded call, every message and option ------------------------------------
+
+
+def test_check_time_limit_accepts_seconds_and_names_the_argument():
+    """Break tried: `t >= 0` -> `t > 0` fails the 0 case; dropping `math.isfinite` fails the inf case."""
+    assert _calls.check_time_limit(None) is None
+    assert _calls.check_time_limit(0) is None and _calls.check_time_limit("0") is None
+    assert _calls.check_time_limit("2.5") == 2.5 and _calls.check_time_limit(1e-3) == 1e-3
+    assert _calls.DEFAULT_TIME_LIMIT == 600.0
+    with pytest.raises(ValueError, match=r"^time_limit: expected a number of seconds \(0 for no limit\), got 'abc'$"):
+        _calls.check_time_limit("abc")
+    with pytest.raises(ValueError, match=r"^--t: expected a number of seconds \(0 for no limit\), got \[1\]$"):
+        _calls.check_time_limit([1], "--t")
+    for bad in (-1e-9, math.inf, math.nan, "-inf"):
+        with pytest.raises(ValueError, match=r"^time_limit: expected a finite number of seconds >= 0 "
+                                             r"\(0 for no limit\), got "):
+            _calls.check_time_limit(bad)
+
+
+def test_describe_shows_arrays_by_shape_dicts_by_braces_and_scalars_by_repr():
+    assert _calls.describe("points", np.zeros((3, 2))) == "points (3, 2)"
+    assert _calls.describe("params", {"a": 1}) == "params={...}"
+    assert _calls.describe("k", 10) == "k=10" and _calls.describe("s", "x") == "s='x'"
+
+
+def test_a_returned_value_comes_back_converted_and_untouched_inputs_pass():
+    seen = {}
+
+    def fn(a, b, *, c):
+        seen["thread"] = threading.current_thread().name
+        return a.sum() + b["x"].sum() + c
+
+    a, b = np.array([1.0, np.nan]), {"x": np.array([1 + 1j, np.nan])}  # NaN kept is not a change
+    value, finding = _calls.call_backend(fn, "topk", [("a", a), ("b", b)], [("c", 2)], convert=lambda v: ("c", v))
+    assert finding is None and value[0] == "c" and np.isnan(value[1])
+    assert seen["thread"] == "conformance topk"  # a thread dump names the check a hanging call belongs to
+    value, finding = _calls.call_backend(lambda: [1], "sample", [], time_limit=None)
+    assert (value, finding) == ([1], None)
+
+
+@pytest.mark.parametrize("change, names", [
+    (lambda a, b, d: a.__setitem__(0, 9.0), "input a"),
+    (lambda a, b, d: (a.__setitem__(0, 9.0), b.__setitem__(0, 9)), "inputs a, b"),
+    (lambda a, b, d: d.__setitem__("new", np.zeros(1)), "input d"),
+    (lambda a, b, d: d["x"].__setitem__(0, 5.0), "input d"),
+    (lambda a, b, d: d.pop("x"), "input d"),
+])
+def test_every_changed_input_is_named_with_the_right_plural(change, names):
+    a, b, d = np.array([1.0, 2.0]), np.array([1, 2]), {"x": np.array([1.0])}
+
+    def fn(a, b, d):
+        change(a, b, d)
+        return 0
+
+    value, finding = _calls.call_backend(fn, "nystrom", [("a", a), ("b", b)], [("d", d)])
+    assert value is None
+    assert finding == (f"nystrom(a (2,), b (2,), d={{...}}) modified its {names} "
+                       "(no protocol allows it: a caller's arrays would change under it)")
+    assert a[0] == 1.0 and b[0] == 1 and list(d) == ["x"] and d["x"][0] == 1.0  # the caller's arrays are intact
+
+
+def test_same_compares_type_shape_dtype_and_values():
+    x = np.array([1.0, np.nan])
+    assert _calls._same(x, x.copy()) and not _calls._same(x, [1.0, np.nan])
+    assert not _calls._same(x, x.reshape(2, 1)) and not _calls._same(x, x.astype(np.float32))
+    assert not _calls._same(np.array([1, 2]), np.array([1, 3]))
+    assert not _calls._same({"a": x}, [x]) and not _calls._same({"a": x}, {"b": x})
+    assert _calls._same(3, 4)  # not an array: nothing to compare
+
+
+def test_an_exception_names_the_call_the_stage_and_the_place():
+    def boom(points, k):
+        raise RuntimeError("x" * 400)
+
+    _, finding = _calls.call_backend(boom, "topk", [("points", np.zeros((2, 2)))], [("k", 1)])
+    line = inspect.getsourcelines(boom)[1] + 1
+    assert finding == f"topk(points (2, 2), k=1) raised RuntimeError: {'x' * 300} (at test_conformance_teeth.py:{line})"
+
+    class Bad:
+        def __array__(self, *a, **k):
+            raise SystemExit(0)
+
+    _, finding = _calls.call_backend(lambda: Bad(), "sample", [], convert=np.asarray)
+    assert finding.startswith("converting the output of sample() raised SystemExit: 0 (at test_conformance_teeth.py:")
+    _, finding = _calls.call_backend(lambda x: 0, "sample", [("a", 1), ("b", 2)])  # wrong arity: in the kit's frame
+    assert finding.endswith("<lambda>() takes 1 positional argument but 2 were given "
+                            "(raised when the kit called it: do its parameters fit the protocol?)")
+
+
+def test_declining_is_allowed_only_where_asked():
+    def declines():
+        raise NotImplementedError("not for dicts")
+
+    with pytest.raises(_calls.Declined, match="^not for dicts$"):
+        _calls.call_backend(declines, "encoder", [], may_decline=True)
+    _, finding = _calls.call_backend(declines, "encoder", [])
+    assert finding.startswith("encoder() raised NotImplementedError: not for dicts (at test_conformance_teeth.py:")
+
+
+def test_a_hanging_call_and_a_hanging_conversion_are_told_apart():
+    release = threading.Event()
+
+    def hang():
+        release.wait(30)
+        return 1
+
+    class Slow:
+        def __array__(self, *a, **k):
+            release.wait(30)
+            return np.zeros(1)
+
+    try:
+        _, finding = _calls.call_backend(hang, "topk", [], time_limit=0.05)
+        assert finding == ("topk() did not return within the time limit of 0.05 s (the call was still running; "
+                           "it is left running in a background thread; set the limit with --time-limit)")
+        _, finding = _calls.call_backend(lambda: Slow(), "topk", [], convert=np.asarray, time_limit=0.05)
+        assert finding.startswith("topk() did not return within the time limit of 0.05 s "
+                                  "(converting its output was still running;")
+    finally:
+        release.set()
+
+
+# --- 3b. command: the command line, every option's effect -------------------------------------
+
+HELP = {  # option -> its whole help text (whitespace normalised)
+    "--checks": "comma-separated subset of sampler,encoder,bracket,topk,nystrom,dynamic (default: every one the "
+                "backend provides)",
+    "--as": "treat BACKEND itself as the single callable of this check (a bare function whose signature fits "
+            "exactly one protocol is recognised without it)",
+    "--dtype": "precision of the backend's logits (default: its `dtype` attribute, else float64); top-k and bracket "
+               "accept the rounding of that precision (proofs/README.md, 'The rounding bound of a declared "
+               "precision')",
+    "--time-limit": "time limit of each backend call; exceeding it is a FAIL (default 600; 0: none)",
+    "--targets": "run the top-k and sampler checks on your own targets (N, d) ...",
+    "--queries": "... and queries (B, d), .npy files",
+    "--k": "k of the top-k check on your data (default 10)",
+    "--seed": "base seed handed to the sampler (default 0)",
+    "--alpha": "false-alarm rate of the run (default 1e-06)",
+    "--tv": "TV error the sampler test must detect; sets the sample size ~ 1/tv^2 (default 0.05)",
+    "--power": "detection probability at that TV (default 0.9)",
+    "--golden": "instead of a backend: compare the reference with its golden vectors (reference/golden/*.npz), "
+                "or regenerate them",
+    "--golden-dir": "directory of the golden vectors (default: the package's reference/golden)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conformance")
+    command.add_arguments(parser)
+    return parser
+
+
+def test_every_help_text_is_the_documented_one_in_full():
+    actions = {a.option_strings[0]: a for a in _parser()._actions if a.option_strings and a.dest != "help"}
+    assert sorted(actions) == sorted(HELP)
+    for opt, text in HELP.items():
+        assert " ".join(actions[opt].help.split()) == text, opt
+    (positional,) = [a for a in _parser()._actions if not a.option_strings]
+    assert " ".join(positional.help.split()) == (
+        "'module:object' providing some of sample / encoder / bracket / topk / nystrom / dynamic_build "
+        "(e.g. reference.conformance:REFERENCE_BACKEND or reference.contrib.torch_backend:BACKEND), "
+        "or a bare function of one protocol")
+    assert actions["--as"].choices == sorted(runner.CHECKS)
+
+
+@pytest.fixture
+def user_files(tmp_path):
+    rng = np.random.default_rng(5)
+    Z, Q = tmp_path / "Z.npy", tmp_path / "Q.npy"
+    np.save(Z, rng.standard_normal((40, 3)))
+    np.save(Q, rng.standard_normal((20, 3)))
+    return str(Z), str(Q)
+
+
+def test_user_scenarios_are_named_and_sized_as_documented(user_files):
+    Z, Q = command.load_user_data(*user_files)
+    assert Z.dtype == Q.dtype == np.float64 and Z.shape == (40, 3) and Q.shape == (20, 3)
+    assert command.USER_SAMPLER_QUERIES == 16
+    s = command.user_scenarios(Z, Q, 7, "Z.npy, Q.npy")
+    assert sorted(s) == ["sampler", "topk"]
+    (t,), (p,) = s["topk"], s["sampler"]
+    assert (t.name, t.k, t.about) == ("your-data", 7, "Z.npy, Q.npy: 40 targets, 20 queries, k = 7")
+    assert t.points is Z and t.queries is Q
+    assert (p.name, p.about) == ("your-data", "Z.npy, Q.npy: 40 targets, the first 16 queries")
+    assert np.array_equal(p.queries, Q[:16]) and p.points is Z
+    assert command.user_scenarios(Z, Q, 40, "a")["topk"][0].k == 40  # k = N allowed
+    few = command.user_scenarios(Z, Q[:3], 1, "a")["sampler"][0]
+    assert few.queries.shape == (3, 3) and few.about == "a: 40 targets, the first 3 queries"
+    for bad in (0, 41):
+        with pytest.raises(ValueError, match=r"^--k: "):
+            command.user_scenarios(Z, Q, bad, "a")
+
+
+def _run(capsys, argv):
+    args = _parser().parse_args(argv)
+    code = command.run(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_user_data_runs_exactly_the_chosen_checks(capsys, user_files):
+    Z, Q = user_files
+    code, out, _ = _run(capsys, ["reference.conformance:REFERENCE_BACKEND", "--targets", Z, "--queries", Q,
+                                 "--k", "5", "--checks", "topk"])
+    assert code == 0
+    assert out.splitlines()[0] == "PASS: all 1 checks passed (topk)"
+    assert "        Z.npy, Q.npy: 40 targets, 20 queries, k = 5; tolerance" in out
+    for other in ("sampler", "encoder", "bracket", "nystrom", "dynamic"):
+        assert f"SKIP  {other}" not in out or "not run on the given data" in out
+    with pytest.raises(ValueError, match=r"^--checks: on --targets/--queries data only topk and sampler run, "
+                                         r"got \['bracket'\]$"):
+        _run(capsys, ["reference.conformance:REFERENCE_BACKEND", "--targets", Z, "--queries", Q,
+                      "--checks", "topk,bracket"])
+
+
+def test_the_time_limit_option_reaches_every_call(capsys):
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:HANGING_TOPK", "--time-limit", "0.05"])
+    assert code == 1
+    assert out.splitlines()[0].startswith("FAIL: topk, scenario integer-ties: topk(points (300, 3), queries (5, 3), "
+                                          "k=15) did not return within the time limit of 0.05 s")
+
+
+def test_a_callable_object_that_provides_protocols_is_not_taken_for_a_bare_function(capsys):
+    code, out, err = _run(capsys, ["tests.test_conformance_teeth:CALLABLE_WITH_TOPK", "--checks", "topk"])
+    assert code == 0 and err == "" and out.splitlines()[0] == "PASS: all 1 checks passed (topk)"
+
+
+def test_bare_callables_get_a_note_or_a_fail_naming_the_signatures(capsys):
+    code, out, err = _run(capsys, ["tests.wrong_backends:numpy_topk"])
+    assert code == 0 and out.splitlines()[0] == "PASS: all 1 checks passed (topk)"
+    assert err == ("note: tests.wrong_backends:numpy_topk is a bare callable whose signature fits "
+                   f"{runner.protocol_signature('topk')}: checking it as topk (use --as to choose)\n")
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:_regenerate"])
+    expected = "; ".join(runner.protocol_signature(c) for c in runner.CHECKS)
+    assert code == 1 and out == (f"FAIL: tests.test_conformance_teeth:_regenerate (`{runner.call_text(_regenerate)}`) is a callable whose "
+                                 f"signature fits no protocol; expected one of: {expected}; or an object providing "
+                                 "them\n")
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:fits_all", "--as", "topk"])
+    assert code == 0 and out.splitlines()[0] == "PASS: all 1 checks passed (topk)"
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:fits_all"])
+    several = [c for c in runner.CHECKS if c in runner.fitting_checks(fits_all)]
+    assert len(several) > 1
+    assert code == 1 and out == (f"FAIL: tests.test_conformance_teeth:fits_all (`{runner.call_text(fits_all)}`) fits "
+                                 f"several protocols ({', '.join(runner.protocol_signature(c) for c in several)}): "
+                                 "choose one with --as\n")
+
+
+def test_a_bad_dtype_attribute_is_a_fail_line_and_a_bad_backend_an_error(capsys):
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:BAD_DTYPE"])
+    assert code == 1 and out.startswith("FAIL: tests.test_conformance_teeth:BAD_DTYPE: ")
+    assert out.endswith(" (or override it with --dtype)\n")
+    code, out, _ = _run(capsys, ["tests.test_conformance_teeth:BAD_DTYPE", "--dtype", "float64"])
+    assert code == 0
+    code, out, err = _run(capsys, ["tests.test_conformance_teeth:NO_SUCH"])
+    assert code == 1 and out == "" and err.startswith("error: BACKEND: ")
+    with pytest.raises(ValueError, match=r"^BACKEND: expected 'module:object' \(or --golden check\|regenerate\)$"):
+        _run(capsys, [])
+
+
+def _sleepy_topk(points, queries, k):
+    time.sleep(0.2)
+    return np.zeros((queries.shape[0], k), dtype=np.int64)
+
+
+def fits_all(points, queries, *args, **kwargs):
+    from tests.wrong_backends import numpy_topk
+
+    return numpy_topk(points, queries, args[0] if args else kwargs["k"])
+
+
+class _CallableWithTopk:
+    def __call__(self, x):
+        return x
+
+    @staticmethod
+    def topk(points, queries, k):
+        from tests.wrong_backends import numpy_topk
+
+        return numpy_topk(points, queries, k)
+
+
+HANGING_TOPK = SimpleNamespace(topk=_sleepy_topk)
+CALLABLE_WITH_TOPK = _CallableWithTopk()
+BAD_DTYPE = SimpleNamespace(topk=_CallableWithTopk.topk, dtype="float16")
+
+
+# --- 3c. report: ranking of failures, plurals, what a passing check says -----------------------
+
+
+def test_most_serious_of_a_passing_check_is_zero_and_unknown_kinds_rank_zero():
+    ok = CheckReport("topk", "r", [Case("s", "stat", 0.0, 1.0, "<=", True, "")])
+    assert ok.most_serious() == (0, "")
+    odd = CheckReport("topk", "r", [Case("s", "stat", 2.0, 1.0, "<=", False, "w", kind="odd kind")])
+    assert odd.most_serious() == (0, "topk, scenario s: w")
+    assert SEVERITY["tie rule"] > 0 and min(SEVERITY.values()) > 0
+    err = CheckReport("encoder", "r", error="boom")
+    assert err.most_serious() == (SEVERITY["backend error"], "encoder: boom")
+
+
+def test_the_summary_counts_scenarios_and_errors_with_plurals():
+    def failing(name, n):
+        return CheckReport(name, "r", [Case(f"s{i}", "stat", 2.0, 1.0, "<=", False, "w", kind="unsorted")
+                                       for i in range(n)])
+
+    assert ConformanceReport("B", [failing("topk", 1)]).summary().endswith(
+        " [1 failing scenario in 1 of 1 checks]")
+    assert ConformanceReport("B", [failing("topk", 2)]).summary().endswith(
+        " [2 failing scenarios in 1 of 1 checks]")
+    err = CheckReport("encoder", "r", error="boom")
+    assert ConformanceReport("B", [err, failing("topk", 1)]).summary() == (
+        "FAIL: encoder: boom [2 failing scenarios in 2 of 2 checks]")
+
+
+# --- 3d. runner: what is folded, skipped or failed ----------------------------------------------
+
+
+def test_checks_not_run_on_the_given_data_are_one_skip_line_each_in_order():
+    from reference.conformance.topk import TopkScenario
+
+    Z = np.random.default_rng(0).standard_normal((30, 3))
+    sc = {"topk": [TopkScenario("mine", Z, Z[:2], 3, "my data")]}
+    report = conformance.run_conformance(conformance.REFERENCE_BACKEND, scenarios=sc, name="R")
+    assert report.verdicts == {"topk": "PASS"}
+    report = conformance.run_conformance(conformance.REFERENCE_BACKEND, ["topk", "bracket"], scenarios=sc, name="R")
+    assert report.verdicts == {"topk": "PASS", "bracket": "SKIP"}
+    assert report.checks[1].skipped == "not run on the given data" and report.checks[1].description == ""
