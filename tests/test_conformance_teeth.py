@@ -554,3 +554,122 @@ def test_checks_not_run_on_the_given_data_are_one_skip_line_each_in_order():
     report = conformance.run_conformance(conformance.REFERENCE_BACKEND, ["topk", "bracket"], scenarios=sc, name="R")
     assert report.verdicts == {"topk": "PASS", "bracket": "SKIP"}
     assert report.checks[1].skipped == "not run on the given data" and report.checks[1].description == ""
+
+
+# --- 3e. topk: every class of the classifier, its message and its window ----------------------
+
+#: logits of the query (1,): 3, 1, 2, 2, 0, 5 (ids 2 and 3 tie exactly); the top-3 is [5, 0, 2]
+_SIX = np.array([[3.0], [1.0], [2.0], [2.0], [0.0], [5.0]])
+_TIE_TAIL = "an exact tie at the k-th place must go to the smaller id"
+
+
+@pytest.mark.parametrize("got, kind, recall, detail", [
+    ([5, 0, 2], None, 1.0, ""),
+    ([5, 0, 2, 3, 1, 4], None, 1.0, ""),
+    ([5, 0, 3], "tie rule", 2 / 3,
+     f"query 0: id 3 returned at rank 2 but id 2, with exactly the same logit 2, was not: {_TIE_TAIL}; "
+     "ranks 0..2: returned [5, 0, 3], expected [5, 0, 2]"),
+    ([5, 0, 3, 2], "tie rule", 1.0,
+     "query 0: id 3 at rank 2 before id 2 at rank 3, both with logit 2 exactly: an exact tie must go to the smaller "
+     "id; ranks 0..3: returned [5, 0, 3, 2], expected [5, 0, 2, 3]"),
+    ([5, 0, 1], "missing neighbour", 2 / 3,
+     "query 0: recall@3 0.667: id 2 (logit 2, true rank 2) not returned, yet id 1 (logit 1, true rank 4) was: "
+     "gap 0.5 |q|.|z| > tolerance 1.33e-15; ranks 0..2: returned [5, 0, 1], expected [5, 0, 2]"),
+    ([0, 5, 2], "unsorted", 1.0,
+     "query 0: rank 0 holds id 0 (logit 3) above rank 1 id 5 (logit 5), whose logit is larger by 0.4 |q|.|z| > "
+     "tolerance 1.42e-15; 1 rank(s) out of order; ranks 0..2: returned [0, 5, 2], expected [5, 0, 2]"),
+    ([0, 1, 2, 3, 4, 5], "unsorted", 1.0,
+     "query 0: rank 1 holds id 1 (logit 1) above rank 2 id 2 (logit 2), whose logit is larger by 0.5 |q|.|z| > "
+     "tolerance 1.33e-15; 3 rank(s) out of order; ranks 0..4: returned [0, 1, 2, 3, 4], expected [5, 0, 2, 3, 1]"),
+    ([5, 0, -1], "invalid id", 2 / 3,
+     "query 0, rank 2: id -1 (padding: fewer than k results); 1 invalid ids in the row; recall@3 of the valid ids "
+     "0.667; ranks 0..2: returned [5, 0, -1], expected [5, 0, 2]"),
+    ([5, 6, -2], "invalid id", 1 / 3,
+     "query 0, rank 1: id 6 (outside [0, 6)); 2 invalid ids in the row; recall@3 of the valid ids 0.333; "
+     "ranks 0..2: returned [5, 6, -2], expected [5, 0, 2]"),
+    ([5, 5, 0], "invalid id", 2 / 3,
+     "query 0: id 5 returned 2 times (ranks [0, 1]); ranks 0..2: returned [5, 5, 0], expected [5, 0, 2]"),
+])
+def test_every_class_of_the_topk_classifier_says_exactly_what_is_wrong(got, kind, recall, detail):
+    """Hand-checked: e.g. the missing-neighbour tolerance is c (S_1 + S_2) / max(S_1, S_2) = 8.88e-16 * 3 / 2.
+
+    Break tried: `g[j] == -1` -> `g[j] == 1` loses the padding wording; `ranks[1]` -> `ranks[0]` moves the window."""
+    ((k_, r_, d_),) = conformance.classify_topk(_SIX, np.ones((1, 1)), np.array([got]), len(got))
+    assert (k_, d_) == (kind, detail)
+    assert r_ == pytest.approx(recall, abs=1e-15)
+
+
+@pytest.mark.parametrize("swap, window", [
+    (4, "ranks 1..7: returned [1, 2, 3, 5, 4, 6, 7], expected [1, 2, 3, 4, 5, 6, 7]"),
+    (9, "ranks 6..11: returned [6, 7, 8, 10, 9, 11], expected [6, 7, 8, 9, 10, 11]"),
+])
+def test_the_window_shows_three_ranks_on_each_side_of_the_first_wrong_one(swap, window):
+    Z = (12.0 - np.arange(12))[:, None]  # ids 0..11 in decreasing logit
+    g = np.arange(12)
+    g[[swap, swap + 1]] = g[[swap + 1, swap]]
+    ((_, _, detail),) = conformance.classify_topk(Z, np.ones((1, 1)), g[None], 12)
+    assert detail.endswith("; 1 rank(s) out of order; " + window)
+
+
+def test_near_tie_swaps_and_unsorted_output_part_at_near_tie():
+    assert conformance.NEAR_TIE == 1e-2
+    for delta, kind, dtype, tol in [(0.0095, "near-tie swap", "float64", "1.77e-15"),
+                                    (0.0105, "unsorted", "float64", "1.77e-15"),
+                                    (0.0095, "near-tie swap", "float32", "7.12e-07")]:
+        Z = np.array([[1.0], [1.0 + delta]])
+        ((k_, _, detail),) = conformance.classify_topk(Z, np.ones((1, 1)), np.array([[0, 1]]), 2, dtype)
+        assert k_ == kind and f"|q|.|z| > tolerance {tol};" in detail, (delta, dtype, detail)
+    # within the float32 tolerance the swap is admissible
+    Z = np.array([[1.0], [1.0 + 1e-7]])
+    assert conformance.classify_topk(Z, np.ones((1, 1)), np.array([[0, 1]]), 2, "float32")[0][0] is None
+    assert conformance.classify_topk(Z, np.ones((1, 1)), np.array([[0, 1]]), 2, "float64")[0][0] == "near-tie swap"
+
+
+def _returns(rows):
+    return lambda points, queries, k: np.asarray(rows)
+
+
+def test_a_scenario_counts_its_classes_by_severity_and_leads_with_the_worst():
+    rows = [[5, 0, 3], [5, 0, 1], [5, 0, -1], [5, 0, 2]]  # tie rule, missing, invalid, right
+    sc = [conformance.TopkScenario("mixed", _SIX, np.ones((4, 1)), 3, "six integers")]
+    report = conformance.check_topk(_returns(rows), scenarios=sc)
+    (case,) = report.cases
+    assert (case.kind, case.value, case.passed) == ("missing neighbour", 3.0, False)
+    assert case.worst.splitlines()[1:] == [
+        "        classes: missing neighbour 1, invalid id 1, tie rule 1",
+        "        recall@3 of the queries missing neighbours: query 1 0.667; over the scenario 0.750"]
+    assert case.headline == ("missing neighbours in 1 of 4 queries, recall@3 0.750 over the scenario (first: query 1: "
+                             "recall@3 0.667: id 2 (logit 2, true rank 2) not returned, yet id 1 (logit 1, true rank "
+                             "4) was: gap 0.5 |q|.|z| > tolerance 1.33e-15)")
+    assert report.description == ("exact top-k in decreasing logit, exact ties by smaller id (P8); logits within the "
+                                  "declared float64 rounding bound may be ordered either way")
+    for rows, head in [([[5, 0, 3], [5, 0, -1]], "invalid ids in 1 of 2 queries (first: query 1, rank 2: id -1"),
+                       ([[5, 0, 3], [0, 5, 2]], "output not sorted by logit in 1 of 2 queries (first: query 1: rank 0"),
+                       ([[5, 0, 3]] * 2, "exact ties not broken by the smaller id in 2 of 2 queries (first: query 0:")]:
+        sc = [conformance.TopkScenario("s", _SIX, np.ones((len(rows), 1)), 3, "a")]
+        assert conformance.check_topk(_returns(rows), scenarios=sc).cases[0].headline.startswith(head), head
+
+
+def test_more_than_ten_queries_missing_neighbours_are_elided_with_their_count():
+    Z = np.arange(1.0, 21.0)[:, None]
+    sc = [conformance.TopkScenario("many", Z, np.ones((12, 1)), 2, "m")]
+    (case,) = conformance.check_topk(_returns(np.tile([0, 1], (12, 1))), scenarios=sc).cases
+    shown = ", ".join(f"query {b} 0.000" for b in range(10))
+    assert case.worst.splitlines()[-1] == (f"        recall@2 of the queries missing neighbours: {shown}, ... "
+                                           "(12 queries); over the scenario 0.000")
+    sc = [conformance.TopkScenario("ten", Z, np.ones((10, 1)), 2, "m")]
+    (case,) = conformance.check_topk(_returns(np.tile([0, 1], (10, 1))), scenarios=sc).cases
+    assert case.worst.splitlines()[-1].endswith(f"{shown}; over the scenario 0.000")
+
+
+def test_wrong_dtype_and_shape_are_failing_cases_that_say_so():
+    Z = np.arange(1.0, 21.0)[:, None]
+    sc = [conformance.TopkScenario("s", Z, np.ones((2, 1)), 3, "a")]
+    for rows, msg in [(np.zeros((2, 3)), "expected integer ids, got dtype float64"),
+                      (np.zeros((3, 2), dtype=np.int32), "expected shape (2, 3), got (3, 2)"),
+                      (np.zeros((2, 3), dtype=np.uint8) + 19, None)]:
+        (case,) = conformance.check_topk(_returns(rows), scenarios=sc).cases
+        if msg is None:
+            assert case.kind != "backend error" and not case.passed  # unsigned ids are ids
+        else:
+            assert (case.kind, case.worst, case.passed) == ("backend error", msg, False)
