@@ -673,3 +673,135 @@ def test_wrong_dtype_and_shape_are_failing_cases_that_say_so():
             assert case.kind != "backend error" and not case.passed  # unsigned ids are ids
         else:
             assert (case.kind, case.worst, case.passed) == ("backend error", msg, False)
+
+
+# --- 3f. sampler: seeds, sizes, id validation, the description of a query ---------------------
+
+
+def _recording_sampler(log):
+    def sample(points, queries, n, seed):
+        log.append((points.shape[0], queries.shape[0], n, seed))
+        return np.random.default_rng(seed).integers(0, points.shape[0], (queries.shape[0], n))
+    return sample
+
+
+def test_the_sampler_hands_each_scenario_its_own_seed_and_the_format_probes_the_base_seed():
+    log = []
+    sc = [conformance.SamplerScenario("one", np.zeros((3, 2)), np.zeros((2, 2)), "three equal targets"),
+          conformance.SamplerScenario("two", np.zeros((4, 2)), np.zeros((1, 2)), "four equal targets")]
+    report = conformance.check_sampler(_recording_sampler(log), seed=7, scenarios=sc, alpha=0.03, tv=0.2, power=0.5)
+    assert [entry[3] for entry in log] == [7, 7, 7, 8, 9]
+    assert [entry[:2] for entry in log] == [(7, 3), (7, 1), (1, 2), (3, 2), (4, 1)]
+    assert log[2][2] == 6 and log[3][2] == log[4][2] > 1  # the N = 1 probe draws 6
+    assert report.description == ("ids ~ softmax(<q, z>) i.i.d.; G-test per query at 0.01 (Bonferroni: total "
+                                  "false-alarm rate 0.03 over 3 queries)")
+    assert [c.threshold for c in report.cases] == [0.0, 0.01, 0.01]
+    assert report.cases[1].note.startswith(f"three equal targets; n = {log[3][2]} draws per query; the test detects "
+                                            "any TV error >= ")
+    assert report.cases[1].note.endswith(" (on its merged bins) with probability >= 0.5 per query")
+    smaller_tv = []
+    conformance.check_sampler(_recording_sampler(smaller_tv), scenarios=sc, alpha=0.03, tv=0.1, power=0.5)
+    assert smaller_tv[3][2] > log[3][2]  # tv sets n
+
+
+@pytest.mark.parametrize("ids, msg", [
+    (np.array([[0, 1, 7]] * 2), "output: expected ids in [0, 3), got 2 out of range (e.g. query 0, draw 2: id 7)"),
+    (np.array([[0, 1, 2], [0, -1, 3]]), "output: expected ids in [0, 3), got 2 out of range (e.g. query 1, draw 1: id -1)"),
+    (np.array([[0, 1, 2]] * 2, dtype=np.float64), "output: expected integer ids, got dtype float64"),
+    (np.array([[0, 1]] * 2), "output: expected shape (2, 3), got (2, 2)"),
+])
+def test_sampler_ids_are_validated_with_the_place_of_the_first_bad_one(ids, msg):
+    from reference.conformance.sampler import _as_ids
+
+    assert _as_ids(ids, (2, 3), 3, "output") == (None, msg)
+
+
+def test_the_ids_that_pass_validation_come_back_as_int64():
+    from reference.conformance.sampler import _as_ids
+
+    got, err = _as_ids(np.array([[0, 2, 1]], dtype=np.uint8), (1, 3), 3, "x")
+    assert err is None and got.dtype == np.int64 and got.tolist() == [[0, 2, 1]]
+    got, err = _as_ids(np.zeros((0, 3), dtype=np.int32), (0, 3), 3, "x")
+    assert err is None and got.shape == (0, 3)
+
+
+def test_a_format_violation_is_labelled_once_and_they_are_joined_by_semicolons():
+    def sample(points, queries, n, seed):
+        return np.zeros((queries.shape[0], n), dtype=np.int64) + (points.shape[0] == 1) * 5
+
+    report = conformance.check_sampler(sample, scenarios=[])  # no scenario: once a ZeroDivisionError
+    assert report.description.endswith("(Bonferroni: total false-alarm rate 1e-06 over 0 queries)")
+    case = report.cases[0]
+    assert (case.value, case.passed, case.kind) == (1.0, False, "backend error")
+    assert case.worst == ("N=1 (every draw must be id 0): expected ids in [0, 1), got 12 out of range "
+                          "(e.g. query 0, draw 0: id 5)")
+    assert case.headline == case.worst
+
+    def raises(points, queries, n, seed):
+        raise RuntimeError("no")
+
+    case = conformance.check_sampler(raises, scenarios=[]).cases[0]
+    assert case.value == 3.0 and case.worst.count("; ") == 2
+    assert case.worst.startswith("B=3, N=7, n=5: sample(points (7, 3), queries (3, 3), n=5, seed=0) raised RuntimeError")
+
+
+def test_an_impossible_draw_fails_on_its_own():
+    from reference.conformance.statistics import IMPOSSIBLE_PROBABILITY
+
+    assert IMPOSSIBLE_PROBABILITY == 1e-30
+    pts = np.array([[0.0], [1.0], [1.0]])
+    qs = np.array([[80.0]])  # P(id 0) = e^-80 / (1 + 2 e^-80) ~ 9e-36
+
+    def sample(points, queries, n, seed):
+        out = np.ones((queries.shape[0], n), dtype=np.int64)
+        if points.shape == pts.shape:
+            out[0, 3] = 0
+        return out
+
+    sc = [conformance.SamplerScenario("cliff", pts, qs, "two targets")]
+    case = conformance.check_sampler(sample, scenarios=sc).cases[1]
+    assert (case.passed, case.value) == (False, 0.0)
+    assert case.worst == ("query 0 drew target 0 whose probability is 9.02e-36 (logit 0, log Z 80.6931); "
+                          "1 such draws in total")
+    assert case.headline == "an impossible draw: " + case.worst
+    qs = np.array([[60.0]])  # P(id 0) ~ 4.4e-27: possible, if unlikely
+    sc = [conformance.SamplerScenario("cliff", pts, qs, "two targets")]
+    assert "drew target" not in conformance.check_sampler(sample, scenarios=sc).cases[1].worst
+
+
+# --- 3g. runner and the reference backends: what reaches each check ---------------------------
+
+
+def test_the_runner_hands_each_check_its_options_and_splits_alpha_between_the_random_ones(monkeypatch):
+    got = {}
+
+    def recorder(name):
+        def check(fn, **kwargs):
+            got[name] = kwargs
+            return CheckReport(name, "r", [Case("s", "stat", 0.0, 1.0, "<=", True, "")])
+        return check
+
+    for name, (attr, _) in list(runner.CHECKS.items()):
+        monkeypatch.setitem(runner.CHECKS, name, (attr, recorder(name)))
+    backend = {"sample": _recording_sampler([]), "topk": fits_all, "bracket": lambda points, queries, tol: 0,
+               "dynamic_build": lambda points: 0}
+    report = runner.run_conformance(backend, alpha=0.02, tv=0.3, power=0.7, seed=4, dtype="float32", time_limit=9)
+    assert report.verdicts == {"sampler": "PASS", "encoder": "SKIP", "bracket": "PASS", "topk": "PASS",
+                               "nystrom": "SKIP", "dynamic": "PASS"}
+    assert got["sampler"] == {"time_limit": 9.0, "alpha": 0.01, "tv": 0.3, "power": 0.7, "seed": 4}
+    assert got["dynamic"] == {"time_limit": 9.0, "alpha": 0.01, "tv": 0.3, "power": 0.7, "seed": 4, "dtype": "float32"}
+    assert got["topk"] == got["bracket"] == {"time_limit": 9.0, "dtype": "float32"}
+    assert (report.alpha, report.dtype) == (0.02, "float32")
+    assert report.checks[1].skipped == "not provided by the backend"
+    got.clear()
+    runner.run_conformance({"sample": _recording_sampler([])}, alpha=0.02, time_limit=0)
+    assert got["sampler"]["alpha"] == 0.02 and got["sampler"]["time_limit"] is None
+    report = runner.run_conformance({"sample": _recording_sampler([])}, ["sampler", "topk"])
+    assert report.checks[1].error == "requested, but the backend has no callable `topk`"
+    assert report.backend.startswith("{'sample': <function")
+
+
+def test_the_reference_backends_name_themselves():
+    assert repr(conformance.REFERENCE_BACKEND) == "ReferenceBackend()"
+    assert repr(conformance.TREE_BACKEND) == "TreeBackend()"
+    assert repr(conformance.REBUILD_BACKEND) == "from_static(ReferenceBackend())"
