@@ -25,6 +25,7 @@ kit fails a test:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import os
@@ -805,3 +806,126 @@ def test_the_reference_backends_name_themselves():
     assert repr(conformance.REFERENCE_BACKEND) == "ReferenceBackend()"
     assert repr(conformance.TREE_BACKEND) == "TreeBackend()"
     assert repr(conformance.REBUILD_BACKEND) == "from_static(ReferenceBackend())"
+
+
+# --- 3h. dynamic: the replay's bookkeeping, messages and seeds --------------------------------
+
+
+def test_the_replay_refuses_unusable_ids_with_a_message_for_each_reason():
+    from reference.conformance.dynamic import _ID_SLACK, _ID_SPARSITY, _Replay
+
+    assert (_ID_SPARSITY, _ID_SLACK) == (16, 1024)
+    view = _Replay(2)
+    view.vector = {0: np.zeros(2), 1: np.ones(2)}
+    view.rows = 2
+    limit = 16 * (2 + 3) + 1024
+    assert view.issue(np.array([2.0, 3.0, 4.0]), 3) == (None, "insert returned float64 ids of shape (3,), expected "
+                                                                "3 integer ids")
+    assert view.issue(np.array([2, 3]), 3) == (None, "insert returned int64 ids of shape (2,), expected 3 integer ids")
+    assert view.issue(np.array([2, -1, 4]), 3) == (None, f"insert returned id -1: ids must be in [0, {limit}] "
+                                                         "(dense: the kit holds a row per id)")
+    assert view.issue(np.array([2, limit + 1, 4]), 3)[1].startswith(f"insert returned id {limit + 1}: ids must be")
+    assert view.issue(np.array([2, 3, 3]), 3) == (None, "insert returned a repeated id ([2, 3, 3]...)")
+    assert view.issue(np.array([2, 1, 3]), 3) == (None, "insert returned id 1, which is live already")
+    assert view.rows == 2  # refused ids are not counted
+    ids, err = view.issue(np.array([2, limit, 4], dtype=np.uint16), 3)
+    assert err is None and ids.dtype == np.int64 and ids.tolist() == [2, limit, 4] and view.rows == 5
+
+
+def test_the_replay_lists_live_ids_as_integers_even_when_none_is_live():
+    from reference.conformance.dynamic import _Replay
+
+    view = _Replay(3)
+    ids, Z = view.live()
+    assert ids.dtype == np.int64 and ids.shape == (0,) and Z.shape == (0, 3)
+    view.vector = {5: np.full(3, 2.0), 1: np.ones(3)}
+    view.dead = {3: 4}
+    ids, Z = view.live()
+    assert ids.tolist() == [1, 5] and Z.tolist() == [[1.0] * 3, [2.0] * 3]
+    Zl, full, aug = view.arrays(np.array([[1.0, 0.0, 0.0]]))
+    T = 1000.0 + 2.0 * 2.0
+    assert full.shape == (6, 4) and aug.tolist() == [[1.0, 0.0, 0.0, 1.0]]
+    assert full[:, 3].tolist() == [-T, 0.0, -T, -T, -T, 0.0] and full[5, :3].tolist() == [2.0] * 3
+
+
+def test_a_deleted_id_in_a_failure_is_named_with_its_step():
+    from reference.conformance.dynamic import _dead_note, _Replay
+
+    view = _Replay(2)
+    view.dead = {4: 6, 9: 6, 12: 3, 20: 1}
+    case = Case("s", "stat", 1.0, 0.0, "<=", False, "target 12 and id 20 and id 7", headline="id 9 then id 4")
+    assert _dead_note(view, case) == ("a deleted id came back: id 4 (deleted at step 6), id 9 (deleted at step 6), "
+                                      "id 12 (deleted at step 3); ")
+    assert _dead_note(view, Case("s", "stat", 1.0, 0.0, "<=", False, "id 7", headline="")) == ""
+
+
+def _recording_state(seeds):
+    def build(points):
+        inner = conformance.TREE_BACKEND.dynamic_build(points)
+
+        def sample(queries, n, seed):
+            seeds.append(seed)
+            return inner.sample(queries, n, seed)
+
+        return SimpleNamespace(move=inner.move, insert=inner.insert, delete=inner.delete, topk=inner.topk,
+                               bracket=inner.bracket, sample=sample)
+    return build
+
+
+def test_the_dynamic_check_describes_its_script_and_seeds_each_sampler_step():
+    script = conformance.dynamic_script()
+    seeds = []
+    report = conformance.check_dynamic(_recording_state(seeds), script=script, seed=5, alpha=0.004, dtype="float32")
+    assert report.passed
+    sampled = [s for s, st in enumerate(script) if st.sample]
+    assert sampled == [0, 3, 6, 8]
+    assert sorted(set(seeds) - {5 + 1000 * s for s in sampled}) == sorted(5 + 1000 * s + 1 for s in sampled)
+    assert report.description == ("11 steps of updates shaped like training; after each, top-k, bracket and (at 4 "
+                                  "steps) the sampler against brute force on the current points, float32 declared; "
+                                  "false-alarm rate 0.004")
+    sampler_cases = [c for c in report.cases if c.scenario.startswith("step 3 sample")]
+    assert [c.scenario for c in sampler_cases] == ["step 3 sample format", "step 3 sample"]
+    B = script[3].queries.shape[0]
+    assert B > 1 and sampler_cases[1].threshold == pytest.approx(0.004 / 4 / B)  # alpha / 4 steps / its queries
+    one = conformance.check_dynamic(_recording_state([]), script=script[:1])
+    assert one.description.startswith("1 step of updates shaped like training; after each, top-k, bracket and (at 1 "
+                                      "step) the sampler")
+    none = conformance.check_dynamic(_recording_state([]), script=[dataclasses.replace(script[0], sample=False)])
+    assert "(at 0 steps) the sampler" in none.description and none.passed
+
+
+def test_a_failing_update_stops_the_replay_and_says_which_steps_were_not_replayed():
+    script = conformance.dynamic_script()
+
+    def build(points):
+        state = _recording_state([])(points)
+        state.delete = lambda ids: (_ for _ in ()).throw(RuntimeError("no deletes"))
+        return state
+
+    report = conformance.check_dynamic(build, script=script)
+    assert [c.scenario for c in report.cases][-2:] == ["step 6 delete", "steps 7-10"]
+    failed, skipped = report.cases[-2:]
+    assert failed.worst.startswith(f"first wrong at step 6 ({script[6].about}): delete(ids (")
+    assert (skipped.skipped, skipped.worst) == (True, "not replayed: the backend went wrong at step 6")
+    last = conformance.check_dynamic(build, script=script[:7])
+    assert [c.scenario for c in last.cases][-1] == "step 6 delete"  # nothing after the last step
+
+
+def test_a_state_without_rebuild_is_told_and_one_lacking_updates_is_refused():
+    script = conformance.dynamic_script()
+
+    def build(points):
+        state = _recording_state([])(points)
+        return SimpleNamespace(**{k: v for k, v in vars(state).items() if k != "move"})
+
+    report = conformance.check_dynamic(build, script=script)
+    assert report.cases[0].worst == ("first wrong at step 0 (" + script[0].about + "): the state dynamic_build "
+                                     "returned (SimpleNamespace) lacks move")
+    bare = conformance.check_dynamic(lambda points: {"move": len, "insert": 1}, script=script)
+    assert bare.cases[0].worst.endswith("the state dynamic_build returned (dict) lacks insert, delete")
+    only = conformance.check_dynamic(lambda points: {"move": len, "insert": len, "delete": len}, script=script)
+    assert only.cases[0].worst.endswith("lacks every one of topk, bracket, sample")
+    report = conformance.check_dynamic(_recording_state([]), script=script)
+    assert any(c.scenario.startswith("step 8 ") for c in report.cases)
+    step8 = [c for c in report.cases if c.scenario == "step 8 topk"]
+    assert step8 and step8[0].passed
