@@ -929,3 +929,104 @@ def test_a_state_without_rebuild_is_told_and_one_lacking_updates_is_refused():
     assert any(c.scenario.startswith("step 8 ") for c in report.cases)
     step8 = [c for c in report.cases if c.scenario == "step 8 topk"]
     assert step8 and step8[0].passed
+
+
+# --- 3i. encoder: every malformed output is named, the tolerances and the floor ---------------
+
+
+def _encoder_returning(change):
+    ref = conformance.REFERENCE_BACKEND.encoder
+
+    def encoder(params, config, X, pos, Y, neg=None, log_q=None):
+        return change(*ref(params, config, X, pos, Y, neg=neg, log_q=log_q))
+    return encoder
+
+
+def _first_case(encoder, which=0):
+    sc = [conformance.encoder_scenarios()[which]]
+    (case,) = conformance.check_encoder(encoder, scenarios=sc).cases
+    return case
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda loss, g: 3, 'expected (loss, grads) or {"loss": ..., "grads": ...}, got int'),
+    (lambda loss, g: (loss, g, 1), 'expected (loss, grads) or {"loss": ..., "grads": ...}, got tuple'),
+    (lambda loss, g: {"loss": loss}, 'expected (loss, grads) or {"loss": ..., "grads": ...}, got dict'),
+    (lambda loss, g: (loss, list(g.values())), "grads: expected a dict name -> array, got list"),
+    (lambda loss, g: (math.inf, g), "loss: expected a finite value, got inf"),
+    (lambda loss, g: (loss, {**g, "extra": np.zeros(1)}), "grads: missing [], unexpected ['extra'] (names as in "
+                                                          "reference.encoder.param_shapes)"),
+    (lambda loss, g: (loss, {k: v for k, v in g.items() if k != "query.b0"}),
+     "grads: missing ['query.b0'], unexpected [] (names as in reference.encoder.param_shapes)"),
+    (lambda loss, g: (loss, {**g, "query.b0": g["query.b0"][None]}), None),
+    (lambda loss, g: (loss, {**g, "query.b0": g["query.b0"] * np.nan}), None),
+])
+def test_a_malformed_encoder_output_is_a_backend_error_that_says_what_is_wrong(change, msg):
+    case = _first_case(_encoder_returning(change))
+    assert (case.passed, case.kind) == (False, "backend error")
+    if msg is not None:
+        assert case.worst == msg
+    elif "nan" in repr(change.__code__.co_consts) or case.worst.endswith("non-finite entries"):
+        assert re.fullmatch(r"grads\['query\.b0'\]: \d+ non-finite entries", case.worst), case.worst
+    else:
+        assert re.fullmatch(r"grads\['query\.b0'\]: expected shape \(\d+,\), got \(1, \d+\)", case.worst), case.worst
+
+
+def test_the_dict_form_is_accepted_and_errors_are_relative_to_the_largest_entry():
+    case = _first_case(_encoder_returning(lambda loss, g: {"loss": loss, "grads": g}))
+    assert case.passed and case.value == 0.0
+    assert conformance.ENCODER_RTOL == {"float64": 1e-9, "float32": 1e-4}
+
+    def nudge(loss, g):
+        g = dict(g)
+        g["query.W0"] = g["query.W0"] + 1e-6 * np.abs(g["query.W0"]).max()
+        return loss, g
+
+    case = _first_case(_encoder_returning(nudge))
+    assert not case.passed and case.value == pytest.approx(1e-6, rel=1e-6)
+    assert case.worst.startswith("grads['query.W0'] at index (0, 0): backend ") and case.worst.endswith(
+        "; wrong: query.W0")
+    assert case.headline == f"relative error {case.value:.3g} > 1e-09: {case.worst}"
+    sc = conformance.encoder_scenarios()[0]
+    ref_loss, _ = conformance.REFERENCE_BACKEND.encoder(sc.params, dataclasses.asdict(sc.config), sc.X, sc.pos, sc.Y)
+    case = _first_case(_encoder_returning(lambda loss, g: (loss * (1 + 2e-9), g)))
+    assert not case.passed and case.worst == f"loss {ref_loss * (1 + 2e-9)!r} vs oracle {ref_loss!r}; wrong: loss"
+
+
+def test_errors_are_relative_to_max_1_loss_and_to_the_gradient_floor():
+    """A tensor of zeros is judged against GRADIENT_FLOOR times the largest gradient entry of all tensors."""
+    from reference.conformance.encoder import _compare_encoder
+
+    assert conformance.GRADIENT_FLOOR == 1e-2
+    sc = conformance.encoder_scenarios()[0]  # float64
+    ref = {"a": np.array([1.0, -4.0]), "b": np.zeros(3)}
+    got = {"a": ref["a"].copy(), "b": np.array([0.0, 4e-5, 0.0])}
+    value, where = _compare_encoder(sc, (2.0, got), 2.0, ref)
+    assert value == pytest.approx(4e-5 / (1e-2 * 4.0), rel=1e-12)
+    assert where == ("grads['b'] at index (1,): backend 4e-05, oracle 0 (largest |oracle| in the tensor 0); wrong: b")
+    got = {"a": np.array([1.0, -4.0 + 4e-12]), "b": np.zeros(3)}
+    value, where = _compare_encoder(sc, (0.5 + 1e-8, got), 0.5, ref)  # loss: relative to max(1, |loss|)
+    assert value == pytest.approx(1e-8, rel=1e-6) and where == f"loss {0.5 + 1e-8!r} vs oracle 0.5; wrong: loss"
+    value, where = _compare_encoder(sc, (4.0 + 4e-8, got), 4.0, ref)
+    assert value == pytest.approx(1e-8, rel=1e-6) and where.endswith("; wrong: loss")
+    value, where = _compare_encoder(sc, (4.0, got), 4.0, ref)
+    assert value == pytest.approx(1e-12, rel=1e-3) and "wrong" not in where and where.startswith("grads['a'] at index (1,)")
+    value, where = _compare_encoder(sc, "a structural error", 4.0, ref)
+    assert value != value and where == "a structural error"
+
+
+def test_declining_a_sampled_scenario_is_a_skip_and_a_full_one_a_failure():
+    def full_only(params, config, X, pos, Y, neg=None, log_q=None):
+        if neg is not None:
+            raise NotImplementedError("full softmax only")
+        return conformance.REFERENCE_BACKEND.encoder(params, config, X, pos, Y)
+
+    case = _first_case(full_only, 3)  # relu-sampled-logq
+    assert (case.skipped, case.passed, case.value != case.value) == (True, True, True)
+    assert case.worst == "skipped: the backend raised NotImplementedError (full softmax only)"
+
+    def never(params, config, X, pos, Y, neg=None, log_q=None):
+        raise NotImplementedError("nothing")
+
+    case = _first_case(never, 0)
+    assert not case.passed and case.worst.startswith("encoder(params={...}, config={...}, X (")
