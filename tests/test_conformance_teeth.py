@@ -1030,3 +1030,66 @@ def test_declining_a_sampled_scenario_is_a_skip_and_a_full_one_a_failure():
 
     case = _first_case(never, 0)
     assert not case.passed and case.worst.startswith("encoder(params={...}, config={...}, X (")
+
+
+# --- 3j. bracket: each violation, its boundary, the declared allowance, malformed output -------
+
+_TWO = [conformance.BracketScenario("one", np.array([[1.0], [1.0]]), np.array([[2.0], [-3.0]]), 1.0, "two points")]
+_LOG_Z = np.array([2.0 + math.log(2.0), -3.0 + math.log(2.0)])  # exact to an ulp: two equal logits
+
+
+def _bracket_case(lo, hi, dtype="float64"):
+    (case,) = conformance.check_bracket(lambda points, queries, tol: (lo, hi), scenarios=_TWO, dtype=dtype).cases
+    return case
+
+
+def test_each_bracket_violation_is_named_relative_to_max_1_log_z():
+    assert conformance.BRACKET_RTOL == 1e-9
+    case = _bracket_case(_LOG_Z + [3e-9, 0.0], _LOG_Z + 1.0)
+    assert not case.passed and case.value == pytest.approx((3e-9 - 1.78e-15) / _LOG_Z[0], rel=1e-3)
+    assert case.worst == ("query 0: lo = 2.69314718356, log Z = 2.69314718056, hi = 3.69314718056 (hi - lo = 1; "
+                          "float64 rounding allowance 1.78e-15): lower bound above log Z")
+    assert case.headline == "lower bound above log Z (query 0: lo = 2.69315, log Z = 2.69315, hi = 3.69315)"
+    case = _bracket_case(_LOG_Z - 1.0, _LOG_Z - [3e-9, 0.0])
+    assert not case.passed and case.worst.endswith("(hi - lo = 1; float64 rounding allowance 1.78e-15): upper bound "
+                                                   "below log Z")
+    case = _bracket_case(_LOG_Z - 0.6, _LOG_Z + 0.5)
+    assert not case.passed and case.value == pytest.approx(0.1 / 2.30685281944, rel=1e-9)  # |log Z| > 1: relative
+    assert case.worst == ("query 1: lo = -2.90685281944, log Z = -2.30685281944, hi = -1.80685281944 (hi - lo = 1.1; "
+                          "float64 rounding allowance 2.66e-15): wider than tol = 1")
+    case = _bracket_case(_LOG_Z - [0.0, 0.5], _LOG_Z + [0.0, 0.5 + 0.5e-9])  # 0.5e-9 wider: within 1e-9 of 1
+    assert case.passed and case.worst.endswith("float64 rounding allowance 2.66e-15)")
+    small = [conformance.BracketScenario("s", np.array([[0.5], [0.5]]), np.array([[0.1]]), 1.0, "log Z < 1")]
+    lz = 0.05 + math.log(2.0)
+    (case,) = conformance.check_bracket(lambda p, q, t: ([lz + 2e-9], [lz + 0.5]), scenarios=small).cases
+    assert not case.passed and case.value == pytest.approx(2e-9, rel=1e-3)  # divided by 1, not by |log Z| = 0.74
+
+
+def test_the_declared_precision_widens_containment_but_never_the_tol():
+    case = _bracket_case(_LOG_Z + [3e-9, 0.0], _LOG_Z + 1.0, "float32")
+    assert case.passed and case.worst.endswith("(hi - lo = 1; float32 rounding allowance 1.07e-06)")
+    case = _bracket_case(_LOG_Z + [2e-6, 0.0], _LOG_Z + 1.0, "float32")
+    assert not case.passed and case.worst.endswith("float32 rounding allowance 7.15e-07): lower bound above log Z")
+    case = _bracket_case(_LOG_Z - 0.6, _LOG_Z + 0.5, "float32")
+    assert not case.passed and case.worst.endswith("): wider than tol = 1")
+
+
+@pytest.mark.parametrize("out, msg", [
+    ((1.0, 2.0, 3.0), "expected (lo, hi), got tuple of length 3"),
+    ([1.0], "expected (lo, hi), got list of length 1"),
+    (np.zeros((2, 2)), "expected (lo, hi), got ndarray"),
+    ((np.zeros(1), np.zeros(2)), "expected lo and hi of shape (2,), got (1,) and (2,)"),
+    ((np.zeros(2), np.zeros((2, 1))), "expected lo and hi of shape (2,), got (2,) and (2, 1)"),
+    ((np.array([np.nan, 0.0]), np.array([np.inf, -np.inf])), "lo/hi: 3 non-finite values"),
+])
+def test_a_malformed_bracket_is_a_backend_error(out, msg):
+    (case,) = conformance.check_bracket(lambda points, queries, tol: out, scenarios=_TWO).cases
+    assert (case.passed, case.kind, case.worst) == (False, "backend error", msg)
+    assert case.threshold == 1e-9
+
+
+def test_the_bracket_description_names_the_tolerance_and_the_declared_precision():
+    report = conformance.check_bracket(lambda p, q, t: (_LOG_Z, _LOG_Z), scenarios=_TWO, dtype="float32")
+    assert report.description == ("lo <= log Z <= hi and hi - lo <= tol for every query (P2, P7), to 1e-09 relative; "
+                                  "containment up to the float32 rounding bound of the logits")
+    assert report.cases[0].note == "two points" and report.cases[0].statistic == "largest violation / max(1, |log Z|)"
