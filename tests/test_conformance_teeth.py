@@ -1093,3 +1093,87 @@ def test_the_bracket_description_names_the_tolerance_and_the_declared_precision(
     assert report.description == ("lo <= log Z <= hi and hi - lo <= tol for every query (P2, P7), to 1e-09 relative; "
                                   "containment up to the float32 rounding bound of the logits")
     assert report.cases[0].note == "two points" and report.cases[0].statistic == "largest violation / max(1, |log Z|)"
+
+
+# --- 3k. statistics, precision, _data: arguments named, defaults, the helpers' promises ---------
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda s: s.detectable_tv([0.5, 0.5], 0, 1e-3), "n"),
+    (lambda s: s.detectable_tv([0.5, 0.5], 10, 0.0), "alpha"),
+    (lambda s: s.detectable_tv([0.5, 0.5], 10, 1e-3, power=-1.0), "power"),
+    (lambda s: s.detectable_tv([0.5, 0.5], 10, 1e-3, power=1.0), "power"),
+    (lambda s: s.detectable_tv([[0.5, 0.5]], 10, 1e-3), "probabilities"),
+    (lambda s: s.power_against([0.5, 0.5], [0.5, 0.5], 0, 1e-3), "n"),
+    (lambda s: s.power_against([0.5, 0.5], [0.5, 0.5], 10, -1.0), "alpha"),
+    (lambda s: s.power_against([0.5, 0.5], [[0.5, 0.5]], 10, 1e-3), "alternative"),
+    (lambda s: s.power_against([[0.5, 0.5]], [0.5, 0.5], 10, 1e-3), "probabilities"),
+    (lambda s: s.sample_size_for_tv([0.5, 0.5], 0.0, 1e-3), "tv"),
+    (lambda s: s.sample_size_for_tv([0.5, 0.5], 1.0, 1e-3), "tv"),
+    (lambda s: s.sample_size_for_tv(np.ones((1, 1, 2)), 0.1, 1e-3), "probabilities"),
+])
+def test_the_statistics_name_the_argument_they_refuse(call, name):
+    from reference.conformance import statistics
+
+    with pytest.raises(ValueError, match="^" + re.escape(name) + r"\b"):
+        call(statistics)
+
+
+def test_the_statistics_defaults_are_the_documented_ones():
+    from reference.conformance import statistics
+
+    assert (statistics.DEFAULT_ALPHA, statistics.DEFAULT_TV, statistics.DEFAULT_POWER) == (1e-6, 0.05, 0.9)
+    p = np.full(10, 0.1)
+    for fn, args in [(statistics.detectable_tv, (p, 2000, 1e-4)), (statistics.sample_size_for_tv, (p, 0.1, 1e-4))]:
+        params = inspect.signature(fn).parameters
+        assert params["power"].default == 0.9 and params["min_expected"].default == 20.0
+        assert fn(*args) == fn(*args, power=0.9, min_expected=20.0)
+        assert fn(*args) != fn(*args, power=0.5)
+    assert inspect.signature(statistics.sample_size_for_tv).parameters["max_n"].default == 2_000_000
+    n = statistics.sample_size_for_tv(p, 0.1, 1e-4)
+    assert statistics.detectable_tv(p, n, 1e-4) <= 0.1 < statistics.detectable_tv(p, n - max(1, n // 20), 1e-4)
+    assert statistics.detectable_tv([1.0, 0.0], 100, 1e-3) == math.inf  # one group: nothing to test
+    assert statistics.power_against(p, p, n, 1e-4) < 1e-4
+    assert statistics.power_against(p, np.r_[0.2, np.full(9, 0.8 / 9)], n, 1e-4) > 0.9
+
+
+def test_declared_dtype_reads_an_attribute_or_a_key_and_names_a_bad_one():
+    from reference.conformance.precision import check_dtype, declared_dtype
+
+    assert declared_dtype(SimpleNamespace()) == declared_dtype({}) == "float64"
+    assert declared_dtype(SimpleNamespace(dtype=np.float32)) == declared_dtype({"dtype": "float32"}) == "float32"
+    assert declared_dtype({"dtype": None}) == "float64"
+    with pytest.raises(ValueError, match=r"^backend dtype: expected one of float64, float32, got 'float16'$"):
+        declared_dtype({"dtype": "float16"})
+    with pytest.raises(ValueError, match=r"^dtype: expected one of float64, float32, got None$"):
+        check_dtype(None)
+    with pytest.raises(ValueError, match=r"^x: expected one of float64, float32, got 'no such type'$"):
+        check_dtype("no such type", "x")
+    assert check_dtype(np.dtype("f8")) == "float64"
+
+
+def test_the_scenario_helpers_do_what_they_say():
+    from reference.conformance import _data
+
+    rng = np.random.default_rng(0)
+    Z = _data.clustered(rng, 50, 3, 4, 0.0)
+    assert Z.shape == (50, 3) and 1 <= np.unique(Z, axis=0).shape[0] <= 4  # spread 0: the centres only
+    Q = _data.directions(rng, 4, 3, [1.0, 2.0, 3.0, 4.0])
+    assert np.allclose(np.linalg.norm(Q, axis=1), [1, 2, 3, 4], rtol=1e-14)
+    u = np.arange(10.0)[:, None] * np.ones((1, 2))
+    D = _data.with_duplicates(rng, u, 3)
+    rows, counts = np.unique(D, axis=0, return_counts=True)
+    assert rows.shape[0] == 10 and counts.min() >= 1 and counts.max() == 3 and (counts[:3] == 3).all()
+    base = np.array([[3.0, 4.0], [0.0, 1.0]])
+    N = _data.near_duplicates(np.random.default_rng(1), base, 4, 1e-3)
+    assert N.shape == (8, 2)
+    for row in base:
+        near = N[np.linalg.norm(N - row, axis=1) < 0.1]
+        assert near.shape[0] == 4
+        dev = np.abs(near - row).max() / np.linalg.norm(row)
+        assert 1e-5 < dev < 5e-3  # rel / sqrt(d) per coordinate, in units of the row's norm
+    P = np.array([[1.0, 2.0], [1.0, 2.0], [0.5, 0.5]])
+    a = _data.logits(P, np.array([[0.1, 0.7]]))
+    assert a[0, 0] == a[0, 1] and a.shape == (1, 3)
+    uniq, inv = _data.distinct_rows(P)
+    assert uniq.shape == (2, 2) and inv.tolist() == [1, 1, 0]
