@@ -1177,3 +1177,60 @@ def test_the_scenario_helpers_do_what_they_say():
     assert a[0, 0] == a[0, 1] and a.shape == (1, 3)
     uniq, inv = _data.distinct_rows(P)
     assert uniq.shape == (2, 2) and inv.tolist() == [1, 1, 0]
+
+
+# --- 3l. nystrom: the statistic, the landmark note, malformed output, the kernel specs ---------
+
+
+def _nystrom_returning(change, which=0):
+    sc = [conformance.nystrom_scenarios()[which]]
+    ref = conformance.REFERENCE_BACKEND.nystrom
+
+    def nystrom(G0, landmarks, G_L, kernel):
+        return change(ref(G0, landmarks, G_L, kernel), landmarks)
+    (case,) = conformance.check_nystrom(nystrom, scenarios=sc).cases
+    return case, sc[0]
+
+
+def test_a_wrong_entry_is_located_and_a_landmark_is_called_one():
+    assert conformance.NYSTROM_RTOL == 1e-8
+
+    def bump(at_landmark):
+        def change(G, L):
+            G = G.copy()
+            y = int(L[0]) if at_landmark else int(np.setdiff1d(np.arange(G.shape[0]), L)[0])
+            G[y, 2] += 1e-7 * np.abs(G).max()
+            return G
+        return change
+
+    case, sc = _nystrom_returning(bump(True))
+    y = int(sc.landmarks[0])
+    assert not case.passed and case.value == pytest.approx(1e-7, rel=1e-6)
+    assert case.worst.startswith(f"target {y} (a landmark: P10 says Ghat = G_L there), column 2: backend ")
+    assert case.headline == f"Ghat off by {case.value:.3g} relative (> 1e-08) at {case.worst}"
+    case, sc = _nystrom_returning(bump(False))
+    assert not case.passed and "landmark" not in case.worst and re.match(r"target \d+, column 2: backend ", case.worst)
+    case, _ = _nystrom_returning(lambda G, L: G + 5e-9 * np.abs(G).max())  # within 1e-8
+    assert case.passed
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda G, L: G[:-1], "expected Ghat of shape (150, 5), got (149, 5)"),
+    (lambda G, L: G.T, "expected Ghat of shape (150, 5), got (5, 150)"),
+    (lambda G, L: np.where(np.arange(G.shape[0])[:, None] < 2, np.nan, G), "Ghat: 10 non-finite entries"),
+])
+def test_a_malformed_nystrom_output_is_a_backend_error(change, msg):
+    case, _ = _nystrom_returning(change)
+    assert (case.passed, case.kind, case.worst, case.threshold) == (False, "backend error", msg, 1e-8)
+
+
+def test_the_kernel_specs_build_the_reference_kernels_and_name_a_bad_one():
+    from reference.conformance.nystrom import kernel_object
+
+    for sc in conformance.nystrom_scenarios():
+        assert type(kernel_object(sc.kernel)).__name__.lower().startswith(sc.kernel["name"][:3])
+    with pytest.raises(ValueError, match=r"^kernel\['name'\]"):
+        kernel_object({"name": "cosine"})
+    report = conformance.check_nystrom(lambda G0, landmarks, G_L, kernel: kernel, scenarios=[])
+    assert report.description == ("Ghat = G_L^T K_LL^-1 k(y) for every target (proofs/README.md section 5), to 1e-08 "
+                                  "relative")
