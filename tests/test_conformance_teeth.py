@@ -612,6 +612,16 @@ def test_the_window_shows_three_ranks_on_each_side_of_the_first_wrong_one(swap, 
     assert detail.endswith("; 1 rank(s) out of order; " + window)
 
 
+def test_a_repeated_id_is_shown_at_its_second_place():
+    Z = (12.0 - np.arange(12))[:, None]
+    g = np.arange(12)
+    g[8] = 4
+    ((kind, _, detail),) = conformance.classify_topk(Z, np.ones((1, 1)), g[None], 12)
+    assert kind == "invalid id"
+    assert detail == ("query 0: id 4 returned 2 times (ranks [4, 8]); ranks 5..11: returned [5, 6, 7, 4, 9, 10, 11], "
+                      "expected [5, 6, 7, 8, 9, 10, 11]")
+
+
 def test_near_tie_swaps_and_unsorted_output_part_at_near_tie():
     assert conformance.NEAR_TIE == 1e-2
     for delta, kind, dtype, tol in [(0.0095, "near-tie swap", "float64", "1.77e-15"),
@@ -658,6 +668,9 @@ def test_more_than_ten_queries_missing_neighbours_are_elided_with_their_count():
     shown = ", ".join(f"query {b} 0.000" for b in range(10))
     assert case.worst.splitlines()[-1] == (f"        recall@2 of the queries missing neighbours: {shown}, ... "
                                            "(12 queries); over the scenario 0.000")
+    sc = [conformance.TopkScenario("eleven", Z, np.ones((11, 1)), 2, "m")]
+    (case,) = conformance.check_topk(_returns(np.tile([0, 1], (11, 1))), scenarios=sc).cases
+    assert case.worst.splitlines()[-1].endswith(f"{shown}, ... (11 queries); over the scenario 0.000")
     sc = [conformance.TopkScenario("ten", Z, np.ones((10, 1)), 2, "m")]
     (case,) = conformance.check_topk(_returns(np.tile([0, 1], (10, 1))), scenarios=sc).cases
     assert case.worst.splitlines()[-1].endswith(f"{shown}; over the scenario 0.000")
@@ -708,6 +721,7 @@ def test_the_sampler_hands_each_scenario_its_own_seed_and_the_format_probes_the_
 @pytest.mark.parametrize("ids, msg", [
     (np.array([[0, 1, 7]] * 2), "output: expected ids in [0, 3), got 2 out of range (e.g. query 0, draw 2: id 7)"),
     (np.array([[0, 1, 2], [0, -1, 3]]), "output: expected ids in [0, 3), got 2 out of range (e.g. query 1, draw 1: id -1)"),
+    (np.array([[0, 1, 2], [3, 0, 0]]), "output: expected ids in [0, 3), got 1 out of range (e.g. query 1, draw 0: id 3)"),
     (np.array([[0, 1, 2]] * 2, dtype=np.float64), "output: expected integer ids, got dtype float64"),
     (np.array([[0, 1]] * 2), "output: expected shape (2, 3), got (2, 2)"),
 ])
@@ -907,6 +921,8 @@ def test_a_failing_update_stops_the_replay_and_says_which_steps_were_not_replaye
     failed, skipped = report.cases[-2:]
     assert failed.worst.startswith(f"first wrong at step 6 ({script[6].about}): delete(ids (")
     assert (skipped.skipped, skipped.worst) == (True, "not replayed: the backend went wrong at step 6")
+    one_more = conformance.check_dynamic(build, script=script[:8])
+    assert [c.scenario for c in one_more.cases][-2:] == ["step 6 delete", "steps 7-7"]
     last = conformance.check_dynamic(build, script=script[:7])
     assert [c.scenario for c in last.cases][-1] == "step 6 delete"  # nothing after the last step
 
@@ -1234,3 +1250,34 @@ def test_the_kernel_specs_build_the_reference_kernels_and_name_a_bad_one():
     report = conformance.check_nystrom(lambda G0, landmarks, G_L, kernel: kernel, scenarios=[])
     assert report.description == ("Ghat = G_L^T K_LL^-1 k(y) for every target (proofs/README.md section 5), to 1e-08 "
                                   "relative")
+
+
+# --- 3m. every check waits at most its time limit; the dynamic reference states honour tol ------
+
+
+@pytest.mark.parametrize("check, args", [
+    ("check_sampler", 4), ("check_encoder", 7), ("check_bracket", 3), ("check_topk", 3), ("check_nystrom", 4),
+    ("check_dynamic", 1),
+])
+def test_every_check_hands_its_time_limit_to_the_calls(check, args):
+    release = threading.Event()
+
+    def hang(*a, **k):
+        release.wait(30)
+
+    try:
+        report = getattr(conformance, check)(hang, time_limit=0.02)
+        first = next(c for c in report.cases if not c.passed)
+        assert "did not return within the time limit of 0.02 s (the call was still running" in first.worst
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("backend", ["TREE_BACKEND", "REBUILD_BACKEND"])
+def test_the_dynamic_reference_states_bracket_to_the_tol_asked(backend):
+    rng = np.random.default_rng(0)
+    P, Q = rng.standard_normal((300, 4)), rng.standard_normal((5, 4))
+    state = getattr(conformance, backend).dynamic_build(P)
+    widths = {tol: float(np.max(np.subtract(*state.bracket(Q, tol)[::-1]))) for tol in (10.0, 1.0, 0.01)}
+    assert widths[10.0] <= 10.0 and widths[1.0] <= 1.0 and widths[0.01] <= 0.01
+    assert widths[10.0] > 1.0 and widths[1.0] > 0.01  # a loose tol is not refined to a tight one
