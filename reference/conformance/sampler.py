@@ -210,7 +210,7 @@ def check_sampler(
     time_limit = check_time_limit(time_limit)
     scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
     n_queries = sum(sc.queries.shape[0] for sc in scenarios)
-    alpha_q = alpha / n_queries
+    alpha_q = alpha / max(1, n_queries)  # no scenario (only the format case): no G-test to share alpha
     report = CheckReport(
         "sampler",
         f"ids ~ softmax(<q, z>) i.i.d.; G-test per query at {alpha_q:.3g} "

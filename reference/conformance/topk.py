@@ -133,8 +133,7 @@ class _Row:
 
     kind: str | None
     recall: float
-    rank: int  # the first wrong rank (where the window is centred)
-    detail: str
+    detail: str  # ends with the ranks around the first wrong one
 
 
 def _window(got: np.ndarray, want: np.ndarray, j: int) -> str:
@@ -166,14 +165,14 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
     if bad.size:
         j = int(bad[0])
         why = "padding: fewer than k results" if g[j] == -1 else f"outside [0, {N})"
-        return _Row("invalid id", recall, j,
+        return _Row("invalid id", recall,
                     f"query {b}, rank {j}: id {int(g[j])} ({why}); {bad.size} invalid ids in the row; "
                     f"recall@{k} of the valid ids {recall:.3f}; {_window(g, want, j)}")
     uniq, counts = np.unique(g, return_counts=True)
     if (counts > 1).any():
         x = int(uniq[np.argmax(counts > 1)])
         ranks = np.flatnonzero(g == x).tolist()
-        return _Row("invalid id", recall, ranks[1],
+        return _Row("invalid id", recall,
                     f"query {b}: id {x} returned {len(ranks)} times (ranks {ranks}); {_window(g, want, ranks[1])}")
 
     e = c * S
@@ -188,7 +187,7 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
             x = int(g[np.argmin(a[g])])  # the worst id returned
             j = int(np.argmax(~np.isin(want, g)))  # the first rank holding a missed neighbour
             s = max(S[x], S[y], np.finfo(float).tiny)
-            return _Row("missing neighbour", recall, j,
+            return _Row("missing neighbour", recall,
                         f"query {b}: recall@{k} {recall:.3f}: id {y} (logit {a[y]:.10g}, true rank {_true_rank(a, y)}) "
                         f"not returned, yet id {x} (logit {a[x]:.10g}, true rank {_true_rank(a, x)}) was: "
                         f"gap {(a[y] - a[x]) / s:.3g} |q|.|z| > tolerance {(e[x] + e[y]) / s:.3g}; "
@@ -205,7 +204,7 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
         i = int(np.argmin(a_g[:j] + e_g[:j]))
         s = max(S[g[i]], S[g[j]], np.finfo(float).tiny)
         kind = "unsorted" if gaps.max() > NEAR_TIE else "near-tie swap"
-        return _Row(kind, recall, i,
+        return _Row(kind, recall,
                     f"query {b}: rank {i} holds id {int(g[i])} (logit {a_g[i]:.10g}) above rank {j} id {int(g[j])} "
                     f"(logit {a_g[j]:.10g}), whose logit is larger by {(a_g[j] - a_g[i]) / s:.3g} |q|.|z| > tolerance "
                     f"{(e_g[i] + e_g[j]) / s:.3g}; {late.size} rank(s) out of order; {_window(g, want, i)}")
@@ -221,7 +220,7 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
     wrong = np.flatnonzero(same & (g[order][1:] < g[order][:-1]))
     if wrong.size:
         i, j = sorted((int(order[wrong[0]]), int(order[wrong[0] + 1])))
-        return _Row("tie rule", recall, i,
+        return _Row("tie rule", recall,
                     f"query {b}: id {int(g[i])} at rank {i} before id {int(g[j])} at rank {j}, both with logit "
                     f"{a_g[i]:.10g} exactly: an exact tie must go to the smaller id; {_window(g, want, i)}")
     # Exact ties at the k-th place: a smaller id with exactly the logit of a returned one, not returned.
@@ -238,11 +237,11 @@ def _classify_row(g: np.ndarray, want: np.ndarray, a: np.ndarray, S: np.ndarray,
         if beaten.size:
             y, x = int(tied_out[beaten[0]]), int(si[last[beaten[0]]])
             j = int(np.flatnonzero(g == x)[0])
-            return _Row("tie rule", recall, j,
+            return _Row("tie rule", recall,
                         f"query {b}: id {x} returned at rank {j} but id {y}, with exactly the same logit "
                         f"{a[y]:.10g}, was not: an exact tie at the k-th place must go to the smaller id; "
                         f"{_window(g, want, j)}")
-    return _Row(None, recall, -1, "")
+    return _Row(None, recall, "")
 
 
 def classify_topk(
