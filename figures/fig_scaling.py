@@ -187,7 +187,7 @@ def _plot(result: dict[str, Any], cols: dict[str, list], json_path: Path) -> "pl
         y0 = max(r0["sample"]["logits_per_query"], r0["topk"]["logits_per_query"])
         axes[1].plot(ns, y0 * (ns / r0["n"]) ** 0.5, ":", color="k", lw=1.2,
                      label="~ N^0.5 through the smallest clustered point (the benchmark's target growth)")
-    axes[0].set(ylabel="wall-clock time per query (microseconds)", title="time per query (best of repeats)")
+    axes[0].set(ylabel="wall-clock time per query (microseconds)", title="time per query (median of the repeats)")
     axes[1].set(ylabel="logits evaluated per query", title="logits per query (node + target inner products)")
     key = "colour: method and data set;  line and marker shape: operation"
     if len(datasets) > 1:

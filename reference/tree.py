@@ -64,8 +64,8 @@ and queries allocate per block of queries only.
 reallocates ``points``, so insert in batches. ``update`` is
 O(|ids| height k); ``refresh`` O(N k); ``rebuild(d)`` re-clusters all live
 targets below depth d (the cost of ``build`` on them). Measured times and
-memory at N up to 1e6 are in reference/PERFORMANCE.md, section "Profile and design history
-of the fast path".
+memory at N up to 2e7 are in reference/PERFORMANCE.md (sections "The paper's
+scale" and "Profile and design history of the fast path").
 
 References
 ----------

@@ -825,6 +825,35 @@ def test_the_reference_backends_name_themselves():
 # --- 3h. dynamic: the replay's bookkeeping, messages and seeds --------------------------------
 
 
+def test_every_option_of_check_dynamic_reaches_each_static_check_it_runs(monkeypatch):
+    """check_dynamic's options reach the static checks of every step: the sampler steps get tv and
+    power as given, the false-alarm rate shared among them, seed + 1000 s; top-k and bracket the
+    declared dtype; all of them the time limit."""
+    from reference.conformance import dynamic as dyn
+
+    calls = {"sampler": [], "topk": [], "bracket": []}
+
+    def recorder(name):
+        def check(backend, **kwargs):
+            calls[name].append(kwargs)
+            return CheckReport(name, "r", [Case("s", "stat", 0.0, 1.0, "<=", True, "")])
+        return check
+
+    for name, attr in (("sampler", "check_sampler"), ("topk", "check_topk"), ("bracket", "check_bracket")):
+        monkeypatch.setattr(dyn, attr, recorder(name))
+    script = dyn.dynamic_script()
+    sample_steps = [s for s, step in enumerate(script) if step.sample]
+    dyn.check_dynamic(conformance.REBUILD_BACKEND.dynamic_build, alpha=0.012, tv=0.31, power=0.66, seed=5,
+                      dtype="float32", time_limit=7.5)
+    assert len(calls["sampler"]) == len(sample_steps) >= 2
+    for s, kw in zip(sample_steps, calls["sampler"]):
+        assert (kw["tv"], kw["power"], kw["seed"], kw["time_limit"]) == (0.31, 0.66, 5 + 1000 * s, 7.5)
+        assert kw["alpha"] == pytest.approx(0.012 / len(sample_steps), rel=1e-15)
+    assert calls["topk"] and calls["bracket"]
+    for kw in calls["topk"] + calls["bracket"]:
+        assert (kw["dtype"], kw["time_limit"]) == ("float32", 7.5)
+
+
 def test_the_replay_refuses_unusable_ids_with_a_message_for_each_reason():
     from reference.conformance.dynamic import _ID_SLACK, _ID_SPARSITY, _Replay
 
