@@ -1310,3 +1310,26 @@ def test_the_dynamic_reference_states_bracket_to_the_tol_asked(backend):
     widths = {tol: float(np.max(np.subtract(*state.bracket(Q, tol)[::-1]))) for tol in (10.0, 1.0, 0.01)}
     assert widths[10.0] <= 10.0 and widths[1.0] <= 1.0 and widths[0.01] <= 0.01
     assert widths[10.0] > 1.0 and widths[1.0] > 0.01  # a loose tol is not refined to a tight one
+
+
+@pytest.mark.parametrize("as_object", [False, True])
+@pytest.mark.parametrize("declared", [None, "float32", "float64"])
+def test_from_static_takes_the_dtype_of_a_mapping_or_an_object_declared_or_not(as_object, declared):
+    """A backend is a mapping or an object, with or without a declared ``dtype``: from_static keeps the
+    declared precision and falls back to float64 for both forms (an object without the attribute
+    included), and its states answer through the backend's own method."""
+    from reference.conformance.dynamic_backends import from_static
+
+    def topk(points, queries, k):
+        return np.argsort(-(queries @ points.T), axis=1, kind="stable")[:, :k]
+
+    if as_object:
+        backend = type("Backend", (), {"topk": staticmethod(topk)})()
+        if declared is not None:
+            backend.dtype = declared
+    else:
+        backend = {"topk": topk} if declared is None else {"topk": topk, "dtype": declared}
+    rebuilt = from_static(backend)
+    assert rebuilt.dtype == (declared or "float64")
+    state = rebuilt.dynamic_build(np.eye(3))
+    np.testing.assert_array_equal(state.topk(np.array([[0.0, 2.0, 1.0]]), 2), [[1, 2]])
