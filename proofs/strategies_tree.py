@@ -33,6 +33,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 __all__ = [
+    "tree_with_empty_nodes",
     "DTYPES",
     "KINDS",
     "make_point_set",
@@ -148,3 +149,20 @@ def query_for(points: np.ndarray, rng: np.random.Generator, *, logit_scale: floa
     q /= max(np.linalg.norm(q), 1e-300)
     zmax = float(np.max(np.linalg.norm(np.asarray(points, dtype=np.float64), axis=1))) if points.size else 1.0
     return q * logit_scale / max(zmax, 1e-12)
+
+
+def tree_with_empty_nodes(n: int, seed: int, *, leaf_size: int, emptied: int, dim: int = 4):
+    """A tree over ``make_targets(n, dim, seed)`` (branching 3) after deleting every target of
+    ``emptied`` random leaves and a fifth of the rest: a tree with nodes of n_v = 0, the case
+    every bound and sampler must skip."""
+    from reference.data import make_targets
+    from reference.tree import Tree
+
+    tree = Tree.build(make_targets(n, dim, seed=seed), branching=3, leaf_size=leaf_size, seed=seed)
+    rng = np.random.default_rng(seed)
+    leaves = rng.choice(np.flatnonzero(tree.is_leaf), size=emptied, replace=False)
+    gone = np.concatenate([tree.order[tree.start[v]:tree.stop[v]] for v in leaves])
+    rest = np.setdiff1d(tree.order, gone)
+    tree.delete(np.concatenate([gone, rng.choice(rest, size=rest.size // 5, replace=False)]))
+    assert (tree.count == 0).any()
+    return tree

@@ -50,6 +50,8 @@ from reference.sampling import topk as fast_topk
 from reference.stats import g_test
 from reference.tree import Tree
 
+from proofs.strategies_tree import tree_with_empty_nodes
+
 ALPHA = 1e-6      # false-alarm rate of each G-test
 N_DRAWS = 20000   # draws per G-test
 RTOL = 1e-9       # deterministic float64 statements (proofs/README.md section 6)
@@ -62,14 +64,7 @@ def _clustered() -> Tree:
 
 def _deleted() -> Tree:
     """Clustered, then every target of four leaves and a fifth of the rest deleted: empty nodes."""
-    tree = Tree.build(make_targets(500, 4, seed=1), branching=3, leaf_size=6, seed=1)
-    rng = np.random.default_rng(1)
-    leaves = rng.choice(np.flatnonzero(tree.is_leaf), size=4, replace=False)
-    gone = np.concatenate([tree.order[tree.start[v]:tree.stop[v]] for v in leaves])
-    rest = np.setdiff1d(tree.order, gone)
-    tree.delete(np.concatenate([gone, rng.choice(rest, size=rest.size // 5, replace=False)]))
-    assert (tree.count == 0).any()
-    return tree
+    return tree_with_empty_nodes(500, 1, leaf_size=6, emptied=4)
 
 
 def _integer() -> Tree:

@@ -64,6 +64,8 @@ from reference.data import make_targets
 from reference.stats import g_test
 from reference.tree import Tree
 
+from proofs.strategies_tree import tree_with_empty_nodes
+
 U = 2.0**-53  # unit roundoff of float64
 ALPHA = 1e-6  # false-alarm rate of the G-test
 
@@ -75,14 +77,7 @@ def _clustered() -> Tree:
 
 def _deleted() -> Tree:
     """Clustered, then every target of three leaves and a fifth of the rest deleted: nodes with n_v = 0."""
-    tree = Tree.build(make_targets(300, 4, seed=4), branching=3, leaf_size=5, seed=4)
-    rng = np.random.default_rng(4)
-    leaves = rng.choice(np.flatnonzero(tree.is_leaf), size=3, replace=False)
-    gone = np.concatenate([tree.order[tree.start[v]:tree.stop[v]] for v in leaves])
-    rest = np.setdiff1d(tree.order, gone)
-    tree.delete(np.concatenate([gone, rng.choice(rest, size=rest.size // 5, replace=False)]))
-    assert (tree.count == 0).any()
-    return tree
+    return tree_with_empty_nodes(300, 4, leaf_size=5, emptied=3)
 
 
 def _mirrored() -> Tree:
