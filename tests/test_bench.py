@@ -120,6 +120,8 @@ def test_quick_without_json_writes_nothing(tmp_path, monkeypatch, capsys):
     (["--data", "gaussian"], "invalid choice"),
     (["--depth", "0"], "argument --depth: expected a positive integer or 'auto', got '0'"),
     (["--depth", "deep"], "argument --depth: expected a positive integer or 'auto', got 'deep'"),
+    (["--preset", "paper-scale", "--quick"], "--preset: expected either --quick or --preset, got both"),
+    (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
 ])
 def test_bad_options_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
