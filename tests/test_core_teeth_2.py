@@ -165,3 +165,19 @@ def test_rejection_sample_when_every_query_leaves_for_the_dense_fallback() -> No
         assert counters["target_logits"] == 3 * 9000 and counters["accepted"] == 15   # all dense: exact
     y1, _ = sampling.rejection_sample(tree, Q[:1], 5, np.random.default_rng(1))
     assert y1.shape == (1, 5)
+
+
+def test_nystrom_coordinates_beyond_the_limit_name_the_callers_argument() -> None:
+    """Embeddings within MAX_ABS_COORD whose Nystrom coordinates phi are not (a degree-2 polynomial kernel:
+    entries 1e90 give k(l, y) ~ 1e180): the ValueError names the caller's argument, anchored (``G:``, ``cache:``)."""
+    rng = np.random.default_rng(17)
+    G = rng.standard_normal((40, 3))
+    L = np.arange(0, 40, 4)
+    index = DynamicIndex(G, L, kernel="polynomial")
+    big = np.full((1, 3), 1e90)
+    with pytest.raises(ValueError, match=r"^G: expected Nystrom coordinates .*MAX_ABS_COORD = 1e\+150"):
+        index.add(big, current=False)
+    with pytest.raises(ValueError, match=r"^cache: expected Nystrom coordinates .*MAX_ABS_COORD = 1e\+150"):
+        DynamicIndex(np.vstack([G, big]), L, kernel="polynomial")
+    index.check_invariants()   # the refused add left the index as it was
+    assert index.n_live == 40
