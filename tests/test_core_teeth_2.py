@@ -181,3 +181,34 @@ def test_nystrom_coordinates_beyond_the_limit_name_the_callers_argument() -> Non
         DynamicIndex(np.vstack([G, big]), L, kernel="polynomial")
     index.check_invariants()   # the refused add left the index as it was
     assert index.n_live == 40
+
+
+def test_topk_does_not_stop_at_a_bound_equal_to_the_kth_score() -> None:
+    """(9) stops when ub_v < tau, strictly: a node whose bound (with its margin (10)) equals the k-th score
+    exactly may hold a target tied with it and of smaller id, which the tie rule prefers.
+
+    Two leaves each hold one target of logit 1 (q = 1); target 0's leaf is damaged so that its bound
+    <q, r_v> + ||q|| rho_v + ROUNDING (1 + ||q|| (||r_v|| + rho_v)) is exactly 1.0, the k-th score once
+    target 1 is taken. Both implementations must still open it and return target 0."""
+    tree = Tree.build(np.array([[1.0], [1.0]]), branching=2, leaf_size=1)
+    leaf0 = int(np.flatnonzero(tree.is_leaf & (tree.order[tree.start] == 0))[0])
+    assert tree.stop[leaf0] - tree.start[leaf0] == 1
+
+    def bound(x: float) -> float:   # the formula of (9) and (10) for q = 1, r_v = x, rho_v = 0
+        return x + 1.0 * 0.0 + ROUNDING * (1.0 + 1.0 * (abs(x) + 0.0))
+
+    x = (1.0 - ROUNDING) / (1.0 + ROUNDING)
+    for _ in range(100):
+        if bound(x) == 1.0:
+            break
+        x = float(np.nextafter(x, 2.0 if bound(x) < 1.0 else 0.0))
+    assert bound(x) == 1.0
+    tree.rep[leaf0, 0] = x
+    tree.rep_norm[leaf0] = abs(x)
+    q = np.array([1.0])
+    trace: list = []
+    ids, logits = plain.topk(tree, q, 1, trace=trace)
+    assert ids.tolist() == [0] and logits.tolist() == [1.0]
+    assert (trace[-1].node, trace[-1].ub, trace[-1].tau, trace[-1].action) == (leaf0, 1.0, 1.0, "leaf")
+    ids, _ = sampling.topk(tree, q[None, :], 1)
+    assert ids.tolist() == [[0]]
