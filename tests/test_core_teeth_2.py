@@ -189,7 +189,8 @@ def test_topk_does_not_stop_at_a_bound_equal_to_the_kth_score() -> None:
 
     Two leaves each hold one target of logit 1 (q = 1); target 0's leaf is damaged so that its bound
     <q, r_v> + ||q|| rho_v + ROUNDING (1 + ||q|| (||r_v|| + rho_v)) is exactly 1.0, the k-th score once
-    target 1 is taken. Both implementations must still open it and return target 0."""
+    target 1 is taken. The plain reference must still open it and return target 0; the fast path must
+    return the same (this case does not put its own rule, ub + margin >= tau, at equality)."""
     tree = Tree.build(np.array([[1.0], [1.0]]), branching=2, leaf_size=1)
     leaf0 = int(np.flatnonzero(tree.is_leaf & (tree.order[tree.start] == 0))[0])
     assert tree.stop[leaf0] - tree.start[leaf0] == 1
