@@ -1082,6 +1082,8 @@ def refine(tree: Any, Q: np.ndarray, tol: float | np.ndarray | None = None, n_dr
     parts = frozen + parked_parts
     if gone.any():
         parts = [take(p, ~gone[p["query"]]) for p in parts]
+    if not parts:  # every query left for the dense fallback before any entry was final: no entries
+        parts = [{f: np.zeros(0, np.float64 if f in ("s", "log_n", "eps") else np.int64) for f in FIELDS}]
     allf = {}
     for f in FIELDS:
         have = [p for p in parts if f in p]
