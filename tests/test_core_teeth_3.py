@@ -1,0 +1,141 @@
+"""Teeth for the gaps of the second fresh mutation sample (seed 4076342106), closed by theme.
+
+Each test pins a family of behaviour the default suite left open (tests/mutation/survivors.md,
+the `not yet killed` entries of that sample): every public function that takes a cut checks its
+number of queries; each side of a range clause has its own message; the documented tolerance of
+``DynamicIndex.check_invariants`` is compared with its formula; non-finite kernel values are a
+ValueError and nothing else (the suite turns RuntimeWarnings into errors); the degenerate zero
+kernel matrix; the pruning rule (9) of ``plain.topk`` seen through its public trace and on
+logits far below zero. Deterministic (fixed seeds), no probabilistic assertion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from reference import bounds, plain, sampling
+from reference.bounds import Cut
+from reference.dynamic import DynamicIndex
+from reference.nystrom import NystromMap, polynomial
+from reference.tree import Tree
+
+
+@pytest.fixture(scope="module")
+def tree() -> Tree:
+    return Tree.build(np.random.default_rng(41).standard_normal((60, 3)), branching=3, leaf_size=4)
+
+
+# ------------------------------------------------------------- cuts: number of queries, ranges
+
+def _two_query_cut() -> Cut:
+    return Cut(np.array([0, 1]), np.array([0, 0]), np.array([-1, -1]), 2)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t, Q, c: bounds.cut_distribution(t, Q, c),
+    lambda t, Q, c: bounds.log_partition_bracket(t, Q, c),
+    lambda t, Q, c: bounds.cut_eps(t, Q, c),
+    lambda t, Q, c: bounds.tv_bound(t, Q, c),
+    lambda t, Q, c: bounds.grad_bias_bound(t, Q, c),
+    lambda t, Q, c: sampling.cut_sample(t, Q, 2, np.random.default_rng(0), cut=c),
+], ids=["cut_distribution", "log_partition_bracket", "cut_eps", "tv_bound", "grad_bias_bound", "cut_sample"])
+def test_every_function_taking_a_cut_checks_its_number_of_queries(tree: Tree, call) -> None:
+    """A cut built for 2 queries, used with 3: the documented ValueError naming `cut`, not a result."""
+    Q = np.random.default_rng(42).standard_normal((3, 3))
+    with pytest.raises(ValueError, match=r"^cut: expected a cut for 3 queries, got one for 2$"):
+        call(tree, Q, _two_query_cut())
+
+
+@pytest.mark.parametrize("query", [[0, 5], [-1, 0], [-1, 5]], ids=["too large", "negative", "both"])
+def test_each_side_of_the_query_range_has_the_range_message(query) -> None:
+    """Out of [0, n_queries) on either side (or both): the range clause's own message."""
+    with pytest.raises(ValueError, match=r"^Cut\.query: expected values in \[0, 3\), got range "):
+        Cut(np.array(query), np.array([0, 0]), np.array([-1, -1]), 3)
+
+
+# ------------------------------------------------------------- documented tolerance of W0
+
+def test_dynamic_index_w0_tolerance_is_its_formula() -> None:
+    """W0 off from S A by half the documented 2 m eps (|S| |A|) passes, by twice it fails, at the
+    entries where |S| |A| is largest and smallest (a tolerance of another form fails one of the four)."""
+    G = np.random.default_rng(43).standard_normal((40, 5)) * np.array([1e-3, 1.0, 10.0, 1e2, 1e3])
+    ix = DynamicIndex(G, np.arange(0, 40, 6), leaf_size=4)
+    S, A = ix.nmap.inv_sqrt, ix.nmap.anchor
+    m = S.shape[0]
+    P = np.abs(S) @ np.abs(A)
+    tol = 2 * m * np.finfo(np.float64).eps * P
+    exact = S @ A
+    assert P.max() > 10 and P.min() < 0.1   # both sides of 1: a product and a quotient differ
+    W0 = ix.W0.copy()
+    for ij in (np.unravel_index(np.argmax(P), P.shape), np.unravel_index(np.argmin(P), P.shape)):
+        for factor, ok in ((0.5, True), (2.0, False)):
+            ix.W0 = exact.copy()
+            ix.W0[ij] = exact[ij] + factor * tol[ij]
+            assert (abs(ix.W0[ij] - exact[ij]) > tol[ij]) == (not ok)   # the perturbation is representable
+            if ok:
+                ix.check_invariants()
+            else:
+                with pytest.raises(Exception, match=r"W0: expected K_LL\^\{-1/2\} g_0\(L\)"):
+                    ix.check_invariants()
+    ix.W0 = W0
+    ix.check_invariants()
+
+
+# ------------------------------------------------------------- non-finite and degenerate kernels
+
+@pytest.mark.parametrize("degree", [2, 3])
+def test_features_that_overflow_are_a_value_error_and_nothing_else(degree: int) -> None:
+    """Kernel values or features beyond float64 (inputs within MAX_ABS_COORD): the ValueError naming G,
+    with no RuntimeWarning on the way (the suite's filterwarnings turns one into a failure)."""
+    nm = NystromMap(kernel=polynomial(degree=degree)).fit(np.random.default_rng(44).standard_normal((10, 3)) * 1e10, np.arange(4))
+    G = np.full((2, 3), 1e150)
+    G[1] *= -1.0
+    with pytest.raises(ValueError, match=r"^G: "):
+        nm.features(G)
+
+
+def test_reconstruction_error_of_a_zero_kernel_matrix_is_inf() -> None:
+    """||K||_F = 0 (an anchor of zeros, no ridge): the documented ratio is undefined, reported as inf."""
+    nm = NystromMap(kernel="linear").fit(np.random.default_rng(45).standard_normal((10, 3)), np.arange(3))
+    nm.anchor = np.zeros_like(nm.anchor)
+    assert nm.reconstruction_error() == math.inf
+
+
+# ------------------------------------------------------------- plain top-k: rule (9)
+
+def _children(t: Tree, v: int) -> list[int]:
+    return [int(c) for c in t.child_idx[t.child_ptr[v]:t.child_ptr[v + 1]]]
+
+
+@pytest.mark.parametrize("shift", [0.0, 1000.0], ids=["centred", "logits near -1000"])
+def test_plain_topk_pushes_only_the_children_rule_9_keeps(shift: float) -> None:
+    """Rule (9) through the public trace: a child enters the heap when its parent expands only if fewer
+    than k targets are known or ub_c >= tau (tau does not change while a node expands, so it is the
+    parent's recorded tau); a popped node stops the search iff ub < tau. Results against brute force,
+    also for logits far below zero (where a threshold of the wrong field prunes too much)."""
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((200, 3))
+        X[:, 0] += shift
+        t = Tree.build(X, branching=3, leaf_size=4)
+        q = rng.standard_normal(3)
+        if shift:
+            q[0] = -1.0
+        a = X @ q
+        for k in (1, 3, 7):
+            trace: list[plain.Pop] = []
+            ids, _ = plain.topk(t, q, k, trace=trace)
+            np.testing.assert_array_equal(ids, np.lexsort((np.arange(200), -a))[:k])
+            assert trace[0].node == t.root
+            popped = {}
+            for p in trace:
+                assert (p.action == "stop") == (p.ub < p.tau)
+                if p.node != t.root:
+                    parent = popped[int(t.parent[p.node])]        # popped before, and expanded
+                    assert parent.action == "expand" and t.count[p.node] > 0
+                    assert p.ub >= parent.tau                     # pushed: ub_c >= tau (or tau = -inf)
+                popped[p.node] = p
+            assert [p.action for p in trace[:-1]].count("stop") == 0
