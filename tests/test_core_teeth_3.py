@@ -139,3 +139,41 @@ def test_plain_topk_pushes_only_the_children_rule_9_keeps(shift: float) -> None:
                     assert p.ub >= parent.tau                     # pushed: ub_c >= tau (or tau = -inf)
                 popped[p.node] = p
             assert [p.action for p in trace[:-1]].count("stop") == 0
+
+
+# ------------------------------------------------------------- what a disk-backed tree writes
+
+def test_a_disk_backed_tree_names_its_files_after_its_arrays(tmp_path) -> None:
+    """With ``storage``, the two N x k arrays are ``tree-points-<hex>.npy`` and ``tree-points_dfs-<hex>.npy``,
+    after the build and after every operation that rewrites the DFS copy (delete, insert, rebuild)."""
+    import re
+
+    rng = np.random.default_rng(46)
+    t = Tree.build(rng.standard_normal((80, 3)), branching=3, leaf_size=4, storage=tmp_path)
+
+    def kinds() -> list[str]:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert all(re.fullmatch(r"tree-(points|points_dfs)-[0-9a-f]{32}\.npy", n) for n in names), names
+        return sorted(n.split("-")[1] for n in names)
+
+    assert kinds() == ["points", "points_dfs"]
+    for op in (lambda: t.delete(np.arange(5)), lambda: t.insert(rng.standard_normal((4, 3))), lambda: t.rebuild(1)):
+        op()
+        t.check_invariants()
+        assert kinds() == ["points", "points_dfs"]
+
+
+# ------------------------------------------------------------- the dense fallback's cut
+
+def test_a_dense_querys_cut_lists_every_live_target_in_tree_order() -> None:
+    """A query that leaves for the dense fallback gets one entry per live target, in the order of
+    ``tree.order``, also when other queries' entries come first before the sort by query (a stable sort
+    keeps the order; an unstable one reorders the entries, and so the draws of a seed)."""
+    rng = np.random.default_rng(0)
+    t = Tree.build(rng.standard_normal((9000, 4)), seed=0, branching=2)
+    Q = rng.standard_normal((4, 4)) * np.array([[3.0], [0.01], [3.0], [0.01]])   # dense, root-only, ...
+    cut = sampling.rejection_envelope(t, Q, 5)
+    dense = [b for b in range(4) if cut.ptr[b + 1] - cut.ptr[b] == t.n_live and (cut.node[cut.ptr[b]:cut.ptr[b + 1]] < 0).all()]
+    assert dense == [0, 2]   # the fallback is exercised, for queries listed after the others' entries
+    for b in dense:
+        np.testing.assert_array_equal(cut.target[cut.ptr[b]:cut.ptr[b + 1]], t.order)
