@@ -177,3 +177,23 @@ def test_a_dense_querys_cut_lists_every_live_target_in_tree_order() -> None:
     assert dense == [0, 2]   # the fallback is exercised, for queries listed after the others' entries
     for b in dense:
         np.testing.assert_array_equal(cut.target[cut.ptr[b]:cut.ptr[b + 1]], t.order)
+
+
+# ------------------------------------------------------------- top-k: I3 checked on every path
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("y", [0, 3, 9, 11])
+def test_topk_reports_i3_even_when_the_violation_would_prune_its_own_leaf(y: int, k: int) -> None:
+    """A target moved far out of its leaf (radius left stale), for targets whose leaf the seeding beam of
+    top-k scores on this 12-target tree: the violation must be reported there; unchecked, the logit
+    would seed a threshold above every bound and top-k would return without looking at the leaf again.
+    (A violating target in a leaf that neither phase scores, e.g. y = 5 here, is not seen by top-k: its
+    stale bound prunes it; tree.check_invariants() sees it.)"""
+    rng = np.random.default_rng(47)
+    t = Tree.build(rng.standard_normal((12, 3)), branching=3, leaf_size=4)
+    far = np.array([40.0, -40.0, 40.0])
+    leaf = int(t.leaf_of[y])
+    t.points[y] = far
+    t.points_dfs[int(np.flatnonzero(t.order == y)[0])] = far
+    with pytest.raises(ValueError, match=rf"^tree: invariant I3 violated \(topk\): target {y} has .* for node {leaf}, "):
+        sampling.topk(t, far / 40.0, k)
