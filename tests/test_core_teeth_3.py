@@ -197,3 +197,23 @@ def test_topk_reports_i3_even_when_the_violation_would_prune_its_own_leaf(y: int
     t.points_dfs[int(np.flatnonzero(t.order == y)[0])] = far
     with pytest.raises(ValueError, match=rf"^tree: invariant I3 violated \(topk\): target {y} has .* for node {leaf}, "):
         sampling.topk(t, far / 40.0, k)
+
+
+# ------------------------------------------------------------- the bracket's rounding bound, as documented
+
+def test_bracket_rounding_bound_is_bracket_rounding_at_its_documented_center() -> None:
+    """``bracket_rounding_bound`` is ``bracket_rounding`` with n = N + M terms and |center| bounded by
+    ||q|| S + 2 log(N + M + 1) + 1 (its docstring; the code adds a relative 1e-10 to ||q|| S): pinned
+    between that center and the same center times (1 + 1e-9), for several trees and query norms."""
+    from reference import _fastpath
+
+    rng = np.random.default_rng(48)
+    for n, br in ((30, 2), (200, 4), (500, 8)):
+        t = Tree.build(rng.standard_normal((n, 3)) * 5.0, branching=br, leaf_size=4)
+        t.delete(np.arange(3))
+        N, M = int(t.n_live), int(t.radius.shape[0])
+        qnorm = np.array([0.0, 1.0, 30.0, 1e4])
+        center = qnorm * _fastpath.tree_scale(t) + 2.0 * np.log(N + M + 1.0) + 1.0
+        got = _fastpath.bracket_rounding_bound(t, qnorm)
+        assert (_fastpath.bracket_rounding(t, qnorm, N + M, center) <= got).all()
+        assert (got <= _fastpath.bracket_rounding(t, qnorm, N + M, center * (1.0 + 1e-9))).all()
