@@ -217,3 +217,17 @@ def test_bracket_rounding_bound_is_bracket_rounding_at_its_documented_center() -
         got = _fastpath.bracket_rounding_bound(t, qnorm)
         assert (_fastpath.bracket_rounding(t, qnorm, N + M, center) <= got).all()
         assert (got <= _fastpath.bracket_rounding(t, qnorm, N + M, center * (1.0 + 1e-9))).all()
+
+
+# ------------------------------------------------------------- dtypes of public attributes
+
+def test_a_bare_tree_has_the_array_dtypes_and_dimensions_of_a_built_one() -> None:
+    """``Tree()`` (the empty placeholder that build and load fill) documents the same attributes as a
+    built tree: every array attribute of it has the built tree's dtype and number of dimensions."""
+    bare = Tree()
+    built = Tree.build(np.random.default_rng(49).standard_normal((20, 3)), branching=3, leaf_size=4)
+    arrays = {name: a for name, a in vars(bare).items() if isinstance(a, np.ndarray)}
+    assert {"is_leaf", "order", "parent", "radius", "rep", "points_dfs", "leaf_of"} <= set(arrays)
+    for name, a in arrays.items():
+        b = getattr(built, name)
+        assert (a.dtype, a.ndim) == (b.dtype, b.ndim), name
