@@ -2,11 +2,13 @@
 
 Each test pins a family of behaviour the default suite left open (tests/mutation/survivors.md,
 the `not yet killed` entries of that sample): every public function that takes a cut checks its
-number of queries; each side of a range clause has its own message; the documented tolerance of
-``DynamicIndex.check_invariants`` is compared with its formula; non-finite kernel values are a
-ValueError and nothing else (the suite turns RuntimeWarnings into errors); the degenerate zero
-kernel matrix; the pruning rule (9) of ``plain.topk`` seen through its public trace and on
-logits far below zero. Deterministic (fixed seeds), no probabilistic assertion.
+number of queries; each side of a range clause has its own message; documented formulas (the W0
+tolerance of ``DynamicIndex.check_invariants``, the center of ``bracket_rounding_bound``) compared
+with their formula; non-finite kernel values are a ValueError and nothing else (the suite turns
+RuntimeWarnings into errors); the degenerate zero kernel matrix; the pruning rule (9) of
+``plain.topk`` seen through its public trace and on logits far below zero; I3 reported by top-k's
+seeding beam; what a disk-backed tree writes; the entry order of the dense fallback's cut; the
+dtypes of a bare ``Tree()``. Deterministic (fixed seeds), no probabilistic assertion.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from reference import bounds, plain, sampling
 from reference.bounds import Cut
 from reference.dynamic import DynamicIndex
 from reference.nystrom import NystromMap, polynomial
-from reference.tree import Tree
+from reference.tree import InvariantError, Tree
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_dynamic_index_w0_tolerance_is_its_formula() -> None:
             if ok:
                 ix.check_invariants()
             else:
-                with pytest.raises(Exception, match=r"W0: expected K_LL\^\{-1/2\} g_0\(L\)"):
+                with pytest.raises(InvariantError, match=r"^DynamicIndex: W0: expected K_LL\^\{-1/2\} g_0\(L\)"):
                     ix.check_invariants()
     ix.W0 = W0
     ix.check_invariants()
@@ -105,10 +107,6 @@ def test_reconstruction_error_of_a_zero_kernel_matrix_is_inf() -> None:
 
 
 # ------------------------------------------------------------- plain top-k: rule (9)
-
-def _children(t: Tree, v: int) -> list[int]:
-    return [int(c) for c in t.child_idx[t.child_ptr[v]:t.child_ptr[v + 1]]]
-
 
 @pytest.mark.parametrize("shift", [0.0, 1000.0], ids=["centred", "logits near -1000"])
 def test_plain_topk_pushes_only_the_children_rule_9_keeps(shift: float) -> None:
