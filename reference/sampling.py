@@ -321,6 +321,15 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False, bloc
     logits : numpy.ndarray of float64, same shape
         ``a_y = <q, z_y>`` of the returned ids, non-increasing along each row.
     counters : dict, only if ``return_counters``
+
+    Raises
+    ------
+    ValueError
+        On invalid input, or if a target it scores has a logit above its
+        leaf's bound beyond rounding (invariant I3 violated). Only the targets
+        it scores are checked: a target outside its node's radius under a
+        pruned node goes unseen (and may be missing from the result); run
+        ``tree.check_invariants()`` to check every target.
     """
     Q, single = as_queries(tree, queries, "queries")
     n_live = int(tree.n_live)
@@ -608,8 +617,9 @@ def _evaluate_leaves(tree, Q, q, v, ub, margin, tau, counters):
         # Padding repeats real products (slots j >= g[u] a real pair, columns i >= n[u] a real
         # row): the I3 test sees real values only, and padding is dropped from the kept ones.
         R += margin[pair][:, :, None]                          # a_y + margin
-        if np.any(R > (ub[pair] + 2.0 * margin[pair])[:, :, None]):
-            _leaf_violation(tree, v, pair, gi, ni, R - margin[pair][:, :, None], ub[pair] + margin[pair])
+        lim = ub[pair] + 2.0 * margin[pair]                     # a_y + margin > ub_v + 2 margin: I3 broken
+        if np.any(R > lim[:, :, None]):
+            _leaf_violation(tree, v, pair, gi, ni, R, lim)
         u, j, c = np.nonzero(R >= tau[q[pair]][:, :, None])
         real = (j < gi[u]) & (c < ni[u])
         kept_pair.append(pair[u[real], j[real]])
@@ -623,7 +633,12 @@ def _evaluate_leaves(tree, Q, q, v, ub, margin, tau, counters):
 
 
 def _leaf_violation(tree, v, pair, gi, ni, R, lim):
-    """Raise the I3 error of :func:`_evaluate_leaves` for a block with a logit above its bound."""
+    """Raise the I3 error of :func:`_evaluate_leaves` for a block with a logit above its bound.
+
+    ``R`` and ``lim`` are the very arrays the block's test compared (``a_y + margin`` and
+    ``ub_v + 2 margin``), so the targets reported are those that fired it (never none), each
+    with its excess ``a_y - ub_v - margin``.
+    """
     real = (np.arange(R.shape[1]) < gi[:, None])[:, :, None] & (np.arange(R.shape[2]) < ni[:, None])[:, None, :]
     excess = np.where(real, R - lim[:, :, None], -np.inf)
     u, j, c = np.nonzero(excess > 0)
