@@ -43,6 +43,12 @@ class Declined(Exception):
     """The backend raised NotImplementedError where declining is allowed."""
 
 
+def check_callable(fn: Any, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``fn`` is callable (the first check of every ``check_*``)."""
+    if not callable(fn):
+        raise ValueError(f"{name}: expected a callable, got {type(fn).__name__}")
+
+
 def check_time_limit(value: Any, name: str = "time_limit") -> float | None:
     """``None`` or a positive number of seconds (0 and ``None`` mean no limit)."""
     if value is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
 from reference.conformance.precision import check_dtype, logit_error_bounds, normal_range_problem
 from reference.conformance.report import Case, CheckReport, error_case
@@ -140,8 +140,7 @@ def check_bracket(
     """
     from reference.softmax import log_partition
 
-    if not callable(bracket):
-        raise ValueError(f"bracket: expected a callable, got {type(bracket).__name__}")
+    check_callable(bracket, "bracket")
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
     scenarios = bracket_scenarios() if scenarios is None else list(scenarios)

@@ -100,7 +100,7 @@ from typing import Any
 import numpy as np
 
 from reference._validation import check_int
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import clustered, directions
 from reference.conformance.bracket import BracketScenario, check_bracket
 from reference.conformance.precision import check_dtype
@@ -374,8 +374,7 @@ def check_dynamic(
         One case per step and probe (scenario ``"step s topk"``, ...), up to
         the first failing step; its failures' headlines name the step and what it did.
     """
-    if not callable(dynamic_build):
-        raise ValueError(f"dynamic_build: expected a callable, got {type(dynamic_build).__name__}")
+    check_callable(dynamic_build, "dynamic_build")
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
     script = dynamic_script() if script is None else list(script)

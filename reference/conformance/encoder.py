@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, Declined, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, Declined, call_backend, check_callable, check_time_limit
 from reference.conformance._data import SCENARIO_SEED
 from reference.conformance.report import Case, CheckReport, error_case
 
@@ -222,8 +222,7 @@ def check_encoder(
     -------
     CheckReport
     """
-    if not callable(encoder):
-        raise ValueError(f"encoder: expected a callable, got {type(encoder).__name__}")
+    check_callable(encoder, "encoder")
     time_limit = check_time_limit(time_limit)
     scenarios = encoder_scenarios() if scenarios is None else list(scenarios)
     report = CheckReport(

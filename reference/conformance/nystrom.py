@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from reference._validation import check_choice
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import SCENARIO_SEED, clustered
 from reference.conformance.report import Case, CheckReport, error_case
 
@@ -111,8 +111,7 @@ def check_nystrom(
     -------
     CheckReport
     """
-    if not callable(nystrom):
-        raise ValueError(f"nystrom: expected a callable, got {type(nystrom).__name__}")
+    check_callable(nystrom, "nystrom")
     time_limit = check_time_limit(time_limit)
     scenarios = nystrom_scenarios() if scenarios is None else list(scenarios)
     report = CheckReport(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from reference._validation import check_int, check_positive
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
 from reference.conformance.report import Case, CheckReport, error_case
 from reference.conformance.statistics import (
@@ -201,8 +201,7 @@ def check_sampler(
     """
     from reference.softmax import log_partition, softmax
 
-    if not callable(sample):
-        raise ValueError(f"sample: expected a callable, got {type(sample).__name__}")
+    check_callable(sample, "sample")
     alpha = check_positive(alpha, "alpha")
     if alpha >= 1:
         raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")

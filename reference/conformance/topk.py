@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from reference._validation import check_int
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import (
     SCENARIO_SEED,
     clustered,
@@ -334,8 +334,7 @@ def check_topk(
     -------
     CheckReport
     """
-    if not callable(topk):
-        raise ValueError(f"topk: expected a callable, got {type(topk).__name__}")
+    check_callable(topk, "topk")
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
     scenarios = topk_scenarios() if scenarios is None else list(scenarios)
