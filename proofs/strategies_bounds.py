@@ -41,6 +41,7 @@ __all__ = [
     "make_tree",
     "make_queries",
     "random_cut",
+    "random_cuts",
     "brute_logits",
     "brute_log_z",
     "brute_log_p",
@@ -121,6 +122,12 @@ def random_cut(tree: Tree, rng: np.random.Generator, n_expand: int) -> Cut:
         nodes += children
         targets += leaf_targets
     return Cut.from_entries(nodes, targets)
+
+
+def random_cuts(tree: Tree, rng: np.random.Generator, n_queries: int, max_expand: int) -> Cut:
+    """A cut for each of ``n_queries`` queries, each :func:`random_cut` with its own number of
+    expansions drawn uniformly from 0..``max_expand``."""
+    return Cut.stack([random_cut(tree, rng, int(rng.integers(0, max_expand + 1))) for _ in range(n_queries)])
 
 
 def brute_logits(tree: Tree, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

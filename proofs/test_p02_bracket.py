@@ -22,6 +22,7 @@ from proofs.strategies_bounds import (
     make_point_set,
     make_queries,
     random_cut,
+    random_cuts,
     seeds,
     trees_with_queries,
 )
@@ -47,7 +48,7 @@ def test_p2_random_cuts(data, n_expand):
     """P2 for a batch of queries, each with its own random cut (validated as a partition)."""
     tree, Q, seed = data
     rng = np.random.default_rng(seed)
-    cut = Cut.stack([random_cut(tree, rng, int(rng.integers(0, n_expand + 1))) for _ in range(Q.shape[0])])
+    cut = random_cuts(tree, rng, Q.shape[0], n_expand)
     validate_cut(tree, cut, full=True)
     _check_p2(tree, Q, cut)
 
@@ -140,7 +141,7 @@ def test_p2_bracket_is_the_one_p2_defines(data, n_expand):
     """
     tree, Q, seed = data
     rng = np.random.default_rng(seed)
-    cut = Cut.stack([random_cut(tree, rng, int(rng.integers(0, n_expand + 1))) for _ in range(Q.shape[0])])
+    cut = random_cuts(tree, rng, Q.shape[0], n_expand)
     _check_p2_formula(tree, Q, cut)
 
 

@@ -24,6 +24,7 @@ from proofs.strategies_bounds import (
     make_point_set,
     make_queries,
     random_cut,
+    random_cuts,
     trees_with_queries,
 )
 from reference.bounds import DEFAULT_TOL, Cut, adaptive_cut, cut_distribution, kl_bound, log_prob_bound, tv_bound
@@ -39,7 +40,7 @@ def test_p4_pointwise_tv_kl(data, n_expand):
     """|log Phat - log P| <= 2 eps_C, TV <= 1 - exp(-2 eps_C), both KLs <= 2 eps_C."""
     tree, Q, seed = data
     rng = np.random.default_rng(seed)
-    cut = Cut.stack([random_cut(tree, rng, int(rng.integers(0, n_expand + 1))) for _ in range(Q.shape[0])])
+    cut = random_cuts(tree, rng, Q.shape[0], n_expand)
     log_phat = cut_distribution(tree, Q, cut)
     log_p = brute_log_p(tree, Q)
     live = tree.alive

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proofs.strategies_bounds import brute_log_p, random_cut, trees_with_queries
+from proofs.strategies_bounds import brute_log_p, random_cuts, trees_with_queries
 from reference.bounds import Cut, adaptive_cut, cut_distribution, log_partition_bracket, tv_bound
 from reference.tree import Tree
 
@@ -39,7 +39,7 @@ def test_p4b_random_cuts(data, n_expand):
     """Any cut: TV <= 1 - exp(-(hi - lo)) <= 1 - exp(-2 eps_C) (P4's bound)."""
     tree, Q, seed = data
     rng = np.random.default_rng(seed)
-    cut = Cut.stack([random_cut(tree, rng, int(rng.integers(0, n_expand + 1))) for _ in range(Q.shape[0])])
+    cut = random_cuts(tree, rng, Q.shape[0], n_expand)
     bound = width_tv_bound(tree, Q, cut)
     tv = true_tv(tree, Q, cut)
     assert (tv <= bound + TV_ATOL).all(), (tv, bound)
