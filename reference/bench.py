@@ -620,8 +620,18 @@ def _reset_rss_peak() -> bool:
         return False
 
 
+#: Every ``VmHWM`` read by a :class:`_Peak`, at its start (before the reset erases it) and at its
+#: end: a phase's peak is the largest reading since it started, so a nested phase's reset (the
+#: timed operations inside the query phase) hides nothing from the enclosing one.
+_HWM_SEEN: list[int] = []
+
+
 class _Peak:
-    """Peak memory of a phase: peak RSS above a baseline, and the tracemalloc peak if tracing."""
+    """Peak memory of a phase: peak RSS above a baseline, and the tracemalloc peak if tracing.
+
+    Phases may nest: the peak RSS of a phase is the largest ``VmHWM`` read since it began,
+    including the readings that nested phases took just before resetting it.
+    """
 
     def __init__(self, baseline_rss: int | None) -> None:
         self.baseline = baseline_rss
@@ -629,6 +639,10 @@ class _Peak:
         self.traced_peak: int | None = None
 
     def __enter__(self) -> "_Peak":
+        st = _proc_status()
+        if st is not None:
+            _HWM_SEEN.append(st["VmHWM"])  # the peak so far belongs to the enclosing phases
+        self._first = len(_HWM_SEEN)
         self._rss_ok = _reset_rss_peak() and self.baseline is not None
         if tracemalloc.is_tracing():
             tracemalloc.reset_peak()
@@ -636,8 +650,10 @@ class _Peak:
 
     def __exit__(self, *exc: Any) -> None:
         st = _proc_status()
+        if st is not None:
+            _HWM_SEEN.append(st["VmHWM"])
         if self._rss_ok and st is not None:
-            self.rss_peak = max(0, st["VmHWM"] - self.baseline)
+            self.rss_peak = max(0, max(_HWM_SEEN[self._first:]) - self.baseline)
         if tracemalloc.is_tracing():
             self.traced_peak = tracemalloc.get_traced_memory()[1]
 
@@ -900,48 +916,47 @@ def bench_one(cfg: BenchConfig, data: str, n: int, *, log: Callable[[str], None]
         n_leaves=int(tree.is_leaf.sum()), load=_load(),
     )
     # ---- temperature and queries (the query phase: peak resident memory above the baseline)
-    query_peak = _Peak(baseline)
-    query_peak.__enter__()
-    cal = directions[: cfg.calibration_queries]
-    unit = make_queries(directions, 1.0)
-    t0 = time.perf_counter()
-    beta, ppl_cal = calibrate_beta(points, unit[: cfg.calibration_queries], cfg.perplexity)
-    rec.update(beta=beta, perplexity_calibration=ppl_cal, calibration_queries=int(cal.shape[0]),
-               calibration_seconds=time.perf_counter() - t0)
-    Q = beta * unit
-    B = Q.shape[0]
-    log(f"[bench] {data} N={n}: build {min(build_times):.1f}s, beta {beta:.4g} (perplexity {ppl_cal:.0f}); "
-        f"timing queries (load {_load()})")
-    # ---- tree operations and brute force (median of `repeats`; the same random streams each time)
-    rec["load_queries"] = _load()
-    tree_sample = partial(_tree_sample, tree, cfg.negatives, cfg.seed)
-    tree_topk = partial(topk, tree, k=cfg.topk, return_counters=True)
-    m_s, why_s, block_s = _queries_to_time(tree_sample, Q, lambda out: out[1], n)
-    m_t, why_t, block_t = _queries_to_time(tree_topk, Q, lambda out: out[2], n)
-    # Tree and brute force (all queries) in turn, `repeats` times: the same load for both.
-    runs = _time_interleaved({
-        "tree_sample": partial(tree_sample, Q[:m_s], block=block_s),
-        "brute_sample": partial(_brute_sample, points, Q, cfg.negatives, cfg.seed),
-        "tree_topk": partial(tree_topk, Q[:m_t], block=block_t),
-        "brute_topk": partial(brute_force_topk, points, Q, cfg.topk),
-    }, cfg.repeats)
-    rec["load_end"] = _load()
-    # ---- records and checks on the timed outputs
-    s_ids, s_counters = runs["tree_sample"]["out"]
-    t_ids, t_logits, t_counters = runs["tree_topk"]["out"]
-    b_ids, log_z = runs["brute_sample"]["out"]
-    bt_ids, bt_logits = runs["brute_topk"]["out"]
-    rec["sample"] = _sample_record(tree, Q[:m_s], n, cfg, s_ids, s_counters, b_ids[:m_s], log_z[:m_s])
-    rec["topk"] = _topk_record(tree, Q[:m_t], n, t_ids, t_logits, t_counters, bt_ids[:m_t], bt_logits[:m_t])
-    for key, m, why, blk in (("sample", m_s, why_s, block_s), ("topk", m_t, why_t, block_t)):
-        tr, br = runs[f"tree_{key}"], runs[f"brute_{key}"]
-        rec[key].update(queries_timed=m, queries_limited_by=why, query_block=blk, tree_peak_rss_bytes=tr["peak_rss"],
-                        brute_queries=B, brute_peak_rss_bytes=br["peak_rss"],
-                        **timing_summary(tr["times"], m, br["times"], B, rec[key]["logits_per_query"], n))
-    ppl_q = streamed_perplexity(points, Q)
-    rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
-                                     p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
-    query_peak.__exit__(None, None, None)
+    with _Peak(baseline) as query_peak:
+        cal = directions[: cfg.calibration_queries]
+        unit = make_queries(directions, 1.0)
+        t0 = time.perf_counter()
+        beta, ppl_cal = calibrate_beta(points, unit[: cfg.calibration_queries], cfg.perplexity)
+        rec.update(beta=beta, perplexity_calibration=ppl_cal, calibration_queries=int(cal.shape[0]),
+                   calibration_seconds=time.perf_counter() - t0)
+        Q = beta * unit
+        B = Q.shape[0]
+        log(f"[bench] {data} N={n}: build {min(build_times):.1f}s, beta {beta:.4g} (perplexity {ppl_cal:.0f}); "
+            f"timing queries (load {_load()})")
+        # ---- tree operations and brute force (median of `repeats`; the same random streams each time)
+        rec["load_queries"] = _load()
+        tree_sample = partial(_tree_sample, tree, cfg.negatives, cfg.seed)
+        tree_topk = partial(topk, tree, k=cfg.topk, return_counters=True)
+        m_s, why_s, block_s = _queries_to_time(tree_sample, Q, lambda out: out[1], n)
+        m_t, why_t, block_t = _queries_to_time(tree_topk, Q, lambda out: out[2], n)
+        # Tree and brute force (all queries) in turn, `repeats` times: the same load for both.
+        runs = _time_interleaved({
+            "tree_sample": partial(tree_sample, Q[:m_s], block=block_s),
+            "brute_sample": partial(_brute_sample, points, Q, cfg.negatives, cfg.seed),
+            "tree_topk": partial(tree_topk, Q[:m_t], block=block_t),
+            "brute_topk": partial(brute_force_topk, points, Q, cfg.topk),
+        }, cfg.repeats)
+        rec["load_end"] = _load()
+        # ---- records and checks on the timed outputs
+        s_ids, s_counters = runs["tree_sample"]["out"]
+        t_ids, t_logits, t_counters = runs["tree_topk"]["out"]
+        b_ids, log_z = runs["brute_sample"]["out"]
+        bt_ids, bt_logits = runs["brute_topk"]["out"]
+        rec["sample"] = _sample_record(tree, Q[:m_s], n, cfg, s_ids, s_counters, b_ids[:m_s], log_z[:m_s])
+        rec["topk"] = _topk_record(tree, Q[:m_t], n, t_ids, t_logits, t_counters, bt_ids[:m_t], bt_logits[:m_t])
+        for key, m, why, blk in (("sample", m_s, why_s, block_s), ("topk", m_t, why_t, block_t)):
+            tr, br = runs[f"tree_{key}"], runs[f"brute_{key}"]
+            rec[key].update(queries_timed=m, queries_limited_by=why, query_block=blk,
+                            tree_peak_rss_bytes=tr["peak_rss"],
+                            brute_queries=B, brute_peak_rss_bytes=br["peak_rss"],
+                            **timing_summary(tr["times"], m, br["times"], B, rec[key]["logits_per_query"], n))
+        ppl_q = streamed_perplexity(points, Q)
+        rec["perplexity_queries"] = dict(median=float(np.median(ppl_q)), p10=float(np.quantile(ppl_q, 0.1)),
+                                         p90=float(np.quantile(ppl_q, 0.9)), mean=float(ppl_q.mean()))
     rec["query_phase"] = dict(peak_rss_bytes=query_peak.rss_peak, memory_budget_bytes=_memory_budget(n, points_bytes))
     del tree, tree_sample, tree_topk, runs
     if storage is not None:  # the disk-backed tree's files (N x k float64, twice) are not kept

@@ -416,3 +416,19 @@ def test_bench_runs_from_memmap_files(tmp_path):
     in_ram = bench.run_bench(bench.BenchConfig(**{**TINY, "sizes": (500,)}))["runs"][0]
     assert r["beta"] == in_ram["beta"]  # same data, same calibration
     assert r["topk"]["counters"] == in_ram["topk"]["counters"]
+
+
+def test_a_nested_phase_hides_no_peak_from_the_enclosing_one():
+    """The query phase encloses the timed operations, each of which resets the peak RSS: the
+    enclosing phase's peak still counts a 200 MB array that lived and died inside an earlier
+    nested phase (it would be lost if a reset erased it)."""
+    if bench._proc_status() is None or not bench._reset_rss_peak():
+        pytest.skip("no /proc/self/status or clear_refs on this system")
+    with bench._Peak(bench._rss_now()) as outer:
+        with bench._Peak(bench._rss_now()) as inner:
+            big = np.ones(25_000_000)                  # 200 MB, every page touched
+            del big
+        with bench._Peak(bench._rss_now()):
+            pass
+    assert inner.rss_peak >= 190e6
+    assert outer.rss_peak >= inner.rss_peak
