@@ -66,7 +66,8 @@ recorded beside the build's.
 ``--preset paper-scale`` runs N = 1e4, 1e5, 1e6 and 2e7 at k = 32 on the
 clustered data with depth 3 and with the depth of ``--depth auto``
 (``--data clustered clustered_auto``), 200 queries and 3 repeats, and
-judges ``TARGETS_LARGE`` at N = 2e7 for both; it needs about 13 GiB of RAM.
+judges ``TARGETS_LARGE`` at N = 2e7 for both; measured: 17 minutes and a
+peak of 12.1 GiB of RAM on the idle 2-core machine of reference/PERFORMANCE.md.
 
 Peak memory of the build is measured two ways: the process's peak resident
 set size during the build (Linux ``VmHWM``, reset at the start of the phase
@@ -228,7 +229,7 @@ FIT_FROM_N = 100_000
 
 #: ``--preset paper-scale``: N = 1e4, 1e5, 1e6 and 2e7 (exponents over all, and over 1e5 to 2e7), k = 32,
 #: the clustered data with depth 3 and with the depth of ``--depth auto`` side by side,
-#: 200 queries, 3 repeats (about 45 minutes on the 2-core machine of reference/PERFORMANCE.md).
+#: 200 queries, 3 repeats (17 minutes idle, 28 under load 2-4, on the 2-core machine of reference/PERFORMANCE.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-scale": dict(sizes=(10_000, 100_000, 1_000_000, LARGE_N), k=32, data=("clustered", "clustered_auto"),
                         queries=200, repeats=3),
@@ -1262,8 +1263,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "both = clustered isotropic (default: both)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="paper-scale: N = 1e4 1e5 1e6 2e7, k = 32, --data clustered clustered_auto, "
-                             "200 queries, 3 repeats, and the targets at N = 2e7 (about 45 minutes and "
-                             "13 GiB of RAM on 2 cores); options given explicitly override it")
+                             "200 queries, 3 repeats, and the targets at N = 2e7 (measured: 17 minutes and "
+                             "12.1 GiB of RAM at the peak on an idle 2-core machine); options given "
+                             "explicitly override it")
     parser.add_argument("--k", type=int, default=None, help=f"index dimension k (default: {d.k})")
     parser.add_argument("--queries", type=int, default=None,
                         help=f"queries timed per N (default: {d.queries}; with --quick: {QUICK['queries']})")
