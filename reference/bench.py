@@ -305,7 +305,7 @@ def _query_block(n: int, block_bytes: int = BRUTE_BLOCK_BYTES) -> int:
     return max(BRUTE_MIN_QUERIES, block_bytes // (8 * n))
 
 
-def _tiles(n: int, bq: int, tile: int | None) -> int:
+def _tiles(bq: int, tile: int | None) -> int:
     """Targets per tile of a brute-force block of ``bq`` queries: ``BRUTE_BLOCK_BYTES`` of logits.
 
     Up to N = ``BRUTE_BLOCK_BYTES / (8 BRUTE_MIN_QUERIES)`` (about 1e6) one tile holds all N
@@ -379,7 +379,7 @@ def brute_force_sample(points: Any, queries: Any, n: int, rng: np.random.Generat
     rng = check_rng(rng)
     N = Z.shape[0]
     bq = _query_block(N) if block is None else check_int(block, "block", low=1)
-    tile = _tiles(N, bq, tile)
+    tile = _tiles(bq, tile)
     ids = np.empty((Q.shape[0], n), np.int64)
     log_z = np.empty(Q.shape[0])
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
@@ -434,7 +434,7 @@ def brute_force_topk(points: Any, queries: Any, k: int, *, block: int | None = N
     N = Z.shape[0]
     k = check_int(k, "k", low=1, high=N)
     bq = _query_block(N) if block is None else check_int(block, "block", low=1)
-    tile = _tiles(N, bq, tile)
+    tile = _tiles(bq, tile)
     ids = np.empty((Q.shape[0], k), np.int64)
     vals = np.empty((Q.shape[0], k))
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
@@ -492,7 +492,7 @@ def streamed_perplexity(points: Any, queries: Any, *, tile: int | None = None) -
     Z, Q = _check_points_queries(points, queries)
     N = Z.shape[0]
     bq = _query_block(N)
-    tile = _tiles(N, bq, tile)
+    tile = _tiles(bq, tile)
     out = np.empty(Q.shape[0])
     for b0 in range(0, Q.shape[0], bq):  # a batching loop over blocks of queries
         b1 = min(b0 + bq, Q.shape[0])

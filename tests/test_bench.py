@@ -262,9 +262,9 @@ def test_tiled_brute_force_is_the_single_product():
     err = np.abs(np.log(bench.streamed_perplexity(Z, big, tile=37)) - np.log(bench.perplexity(A)))
     assert np.all(err <= Z.shape[0] * np.finfo(float).eps * np.abs(A).max(axis=1))
     assert np.all(bench.streamed_perplexity(Z, big, tile=500) == bench.perplexity(A))
-    assert bench._tiles(10**6, bench._query_block(10**6), None) >= 10**6     # one tile up to ~1e6
+    assert bench._tiles(bench._query_block(10**6), None) >= 10**6     # one tile up to ~1e6
     assert bench._query_block(2 * 10**7) == bench.BRUTE_MIN_QUERIES
-    assert bench._tiles(2 * 10**7, 32, None) * 32 * 8 == bench.BRUTE_BLOCK_BYTES
+    assert bench._tiles(32, None) * 32 * 8 == bench.BRUTE_BLOCK_BYTES
 
 
 def test_paper_scale_targets_and_preset(monkeypatch):
