@@ -164,6 +164,7 @@ MESSAGES: list[tuple[str, str, Callable[[Env], Any]]] = [
     ("select_landmarks", "method", lambda e: select_landmarks(e.G, 2, method="kmeans", rng=e.rng)),
     ("select_landmarks", "rng", lambda e: select_landmarks(e.G, 2, rng=None)),
     ("NystromMap", "cutoff", lambda e: NystromMap(cutoff=1.0)),
+    ("NystromMap", "cutoff", lambda e: NystromMap(cutoff=-1e-3)),   # each side of the range
     ("NystromMap", "ridge", lambda e: NystromMap(ridge=-1.0)),
     ("NystromMap.fit", "G0", lambda e: NystromMap().fit(Z(3), [0])),
     ("NystromMap.fit", "landmarks", lambda e: NystromMap().fit(e.G, [0, 0])),
