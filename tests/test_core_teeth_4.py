@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from reference import _fastpath, plain, sampling
-from reference.bounds import ROUNDING, adaptive_cut
+from reference.bounds import ROUNDING, adaptive_cut, log_partition_bracket
 from reference.softmax import topk_ids
 from reference.tree import Tree
 
@@ -135,3 +135,71 @@ def test_fast_topk_keeps_a_node_whose_bound_with_margin_equals_tau(block) -> Non
     ids, logits = sampling.topk(tree, Q, 2, block=block)
     assert ids.tolist() == want.tolist() == [[3, 0], [3, 0]]
     assert logits.tolist() == [[5.0, 1.0], [5.0, 1.0]]
+
+
+# --------------------------------------------------------------------------- refine_to_width's fallback
+
+
+def _redo_input() -> tuple[Tree, np.ndarray, float]:
+    """A tree, a query q and a tol for which refine_to_width's first refinement stops with its
+    running width exactly at the target while the width recomputed from the final entries is larger
+    (in its last bits): the "refined again to the end" path, reached without monkeypatching.
+
+    Found by search: for a candidate q, iterate t <- the running width of refine(q, tol=t) to a
+    fixed point w (refine then stops exactly at w, the same cut), keep q if the recomputed width is
+    > w with some entry still open (eps > 0), and take a tol whose target tol - 8 W_bound(q) is w."""
+    rng = np.random.default_rng(3)
+    tree = Tree.build(rng.standard_normal((300, 4)), branching=4, leaf_size=6, seed=0)
+    for _ in range(80):
+        q = rng.standard_normal((1, 4)) * 2.0
+        t = 0.5
+        for _ in range(8):
+            st = _fastpath.refine(tree, q, tol=np.array([t]))
+            w = float(st.bracket[1][0] - st.bracket[0][0])
+            if w == t:
+                break
+            t = w
+        else:
+            continue
+        lo, hi, _ = st.terms.bracket(st.ptr)
+        if not (hi[0] - lo[0] > w and (st.sorted("eps") > 0).any()):
+            continue
+        tol = w + 8.0 * float(_fastpath.bracket_rounding_bound(tree, np.linalg.norm(q, axis=1))[0])
+        for _ in range(8):
+            target = float(_fastpath.width_target(tree, q, tol)[0])
+            if target == w:
+                return tree, q[0], tol
+            tol = float(np.nextafter(tol, np.inf if target < w else -np.inf))
+    raise AssertionError("no candidate query reaches the fallback")  # pragma: no cover
+
+
+def test_refine_to_width_refines_again_to_the_end_when_the_recomputed_width_exceeds_the_target() -> None:
+    """refine_to_width (via the public adaptive_cut): a query whose recomputed bracket is still
+    wider than its target tol - 8 W_bound(q) is refined again to the end (every entry eps_v == 0);
+    the other queries of the batch keep their first cut; the counters add both refinements (rounds
+    included); the reported width is <= tol (here also for the redone query, whose cut is exact)."""
+    tree, q_redo, tol = _redo_input()
+    q_other = np.array([0.3, -0.2, 0.1, 0.4])
+    Q = np.stack([q_other, q_redo])
+    target = _fastpath.width_target(tree, Q, tol)
+    first = _fastpath.refine(tree, Q, tol=target)
+    lo, hi, _ = first.terms.bracket(first.ptr)
+    assert not hi[0] - lo[0] > target[0] and hi[1] - lo[1] > target[1], "precondition: only query 1 is redone"
+    again = _fastpath.refine(tree, Q[1:], tol=np.full(1, -np.inf))
+    assert (again.sorted("eps") == 0).all()
+
+    cut, counters = adaptive_cut(tree, Q, tol, return_counters=True)
+
+    def entries(query, node, target_, which):
+        return sorted((int(v), int(y)) for qq, v, y in zip(query, node, target_) if qq == which)
+
+    fq, fv, fy, _ = first.cut_fields()
+    aq, av, ay, _ = again.cut_fields()
+    assert entries(cut.query, cut.node, cut.target, 0) == entries(fq, fv, fy, 0)
+    assert entries(cut.query, cut.node, cut.target, 1) == entries(aq, av, ay, 0)
+    assert entries(cut.query, cut.node, cut.target, 1) != entries(fq, fv, fy, 1)
+    assert counters == dict(node_logits=first.node_logits + again.node_logits,
+                            target_logits=first.target_logits + again.target_logits,
+                            rounds=first.rounds + again.rounds)
+    lo, hi, _ = log_partition_bracket(tree, Q, cut)
+    assert (hi - lo <= tol).all()
