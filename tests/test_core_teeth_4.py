@@ -28,8 +28,13 @@ Deterministic: fixed seeds, searches over fixed candidate lists; no probabilisti
 
 from __future__ import annotations
 
+import functools
+import linecache
+import sys
+
 import numpy as np
 import pytest
+import scipy.special
 
 from reference import _fastpath, plain, sampling
 from reference.bounds import ROUNDING, adaptive_cut, log_partition_bracket
@@ -203,3 +208,174 @@ def test_refine_to_width_refines_again_to_the_end_when_the_recomputed_width_exce
                             rounds=first.rounds + again.rounds)
     lo, hi, _ = log_partition_bracket(tree, Q, cut)
     assert (hi - lo <= tol).all()
+
+
+# --------------------------------------------------------------------------- the cost rule at a tie
+
+_RULE = 'marked = pool["gain"] - tot["hat"][query]'   # the cost rule (the comparison follows)
+
+
+def _is_refine_body(code) -> bool:
+    """refine's body, whatever wraps it (it is the function with these locals in _fastpath)."""
+    return code.co_filename.endswith("_fastpath.py") and {"pool", "tot", "log_cost"} <= set(code.co_varnames + code.co_cellvars)
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_lines(code) -> list[int]:
+    """The lines of the cost rule in refine: the first test of the pool, then its re-test after
+    parked entries come back."""
+    found, n = [], code.co_firstlineno
+    while len(found) < 2 and n < code.co_firstlineno + 2000:
+        if linecache.getline(code.co_filename, n).strip().startswith(_RULE):
+            found.append(n)
+        n += 1
+    assert len(found) == 2, "refine's two cost-rule lines not found"
+    return found
+
+
+def _rule_gaps(fn, inject: tuple[int, int] | None = None) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Run ``fn`` and record, each time refine reaches one of its cost-rule lines, the very values
+    that line compares: (which line, round, pool queries, pool nodes, (gain - log Zhat) - log cost).
+
+    With ``inject=(line, steps)``, the first time refine reaches that line with a non-empty pool, the
+    log cost of the pool's entry nearest its cost is set to that entry's gain - log Zhat, computed
+    by the line's own expression (an exact tie), moved by ``steps`` floats (+1: one float above)."""
+    events: list = []
+    pending = [inject]
+
+    def local(frame, event, arg):
+        if event == "line":
+            lines = _rule_lines(frame.f_code)
+            if frame.f_lineno in lines:
+                f = frame.f_locals
+                pool, log_cost = f["pool"], f["log_cost"]
+                which = lines.index(frame.f_lineno)
+                lhs = pool["gain"] - f["tot"]["hat"][f["query"]]
+                if pending[0] is not None and pending[0][0] == which and lhs.size:
+                    i = int(np.argmax(lhs - log_cost[pool["node"]]))
+                    x = float(lhs[i])
+                    for _ in range(abs(pending[0][1])):
+                        x = float(np.nextafter(x, np.inf if pending[0][1] > 0 else -np.inf))
+                    log_cost[pool["node"][i]] = x   # refine's own array: the rule reads it next
+                    pending[0] = None
+                events.append((which, f["rounds"], pool["query"].copy(), pool["node"].copy(),
+                               lhs - log_cost[pool["node"]]))
+        return local
+
+    old = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local if _is_refine_body(frame.f_code) else None)
+    try:
+        fn()
+    finally:
+        sys.settrace(old)
+    assert pending[0] is None or inject is None, "the line to inject a tie at was not reached"
+    return events
+
+
+def _gap(events, line: int, rnd: int, node: int) -> float | None:
+    for which, r, _, nodes, gap in events:
+        if which == line and r == rnd and node in nodes:
+            return float(gap[np.flatnonzero(nodes == node)[0]])
+    return None
+
+
+def _find_tie(tree: Tree, kw: dict, line: int, seed: int, n0: int) -> tuple[np.ndarray, int, int, int] | None:
+    """A query q and a number of draws n for which refine(tree, q, n_draws=n, **kw) reaches cost-rule
+    line ``line`` with an entry whose two sides are exactly equal, or None.
+
+    From a random q and n0 draws: the entry closest below its cost at that line must also be the
+    closest over every test of its round and the earlier ones (log n shifts every entry's gain
+    alike, so it is the first of them to reach its cost as n grows; the run's decisions up to its
+    round stay the same until it does); n is raised to bring
+    it within log(1 + 1/n) of its cost, and q moved along a random direction u (q + t u, t by
+    bisection down to adjacent floats) to bring it exactly to its cost."""
+    rng = np.random.default_rng(seed)
+    q0, u = rng.standard_normal(tree.dim) * 2.0, rng.standard_normal(tree.dim)
+    # The tree's last coordinate is 1 for every target: q0's shifts every logit alike, so that
+    # log Zhat is near 0.3 and gain - log Zhat is computed to the precision of log cost (with
+    # both sides large, their difference would lie on a coarser grid than log cost: no exact tie).
+    u[-1] = 0.0
+    q0[-1] = 0.0
+    q0[-1] = 0.3 - float(scipy.special.logsumexp(tree.points @ q0))
+
+    def gaps(t: float, n: int) -> list:
+        return _rule_gaps(lambda: _fastpath.refine(tree, (q0 + t * u)[None, :], n_draws=n, **kw))
+
+    events = gaps(0.0, n0)
+    tested = [(float(g), r, int(v)) for which, r, _, nodes, gs in events if which == line
+              for v, g in zip(nodes, gs) if g < 0]
+    if not tested:
+        return None
+    g0, rnd, v = max(tested)
+    # No entry of that round or an earlier one may reach its cost first (later rounds may).
+    if any(g > g0 for _, r, _, _, gs in events if r <= rnd for g in gs[gs < 0]):
+        return None
+    n = int(np.floor(n0 * np.exp(-g0)))
+    g0 = _gap(gaps(0.0, n), line, rnd, v)
+    if g0 is None or not g0 < 0:
+        return None
+    g1 = _gap(gaps(1e-6, n), line, rnd, v)
+    if g1 is None or g1 == g0:
+        return None
+    lo, hi = 0.0, -g0 * 1e-6 / (g1 - g0) * 1.5    # the gap is < 0 at lo, not (or gone) at hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        g = _gap(gaps(mid, n), line, rnd, v)
+        lo, hi = (mid, hi) if g is not None and g < 0 else (lo, mid)
+    if _gap(gaps(hi, n), line, rnd, v) != 0.0:
+        return None
+    return q0 + hi * u, n, rnd, v
+
+
+@pytest.fixture(scope="module")
+def cost_tree() -> Tree:
+    z = np.random.default_rng(0).standard_normal((400, 3))
+    return Tree.build(np.c_[z, np.ones(400)], branching=4, leaf_size=8, seed=0)
+
+
+def test_cost_rule_does_not_expand_an_entry_whose_gain_equals_its_cost(cost_tree) -> None:
+    """refine's cost rule expands v when n (U_v - n_v exp(s_v)) / Zhat > cost_v, strictly (in logs:
+    gain - log Zhat > log cost). At an exact float tie of the two sides, reached by a query found by
+    search (no injection), v is not expanded: with the cost rule alone it is final, an entry of the
+    returned cut."""
+    kw = dict(exact_leaves=True, full_count=30)
+    for seed in range(10):
+        found = _find_tie(cost_tree, kw, 0, seed, 64)
+        if found is not None:
+            break
+    assert found is not None, "no exact tie found"
+    q, n, _, v = found
+    st = _fastpath.refine(cost_tree, q[None, :], n_draws=n, **kw)
+    _, node, _, _ = st.cut_fields()
+    assert v in node.tolist()
+
+
+@pytest.mark.parametrize("line, kw", [(0, dict(n_draws=2, exact_leaves=True, full_count=30)),
+                                      (1, dict(tol=0.3, n_draws=16, exact_leaves=True))],
+                         ids=["first test", "re-test after parked entries return"])
+def test_cost_rule_is_strict_at_an_injected_tie(cost_tree, line: int, kw: dict) -> None:
+    """Both places the cost rule is applied (the pool's first test of a round, and its re-test after
+    parked entries return) expand an entry only when its gain over Zhat exceeds its cost strictly.
+    Arithmetic rarely puts the re-test at an exact tie (the entry nearest its cost in the re-test
+    was nearer still in an earlier round), so the tie is injected: the log cost refine compares
+    with is set, in refine's own array at that line, to exactly the gain - log Zhat it compares.
+    The run must be the run whose cost is one float above (not expanded); on these queries it
+    differs from the run whose cost is one float below (expanded): the decision reaches the cut."""
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        q = rng.standard_normal(cost_tree.dim) * 2.0
+
+        def run(steps: int):
+            out = []
+            _rule_gaps(lambda: out.append(_fastpath.refine(cost_tree, q[None, :], **kw)), (line, steps))
+            st = out[0]
+            return sorted(zip(*(a.tolist() for a in st.cut_fields()[:3]))), \
+                (st.node_logits, st.target_logits, st.rounds)
+
+        above, tie, below = run(1), run(0), run(-1)
+        if above != below:
+            break
+    assert above != below, "precondition: the decision at the injected tie reaches the cut"
+    assert tie == above
