@@ -16,8 +16,11 @@ one mutant:
   rule of ``plain.topk`` (a child with ub_c == tau is kept), the fast top-k's pruning of nodes and
   children (``ub + margin >= tau``), each on a tree damaged so that a target of the exact top-k sits
   exactly on its leaf's bound; and the cost rule of ``reference._fastpath.refine`` (an entry is
-  expanded when its gain over Zhat exceeds its cost strictly), at an exact float tie found by a
-  search that reads the very values the rule compares.
+  expanded when its gain over Zhat exceeds its cost strictly), at an exact float tie: at the
+  pool's first test, for a query found by a search that reads the very values the rule compares
+  (a settrace hook on refine); at both tests (the first, and the re-test after parked entries
+  return, which arithmetic rarely puts at a tie), by setting refine's own log-cost entry to the
+  exact value compared with it.
 - the documented fallback of ``refine_to_width`` (a query whose recomputed bracket is still wider
   than its target is refined again to the end), reached by a real input, no monkeypatching: a
   target equal to the width the refinement's running sums reach, where the recomputed width is
@@ -175,7 +178,7 @@ def _redo_input() -> tuple[Tree, np.ndarray, float]:
             if target == w:
                 return tree, q[0], tol
             tol = float(np.nextafter(tol, np.inf if target < w else -np.inf))
-    raise AssertionError("no candidate query reaches the fallback")  # pragma: no cover
+    raise AssertionError("no candidate query reaches the fallback")
 
 
 def test_refine_to_width_refines_again_to_the_end_when_the_recomputed_width_exceeds_the_target() -> None:
@@ -217,7 +220,8 @@ _RULE = 'marked = pool["gain"] - tot["hat"][query]'   # the cost rule (the compa
 
 def _is_refine_body(code) -> bool:
     """refine's body, whatever wraps it (it is the function with these locals in _fastpath)."""
-    return code.co_filename.endswith("_fastpath.py") and {"pool", "tot", "log_cost"} <= set(code.co_varnames + code.co_cellvars)
+    names = set(code.co_varnames + code.co_cellvars)
+    return code.co_filename.endswith("_fastpath.py") and {"pool", "tot", "log_cost"} <= names
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,7 +237,7 @@ def _rule_lines(code) -> list[int]:
     return found
 
 
-def _rule_gaps(fn, inject: tuple[int, int] | None = None) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+def _rule_gaps(fn, inject: tuple[int, int] | None = None) -> list[tuple]:
     """Run ``fn`` and record, each time refine reaches one of its cost-rule lines, the very values
     that line compares: (which line, round, pool queries, pool nodes, (gain - log Zhat) - log cost).
 
@@ -279,16 +283,16 @@ def _gap(events, line: int, rnd: int, node: int) -> float | None:
     return None
 
 
-def _find_tie(tree: Tree, kw: dict, line: int, seed: int, n0: int) -> tuple[np.ndarray, int, int, int] | None:
-    """A query q and a number of draws n for which refine(tree, q, n_draws=n, **kw) reaches cost-rule
-    line ``line`` with an entry whose two sides are exactly equal, or None.
+def _find_tie(tree: Tree, kw: dict, seed: int, n0: int) -> tuple[np.ndarray, int, int, int] | None:
+    """A query q and a number of draws n for which refine(tree, q, n_draws=n, **kw) (no ``tol``: the
+    cost rule's first test only) meets an entry whose two sides are exactly equal; or None.
 
-    From a random q and n0 draws: the entry closest below its cost at that line must also be the
-    closest over every test of its round and the earlier ones (log n shifts every entry's gain
-    alike, so it is the first of them to reach its cost as n grows; the run's decisions up to its
-    round stay the same until it does); n is raised to bring
-    it within log(1 + 1/n) of its cost, and q moved along a random direction u (q + t u, t by
-    bisection down to adjacent floats) to bring it exactly to its cost."""
+    From a random q and n0 draws: the entry closest below its cost must also be the closest over
+    every test of its round and the earlier ones (log n shifts every entry's gain alike, so it is
+    the first of them to reach its cost as n grows, and the decisions up to its round stay the same
+    until it does); n is raised to bring it within log(1 + 1/n) of its cost, and q moved along a
+    random direction u (q + t u, t by bisection down to adjacent floats) to bring it exactly there."""
+    line = 0
     rng = np.random.default_rng(seed)
     q0, u = rng.standard_normal(tree.dim) * 2.0, rng.standard_normal(tree.dim)
     # The tree's last coordinate is 1 for every target: q0's shifts every logit alike, so that
@@ -342,7 +346,7 @@ def test_cost_rule_does_not_expand_an_entry_whose_gain_equals_its_cost(cost_tree
     returned cut."""
     kw = dict(exact_leaves=True, full_count=30)
     for seed in range(10):
-        found = _find_tie(cost_tree, kw, 0, seed, 64)
+        found = _find_tie(cost_tree, kw, seed, 64)
         if found is not None:
             break
     assert found is not None, "no exact tie found"
