@@ -7,7 +7,8 @@ one mutant:
   iterations is recomputed from its definition (the Voronoi cells of the means of the partition
   after i - 1 iterations) by a short independent loop, for i = 1..4. The seeding is not recomputed:
   Lloyd iterations draw no random numbers, so the build with ``kmeans_iters=i - 1`` and the same
-  seed starts from the same centers, and its root partition *is* the partition after i - 1 steps.
+  seed starts from the same centers, and its root partition *is* the partition after i - 1 steps
+  (with no step at all, it must be the Voronoi partition of some b of the points).
   What is compared is a partition of ids; no float is compared bit for bit, and the test first
   checks that no point is within 1e-9 (relative) of two cells, so the last bits of the distances
   (NumPy version, BLAS) cannot change it. A golden digest of one tree would pin the same thing but
@@ -32,6 +33,7 @@ Deterministic: fixed seeds, searches over fixed candidate lists; no probabilisti
 from __future__ import annotations
 
 import functools
+import itertools
 import linecache
 import sys
 
@@ -52,14 +54,20 @@ def _root_partition(tree: Tree) -> list[tuple[int, ...]]:
     return sorted(tuple(sorted(tree.order[tree.start[c]:tree.stop[c]].tolist())) for c in kids)
 
 
+def _voronoi(z: np.ndarray, centers: np.ndarray) -> list[tuple[int, ...]]:
+    """The non-empty cells of the nearest-center partition of the rows of z."""
+    d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    lab = d2.argmin(axis=1)
+    return sorted(tuple(np.flatnonzero(lab == j).tolist()) for j in range(len(centers)) if (lab == j).any())
+
+
 def _lloyd_step(z: np.ndarray, cells: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """One Lloyd step from its definition: the means of the cells, then each point's nearest mean."""
     centers = np.array([z[list(c)].mean(axis=0) for c in cells])
     d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
     two = np.sort(d2, axis=1)[:, :2]
     assert (two[:, 1] - two[:, 0]).min() > 1e-9 * d2.max(), "precondition: no point on the border of two cells"
-    lab = d2.argmin(axis=1)
-    return sorted(tuple(np.flatnonzero(lab == j).tolist()) for j in range(len(cells)) if (lab == j).any())
+    return _voronoi(z, centers)
 
 
 # Seven points on a line (a second coordinate only breaks exact distance ties). With three
@@ -73,10 +81,15 @@ _LINE = np.c_[[-1.75, -1.25, 1.25, 1.75, -1.5, 4.0, -0.75], 0.01 * np.sqrt(np.ar
 def test_build_root_partition_is_lloyd_from_the_seeding(seed: int) -> None:
     """Tree.build's root split after i Lloyd iterations is one Lloyd step (means, then nearest mean,
     computed here) from its split after i - 1 iterations, with the same seed (the same k-means++
-    seeding: Lloyd draws no random numbers), for i = 1..4. The subsample is every point (7 <= the
-    Lloyd and seeding samples); no cell empties on this input (checked: 3 children every time)."""
+    seeding: Lloyd draws no random numbers), for i = 1..4; and its split with no Lloyd step is the
+    Voronoi partition of three of the points (the seeding draws points). The subsample is every
+    point (7 <= the Lloyd and seeding samples); no cell empties on this input (checked: 3 children
+    every time)."""
     z = _LINE
     prev = _root_partition(Tree.build(z, branching=3, leaf_size=2, seed=seed, kmeans_iters=0))
+    # With no Lloyd step, the cells are those of the seeding's centers, three of the points
+    # (k-means++ draws points): some three points have exactly these Voronoi cells.
+    assert any(_voronoi(z, z[list(c)]) == prev for c in itertools.combinations(range(len(z)), 3))
     for iters in range(1, 5):
         assert len(prev) == 3, "precondition: no empty cluster (an empty one keeps its center)"
         got = _root_partition(Tree.build(z, branching=3, leaf_size=2, seed=seed, kmeans_iters=iters))
