@@ -71,8 +71,8 @@ def _lloyd_step(z: np.ndarray, cells: list[tuple[int, ...]]) -> list[tuple[int, 
 
 
 # Seven points on a line (a second coordinate only breaks exact distance ties). With three
-# clusters, about one k-means++ seeding in ten (seeds 9 and 13 below) has a cell that shrinks to one
-# point other than its center after the first step: the step that moves that center to its point
+# clusters, about one k-means++ seeding in ten (seeds 9 and 13 below) has a cell that shrinks, after
+# a Lloyd step, to one point other than its center: the step that moves that center to its point
 # is then seen in the next partition.
 _LINE = np.c_[[-1.75, -1.25, 1.25, 1.75, -1.5, 4.0, -0.75], 0.01 * np.sqrt(np.arange(7.0))]
 
@@ -198,7 +198,8 @@ def test_refine_to_width_refines_again_to_the_end_when_the_recomputed_width_exce
     """refine_to_width (via the public adaptive_cut): a query whose recomputed bracket is still
     wider than its target tol - 8 W_bound(q) is refined again to the end (every entry eps_v == 0);
     the other queries of the batch keep their first cut; the counters add both refinements (rounds
-    included); the reported width is <= tol (here also for the redone query, whose cut is exact)."""
+    included); the reported width is <= tol, for the redone query too (its cut exhausted: every
+    eps_v == 0)."""
     tree, q_redo, tol = _redo_input()
     q_other = np.array([0.3, -0.2, 0.1, 0.4])
     Q = np.stack([q_other, q_redo])
