@@ -120,7 +120,12 @@ def test_conformance_modules_follow_the_tree(run, tmp_path) -> None:
     assert run.all_modules(tmp_path)[: len(run.CORE_MODULES)] == list(run.CORE_MODULES)
 
 
-def test_arguments(run, capsys) -> None:
+def test_arguments(run, capsys, monkeypatch) -> None:
+    def no_run(*args, **kwargs):
+        raise AssertionError("the arguments were accepted: a mutation run would start")
+
+    monkeypatch.setattr(run, "open_workdir", no_run)
+    monkeypatch.setattr(run, "copy_tree", no_run)
     with pytest.raises(SystemExit) as info:
         run.main(["--seeds", "0"])
     assert info.value.code == 2
@@ -325,7 +330,13 @@ def test_recheck_report_is_one_table_per_entry_without_a_score(run, tmp_path) ->
     (["--recheck", "--names", "reference.softmax.x_f__mutmut_1", "topk_ids"],
      "--names: expected mutmut names such as reference.softmax.x_topk_ids__mutmut_3, got ['topk_ids']"),
 ])
-def test_recheck_arguments(run, capsys, argv, message) -> None:
+def test_recheck_arguments(run, capsys, monkeypatch, argv, message) -> None:
+    """Bad combinations are refused before anything runs (were one accepted, the guard stops the run)."""
+    def no_run(*args, **kwargs):
+        raise AssertionError("the arguments were accepted: a mutation run would start")
+
+    monkeypatch.setattr(run, "open_workdir", no_run)
+    monkeypatch.setattr(run, "copy_tree", no_run)
     with pytest.raises(SystemExit) as info:
         run.main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err

@@ -736,6 +736,7 @@ def recheck(args: argparse.Namespace) -> int:
         return 0
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
+    commit = git_describe()           # of the tree copied now, whatever happens here during the run
     workdir = open_workdir(args)
     if workdir is None:
         return 2
@@ -775,7 +776,7 @@ def recheck(args: argparse.Namespace) -> int:
         run = dict(
             command=f"{command} --max-children {args.max_children}", recheck=True, entries=entries,
             selection=selection, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            commit=git_describe(), mutmut=mutmut.__version__, python=platform.python_version(),
+            commit=commit, mutmut=mutmut.__version__, python=platform.python_version(),
             cpus=os.cpu_count(), wall=time.monotonic() - t0, load=(load_before, os.getloadavg()[0]), rc=rc)
         (workdir / "run.json").write_text(json.dumps(run, indent=1))
         counts = write_recheck_report(args.report, run, rows, status, killers, tests)
@@ -903,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
+    commit = git_describe()           # of the tree copied now, whatever happens here during the run
     workdir = open_workdir(args)
     if workdir is None:
         return 2
@@ -926,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
             command=f"python tests/mutation/run.py --seed {' '.join(map(str, seeds))} --per-module {args.per_module} "
                     f"--modules {' '.join(args.modules)} --max-children {args.max_children}",
             seeds=seeds, seed_origin=origin, per_module=args.per_module, modules=args.modules,
-            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=git_describe(),
+            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit,
             mutmut=mutmut.__version__, python=platform.python_version(), cpus=os.cpu_count(),
             wall=time.monotonic() - t0, load=(load_before, os.getloadavg()[0]), rc=rc)
         (workdir / "run.json").write_text(json.dumps(run, indent=1))
