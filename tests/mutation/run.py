@@ -88,6 +88,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -352,7 +353,7 @@ class Recheck:
 
 
 def resolve(entry: str, verdict: Verdict | None, mutants_by_module: dict[str, list[Mutant]],
-            diff=Mutant.diff) -> Recheck:
+            diff: Callable[[Mutant], str] = Mutant.diff) -> Recheck:
     """The mutant that a survivors.md entry (or a bare mutmut name) denotes in the present code.
 
     An entry (``verdict`` given) is matched by ``lookup``, the matching that gives a sampled
@@ -758,9 +759,9 @@ def recheck(args: argparse.Namespace) -> int:
             print(f"{row.entry}: {row.match}", flush=True)
         if args.dry_run:
             return 0
-        sample = {module: [] for module in modules}
-        for row in rows:
-            if row.mutant is not None and row.mutant not in sample[row.module]:
+        sample: dict[str, list[Mutant]] = {module: [] for module in modules}
+        for row in rows:                  # two entries may denote one mutant: it runs once
+            if row.mutant is not None and all(m.name != row.mutant.name for m in sample[row.module]):
                 sample[row.module].append(row.mutant)
         names = [m.name for ms in sample.values() for m in ms]
         log = workdir / "mutmut.log"
