@@ -120,7 +120,12 @@ def test_conformance_modules_follow_the_tree(run, tmp_path) -> None:
     assert run.all_modules(tmp_path)[: len(run.CORE_MODULES)] == list(run.CORE_MODULES)
 
 
-def test_arguments(run, capsys) -> None:
+def test_arguments(run, capsys, monkeypatch) -> None:
+    def no_run(*args, **kwargs):
+        raise AssertionError("the arguments were accepted: a mutation run would start")
+
+    monkeypatch.setattr(run, "open_workdir", no_run)
+    monkeypatch.setattr(run, "copy_tree", no_run)
     with pytest.raises(SystemExit) as info:
         run.main(["--seeds", "0"])
     assert info.value.code == 2
@@ -130,3 +135,208 @@ def test_arguments(run, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         run.main(["--modules", "persist"])
     assert info.value.code == 2 and "persist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --recheck
+
+def _diff(old: str, new: str) -> str:
+    return f"--- a/reference/m.py\n+++ b/reference/m.py\n@@ -1,3 +1,3 @@\n x = 1\n-{old}\n+{new}\n y = 2\n"
+
+
+def _survivors_md(entries) -> str:
+    """A survivors.md in the documented format: (name, verdict, diff) per entry."""
+    blocks = ["# Surviving mutants\n\nSome prose; a `- verdict: equivalent` quoted in it is not an entry.\n"]
+    for name, verdict, diff in entries:
+        blocks.append(f"### {name}\n\n- verdict: {verdict}\n- reason: because\n\n```diff\n{diff}```\n")
+    return "\n".join(blocks)
+
+
+def test_module_of_reads_the_module_from_a_mutmut_name(run) -> None:
+    assert run.module_of("reference.softmax.x_topk_ids__mutmut_3") == "softmax"
+    assert run.module_of("reference._fastpath.x_refine__mutmut_341") == "_fastpath"
+    assert run.module_of("reference.tree.xǁTreeǁ_reindex__mutmut_66") == "tree"
+    assert run.module_of("reference.conformance.kit.xǁKitǁrun__mutmut_1") == "conformance/kit"
+    for bad in ("softmax.x_f__mutmut_1", "reference.x_f__mutmut_1", "reference.softmax.x_f", "reference..x_f__mutmut_1",
+                "tests.softmax.x_f__mutmut_1", ""):
+        with pytest.raises(ValueError, match=r"^name: expected a mutmut name .*, got '"):
+            run.module_of(bad)
+
+
+def test_recheck_selects_the_entries_not_yet_killed_in_the_files_order(run, tmp_path) -> None:
+    d1, d2 = _diff("a = b", "a = c"), _diff("p < q", "p <= q")
+    path = tmp_path / "survivors.md"
+    path.write_text(_survivors_md([
+        ("reference.tree.x_f__mutmut_9", "not yet killed", d1),
+        ("reference.softmax.x_g__mutmut_2", "equivalent", d2),
+        ("reference.plain.x_h__mutmut_1", "Not yet killed", d2),        # verdicts are read case-insensitively
+        ("reference.bounds.x_k__mutmut_4", "killed by a test, confirm", d1),
+        ("reference.dynamic.x_m__mutmut_7", "not yet killed", d1),
+    ]))
+    verdicts = run.read_survivors(path)
+    assert run.select_entries(verdicts) == ["reference.tree.x_f__mutmut_9", "reference.plain.x_h__mutmut_1",
+                                            "reference.dynamic.x_m__mutmut_7"]
+    # --names: exactly those, in the order given, once each, whatever their verdict (or none)
+    names = ["reference.softmax.x_g__mutmut_2", "reference.nystrom.x_z__mutmut_1", "reference.softmax.x_g__mutmut_2"]
+    assert run.select_entries(verdicts, names) == names[:2]
+    assert run.select_entries({}) == []
+
+
+def _module_mutants(run, module: str, functions: dict[str, list[str]]):
+    """Stand-in mutants of ``module``: per function, its mutants' diffs in mutmut's order."""
+    out, diffs = [], {}
+    for function, function_diffs in functions.items():
+        for i, diff in enumerate(function_diffs):
+            m = run.Mutant(name=f"reference.{module}.x_{function}__mutmut_{i + 1}", module=module,
+                           path=f"reference/{module}.py", function=function, line=i, excluded=None)
+            out.append(m)
+            diffs[m.name] = diff
+    return out, diffs
+
+
+def test_recheck_finds_each_entry_by_name_or_by_function_and_diff_else_stale(run) -> None:
+    a, b, c, d = (_diff("a = b", "a = c"), _diff("p < q", "p <= q"), _diff("n + 1", "n - 1"), _diff("k", "None"))
+    mutants, diffs = _module_mutants(run, "tree", {"f": [a, b, c], "g": [d, a]})
+    by_module = {"tree": mutants, "softmax": []}
+
+    def resolve(entry, diff):
+        verdict = None if diff is None else run.Verdict("not yet killed", "", run.changed_lines(diff))
+        row = run.resolve(entry, verdict, by_module, diff=lambda m: diffs[m.name])
+        return (row.mutant.name if row.mutant else None), row.match
+
+    # its name, with its diff
+    assert resolve("reference.tree.x_f__mutmut_2", b) == ("reference.tree.x_f__mutmut_2", "by name")
+    # renumbered: the name now holds another mutation; the one of the entry's diff runs under its new name
+    assert resolve("reference.tree.x_f__mutmut_1", c) == (
+        "reference.tree.x_f__mutmut_3", "by function and diff: now `reference.tree.x_f__mutmut_3`")
+    assert resolve("reference.tree.x_f__mutmut_7", b)[0] == "reference.tree.x_f__mutmut_2"   # the name is gone
+    assert resolve("reference.tree.x_g__mutmut_1", a) == (
+        "reference.tree.x_g__mutmut_2", "by function and diff: now `reference.tree.x_g__mutmut_2`")
+    # the same diff in another function does not match (f's mutant 1 and g's mutant 2 have diff a)
+    assert resolve("reference.tree.x_h__mutmut_1", a) == (
+        None, "stale: no mutant of this name, and no mutant of its function has the entry's diff")
+    # stale: the name holds another diff and no mutant of its function has the entry's
+    assert resolve("reference.tree.x_g__mutmut_1", b) == (
+        None, "stale: the mutant of this name has another diff, and no other mutant of its function has the entry's")
+    assert resolve("reference.tree.x_f__mutmut_9", d)[0] is None
+    # a module the runner does not mutate (or no longer has), and not a mutmut name at all
+    assert resolve("reference.persist.x_f__mutmut_1", a) == (None, "stale: not a module the runner mutates")
+    assert resolve("persist.f", a) == (None, "stale: not a mutmut name")
+    # a name with no survivors.md entry: the mutant of that name, with no diff to compare
+    assert resolve("reference.tree.x_g__mutmut_1", None) == ("reference.tree.x_g__mutmut_1",
+                                                              "by name (no survivors.md entry)")
+    assert resolve("reference.tree.x_g__mutmut_3", None) == (None, "stale: no mutant of this name")
+
+
+def test_recheck_prefers_the_named_mutant_when_two_of_a_function_have_the_entrys_diff(run) -> None:
+    a = _diff("a = b", "a = c")
+    mutants, diffs = _module_mutants(run, "plain", {"f": [a, a]})
+    verdict = run.Verdict("not yet killed", "", run.changed_lines(a))
+    row = run.resolve("reference.plain.x_f__mutmut_2", verdict, {"plain": mutants}, diff=lambda m: diffs[m.name])
+    assert row.mutant is mutants[1] and row.match == "by name"
+
+
+def test_recheck_uses_the_matching_that_gives_a_sampled_survivor_its_verdict(run, monkeypatch) -> None:
+    """One matcher: resolve finds nothing that lookup (the sampled run's matcher) does not confirm."""
+    a = _diff("a = b", "a = c")
+    mutants, diffs = _module_mutants(run, "tree", {"f": [a]})
+    verdict = run.Verdict("not yet killed", "", run.changed_lines(a))
+    calls = []
+    monkeypatch.setattr(run, "lookup", lambda verdicts, m, diff: calls.append(m.name) or (None, False))
+    row = run.resolve("reference.tree.x_f__mutmut_1", verdict, {"tree": mutants}, diff=lambda m: diffs[m.name])
+    assert row.mutant is None and row.match.startswith("stale") and calls == ["reference.tree.x_f__mutmut_1"]
+
+
+class _Report:
+    def __init__(self, nodeid: str, failed: bool, when: str = "call") -> None:
+        self.nodeid, self.failed, self.when = nodeid, failed, when
+
+
+def test_the_kill_recorder_keeps_each_mutants_first_failing_test(run, tmp_path, monkeypatch) -> None:
+    kills = tmp_path / "kills.tsv"
+    monkeypatch.delenv(run.KILLS_ENV, raising=False)
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "reference.tree.x_f__mutmut_1")
+    run.pytest_runtest_logreport(_Report("tests/test_a.py::test_x", True))
+    assert not kills.exists()                                   # without the variable: nothing written
+    monkeypatch.setenv(run.KILLS_ENV, str(kills))
+    for mutant, nodeid, failed, when in [
+        ("fail", "tests/test_a.py::test_forced", True, "call"),    # mutmut's forced-failure run
+        ("reference.tree.x_f__mutmut_1", "tests/test_a.py::test_passes", False, "call"),
+        ("reference.tree.x_f__mutmut_1", "tests/test_a.py::test_x", True, "call"),
+        ("reference.tree.x_f__mutmut_1", "tests/test_a.py::test_x", True, "teardown"),
+        ("reference.tree.x_g__mutmut_2", "tests/test_b.py::test_y[1-2]", True, "setup"),
+    ]:
+        monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+        run.pytest_runtest_logreport(_Report(nodeid, failed, when))
+    names = {"reference.tree.x_f__mutmut_1", "reference.tree.x_g__mutmut_2", "reference.tree.x_h__mutmut_3"}
+    assert run.read_kills(kills, names) == {"reference.tree.x_f__mutmut_1": "tests/test_a.py::test_x",
+                                            "reference.tree.x_g__mutmut_2": "tests/test_b.py::test_y[1-2] (setup)"}
+    assert run.read_kills(tmp_path / "none.tsv", names) == {}
+
+
+def test_work_copy_of_a_recheck_loads_the_kill_recorder(run, tmp_path) -> None:
+    (tmp_path / "pyproject.toml").write_text((RUN_PY.parents[2] / "pyproject.toml").read_text())
+    run.add_kill_recorder(tmp_path)
+    text = (tmp_path / "pyproject.toml").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("pytest_add_cli_args = ["))
+    assert line.endswith(', "-p", "tests.mutation.run"]') and "tests.mutation.pytest_guard" in line
+    assert run.KILL_RECORDER == "tests.mutation.run" and RUN_PY.parent.name == "mutation"
+    assert "pytest_add_cli_args_test_selection = [\n" in text             # the other list untouched
+    (tmp_path / "pyproject.toml").write_text("[tool.mutmut]\n")
+    with pytest.raises(RuntimeError, match="pytest_add_cli_args"):
+        run.add_kill_recorder(tmp_path)
+
+
+def test_recheck_report_is_one_table_per_entry_without_a_score(run, tmp_path) -> None:
+    mutants, _ = _module_mutants(run, "tree", {"f": ["", "", "", ""]})
+    mutants[3].excluded = "raise"
+    rows = [run.Recheck("reference.tree.x_f__mutmut_1", "tree", mutants[0], "by name"),
+            run.Recheck("reference.tree.x_f__mutmut_9", "tree", mutants[1], "by function and diff: now `x`"),
+            run.Recheck("reference.tree.x_f__mutmut_3", "tree", mutants[2], "by name"),
+            run.Recheck("reference.tree.x_g__mutmut_1", "tree", None, "stale: no mutant of this name"),
+            run.Recheck("reference.tree.x_f__mutmut_4", "tree", mutants[3], "by name")]
+    status = {mutants[0].name: "killed", mutants[1].name: "survived", mutants[2].name: "timeout",
+              mutants[3].name: "killed"}
+    killers = {mutants[0].name: "tests/test_t.py::test_a", mutants[1].name: "tests/test_t.py::test_never",
+               mutants[2].name: "tests/test_t.py::test_slow"}
+    tests = {mutants[0].name: ["t1", "t2"], mutants[1].name: ["t1"], mutants[2].name: [], mutants[3].name: ["t3"]}
+    rec = dict(command="python tests/mutation/run.py --recheck", date="2026-12-06 00:00 UTC", commit="abc",
+               mutmut="3.8.1", python="3.11", cpus=2, wall=90.0, load=(1.0, 2.0), rc=0,
+               selection="the 5 entries of survivors.md with verdict `not yet killed`")
+    counts = run.write_recheck_report(tmp_path / "r.md", rec, rows, status, killers, tests)
+    text = (tmp_path / "r.md").read_text()
+    assert counts == {"killed": 2, "survived": 1, "timeout": 1, "stale": 1}
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table == [
+        "| entry | module | result | killed by | mutant run | tests calling it |",
+        "|---|---|---|---|---|---|",
+        "| `reference.tree.x_f__mutmut_1` | tree | killed | `tests/test_t.py::test_a` | by name | 2 |",
+        "| `reference.tree.x_f__mutmut_9` | tree | survived |  | by function and diff: now `x` | 1 |",
+        "| `reference.tree.x_f__mutmut_3` | tree | timeout | `tests/test_t.py::test_slow` | by name | 0 |",
+        "| `reference.tree.x_g__mutmut_1` | tree | stale |  | stale: no mutant of this name |  |",
+        "| `reference.tree.x_f__mutmut_4` | tree | killed |  | by name (inside a raise: a sample leaves it out) | 1 |",
+    ]
+    assert "- results: killed 2, stale 1, survived 1, timeout 1" in text
+    assert "- rechecked: the 5 entries of survivors.md with verdict `not yet killed`" in text
+    assert "score" not in text.replace("it gives no score", "")
+    # a mutant the run did not reach
+    run.write_recheck_report(tmp_path / "r2.md", rec, rows[:1], {}, {}, {})
+    assert "| tree | not checked |" in (tmp_path / "r2.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--names", "reference.softmax.x_f__mutmut_1"], "--names: only with --recheck"),
+    (["--recheck", "--seed", "3"], "--recheck runs named mutants, not a sample: --seed does not apply"),
+    (["--recheck", "--per-module", "5", "--modules", "tree"], "--per-module, --modules does not apply"),
+    (["--recheck", "--names", "reference.softmax.x_f__mutmut_1", "topk_ids"],
+     "--names: expected mutmut names such as reference.softmax.x_topk_ids__mutmut_3, got ['topk_ids']"),
+])
+def test_recheck_arguments(run, capsys, monkeypatch, argv, message) -> None:
+    """Bad combinations are refused before anything runs (were one accepted, the guard stops the run)."""
+    def no_run(*args, **kwargs):
+        raise AssertionError("the arguments were accepted: a mutation run would start")
+
+    monkeypatch.setattr(run, "open_workdir", no_run)
+    monkeypatch.setattr(run, "copy_tree", no_run)
+    with pytest.raises(SystemExit) as info:
+        run.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err

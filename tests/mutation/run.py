@@ -8,6 +8,8 @@ Usage (from the repository root, after ``python -m pip install -e ".[test,mutati
     python tests/mutation/run.py --seed 4242     # a given seed (repeat it: --seed 1 2 3)
     python tests/mutation/run.py --per-module 5  # a quick look
     python tests/mutation/run.py --modules softmax plain --per-module 100
+    python tests/mutation/run.py --recheck       # re-run the survivors.md entries `not yet killed`
+    python tests/mutation/run.py --recheck --names NAME1 NAME2   # re-run these mutants only
 
 Seeds: unless ``--seed`` is given, the runner draws fresh seeds from the operating system
 (``--seeds N`` of them, default 1), prints them before anything runs and records them in the
@@ -43,6 +45,20 @@ What it does
    as independent draws from the module's mutants; the draws are without replacement from a
    finite set, for which this interval is conservative.
 
+Rechecks (``--recheck``): instead of a sample, the runner runs exactly the mutants of the
+``tests/mutation/survivors.md`` entries whose verdict is ``not yet killed`` (or, with
+``--names``, the entries or mutmut names given), with the same work copy, per-function tests,
+test exclusions and timeouts. Each entry is found among the mutants mutmut generates now by
+the same name-or-diff matching that gives a sampled survivor its verdict (``lookup``): by its
+name when that mutant still has the entry's diff, or else by its function and diff (the
+mutant was renumbered; the table names the mutant that ran). An entry that matches no mutant
+is ``stale`` and does not run. A given name that has no entry runs if mutmut has a mutant of
+that name. The report (``--report``) is one table: entry, module, result (killed, timeout,
+survived, crashed, no tests or stale), the first test that failed (recorded by this file's
+``pytest_runtest_logreport`` hook, which the run loads into the mutants' pytest sessions:
+mutmut 3 does not record it) and how the entry was matched. A recheck is not a sample: it
+prints no score.
+
 The modules: the core modules (``CORE_MODULES``) and the conformance kit, ``reference/
 conformance.py`` or, when it is a package, every ``reference/conformance/*.py``, whichever
 exists in the tree. The runner writes the chosen modules into the ``[tool.mutmut]
@@ -72,6 +88,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -294,6 +311,175 @@ def read_survivors(path: Path) -> dict[str, Verdict]:
     return out
 
 
+# --------------------------------------------------------------------------- rechecks
+
+#: The verdict of the survivors.md entries ``--recheck`` runs when no ``--names`` are given.
+NOT_YET_KILLED = "not yet killed"
+#: The environment variable naming the file that ``pytest_runtest_logreport`` appends to; the
+#: runner sets it for a recheck's mutmut process only.
+KILLS_ENV = "MUTATION_RUNNER_KILLS"
+#: This file, as the pytest plugin a recheck adds to its work copy's ``pytest_add_cli_args``.
+KILL_RECORDER = "tests.mutation.run"
+
+
+def module_of(name: str) -> str:
+    """The module (as ``--modules`` names it) of a mutmut name.
+
+    ``reference.softmax.x_topk_ids__mutmut_3`` gives ``softmax``, and
+    ``reference.conformance.kit.xǁKitǁrun__mutmut_1`` gives ``conformance/kit``. Raises
+    ValueError for anything else.
+    """
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "reference" or not all(parts) or "__mutmut_" not in parts[-1]:
+        raise ValueError(f"name: expected a mutmut name such as reference.softmax.x_topk_ids__mutmut_3, "
+                         f"got {name!r}")
+    return "/".join(parts[1:-1])
+
+
+def select_entries(verdicts: dict[str, Verdict], names: list[str] | None = None) -> list[str]:
+    """What a recheck runs: ``names`` if given (repeats dropped, in the given order), else the
+    survivors.md entries whose verdict is ``not yet killed``, in the file's order."""
+    if names is not None:
+        return list(dict.fromkeys(names))
+    return [name for name, v in verdicts.items() if v.verdict.startswith(NOT_YET_KILLED)]
+
+
+@dataclass
+class Recheck:
+    entry: str              # the survivors.md entry's name, or a name given with --names
+    module: str | None      # its module; None if the name is not a mutmut name
+    mutant: Mutant | None   # the mutant that runs; None: stale
+    match: str              # how the mutant was found, or why the entry is stale
+
+
+def resolve(entry: str, verdict: Verdict | None, mutants_by_module: dict[str, list[Mutant]],
+            diff: Callable[[Mutant], str] = Mutant.diff) -> Recheck:
+    """The mutant that a survivors.md entry (or a bare mutmut name) denotes in the present code.
+
+    An entry (``verdict`` given) is matched by ``lookup``, the matching that gives a sampled
+    survivor its verdict, applied to this entry alone and the mutants of the entry's function:
+    the mutant of the entry's name if it has the entry's diff, else the first mutant of the
+    function (in mutmut's order) with that diff. No match: stale. A name without an entry
+    (``verdict`` None) has no diff to compare, so it denotes the mutant of that name, if any.
+    ``mutants_by_module``: every mutant of each module the runner mutates, from
+    ``enumerate_mutants``; ``diff(mutant)`` gives a mutant's diff (``Mutant.diff``).
+    """
+    try:
+        module = module_of(entry)
+    except ValueError:
+        return Recheck(entry, None, None, "stale: not a mutmut name")
+    if module not in mutants_by_module:
+        return Recheck(entry, module, None, "stale: not a module the runner mutates")
+    mutants = mutants_by_module[module]
+    named = next((m for m in mutants if m.name == entry), None)
+    if verdict is None:
+        return (Recheck(entry, module, named, "by name (no survivors.md entry)") if named is not None
+                else Recheck(entry, module, None, "stale: no mutant of this name"))
+    prefix = entry.partition("__mutmut_")[0] + "__mutmut_"
+    candidates = ([named] if named is not None else []) + [m for m in mutants
+                                                           if m.name.startswith(prefix) and m is not named]
+    for m in candidates:
+        found, _ = lookup({entry: verdict}, m, diff(m))
+        if found is not None:
+            return Recheck(entry, module, m, "by name" if m is named else f"by function and diff: now `{m.name}`")
+    return Recheck(entry, module, None, "stale: the mutant of this name has another diff, and no other mutant of "
+                                        "its function has the entry's" if named is not None else
+                                        "stale: no mutant of this name, and no mutant of its function has the "
+                                        "entry's diff")
+
+
+def pytest_runtest_logreport(report) -> None:
+    """pytest hook (a recheck loads this file as a plugin): record the test that failed.
+
+    When ``$MUTATION_RUNNER_KILLS`` names a file, each failed test phase appends a line
+    ``<mutant under test>\t<test id>`` to it (`` (setup)`` or `` (teardown)`` added when the
+    failure was not in the test's call). mutmut 3 keeps only each mutant's exit code; this is
+    how a recheck tells which test killed a mutant. Without the variable it does nothing.
+    """
+    path = os.environ.get(KILLS_ENV)
+    if not path or not report.failed:
+        return
+    try:
+        from mutmut.mutation.trampoline import get_mutant_under_test
+        mutant = get_mutant_under_test()
+    except ImportError:
+        mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    when = "" if report.when == "call" else f" ({report.when})"
+    with open(path, "a") as out:
+        out.write(f"{mutant}\t{report.nodeid}{when}\n")
+
+
+def read_kills(path: Path, names) -> dict[str, str]:
+    """The first failed test ``pytest_runtest_logreport`` recorded for each mutant in ``names``
+    (other lines, e.g. mutmut's forced-failure run under the name ``fail``, are ignored)."""
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            mutant, _, test = line.partition("\t")
+            if mutant in names and test and mutant not in out:
+                out[mutant] = test
+    return out
+
+
+def add_kill_recorder(root: Path) -> None:
+    """Load this file as a pytest plugin in the mutants' tests: append ``-p tests.mutation.run``
+    to ``[tool.mutmut] pytest_add_cli_args`` of ``root/pyproject.toml`` (the work copy)."""
+    path = root / "pyproject.toml"
+    text = path.read_text()
+    text, count = re.subn(r"^(pytest_add_cli_args = \[.*?)\s*\]", rf'\1, "-p", "{KILL_RECORDER}"]', text,
+                          count=1, flags=re.M)
+    if count != 1:
+        raise RuntimeError(f"{path}: no one-line [tool.mutmut] pytest_add_cli_args list to extend")
+    path.write_text(text)
+
+
+def recheck_result(row: Recheck, status: dict[str, str]) -> str:
+    """killed / timeout / crashed / survived / no tests / not checked, or stale."""
+    return "stale" if row.mutant is None else status.get(row.mutant.name, "not checked")
+
+
+def write_recheck_report(path: Path, run: dict, rows: list[Recheck], status: dict[str, str],
+                         killers: dict[str, str], tests: dict[str, list[str]]) -> dict[str, int]:
+    """Write a recheck's report (one table, no score); return how many entries had each result."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        result = recheck_result(row, status)
+        counts[result] = counts.get(result, 0) + 1
+    lines = [
+        "# Mutation recheck report",
+        "",
+        "Written by `tests/mutation/run.py --recheck`; regenerate it, do not edit it by hand. A recheck",
+        "runs named mutants, not a sample: it gives no score.",
+        "",
+        f"- command: `{run['command']}`",
+        f"- date: {run['date']}; commit {run['commit']}",
+        f"- mutmut {run['mutmut']}, Python {run['python']}, {run['cpus']} CPUs; wall time {run['wall'] / 60:.1f} min; "
+        f"1-minute load average before {run['load'][0]:.2f}, after {run['load'][1]:.2f}",
+        f"- mutmut exit status {run['rc']}",
+        f"- rechecked: {run['selection']}",
+        "- each entry is matched as a sampled survivor is: by name when that mutant has the entry's diff,",
+        "  else by function and diff (renumbered); no match: stale, not run. Each mutant runs the",
+        "  default-profile tests that call the mutated function, as in a sampled run; `killed by` is the",
+        "  first test that failed (recorded by the runner's pytest hook; empty when none was recorded).",
+        "- results: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        "",
+        "| entry | module | result | killed by | mutant run | tests calling it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        result = recheck_result(row, status)
+        name = row.mutant.name if row.mutant is not None else ""
+        killer = killers.get(name, "") if result in DETECTED else ""
+        note = row.match + (f" (inside a {row.mutant.excluded}: a sample leaves it out)"
+                            if row.mutant is not None and row.mutant.excluded else "")
+        n_tests = str(len(tests.get(name, []))) if name else ""
+        lines.append(f"| `{row.entry}` | {row.module or ''} | {result} | {f'`{killer}`' if killer else ''} "
+                     f"| {note} | {n_tests} |")
+    lines.append("")
+    path.write_text("\n".join(lines))
+    return counts
+
+
 # --------------------------------------------------------------------------- running
 
 def copy_tree(dest: Path) -> None:
@@ -305,8 +491,10 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def run_mutmut(workdir: Path, names: list[str], max_children: int, log: Path) -> int:
+def run_mutmut(workdir: Path, names: list[str], max_children: int, log: Path,
+               extra_env: dict[str, str] | None = None) -> int:
     env = dict(os.environ)
+    env.update(extra_env or {})
     for var in ("PYTHONPATH", "REFERENCE_HYPOTHESIS_PROFILE", "REFERENCE_SLOW"):
         env.pop(var, None)              # the default test run: ci profile, no slow tests
     env["PYTHONHASHSEED"] = "0"         # mutmut hands the tests over as a set: fix their order
@@ -525,33 +713,157 @@ def collect_results(workdir: Path, sample: dict[str, list[Mutant]],
     return status, tests
 
 
+def open_workdir(args: argparse.Namespace) -> Path | None:
+    """``--workdir`` (created if need be) or a new temporary directory; None if it already holds a copy."""
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mutation-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "reference").exists():
+        print(f"{workdir} already holds a copy; use an empty or new --workdir", file=sys.stderr)
+        return None
+    return workdir
+
+
+def recheck(args: argparse.Namespace) -> int:
+    """``--recheck``: run the mutants of the chosen survivors.md entries; write the table to ``--report``."""
+    import mutmut
+
+    verdicts = read_survivors(args.survivors)
+    entries = select_entries(verdicts, args.names)
+    selection = (f"the names given with --names ({len(entries)})" if args.names is not None else
+                 f"the {len(entries)} entries of {args.survivors.name} with verdict `{NOT_YET_KILLED}`")
+    print(f"recheck: {selection}", flush=True)
+    if not entries:
+        print(f"nothing to recheck: {args.survivors} has no entry with verdict `{NOT_YET_KILLED}`")
+        return 0
+    t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
+    commit = git_describe()           # of the tree copied now, whatever happens here during the run
+    workdir = open_workdir(args)
+    if workdir is None:
+        return 2
+    keep = args.keep or args.workdir is not None
+    try:
+        copy_tree(workdir)
+        wanted = set()
+        for entry in entries:
+            try:
+                wanted.add(module_of(entry))
+            except ValueError:
+                pass
+        modules = [m for m in all_modules(workdir) if m in wanted]
+        configure_copy(workdir, modules)
+        add_kill_recorder(workdir)
+        mutants_by_module = {module: enumerate_mutants(workdir, module) for module in modules}
+        rows = [resolve(entry, verdicts.get(entry), mutants_by_module) for entry in entries]
+        for row in rows:
+            print(f"{row.entry}: {row.match}", flush=True)
+        if args.dry_run:
+            return 0
+        sample: dict[str, list[Mutant]] = {module: [] for module in modules}
+        for row in rows:                  # two entries may denote one mutant: it runs once
+            if row.mutant is not None and all(m.name != row.mutant.name for m in sample[row.module]):
+                sample[row.module].append(row.mutant)
+        names = [m.name for ms in sample.values() for m in ms]
+        log = workdir / "mutmut.log"
+        kills = workdir / "kills.tsv"
+        rc = 0
+        if names:
+            print(f"running mutmut on {len(names)} mutants with {args.max_children} workers in {workdir}",
+                  flush=True)
+            rc = run_mutmut(workdir, names, args.max_children, log, {KILLS_ENV: str(kills)})
+        status, tests = collect_results(workdir, sample, mutants_by_module)
+        killers = read_kills(kills, set(names))
+        command = "python tests/mutation/run.py --recheck" + (f" --names {' '.join(entries)}" if args.names else "")
+        run = dict(
+            command=f"{command} --max-children {args.max_children}", recheck=True, entries=entries,
+            selection=selection, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            commit=commit, mutmut=mutmut.__version__, python=platform.python_version(),
+            cpus=os.cpu_count(), wall=time.monotonic() - t0, load=(load_before, os.getloadavg()[0]), rc=rc)
+        (workdir / "run.json").write_text(json.dumps(run, indent=1))
+        counts = write_recheck_report(args.report, run, rows, status, killers, tests)
+        print()
+        for row in rows:
+            result = recheck_result(row, status)
+            killer = killers.get(row.mutant.name, "") if row.mutant is not None else ""
+            print(f"{result:11s} {row.entry}" + (f"  (killed by {killer})" if killer and result in DETECTED else ""))
+        print(f"\nrecheck of {len(rows)} entries: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+              + f"; wall time {run['wall'] / 60:.1f} min; report: {args.report}")
+        if rc != 0:
+            keep = True
+            print(f"mutmut exited with status {rc}; its output is in {log}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Mutation testing (mutmut 3) of the core modules on a seeded random sample of mutants. "
-                    "Writes tests/mutation/report.md. Not part of the default test run or of CI.")
+                    "Writes tests/mutation/report.md. With --recheck, runs instead the mutants of the "
+                    "survivors.md entries not yet killed (or --names) and writes tests/mutation/recheck.md. "
+                    "Not part of the default test run or of CI.")
     p.add_argument("--seed", type=int, nargs="+", default=None, metavar="SEED",
                    help="sampling seed(s), pooled (default: --seeds fresh seeds drawn from the operating system, "
                         f"printed and recorded in the report; {TUNING_SEED} is the sample the tests were once tuned on)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="how many fresh seeds to draw and pool when --seed is not given (default 1)")
-    p.add_argument("--per-module", type=int, default=DEFAULT_PER_MODULE,
+    p.add_argument("--per-module", type=int, default=None,
                    help=f"mutants drawn per module and seed (default {DEFAULT_PER_MODULE}; 0 = all)")
-    p.add_argument("--modules", nargs="+", default=all_modules(), metavar="MODULE",
+    p.add_argument("--modules", nargs="+", default=None, metavar="MODULE",
                    help=f"modules of reference/ to mutate (default: {' '.join(all_modules())})")
+    p.add_argument("--recheck", action="store_true",
+                   help="instead of a sample, run exactly the mutants of the survivors.md entries whose verdict is "
+                        "'not yet killed' (each found by name, or by function and diff if renumbered; an entry "
+                        "that matches no mutant is reported stale), with the same tests and timeouts, and write "
+                        "one table to --report: per entry killed / timeout / survived / stale, and the test that "
+                        "killed it. No score: a recheck is not a sample")
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                   help="with --recheck: these mutmut names (e.g. reference.softmax.x_topk_ids__mutmut_3) instead "
+                        "of the 'not yet killed' entries; a name with a survivors.md entry (any verdict) is matched "
+                        "as the entry is, another runs the mutant of that name")
     p.add_argument("--max-children", type=int, default=os.cpu_count() or 2,
                    help="mutants tested in parallel (default: the number of CPUs)")
-    p.add_argument("--report", type=Path, default=HERE / "report.md", help="where to write the report")
+    p.add_argument("--report", type=Path, default=None,
+                   help="where to write the report (default: tests/mutation/report.md; with --recheck "
+                        "tests/mutation/recheck.md)")
     p.add_argument("--survivors", type=Path, default=HERE / "survivors.md",
                    help="the list of survivors with their verdicts (read only)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="work directory, kept afterwards (default: a new temporary directory, deleted afterwards "
                         "unless --keep or mutmut fails)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (for `mutmut show/browse` there)")
-    p.add_argument("--dry-run", action="store_true", help="only enumerate and sample; print the sample")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only enumerate and sample; print the sample (with --recheck: the mutant each entry "
+                        "denotes)")
     p.add_argument("--rerender", type=Path, metavar="WORKDIR",
                    help="do not run: rewrite the report from the kept work directory of an earlier run "
                         "(e.g. after editing survivors.md)")
     args = p.parse_args(argv)
+    if args.recheck:
+        sampling = [opt for opt, value in (("--seed", args.seed), ("--seeds", args.seeds),
+                                           ("--per-module", args.per_module), ("--modules", args.modules),
+                                           ("--rerender", args.rerender)) if value is not None]
+        if sampling:
+            p.error(f"--recheck runs named mutants, not a sample: {', '.join(sampling)} does not apply")
+        bad = []
+        for name in args.names or []:
+            try:
+                module_of(name)
+            except ValueError:
+                bad.append(name)
+        if bad:
+            p.error(f"--names: expected mutmut names such as reference.softmax.x_topk_ids__mutmut_3, got {bad}")
+    elif args.names is not None:
+        p.error("--names: only with --recheck (a sampled run draws its mutants)")
+    if args.report is None:
+        args.report = HERE / ("recheck.md" if args.recheck else "report.md")
+    args.seeds = 1 if args.seeds is None else args.seeds
+    args.per_module = DEFAULT_PER_MODULE if args.per_module is None else args.per_module
+    args.modules = all_modules() if args.modules is None else args.modules
     unknown = [m for m in args.modules if m not in all_modules()]
     if unknown:
         p.error(f"not a module the runner mutates: {unknown}; choose from {all_modules()} (or add it to CORE_MODULES)")
@@ -566,8 +878,14 @@ def main(argv: list[str] | None = None) -> int:
         print('mutmut is not installed: python -m pip install -e ".[mutation]"', file=sys.stderr)
         return 2
 
+    if args.recheck:
+        return recheck(args)
+
     if args.rerender:
         run = json.loads((args.rerender / "run.json").read_text())
+        if run.get("recheck"):
+            print(f"{args.rerender} holds a recheck, not a sample: run --recheck again", file=sys.stderr)
+            return 2
         seeds = run.get("seeds", [run.get("seed")])
         sample, totals, all_mutants, by_seed = enumerate_and_sample(args.rerender, run["modules"],
                                                                     run["per_module"], seeds)
@@ -587,10 +905,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mutation-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "reference").exists():
-        print(f"{workdir} already holds a copy; use an empty or new --workdir", file=sys.stderr)
+    commit = git_describe()           # of the tree copied now, whatever happens here during the run
+    workdir = open_workdir(args)
+    if workdir is None:
         return 2
     keep = args.keep or args.workdir is not None
     try:
@@ -612,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             command=f"python tests/mutation/run.py --seed {' '.join(map(str, seeds))} --per-module {args.per_module} "
                     f"--modules {' '.join(args.modules)} --max-children {args.max_children}",
             seeds=seeds, seed_origin=origin, per_module=args.per_module, modules=args.modules,
-            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=git_describe(),
+            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit,
             mutmut=mutmut.__version__, python=platform.python_version(), cpus=os.cpu_count(),
             wall=time.monotonic() - t0, load=(load_before, os.getloadavg()[0]), rc=rc)
         (workdir / "run.json").write_text(json.dumps(run, indent=1))
