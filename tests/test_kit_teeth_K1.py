@@ -135,18 +135,21 @@ def test_exact_logits_holds_up_to_two_to_the_t_minus_one_and_not_at_two_to_the_t
     2^t is not (the documented sufficient condition is strict). Rows without a dyadic exponent
     <= 64, or with a non-finite entry, are never exact.
     Breaks tried: t = nmant - 1 and t = nmant + 2 move the edge; 3.0 ** (a + b) for 2.0 ** (a + b)
-    makes the first row inexact."""
+    makes the first row inexact; range(64) for range(65) in _dyadic_exponent refuses a = b = 64."""
     q = np.array([0.25, -0.25])  # a = 2
     m = 2.0**t - 1  # odd, exact in dtype's own precision and in float64
     rows = np.array([
         [m / 8, 0.0],  # b = 3: 2^5 (m / 32) = 2^t - 1
         [-m / 8, 1 / 8],  # b = 3: 2^5 (m + 1) / 32 = 2^t
         [(m - 2) / 8, -1 / 8],  # b = 3: 2^t - 2
+        [2.0**-62, 0.0],  # b = 62: |q_1 z_1| = 2^-64, times 2^(2 + 62) = 1
         [2.0**-65, 0.0],  # no exponent <= 64
         [np.inf, 0.0],
         [np.nan, 1.0],
     ])
-    assert precision.exact_logits(q, rows, dtype).tolist() == [True, False, True, False, False, False]
+    assert precision.exact_logits(q, rows, dtype).tolist() == [True, False, True, True, False, False, False]
+    assert precision.exact_logits(np.array([2.0**-64]), np.array([[2.0**-64], [2.0**-65]]), dtype).tolist() == [
+        True, False]  # a = b = 64 is the largest exponent the condition allows
 
 
 def test_a_query_with_no_dyadic_exponent_makes_no_logit_exact():
