@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,20 @@ def test_a_call_past_its_time_limit_is_left_in_a_daemon_thread():
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("topk() did not return within the time limit of 0.01 s (the call was still running")
+
+
+def test_exact_logits_of_huge_finite_entries_warns_nothing():
+    """Entries near the top of float64 are whole numbers already (k = 0); scaling a row further
+    (for its other entries) overflows them, which must neither warn (RuntimeWarning is an error
+    here) nor change the verdict."""
+    big = np.array([[1.7e308, 0.5], [1.7e308, 2.0**-60], [2.0**1000, -3.0]])
+    q = np.array([0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = precision.exact_logits(q, big, "float64")
+    # Row 0: b = 1 (0.5), a = 0: sum |q_i z_i| 2^(a+b) = 0.5 * 2 = 1 < 2^53: exact. Row 1: b = 60,
+    # 2^-60 * 2^60 = 1: exact. Row 2: b = 0, 3 < 2^53: exact. The huge entries meet a zero query
+    # coordinate.
+    assert got.tolist() == [True, True, True]
+    got = precision.exact_logits(np.array([1.0, 1.0]), big, "float64")
+    assert got.tolist() == [False, False, False]   # 1.7e308 and 2^1000 are far above 2^53

@@ -109,10 +109,11 @@ def _dyadic_exponent(x: np.ndarray) -> np.ndarray:
     """Per row of ``x``, the smallest k in 0..64 with x * 2^k all integers (inf when there is none)."""
     out = np.full(x.shape[0], np.inf)
     finite = np.isfinite(x).all(axis=1)
-    for k in range(65):
-        y = x * 2.0**k  # exact: a power of two
-        whole = finite & np.isinf(out) & np.all(y == np.floor(y), axis=1)
-        out[whole] = k
+    with np.errstate(over="ignore"):  # |x| >= 2^53 is already whole at k = 0; its overflow to inf later is moot
+        for k in range(65):
+            y = x * 2.0**k  # exact: a power of two
+            whole = finite & np.isinf(out) & np.all(y == np.floor(y), axis=1)
+            out[whole] = k
     return out
 
 
