@@ -172,9 +172,10 @@ def run_conformance(
     time_limit : float or None, default 600
         Seconds each backend call may take (None or 0: no limit).
     scenarios : mapping, optional
-        Check name -> its scenarios, replacing the defaults; only these
-        checks run (e.g. the user's data: ``python -m reference conformance
-        --targets``).
+        Check name -> its scenarios, replacing the defaults (for "dynamic":
+        its script, a sequence of :class:`~reference.conformance.dynamic.DynamicStep`);
+        only these checks run (e.g. the user's data: ``python -m reference
+        conformance --targets``).
 
     Returns
     -------
@@ -212,8 +213,8 @@ def run_conformance(
             report.checks.append(CheckReport(check_name, "", error=wrong))
             continue
         kwargs: dict[str, Any] = {"time_limit": time_limit}
-        if scenarios is not None:
-            kwargs["scenarios"] = scenarios[check_name]
+        if scenarios is not None:  # check_dynamic calls its scenarios a script
+            kwargs["script" if check_name == "dynamic" else "scenarios"] = scenarios[check_name]
         if check_name in ("sampler", "dynamic"):
             kwargs.update(alpha=share, tv=tv, power=power, seed=seed)
         if check_name in ("topk", "bracket", "dynamic"):
