@@ -81,7 +81,8 @@ def test_load_user_data_takes_paths_and_arrays_of_one_query_or_several(user_file
             assert Zr.dtype == Qr.dtype == np.float64
             assert np.array_equal(Zr, Z) and np.array_equal(Qr, want)
     # a queries array of the wrong width is named as such (a path adds the file), never as "positives"
-    with pytest.raises(ValueError, match=r"^queries: expected 3 columns \(the targets' dimension\), got shape \(2, 4\)$"):
+    wide = r"^queries: expected 3 columns \(the targets' dimension\), got shape \(2, 4\)$"
+    with pytest.raises(ValueError, match=wide):
         command.load_user_data(Z, np.ones((2, 4)))
     with pytest.raises(ValueError, match=r"^queries \(.*q\.npy\): expected 2 columns"):
         command.load_user_data(Z[:, :2], paths["Q"])
@@ -138,7 +139,8 @@ def test_a_bare_callable_or_as_runs_exactly_its_one_check(capsys, user_files, ar
     assert len(checks) == len(lines) and all(c.startswith(w) for c, w in zip(checks, lines)), checks
 
 
-@pytest.mark.parametrize("argv", [(BARE_TOPK, "--checks", "sampler"), (BARE_TOPK, "--as", "topk", "--checks", "sampler"),
+@pytest.mark.parametrize("argv", [(BARE_TOPK, "--checks", "sampler"),
+                                  (BARE_TOPK, "--as", "topk", "--checks", "sampler"),
                                   (BARE_TOPK, "--checks", "topk,sampler")])
 def test_checks_asked_with_a_bare_callable_or_as_are_required(capsys, argv):
     status, out = _cli(capsys, *argv)
@@ -274,14 +276,15 @@ def test_messages_name_every_kind_of_callable():
         return np.zeros((queries.shape[0], k), dtype=np.int64)
 
     here = __name__
-    assert runner.call_text(topk) == f"{here}.test_messages_name_every_kind_of_callable.<locals>.topk(points, queries, k)"
-    assert runner.call_text(REF.topk) == "reference.conformance.reference_backend.ReferenceBackend.topk(points, queries, k)"
+    local = "test_messages_name_every_kind_of_callable.<locals>.topk"
+    assert runner.call_text(topk) == f"{here}.{local}(points, queries, k)"
+    assert runner.call_text(REF.topk) == ("reference.conformance.reference_backend.ReferenceBackend.topk"
+                                          "(points, queries, k)")
     assert runner.call_text(_Callable()) == f"{here}._Callable(points, queries, k)"
     for module in (None, ""):
         topk.__module__ = module
-        assert runner.call_text(topk) == "test_messages_name_every_kind_of_callable.<locals>.topk(points, queries, k)"
-        assert runner.mismatch(topk, "sampler").startswith(
-            "`test_messages_name_every_kind_of_callable.<locals>.topk(points, queries, k)` does not fit the protocol")
+        assert runner.call_text(topk) == f"{local}(points, queries, k)"
+        assert runner.mismatch(topk, "sampler").startswith(f"`{local}(points, queries, k)` does not fit the protocol")
     namespace: dict = {}
     exec("def f(points, queries, k):\n    return None\n", namespace)  # no __name__ in its globals: no module
     assert namespace["f"].__module__ is None and runner.call_text(namespace["f"]) == "f(points, queries, k)"
