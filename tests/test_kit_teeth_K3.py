@@ -229,10 +229,19 @@ def test_every_selected_check_has_its_entry_in_checks_order():
     (dict(checks=["topk", "nope"]), r"^checks: expected one of .*, got 'nope'$"),
     (dict(dtype="float16"), r"^dtype: expected one of float64, float32, got 'float16'$"),
     (dict(time_limit=-1), r"^time_limit: expected a finite number of seconds >= 0 \(0 for no limit\), got -1$"),
+    # the run's alpha as given (before: 1.5 ran as 0.75 per random check, -0.01 was reported as -0.005, "x" a TypeError)
+    (dict(alpha=1.5), r"^alpha: expected a false-alarm rate in \(0, 1\), got 1.5$"),
+    (dict(alpha=1.0), r"^alpha: expected a false-alarm rate in \(0, 1\), got 1.0$"),
+    (dict(alpha=-0.01), r"^alpha: expected a finite number > 0, got -0.01$"),
+    (dict(alpha=0.0), r"^alpha: expected a finite number > 0, got 0.0$"),
+    (dict(alpha=float("nan")), r"^alpha: expected a finite number > 0, got nan$"),
+    (dict(alpha="x"), r"^alpha: expected a positive number, got "),
 ])
 def test_every_message_of_run_conformance_names_its_argument(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        runner.run_conformance(REF, **kwargs)
+    both = {"sample": REF.sample, "dynamic_build": TREE_BACKEND.dynamic_build}  # alpha is split between them
+    for backend in (REF, both, {"topk": REF.topk}):
+        with pytest.raises(ValueError, match=message):
+            runner.run_conformance(backend, **kwargs)
 
 
 # --- 7. the false-alarm rate split over the random checks that run -----------------------------

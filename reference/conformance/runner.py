@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reference._validation import check_choice
+from reference._validation import check_choice, check_positive
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.bracket import check_bracket
 from reference.conformance.dynamic import check_dynamic
@@ -162,7 +162,8 @@ def run_conformance(
         backend does not provide fails.
     alpha, tv, power, seed
         Passed to :func:`check_sampler` and :func:`check_dynamic` (``alpha``
-        is the run's false-alarm rate: split evenly between them when both run).
+        is the run's false-alarm rate, in (0, 1), checked here whatever runs:
+        split evenly between them when both run).
     name : str, optional
         How the report names the backend.
     dtype : {"float64", "float32"}, optional
@@ -189,6 +190,9 @@ def run_conformance(
         required = True
     dtype = declared_dtype(backend) if dtype is None else check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
+    alpha = check_positive(alpha, "alpha")  # the run's rate, before it is split (each share is checked again)
+    if not alpha < 1:
+        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
     # The random checks (the sampler and the dynamic check's sampler steps) share the run's alpha.
     random = [c for c in ("sampler", "dynamic") if c in selected and (only is None or c in only)
               and _provided(backend, CHECKS[c][0]) is not None]
