@@ -9,6 +9,7 @@ serious thing wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -52,7 +53,7 @@ def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
     Raises
     ------
     ValueError
-        Naming ``targets`` or ``queries`` and the file, what was expected and what came.
+        Naming ``targets`` or ``queries`` (and the file, for a path), what was expected and what came.
     """
     from reference.data import load_dataset
 
@@ -63,10 +64,8 @@ def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(queries, np.ndarray):
         rows = queries.shape[0] if queries.ndim else 1
     elif isinstance(queries, (str, os.PathLike)) and os.path.isfile(queries):
-        try:
+        with contextlib.suppress(Exception):  # unreadable or not an array: rows stays 1
             rows = int(np.load(queries, mmap_mode="r", allow_pickle=False).shape[0])
-        except Exception:  # unreadable or not an array
-            rows = 1
     placeholder = np.zeros(max(rows, 1), dtype=np.int64)
     data = load_dataset(queries, targets, placeholder, test_queries=queries, test_positives=placeholder)
     Z, Q = data.targets.astype(np.float64), data.test_x.astype(np.float64)
