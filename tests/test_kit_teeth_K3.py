@@ -4,7 +4,8 @@ Each test pins a whole kind of behaviour that a mutation run of reference/confor
 (runner, command, _data, reference_backend) showed no test pinned:
 
 1. ``load_user_data`` on every input ``load_dataset`` accepts: a path or an array, one query or
-   several; a FIFO is refused by name without being opened (np.load would block on it).
+   several; every file it refuses is named (its row count is read with np.load, whose own errors
+   must not leak); a FIFO is refused by name without being opened (np.load would block on it).
 2. Which checks a CLI run reports: ``--as``, a bare callable recognised by its signature and
    ``--checks``, alone and together (the checks asked are the checks required).
 3. Every CLI option reaches ``run_conformance`` unchanged: the CLI's report equals the report of
@@ -27,7 +28,10 @@ Deterministic (fixed seeds, tiny data); the sampler runs only on 2 queries of 12
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +92,26 @@ def test_load_user_data_takes_paths_and_arrays_of_one_query_or_several(user_file
         command.load_user_data(Z[:, :2], paths["Q"])
     with pytest.raises(ValueError, match=r"^queries: expected a non-empty 2-D array"):
         command.load_user_data(Z, np.array(1.0))
+
+
+def test_every_unreadable_queries_file_is_named(user_files, tmp_path):
+    """Files np.load cannot count the rows of: load_dataset refuses them naming the queries file."""
+    _, _, paths = user_files
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)})
+    full = paths["Q"].read_bytes()
+    files = {"pickle.npy": pickle.dumps([1, 2]), "forged.npy": header.getvalue() + bytes(16), "empty.npy": b"",
+             "truncated.npy": full[:-8]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    np.save(tmp_path / "object.npy", np.array([1, None], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "archive.npz", a=np.zeros((2, 3)))
+    np.save(tmp_path / "zero_d.npy", np.array(1.0))
+    np.save(tmp_path / "one_d.npy", np.ones(3))
+    for name in (*files, "object.npy", "archive.npz", "zero_d.npy", "one_d.npy", "missing.npy"):
+        path = tmp_path / name
+        with pytest.raises(ValueError, match=rf"^queries \({re.escape(str(path))}\): expected a"):
+            command.load_user_data(paths["Z"], path)
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero symlink"])
