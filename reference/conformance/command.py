@@ -9,6 +9,7 @@ serious thing wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -39,32 +40,38 @@ USER_SAMPLER_QUERIES = 16
 
 
 def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The user's targets Z (N, d) and queries Q (B, d) from ``.npy`` files, as float64.
+    """The user's targets Z (N, d) and queries Q (B, d) from ``.npy`` files (or arrays), as float64.
 
     Read and validated by :func:`reference.data.load_dataset`, exactly as
     ``compare --targets/--queries`` reads them (a readable ``.npy`` of one
-    real numeric array, no pickles, 2-D, non-empty, finite, N >= 2); the
-    queries must have the targets' d columns. ``load_dataset`` also wants
-    positives and a split: the queries are given as their own test set with
-    placeholder positives (target 0), and only the arrays are kept.
+    real numeric array, no pickles, 2-D, non-empty, finite, N >= 2; or a
+    NumPy array, which ``load_dataset`` takes too); the queries must have the
+    targets' d columns. ``load_dataset`` also wants positives and a split: the
+    queries are given as their own test set with placeholder positives
+    (target 0), and only the arrays are kept.
 
     Raises
     ------
     ValueError
-        Naming ``targets`` or ``queries`` and the file, what was expected and what came.
+        Naming ``targets`` or ``queries`` (and the file, for a path), what was expected and what came.
     """
     from reference.data import load_dataset
 
-    try:  # the number of queries, only to size the placeholder positives
-        rows = int(np.load(queries, mmap_mode="r", allow_pickle=False).shape[0])
-    except Exception:  # unreadable or not an array: load_dataset says what is wrong with it
-        rows = 1
+    # The number of queries, only to size the placeholder positives. A path is opened only when it is
+    # a regular file (np.load would block on a FIFO, which load_dataset refuses without reading it);
+    # whatever else comes, load_dataset says what is wrong with it.
+    rows = 1
+    if isinstance(queries, np.ndarray):
+        rows = queries.shape[0] if queries.ndim else 1
+    elif isinstance(queries, (str, os.PathLike)) and os.path.isfile(queries):
+        with contextlib.suppress(Exception):  # unreadable or not an array: rows stays 1
+            rows = int(np.load(queries, mmap_mode="r", allow_pickle=False).shape[0])
     placeholder = np.zeros(max(rows, 1), dtype=np.int64)
     data = load_dataset(queries, targets, placeholder, test_queries=queries, test_positives=placeholder)
     Z, Q = data.targets.astype(np.float64), data.test_x.astype(np.float64)
     if Q.shape[1] != Z.shape[1]:
-        raise ValueError(f"queries ({os.fspath(queries)}): expected {Z.shape[1]} columns (the targets' dimension), "
-                         f"got shape {Q.shape}")
+        name = f"queries ({os.fspath(queries)})" if isinstance(queries, (str, os.PathLike)) else "queries"
+        raise ValueError(f"{name}: expected {Z.shape[1]} columns (the targets' dimension), got shape {Q.shape}")
     return Z, Q
 
 

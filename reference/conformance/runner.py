@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reference._validation import check_choice
+from reference._validation import check_choice, check_positive
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
 from reference.conformance.bracket import check_bracket
 from reference.conformance.dynamic import check_dynamic
@@ -162,7 +162,8 @@ def run_conformance(
         backend does not provide fails.
     alpha, tv, power, seed
         Passed to :func:`check_sampler` and :func:`check_dynamic` (``alpha``
-        is the run's false-alarm rate: split evenly between them when both run).
+        is the run's false-alarm rate, in (0, 1), checked here whatever runs:
+        split evenly between them when both run).
     name : str, optional
         How the report names the backend.
     dtype : {"float64", "float32"}, optional
@@ -172,9 +173,10 @@ def run_conformance(
     time_limit : float or None, default 600
         Seconds each backend call may take (None or 0: no limit).
     scenarios : mapping, optional
-        Check name -> its scenarios, replacing the defaults; only these
-        checks run (e.g. the user's data: ``python -m reference conformance
-        --targets``).
+        Check name -> its scenarios, replacing the defaults (for "dynamic":
+        its script, a sequence of :class:`~reference.conformance.dynamic.DynamicStep`);
+        only these checks run (e.g. the user's data: ``python -m reference
+        conformance --targets``).
 
     Returns
     -------
@@ -188,6 +190,9 @@ def run_conformance(
         required = True
     dtype = declared_dtype(backend) if dtype is None else check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
+    alpha = check_positive(alpha, "alpha")  # the run's rate, before it is split (each share is checked again)
+    if not alpha < 1:
+        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
     # The random checks (the sampler and the dynamic check's sampler steps) share the run's alpha.
     random = [c for c in ("sampler", "dynamic") if c in selected and (only is None or c in only)
               and _provided(backend, CHECKS[c][0]) is not None]
@@ -212,8 +217,8 @@ def run_conformance(
             report.checks.append(CheckReport(check_name, "", error=wrong))
             continue
         kwargs: dict[str, Any] = {"time_limit": time_limit}
-        if scenarios is not None:
-            kwargs["scenarios"] = scenarios[check_name]
+        if scenarios is not None:  # check_dynamic calls its scenarios a script
+            kwargs["script" if check_name == "dynamic" else "scenarios"] = scenarios[check_name]
         if check_name in ("sampler", "dynamic"):
             kwargs.update(alpha=share, tv=tv, power=power, seed=seed)
         if check_name in ("topk", "bracket", "dynamic"):
