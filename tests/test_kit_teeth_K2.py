@@ -216,11 +216,12 @@ def test_power_against_is_its_documented_formula_on_every_branch(case: str) -> N
 def test_power_against_sees_the_impossible_threshold_as_check_sampler_does() -> None:
     """P = IMPOSSIBLE_PROBABILITY exactly is possible (the rule is P < 1e-30): mass 1e-3 on it
     over n = 1000 draws is a tiny shift of a G-test group, not a 63% chance of an error."""
-    got = power_against(_P_BOUNDARY, [1e-3, 0.4995, 0.4995], 1000, 1e-3)
-    assert got < 2e-3
+    q = np.array([1e-3, 0.4995, 0.4995])
+    assert power_against(_P_BOUNDARY, q, 1000, 1e-3) < 2e-3  # ~ alpha: lambda = 1e-3, df 1
     just_below = np.array([np.nextafter(IMPOSSIBLE_PROBABILITY, 0.0), 0.5, 0.5])
-    assert power_against(just_below, [1e-3, 0.4995, 0.4995], 1000, 1e-3) == pytest.approx(
-        1.0 - (1.0 - 1e-3) ** 1000, rel=1e-2)
+    got = power_against(just_below, q, 1000, 1e-3)
+    assert got > 0.63  # 1 - (1 - 1e-3)^1000 = 0.6323 at least: an impossible draw fails on its own
+    assert got == pytest.approx(_documented_power(just_below, q, 1000, 1e-3), rel=1e-12)
 
 
 def test_power_against_with_all_mass_on_impossible_targets_is_one_without_a_warning() -> None:
