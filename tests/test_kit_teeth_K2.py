@@ -5,8 +5,10 @@ and seed, tests/mutation/survivors.md) left these kinds of behaviour unpinned:
 
 1. Argument checks of the public functions of ``reference.conformance.statistics`` and
    ``reference.conformance.sampler`` (and the ``check_*`` entry points of the sampler, top-k
-   and encoder): each refusal is a ValueError whose message names the caller's argument, what
-   was expected and what came, and each argument's smallest accepted value is accepted.
+   and encoder): each refusal is a ValueError whose message names the caller's argument and
+   what was expected (and what came: all but power_against's message for weights of the right
+   dimension, which states only what it expected), and each argument's smallest valid value
+   is accepted.
 2. The statistics functions against their documented formulas, recomputed here from the
    docstrings on every branch and option: ``detectable_tv`` at several ``min_expected``;
    ``power_against`` with one merged group (df = 0), two (df = 1), more, Q = P, all of Q's mass
@@ -114,7 +116,8 @@ _REFUSALS = [
 
 @pytest.mark.parametrize("call, message", [r[1:] for r in _REFUSALS], ids=[r[0] for r in _REFUSALS])
 def test_every_refusal_names_the_callers_argument(call, message) -> None:
-    """A ValueError naming the argument and what came; never another exception, never a result."""
+    """A ValueError naming the argument and what it expected; never another exception (no
+    floating-point warning first), never a result."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an input refused late (after a 0/0) would warn first
         with pytest.raises(ValueError, match=message):
@@ -213,9 +216,10 @@ def test_power_against_is_its_documented_formula_on_every_branch(case: str) -> N
     assert got == pytest.approx(want, rel=1e-12, abs=1e-300)
 
 
-def test_power_against_sees_the_impossible_threshold_as_check_sampler_does() -> None:
-    """P = IMPOSSIBLE_PROBABILITY exactly is possible (the rule is P < 1e-30): mass 1e-3 on it
-    over n = 1000 draws is a tiny shift of a G-test group, not a 63% chance of an error."""
+def test_power_against_treats_a_target_at_the_threshold_as_possible() -> None:
+    """P = IMPOSSIBLE_PROBABILITY exactly is possible (the documented rule, here and in
+    check_sampler, is P < 1e-30): mass 1e-3 on it over n = 1000 draws is a tiny shift of a
+    G-test group, not a 63% chance of an error; one float below, it is that chance."""
     q = np.array([1e-3, 0.4995, 0.4995])
     assert power_against(_P_BOUNDARY, q, 1000, 1e-3) < 2e-3  # ~ alpha: lambda = 1e-3, df 1
     just_below = np.array([np.nextafter(IMPOSSIBLE_PROBABILITY, 0.0), 0.5, 0.5])
