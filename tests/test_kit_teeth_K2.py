@@ -7,8 +7,8 @@ and seed, tests/mutation/survivors.md) left these kinds of behaviour unpinned:
    ``reference.conformance.sampler`` (and the ``check_*`` entry points of the sampler, top-k
    and encoder): each refusal is a ValueError whose message names the caller's argument and
    what was expected (and what came: all but power_against's message for weights of the right
-   dimension, which states only what it expected), and each argument's smallest valid value
-   is accepted.
+   dimension, which states only what it expected); the smallest number of draws, n = 1, is
+   accepted.
 2. The statistics functions against their documented formulas, recomputed here from the
    docstrings on every branch and option: ``detectable_tv`` at several ``min_expected``;
    ``power_against`` with one merged group (df = 0), two (df = 1), more, Q = P, all of Q's mass
@@ -19,7 +19,8 @@ and seed, tests/mutation/survivors.md) left these kinds of behaviour unpinned:
 3. The reports: one case per scenario whatever an earlier scenario did, and every case, of every
    kind (passed, failed, backend error, skipped), with the documented fields (``relation`` is
    "<=" or ">=", the check's own).
-4. Determinism: two runs of a check hand the backend bit-identical arguments, call for call.
+4. Determinism: two runs of the sampler, top-k or encoder check hand the backend bit-identical
+   arguments, call for call (the sampler's format probes included).
 5. The sampler's description of a failing query: a merged group lists its first five ids and
    ", ..." exactly when it has more than five.
 6. ``sampler_failure_probabilities`` honours ``scenarios`` (its keys, and the same draws per
