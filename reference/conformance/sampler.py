@@ -155,6 +155,20 @@ def _describe_query(res: GTestResult, p: np.ndarray, b: int, q_norm: float) -> s
     )
 
 
+def _false_alarm_rate(alpha: Any) -> float:
+    """The total false-alarm rate ``alpha``, checked in (0, 1)."""
+    alpha = check_positive(alpha, "alpha")
+    if alpha >= 1:
+        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
+    return alpha
+
+
+def _per_query_level(alpha: float, scenarios: Sequence[SamplerScenario]) -> tuple[float, int]:
+    """(alpha per query, number of queries): ``alpha`` split over the queries of all scenarios (Bonferroni)."""
+    n_queries = sum(sc.queries.shape[0] for sc in scenarios)
+    return alpha / max(1, n_queries), n_queries  # no scenario (only the format case): no G-test to share alpha
+
+
 def check_sampler(
     sample: Callable[..., Any],
     *,
@@ -202,14 +216,11 @@ def check_sampler(
     from reference.softmax import log_partition, softmax
 
     check_callable(sample, "sample")
-    alpha = check_positive(alpha, "alpha")
-    if alpha >= 1:
-        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
+    alpha = _false_alarm_rate(alpha)
     seed = check_int(seed, "seed", low=0)
     time_limit = check_time_limit(time_limit)
     scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
-    n_queries = sum(sc.queries.shape[0] for sc in scenarios)
-    alpha_q = alpha / max(1, n_queries)  # no scenario (only the format case): no G-test to share alpha
+    alpha_q, n_queries = _per_query_level(alpha, scenarios)
     report = CheckReport(
         "sampler",
         f"ids ~ softmax(<q, z>) i.i.d.; G-test per query at {alpha_q:.3g} "
@@ -299,8 +310,10 @@ def sampler_failure_probabilities(
     """
     from reference.softmax import softmax
 
+    check_callable(distribution, "distribution")
+    alpha = _false_alarm_rate(alpha)
     scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
-    alpha_q = check_positive(alpha, "alpha") / sum(sc.queries.shape[0] for sc in scenarios)
+    alpha_q, _ = _per_query_level(alpha, scenarios)
     out = {}
     for sc in scenarios:
         P = softmax(logits(sc.points, sc.queries))
