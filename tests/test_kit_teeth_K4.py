@@ -156,6 +156,8 @@ def test_a_nystrom_map_returned_as_python_numbers_is_graded_as_float64():
     (lambda: check_dynamic("TreeState"), "dynamic_build: expected a callable, got str"),
     (lambda: check_dynamic(TreeState, dtype="half"), "dtype: expected one of float64, float32, got 'half'"),
     (lambda: from_static({}), "backend: expected an object providing topk, sample or bracket, got {}"),
+    (lambda: from_static(SimpleNamespace(topk=3, dtype="float32")),
+     "backend: expected an object providing topk, sample or bracket, got namespace(topk=3"),
 ])
 def test_every_bad_argument_is_named_in_its_message(call, message):
     with pytest.raises(ValueError) as info:
