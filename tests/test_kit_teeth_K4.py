@@ -15,7 +15,9 @@ dynamic_backends.py whose behaviour no test pinned (tests/mutation/survivors.md,
 - StaticState holds float64 vectors and bool flags whatever dtype it is given;
 - the ids the dynamic check hands a backend are int64 for every update, the empty ones too;
 - every refusal of the ids an insert returns names the offending id; an id never issued is an
-  invalid id even at the smallest table (a one-row build);
+  invalid id even at the smallest table (a one-row build); an empty insert is taken whatever
+  empty sequence the backend returns (the kit used to crash on it: a defect found here, fixed in
+  ``_Replay.issue``);
 - a failing update leaves two cases with documented fields (its error case, then the skipped
   "not replayed" case), and none after a failing last step;
 - the fixed bracket scenarios are the data their descriptions state.
@@ -258,6 +260,22 @@ def test_every_refusal_of_inserted_ids_names_the_offending_id(returned, message)
     script = [_step("build", vectors=np.eye(3)), _step("insert", vectors=np.ones((2, 3)))]
     report = check_dynamic(Returns, script=script)
     assert report.cases[-1].worst == f"first wrong at step 1 (insert step): {message}"
+
+
+@pytest.mark.parametrize("empty", [lambda: np.zeros(0, dtype=np.int64), list, lambda: np.zeros(0, dtype=np.uint8)])
+def test_an_empty_insert_is_taken_whatever_empty_sequence_the_backend_returns(empty):
+    # Once a crash of the kit (the range check took min() of no ids) and a refusal of [] (float64 to NumPy).
+    class Returns(StaticState):
+        def insert(self, vectors):
+            ids = super().insert(vectors)
+            return empty() if ids.size == 0 else ids
+
+    rng = np.random.default_rng(6)
+    script = [_step("build", vectors=rng.standard_normal((20, 3))), _step("insert", vectors=np.zeros((0, 3))),
+              _step("insert", vectors=rng.standard_normal((2, 3)), seed=1), _step("delete", [20])]
+    report = check_dynamic(lambda points: Returns(REFERENCE_BACKEND, points), script=script)
+    assert report.passed and len(report.cases) == 2 * len(script), report.format()
+    assert [c.note.split(" live")[0] for c in report.cases] == ["20"] * 4 + ["22"] * 2 + ["21"] * 2
 
 
 def test_an_id_never_issued_is_an_invalid_id_even_after_a_one_row_build():

@@ -295,6 +295,8 @@ class _Replay:
     def issue(self, ids: Any, count: int) -> tuple[np.ndarray | None, str | None]:
         """Record ``count`` new ids returned by the backend; an error when they are not usable."""
         ids = np.asarray(ids)
+        if count == 0 and ids.shape == (0,):  # an empty insert: no id to check ([] is float64 to NumPy)
+            return np.zeros(0, dtype=np.int64), None
         if ids.dtype.kind not in "iu" or ids.shape != (count,):
             return None, f"insert returned {ids.dtype} ids of shape {ids.shape}, expected {count} integer ids"
         ids = ids.astype(np.int64)
