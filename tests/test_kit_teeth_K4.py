@@ -10,7 +10,9 @@ dynamic_backends.py whose behaviour no test pinned (tests/mutation/survivors.md,
   wrong shape, non-finite values) carries its scenario's name and the check's threshold;
 - the backend's output is read as float64 inside the guarded call, so Python number objects
   (Decimal, Fraction) are graded as numbers, never crash the kit;
-- every bad argument of the public functions of these modules raises a ValueError naming it;
+- every bad argument of the public functions of these modules raises a ValueError naming it,
+  before any backend call (check_dynamic's alpha and seed were checked only at a sampler step: a
+  defect found here, fixed);
 - from_static accepts each static protocol on its own and offers only the ones given;
 - StaticState holds float64 vectors and bool flags whatever dtype it is given;
 - the ids the dynamic check hands a backend are int64 for every update, the empty ones too;
@@ -157,6 +159,15 @@ def test_a_nystrom_map_returned_as_python_numbers_is_graded_as_float64():
     (lambda: check_bracket(_boom, time_limit="soon"), "time_limit: expected a number of seconds"),
     (lambda: check_dynamic("TreeState"), "dynamic_build: expected a callable, got str"),
     (lambda: check_dynamic(TreeState, dtype="half"), "dtype: expected one of float64, float32, got 'half'"),
+    # alpha and seed are checked before any step (once: alpha >= 1 ran and failed a correct backend,
+    # alpha "x" raised a format error, a script without sampler steps took any value)
+    (lambda: check_dynamic(TreeState, alpha=2.0), "alpha: expected a false-alarm rate in (0, 1), got 2.0"),
+    (lambda: check_dynamic(TreeState, alpha=1), "alpha: expected a false-alarm rate in (0, 1), got 1.0"),
+    (lambda: check_dynamic(TreeState, alpha="x"), "alpha: expected a positive number, got"),
+    (lambda: check_dynamic(TreeState, alpha=True), "alpha: expected a positive number, got"),
+    (lambda: check_dynamic(TreeState, alpha=0.0, script=_quiet_script()), "alpha: expected a finite number > 0"),
+    (lambda: check_dynamic(TreeState, seed=-1, script=_quiet_script()), "seed: expected an integer >= 0, got -1"),
+    (lambda: check_dynamic(TreeState, seed=1.5, script=_quiet_script()), "seed: expected an integer, got"),
     (lambda: from_static({}), "backend: expected an object providing topk, sample or bracket, got {}"),
     (lambda: from_static(SimpleNamespace(topk=3, dtype="float32")),
      "backend: expected an object providing topk, sample or bracket, got namespace(topk=3"),
