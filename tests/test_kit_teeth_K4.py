@@ -100,6 +100,15 @@ def test_every_finding_of_a_raising_backend_names_the_call_with_the_protocol_arg
     want = (f"first wrong at step 0 ({script[0].about}): dynamic_build(points (60, 2)) raised RuntimeError: boom "
             f"(at {HERE}:")
     assert report.cases[0].worst.startswith(want), report.cases[0].worst
+    for method in ("move", "insert", "delete", "rebuild"):
+        state = type("Raises", (TreeState,), {method: _boom})
+        s = next(i for i, st in enumerate(script) if st.op == method or (method, st.op) == ("move", "nystrom"))
+        step = script[s]
+        label = {"move": f"move(ids {step.keys.shape}, vectors {step.vectors.shape})",
+                 "insert": f"insert(vectors {step.vectors.shape})", "delete": f"delete(ids {step.keys.shape})",
+                 "rebuild": f"rebuild(depth={step.depth})"}[method]
+        worst = check_dynamic(state, script=script).cases[-2].worst
+        assert worst.startswith(f"first wrong at step {s} ({step.about}): {label} raised RuntimeError: boom"), worst
 
 
 @pytest.mark.parametrize("bad, says", [
