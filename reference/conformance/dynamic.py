@@ -99,7 +99,7 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int
+from reference._validation import check_int, check_positive
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import clustered, directions
 from reference.conformance.bracket import BracketScenario, check_bracket
@@ -295,6 +295,8 @@ class _Replay:
     def issue(self, ids: Any, count: int) -> tuple[np.ndarray | None, str | None]:
         """Record ``count`` new ids returned by the backend; an error when they are not usable."""
         ids = np.asarray(ids)
+        if count == 0 and ids.shape == (0,):  # an empty insert: no id to check ([] is float64 to NumPy)
+            return np.zeros(0, dtype=np.int64), None
         if ids.dtype.kind not in "iu" or ids.shape != (count,):
             return None, f"insert returned {ids.dtype} ids of shape {ids.shape}, expected {count} integer ids"
         ids = ids.astype(np.int64)
@@ -359,7 +361,7 @@ def check_dynamic(
     script : sequence of DynamicStep, optional
         Default :func:`dynamic_script`.
     alpha : float, default 1e-6
-        False-alarm rate of the check (shared by its sampler steps).
+        False-alarm rate of the check, in (0, 1) (shared by its sampler steps).
     tv, power, seed
         As in :func:`~reference.conformance.sampler.check_sampler` (the
         sampler after step s gets seed ``seed + 1000 s``).
@@ -375,6 +377,10 @@ def check_dynamic(
         the first failing step; its failures' headlines name the step and what it did.
     """
     check_callable(dynamic_build, "dynamic_build")
+    alpha = check_positive(alpha, "alpha")  # as check_sampler does; a script may have no sampler step
+    if alpha >= 1:
+        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
+    seed = check_int(seed, "seed", low=0)
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
     script = dynamic_script() if script is None else list(script)
