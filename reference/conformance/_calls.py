@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from reference._validation import check_positive
+
 #: Default time limit of one backend call, in seconds (``--time-limit``).
 DEFAULT_TIME_LIMIT = 600.0
 
@@ -47,6 +49,14 @@ def check_callable(fn: Any, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``fn`` is callable (the first check of every ``check_*``)."""
     if not callable(fn):
         raise ValueError(f"{name}: expected a callable, got {type(fn).__name__}")
+
+
+def check_false_alarm_rate(value: Any, name: str = "alpha") -> float:
+    """A check's total false-alarm rate, a number in (0, 1), as a float (else ``ValueError`` naming ``name``)."""
+    alpha = check_positive(value, name)
+    if alpha >= 1:
+        raise ValueError(f"{name}: expected a false-alarm rate in (0, 1), got {alpha}")
+    return alpha
 
 
 def check_time_limit(value: Any, name: str = "time_limit") -> float | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from reference._validation import check_int, check_output_dir, check_positive
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_false_alarm_rate, check_time_limit
 from reference.conformance.precision import PRECISIONS, declared_dtype
 from reference.conformance.runner import (
     CHECKS,
@@ -175,9 +175,7 @@ def run(args: argparse.Namespace) -> int:
         return golden.cli(args.golden, args.golden_dir)
     if args.backend is None:
         raise ValueError("BACKEND: expected 'module:object' (or --golden check|regenerate)")
-    check_positive(args.alpha, "--alpha")
-    if not args.alpha < 1:
-        raise ValueError(f"--alpha: expected a false-alarm rate in (0, 1), got {args.alpha}")
+    check_false_alarm_rate(args.alpha, "--alpha")
     check_positive(args.tv, "--tv")
     time_limit = check_time_limit(args.time_limit, "--time-limit")
     if (args.targets is None) != (args.queries is None):

@@ -99,8 +99,10 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int, check_positive
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
+from reference._validation import check_int
+from reference.conformance._calls import (
+    DEFAULT_TIME_LIMIT, call_backend, check_callable, check_false_alarm_rate, check_time_limit,
+)
 from reference.conformance._data import clustered, directions
 from reference.conformance.bracket import BracketScenario, check_bracket
 from reference.conformance.precision import check_dtype
@@ -377,9 +379,7 @@ def check_dynamic(
         the first failing step; its failures' headlines name the step and what it did.
     """
     check_callable(dynamic_build, "dynamic_build")
-    alpha = check_positive(alpha, "alpha")  # as check_sampler does; a script may have no sampler step
-    if alpha >= 1:
-        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
+    alpha = check_false_alarm_rate(alpha)  # as check_sampler does; a script may have no sampler step
     seed = check_int(seed, "seed", low=0)
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)

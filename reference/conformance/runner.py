@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reference._validation import check_choice, check_positive
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_time_limit
+from reference._validation import check_choice
+from reference.conformance._calls import DEFAULT_TIME_LIMIT, check_false_alarm_rate, check_time_limit
 from reference.conformance.bracket import check_bracket
 from reference.conformance.dynamic import check_dynamic
 from reference.conformance.encoder import check_encoder
@@ -190,9 +190,7 @@ def run_conformance(
         required = True
     dtype = declared_dtype(backend) if dtype is None else check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
-    alpha = check_positive(alpha, "alpha")  # the run's rate, before it is split (each share is checked again)
-    if not alpha < 1:
-        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
+    alpha = check_false_alarm_rate(alpha)  # the run's rate, before it is split (each share is checked again)
     # The random checks (the sampler and the dynamic check's sampler steps) share the run's alpha.
     random = [c for c in ("sampler", "dynamic") if c in selected and (only is None or c in only)
               and _provided(backend, CHECKS[c][0]) is not None]

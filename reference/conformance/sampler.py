@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int, check_positive
-from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
+from reference._validation import check_int
+from reference.conformance._calls import (
+    DEFAULT_TIME_LIMIT, call_backend, check_callable, check_false_alarm_rate, check_time_limit,
+)
 from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
 from reference.conformance.report import Case, CheckReport, error_case
 from reference.conformance.statistics import (
@@ -155,14 +157,6 @@ def _describe_query(res: GTestResult, p: np.ndarray, b: int, q_norm: float) -> s
     )
 
 
-def _false_alarm_rate(alpha: Any) -> float:
-    """The total false-alarm rate ``alpha``, checked in (0, 1)."""
-    alpha = check_positive(alpha, "alpha")
-    if alpha >= 1:
-        raise ValueError(f"alpha: expected a false-alarm rate in (0, 1), got {alpha}")
-    return alpha
-
-
 def _per_query_level(alpha: float, scenarios: Sequence[SamplerScenario]) -> tuple[float, int]:
     """(alpha per query, number of queries): ``alpha`` split over the queries of all scenarios (Bonferroni)."""
     n_queries = sum(sc.queries.shape[0] for sc in scenarios)
@@ -216,7 +210,7 @@ def check_sampler(
     from reference.softmax import log_partition, softmax
 
     check_callable(sample, "sample")
-    alpha = _false_alarm_rate(alpha)
+    alpha = check_false_alarm_rate(alpha)
     seed = check_int(seed, "seed", low=0)
     time_limit = check_time_limit(time_limit)
     scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
@@ -311,7 +305,7 @@ def sampler_failure_probabilities(
     from reference.softmax import softmax
 
     check_callable(distribution, "distribution")
-    alpha = _false_alarm_rate(alpha)
+    alpha = check_false_alarm_rate(alpha)
     scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
     alpha_q, _ = _per_query_level(alpha, scenarios)
     out = {}
