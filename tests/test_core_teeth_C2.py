@@ -10,7 +10,7 @@ these modules that are real gaps. Each test below pins a whole kind of behaviour
 - float32 input is computed in float64: ``sample_softmax`` of float32 logits draws the ids of
   their float64 cast (a float32 cumulative sum moves some draws).
 - every option at its boundary: ``inverse_cdf`` with zero thresholds per row, ``plain.cut_sample``
-  with n = 1, ``dense_blocks``' block rule at n_live = 1 (and above), ``tree_height``'s documented
+  and ``plain.rejection_sample`` with n = 1, ``dense_blocks``' block rule at n_live = 1 (and above), ``tree_height``'s documented
   fallback for a tree object without depths, ``plain.refinement_order``'s int64 dtype when no
   node is expanded.
 - the documented rounding margins: the children's bounds of the fast top-k (``_child_bounds``)
@@ -210,12 +210,15 @@ def test_refinement_order_is_int64_when_nothing_is_expanded(points):
     assert order.shape == (0,) and order.dtype == np.int64
 
 
-def test_plain_cut_sample_at_its_smallest_n():
+@pytest.mark.parametrize("sampler", [plain.cut_sample, plain.rejection_sample])
+def test_plain_samplers_at_their_smallest_n(sampler):
     tree = _tree(n=60, k=2)
     q = np.array([0.5, -1.0])
-    ids, log_q = plain.cut_sample(tree, q, 1, np.random.default_rng(5))
-    assert ids.shape == (1,) and log_q.shape == (1,) and ids.dtype == np.int64
-    assert 0 <= ids[0] < 60 and tree.alive[ids[0]] and log_q[0] <= 0.0
+    out = sampler(tree, q, 1, np.random.default_rng(5))
+    ids = out[0] if sampler is plain.cut_sample else out   # cut_sample also returns log Phat_C(ids)
+    assert ids.shape == (1,) and ids.dtype == np.int64 and 0 <= ids[0] < 60 and tree.alive[ids[0]]
+    if sampler is plain.cut_sample:
+        assert out[1].shape == (1,) and out[1][0] <= 0.0
     for n in (0, -1):
-        with pytest.raises(ValueError, match=r"^n: "):
-            plain.cut_sample(tree, q, n, np.random.default_rng(5))
+        with pytest.raises(ValueError, match=r"^n: expected an integer >= 1, got "):
+            sampler(tree, q, n, np.random.default_rng(5))
