@@ -30,7 +30,7 @@ import types
 import numpy as np
 import pytest
 
-from reference import _fastpath, plain, sampling, softmax
+from reference import _fastpath, bounds, plain, sampling, softmax
 from reference.tree import Tree
 
 NON_INTEGERS = [True, np.True_, False, 1.0, np.float64(0.0), "1", None, [0]]
@@ -222,3 +222,21 @@ def test_plain_samplers_at_their_smallest_n(sampler):
     for n in (0, -1):
         with pytest.raises(ValueError, match=r"^n: expected an integer >= 1, got "):
             sampler(tree, q, n, np.random.default_rng(5))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_cut_leaves_the_callers_arrays_as_they_were(dtype):
+    # A Cut keeps read-only int64 copies: the caller's arrays stay writable and unchanged, and a
+    # later write to them does not reach the (validated) cut.
+    q, v, y = (np.array(a, dtype=dtype) for a in ([0, 0, 1], [0, -1, 2], [-1, 3, -1]))
+    before = [a.copy() for a in (q, v, y)]
+    cut = bounds.Cut(q, v, y, 2)
+    for a, b in zip((q, v, y), before):
+        assert a.flags.writeable and a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    for name, b in zip(("query", "node", "target"), before):
+        got = getattr(cut, name)
+        assert got.dtype == np.int64 and not got.flags.writeable
+        np.testing.assert_array_equal(got, b)
+    q[:] = 1
+    np.testing.assert_array_equal(cut.query, [0, 0, 1])
