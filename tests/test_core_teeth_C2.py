@@ -240,3 +240,23 @@ def test_cut_leaves_the_callers_arrays_as_they_were(dtype):
         np.testing.assert_array_equal(got, b)
     q[:] = 1
     np.testing.assert_array_equal(cut.query, [0, 0, 1])
+
+
+def test_refine_refines_every_query_wider_than_tol_at_the_last_bit():
+    # The bracket rule marks the entries whose slack from there on exceeds the allowance, and always
+    # the largest: a query whose width exceeds tol by one or two ulps has an allowance A / S that
+    # rounds to 1, so only that forced mark makes it progress. For tol a few ulps either side of the
+    # root's width (as refine computes it), refine must expand the root exactly when the width
+    # exceeds tol, and always return a non-empty cut with a finite bracket.
+    rng = np.random.default_rng(0)
+    tree = Tree.build(rng.normal(size=(300, 4)), leaf_size=8, branching=4)
+    for _ in range(16):
+        Q = rng.normal(size=(1, 4)) * rng.uniform(0.1, 2)
+        lo, hi, _ = _fastpath.refine(tree, Q, tol=1e9).bracket          # the root cut alone
+        w = float(hi[0] - lo[0])
+        for j in range(-3, 4):
+            tol = w + j * np.spacing(w)
+            st = _fastpath.refine(tree, Q, tol=tol)
+            l, h, _ = st.bracket
+            assert st.size >= 1 and np.isfinite(l[0]) and np.isfinite(h[0])
+            assert (st.rounds >= 1) == (j < 0)
