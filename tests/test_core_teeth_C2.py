@@ -18,6 +18,11 @@ these modules that are real gaps. Each test below pins a whole kind of behaviour
   the targets within ``ROUNDING (1 + ||q|| S)`` of the k-th logit.
 - a draw from a segment of the one cumulative sum stays in its own segment even at the largest
   uniform ``rng.random()`` returns, 1 - 2^-53 (where ``base + u (end - base)`` rounds to ``end``).
+- the documented rules at the last bit: ``reference._fastpath.refine`` expands a query whose
+  bracket exceeds ``tol`` by one or two ulps (its allowance rounds to the whole slack, so only the
+  forced mark of the largest slack makes it progress; without it the cut came back empty).
+- what a constructor does to the caller's arrays: ``bounds.Cut`` keeps read-only int64 copies and
+  leaves the arrays given writable and unchanged (it used to make int64 arguments read-only).
 
 Deterministic: fixed seeds and stub generators; no probabilistic assertion, no timing.
 """
