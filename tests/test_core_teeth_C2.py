@@ -10,9 +10,9 @@ these modules that are real gaps. Each test below pins a whole kind of behaviour
 - float32 input is computed in float64: ``sample_softmax`` of float32 logits draws the ids of
   their float64 cast (a float32 cumulative sum moves some draws).
 - every option at its boundary: ``inverse_cdf`` with zero thresholds per row, ``plain.cut_sample``
-  and ``plain.rejection_sample`` with n = 1, ``dense_blocks``' block rule at n_live = 1 (and above), ``tree_height``'s documented
-  fallback for a tree object without depths, ``plain.refinement_order``'s int64 dtype when no
-  node is expanded.
+  and ``plain.rejection_sample`` with n = 1, ``dense_blocks``' block rule at n_live = 1 (and
+  above), ``tree_height``'s documented fallback for a tree object without depths,
+  ``plain.refinement_order``'s int64 dtype when no node is expanded.
 - the documented rounding margins: the children's bounds of the fast top-k (``_child_bounds``)
   are those of ``_node_bounds`` for the same (query, node), and the dense fallback keeps exactly
   the targets within ``ROUNDING (1 + ||q|| S)`` of the k-th logit.
