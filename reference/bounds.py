@@ -110,8 +110,10 @@ class Cut:
 
     Notes
     -----
-    The arrays are not checked against a tree here (see :func:`validate_cut`,
-    which every function of this module calls). Build cuts with
+    The entry arrays are copied (as int64) and the copies made read-only;
+    the arrays given are not modified. The arrays are not checked against a
+    tree here (see :func:`validate_cut`, which every function of this module
+    calls). Build cuts with
     :meth:`root`, :meth:`from_entries`, :meth:`stack` or :func:`adaptive_cut`.
     """
 
@@ -126,7 +128,7 @@ class Cut:
             a = np.asarray(getattr(self, name))
             if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
                 raise ValueError(f"Cut.{name}: expected a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
-            arrays[name] = a.astype(np.int64, copy=False)
+            arrays[name] = np.array(a, dtype=np.int64)   # a copy: the caller's array stays writable
         q, v, y = arrays["query"], arrays["node"], arrays["target"]
         if not (q.size == v.size == y.size):
             raise ValueError(f"Cut: expected equal-length entry arrays, got {q.size}, {v.size}, {y.size}")
