@@ -157,7 +157,15 @@ def as_float_array(
         if dt not in _FLOAT_DTYPES:
             raise ValueError(f"dtype: expected float32 or float64, got {dt}")
         if arr.dtype != dt:
-            arr = arr.astype(dt)
+            with np.errstate(over="ignore"):  # a finite value beyond dt's range is refused below, by name
+                cast = arr.astype(dt)
+            lost = np.isinf(cast) & np.isfinite(arr)
+            if lost.any():
+                raise ValueError(
+                    f"{name}: expected values within {dt}'s range (|x| <= {float(np.finfo(dt).max):.4g}), "
+                    f"got {int(lost.sum())} beyond it (largest |x| = {float(np.abs(arr[lost]).max()):g})"
+                )
+            arr = cast
     if shape is not None:
         ndim = len(shape)
     if ndim is not None and arr.ndim != ndim:

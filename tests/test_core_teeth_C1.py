@@ -247,15 +247,16 @@ def _f32_encoder() -> DualEncoder:
 
 
 def test_set_params_validates_in_the_model_dtype() -> None:
-    """A float64 value beyond float32's range is not finite in a float32 model: refused by name, with
-    nothing written (the cast's own RuntimeWarning is not what this test is about)."""
+    """A float64 value beyond float32's range cannot be held by a float32 model: refused by name as
+    such (no overflow warning first, no "not finite" for a finite input), with nothing written."""
     enc = _f32_encoder()
     before = {k: v.copy() for k, v in enc.params.items()}
     p = {k: v.astype(np.float64) for k, v in enc.params.items()}
     p["target.W1"][1, 0] = 1e39
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(ValueError, match=r"^params\['target.W1'\]: expected finite values"):
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^params\['target.W1'\]: expected values within float32's range "
+                                              r"\(\|x\| <= 3\.403e\+38\), got 1 beyond it \(largest \|x\| = 1e\+39\)$"):
             enc.set_params(p)
     for k, v in enc.params.items():
         assert v.dtype == np.float32 and np.array_equal(v, before[k]), k
