@@ -723,6 +723,22 @@ def open_workdir(args: argparse.Namespace) -> Path | None:
     return workdir
 
 
+def exit_status(rc: int, log: Path) -> int:
+    """The runner's exit status for mutmut's ``rc`` (0 completed, 1 mutmut failed: its log named)."""
+    if rc != 0:
+        print(f"mutmut exited with status {rc}; its output is in {log}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def close_workdir(workdir: Path, keep: bool, hint: str) -> None:
+    """Keep the work directory (say so, with ``hint``) or delete it."""
+    if keep:
+        print(f"work directory kept: {workdir}{hint}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def recheck(args: argparse.Namespace) -> int:
     """``--recheck``: run the mutants of the chosen survivors.md entries; write the table to ``--report``."""
     import mutmut
@@ -788,16 +804,10 @@ def recheck(args: argparse.Namespace) -> int:
             print(f"{result:11s} {row.entry}" + (f"  (killed by {killer})" if killer and result in DETECTED else ""))
         print(f"\nrecheck of {len(rows)} entries: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
               + f"; wall time {run['wall'] / 60:.1f} min; report: {args.report}")
-        if rc != 0:
-            keep = True
-            print(f"mutmut exited with status {rc}; its output is in {log}", file=sys.stderr)
-            return 1
-        return 0
+        keep = keep or rc != 0
+        return exit_status(rc, log)
     finally:
-        if keep:
-            print(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        close_workdir(workdir, keep, "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -937,16 +947,10 @@ def main(argv: list[str] | None = None) -> int:
                                by_seed)
         print(f"\nseeds {' '.join(map(str, seeds))}: score {pct(d, s)} ({d}/{s} detected); over non-equivalent "
               f"mutants {pct_ci(d, s - e)} ({CONFIDENCE:.0%} interval); wall time {run['wall'] / 60:.1f} min; report: {args.report}")
-        if rc != 0:
-            keep = True
-            print(f"mutmut exited with status {rc}; its output is in {log}", file=sys.stderr)
-            return 1
-        return 0
+        keep = keep or rc != 0
+        return exit_status(rc, log)
     finally:
-        if keep:
-            print(f"work directory kept: {workdir} (rewrite the report from it: --rerender {workdir})")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        close_workdir(workdir, keep, f" (rewrite the report from it: --rerender {workdir})")
 
 
 if __name__ == "__main__":
