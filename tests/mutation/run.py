@@ -723,6 +723,15 @@ def open_workdir(args: argparse.Namespace) -> Path | None:
     return workdir
 
 
+def begin_run(args: argparse.Namespace) -> tuple[float, float, str, Path | None, bool]:
+    """Start clock, load, the commit of the tree about to be copied, the work directory (None:
+    refused) and whether to keep it."""
+    t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
+    commit = git_describe()           # of the tree copied now, whatever happens here during the run
+    return t0, load_before, commit, open_workdir(args), args.keep or args.workdir is not None
+
+
 def exit_status(rc: int, log: Path) -> int:
     """The runner's exit status for mutmut's ``rc`` (0 completed, 1 mutmut failed: its log named)."""
     if rc != 0:
@@ -751,13 +760,9 @@ def recheck(args: argparse.Namespace) -> int:
     if not entries:
         print(f"nothing to recheck: {args.survivors} has no entry with verdict `{NOT_YET_KILLED}`")
         return 0
-    t0 = time.monotonic()
-    load_before = os.getloadavg()[0]
-    commit = git_describe()           # of the tree copied now, whatever happens here during the run
-    workdir = open_workdir(args)
+    t0, load_before, commit, workdir, keep = begin_run(args)
     if workdir is None:
         return 2
-    keep = args.keep or args.workdir is not None
     try:
         copy_tree(workdir)
         wanted = set()
@@ -913,13 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeds: {' '.join(map(str, seeds))} ({origin}; repeat with --seed {' '.join(map(str, seeds))})",
           flush=True)
 
-    t0 = time.monotonic()
-    load_before = os.getloadavg()[0]
-    commit = git_describe()           # of the tree copied now, whatever happens here during the run
-    workdir = open_workdir(args)
+    t0, load_before, commit, workdir, keep = begin_run(args)
     if workdir is None:
         return 2
-    keep = args.keep or args.workdir is not None
     try:
         copy_tree(workdir)
         configure_copy(workdir, args.modules)
