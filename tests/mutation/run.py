@@ -433,6 +433,17 @@ def add_kill_recorder(root: Path) -> None:
     path.write_text(text)
 
 
+def run_lines(run: dict) -> list[str]:
+    """The report lines that say how a run was made (command, date, commit, versions, time, load, status)."""
+    return [
+        f"- command: `{run['command']}`",
+        f"- date: {run['date']}; commit {run['commit']}",
+        f"- mutmut {run['mutmut']}, Python {run['python']}, {run['cpus']} CPUs; wall time {run['wall'] / 60:.1f} min; "
+        f"1-minute load average before {run['load'][0]:.2f}, after {run['load'][1]:.2f}",
+        f"- mutmut exit status {run['rc']}",
+    ]
+
+
 def recheck_result(row: Recheck, status: dict[str, str]) -> str:
     """killed / timeout / crashed / survived / no tests / not checked, or stale."""
     return "stale" if row.mutant is None else status.get(row.mutant.name, "not checked")
@@ -451,11 +462,7 @@ def write_recheck_report(path: Path, run: dict, rows: list[Recheck], status: dic
         "Written by `tests/mutation/run.py --recheck`; regenerate it, do not edit it by hand. A recheck",
         "runs named mutants, not a sample: it gives no score.",
         "",
-        f"- command: `{run['command']}`",
-        f"- date: {run['date']}; commit {run['commit']}",
-        f"- mutmut {run['mutmut']}, Python {run['python']}, {run['cpus']} CPUs; wall time {run['wall'] / 60:.1f} min; "
-        f"1-minute load average before {run['load'][0]:.2f}, after {run['load'][1]:.2f}",
-        f"- mutmut exit status {run['rc']}",
+        *run_lines(run),
         f"- rechecked: {run['selection']}",
         "- each entry is matched as a sampled survivor is: by name when that mutant has the entry's diff,",
         "  else by function and diff (renumbered); no match: stale, not run. Each mutant runs the",
@@ -563,11 +570,7 @@ def write_report(path: Path, run: dict, sample: dict[str, list[Mutant]], totals:
         "Written by `tests/mutation/run.py`; regenerate it, do not edit it by hand. Equivalent",
         "survivors are listed, with the reason, in `tests/mutation/survivors.md`.",
         "",
-        f"- command: `{run['command']}`",
-        f"- date: {run['date']}; commit {run['commit']}",
-        f"- mutmut {run['mutmut']}, Python {run['python']}, {run['cpus']} CPUs; wall time {run['wall'] / 60:.1f} min; "
-        f"1-minute load average before {run['load'][0]:.2f}, after {run['load'][1]:.2f}",
-        f"- mutmut exit status {run['rc']}",
+        *run_lines(run),
         f"- seeds: {', '.join(str(x) for x in seeds)} ({run.get('seed_origin', 'given')}); repeat this sample with "
         f"`--seed {' '.join(str(x) for x in seeds)}`",
         "- sample: per module and seed, a seeded uniform draw of `--per-module` of mutmut's mutants, leaving out",
