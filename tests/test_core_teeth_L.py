@@ -76,7 +76,8 @@ def test_check_invariants_sees_node_1_outside_its_parents_range() -> None:
     assert tree.count[1] == 0
     bad = int(tree.n_live) + 5
     tree.start[1] = tree.stop[1] = bad
-    with pytest.raises(InvariantError, match=re.escape(f"I2: node 1's range [{bad}, {bad}) is outside its parent 0's range")):
+    msg = f"I2: node 1's range [{bad}, {bad}) is outside its parent 0's range"
+    with pytest.raises(InvariantError, match=re.escape(msg)):
         tree.check_invariants()
 
 
