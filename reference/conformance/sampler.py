@@ -39,6 +39,7 @@ from reference.conformance.statistics import (
     DEFAULT_TV,
     IMPOSSIBLE_PROBABILITY,
     detectable_tv,
+    point_mass_tv,
     power_against,
     sample_size_for_tv,
 )
@@ -239,7 +240,10 @@ def check_sampler(
         worst = int(np.argmin(pvals))
         q_norms = np.linalg.norm(sc.queries, axis=1)
         impossible = P[np.arange(B)[:, None], ids] < IMPOSSIBLE_PROBABILITY
-        det = max(detectable_tv(P[b], n, alpha_q, power=power) for b in range(B))
+        # a point mass (one live target) is checked by its impossible draws, every other row by its G-test
+        point = (P >= IMPOSSIBLE_PROBABILITY).sum(axis=1) == 1
+        det = max(point_mass_tv(n, power) if point[b] else detectable_tv(P[b], n, alpha_q, power=power)
+                  for b in range(B))
         note = (
             f"{sc.about}; n = {n} draws per query; the test detects any TV error >= {det:.3f} "
             f"(on its merged bins) with probability >= {power:g} per query"

@@ -19,7 +19,7 @@ from reference._validation import as_float_array, check_int, check_positive
 from reference.stats import MIN_EXPECTED, merge_small_bins, williams_factor
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_TV", "DEFAULT_POWER", "IMPOSSIBLE_PROBABILITY",
-           "detectable_tv", "power_against", "sample_size_for_tv"]
+           "detectable_tv", "point_mass_tv", "power_against", "sample_size_for_tv"]
 
 #: Default total false-alarm rate of a conformance run (the sampler G-tests).
 DEFAULT_ALPHA = 1e-6
@@ -29,6 +29,52 @@ DEFAULT_POWER = 0.9
 #: A draw of a target whose probability is below this is an error on its own
 #: (the chance that a correct sampler makes one is below 1e-20 in any run).
 IMPOSSIBLE_PROBABILITY = 1e-30
+
+
+def point_mass_tv(n: int, power: float) -> float:
+    """Smallest TV error that n draws detect with probability ``power`` when P is a point mass.
+
+    When one target has P >= :data:`IMPOSSIBLE_PROBABILITY`, a Q at TV
+    distance delta puts delta on the others, one draw of which fails the
+    check on its own: it is caught with probability 1 - (1 - delta)^n, at
+    least ``power`` for delta >= 1 - (1 - power)^(1/n). (The G-test has no
+    degree of freedom there: :func:`detectable_tv` is ``inf``.)
+
+    Parameters
+    ----------
+    n : int
+        Number of draws, >= 1.
+    power : float
+        Required detection probability, in (0, 1).
+
+    Returns
+    -------
+    float
+        1 - (1 - power)^(1/n), in (0, 1).
+    """
+    n = check_int(n, "n", low=1)
+    power = _in_range(power, "power", "a probability")
+    return -math.expm1(math.log1p(-power) / n)
+
+
+def _in_range(value: Any, name: str, what: str, low: float = 0.0) -> float:
+    """``value`` as a float in (low, 1), else a ``ValueError`` naming ``name``, the range and the value."""
+    try:
+        v = check_positive(value, name)
+    except ValueError:  # a string, a bool, NaN, <= 0: the message below says what is expected
+        v = math.nan
+    if not low < v < 1:
+        interval = "(0, 1)" if low == 0 else f"(alpha={low}, 1)"
+        raise ValueError(f"{name}: expected {what} in {interval}, got {value!r}")
+    return v
+
+
+def _distribution(probabilities: Any) -> np.ndarray:
+    """One exact distribution: a finite non-negative vector, else a ``ValueError`` naming ``probabilities``."""
+    p = as_float_array(probabilities, "probabilities", ndim=1)
+    if (p < 0).any():
+        raise ValueError(f"probabilities: expected non-negative values, got minimum {float(p.min())!r}")
+    return p
 
 
 def detectable_tv(
@@ -69,14 +115,13 @@ def detectable_tv(
     -------
     float
         delta* (may exceed 1: no useful power); ``inf`` when the groups
-        collapse to one (df = 0).
+        collapse to one (df = 0), as for a point mass (see
+        :func:`point_mass_tv` for what the check detects then).
     """
-    p = as_float_array(probabilities, "probabilities", ndim=1)
+    p = _distribution(probabilities)
     n = check_int(n, "n", low=1)
-    alpha = check_positive(alpha, "alpha")
-    power = check_positive(power, "power")
-    if not alpha < power < 1:
-        raise ValueError(f"power: expected a probability in (alpha={alpha}, 1), got {power}")
+    alpha = _in_range(alpha, "alpha", "a level")
+    power = _in_range(power, "power", "a probability", low=alpha)
     labels = merge_small_bins(n * p, min_expected)
     J = int(labels.max()) + 1
     if J < 2:
@@ -138,12 +183,17 @@ def power_against(
     float
         The probability, in [0, 1].
     """
-    p = as_float_array(probabilities, "probabilities", ndim=1)
+    p = _distribution(probabilities)
     q = as_float_array(alternative, "alternative", ndim=1)
-    if q.shape != p.shape or (q < 0).any() or not q.sum() > 0:
-        raise ValueError(f"alternative: expected {p.shape[0]} non-negative weights with a positive sum")
+    expected = f"alternative: expected {p.shape[0]} non-negative weights with a positive sum"
+    if q.shape != p.shape:
+        raise ValueError(f"{expected} (one per entry of probabilities), got {q.shape[0]}")
+    if (q < 0).any():
+        raise ValueError(f"{expected}, got minimum {float(q.min())!r}")
+    if not q.sum() > 0:
+        raise ValueError(f"{expected}, got sum {float(q.sum())!r}")
     n = check_int(n, "n", low=1)
-    alpha = check_positive(alpha, "alpha")
+    alpha = _in_range(alpha, "alpha", "a level")
     q = q / q.sum()
     impossible = p < IMPOSSIBLE_PROBABILITY
     q0 = float(q[impossible].sum())
@@ -177,7 +227,9 @@ def sample_size_for_tv(
     Iterates n until :func:`detectable_tv` <= ``tv`` for every row of
     ``probabilities`` (the merged groups, hence the degrees of freedom, grow
     with n, so the fixed point is found by a few multiplicative updates using
-    delta* ~ 1 / sqrt(n)).
+    delta* ~ 1 / sqrt(n)). A row with one target of P >=
+    :data:`IMPOSSIBLE_PROBABILITY` (a point mass, checked by its impossible
+    draws: :func:`point_mass_tv`) needs n >= log(1 - power) / log(1 - tv).
 
     Parameters
     ----------
@@ -188,7 +240,8 @@ def sample_size_for_tv(
     alpha, power, min_expected
         As in :func:`detectable_tv`.
     max_n : int, default 2_000_000
-        Give up (``ValueError``) beyond this many draws per query.
+        Give up (``ValueError``) beyond this many draws per query (the first n
+        tried is max(4 min_expected, 64)).
 
     Returns
     -------
@@ -198,19 +251,31 @@ def sample_size_for_tv(
     P = np.atleast_2d(as_float_array(probabilities, "probabilities"))
     if P.ndim != 2:
         raise ValueError(f"probabilities: expected shape (B, bins) or (bins,), got {P.shape}")
-    tv = check_positive(tv, "tv")
-    if tv >= 1:
-        raise ValueError(f"tv: expected a TV distance in (0, 1), got {tv}")
+    tv = _in_range(tv, "tv", "a TV distance")
+    alpha = _in_range(alpha, "alpha", "a level")
+    power = _in_range(power, "power", "a probability", low=alpha)
+    max_n = check_int(max_n, "max_n", low=1)
     n = max(int(math.ceil(4 * min_expected)), 64)
+    # Point masses (one target of P >= IMPOSSIBLE_PROBABILITY): point_mass_tv = 1 - (1 - power)^(1/n) <= tv
+    # exactly when n >= log(1 - power) / log(1 - tv); the other rows need the G-test's iteration.
+    point = np.count_nonzero(P >= IMPOSSIBLE_PROBABILITY, axis=1) == 1
+    if point.any():
+        n = max(n, int(math.ceil(math.log1p(-power) / math.log1p(-tv))))
+    rows = np.flatnonzero(~point)
+    why = f"the first n tried is {n}"
     while n <= max_n:
-        worst = max(detectable_tv(p, n, alpha, power=power, min_expected=min_expected) for p in P)
+        if rows.size == 0:
+            return n
+        det = [detectable_tv(P[b], n, alpha, power=power, min_expected=min_expected) for b in rows]
+        worst = max(det)
         if worst <= tv:
             return n
+        why = f"row {int(rows[int(np.argmax(det))])} of probabilities detects only {worst:.3g} at n = {n}"
         ratio = 4.0 if not math.isfinite(worst) else max((worst / tv) ** 2, 1.05)
         n = int(math.ceil(n * ratio))
     raise ValueError(
         f"tv: detecting a TV error of {tv} needs more than max_n={max_n} draws per query "
-        "(is every probability mass on one target?)"
+        f"({why})"
     )
 
 

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int
+from reference._validation import as_float_array, check_int
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import (
     SCENARIO_SEED,
@@ -266,19 +266,41 @@ def classify_topk(
     Returns
     -------
     list of (str or None, float, str)
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: non-finite ``points`` or ``queries``, ``queries``
+        of another d, ``got`` not integer or not of shape (B, k), ``k`` outside
+        [1, N], an unknown ``dtype``, or ``points, queries`` whose |q|.|z|
+        overflows float64 (the first such query and target are named).
     """
     dtype = check_dtype(dtype)
+    points = as_float_array(points, "points", ndim=2, dtype=np.float64)
     N, d = points.shape
+    queries = as_float_array(queries, "queries", shape=(None, d), dtype=np.float64)
+    B = queries.shape[0]
     k = check_int(k, "k", low=1, high=N)
+    got = np.asarray(got)
+    if got.dtype.kind not in "iu":
+        raise ValueError(f"got: expected integer ids, got dtype {got.dtype}")
+    if got.shape != (B, k):
+        raise ValueError(f"got: expected shape {(B, k)} (queries, k), got {got.shape}")
     c = logit_error_factor(dtype, d)
     distinct = distinct_rows(points)
     abs_points = np.abs(points)
     rows = max(1, _BLOCK_ENTRIES // max(N, 1))
     out: list[tuple[str | None, float, str]] = []
-    for start in range(0, queries.shape[0], rows):
+    for start in range(0, B, rows):
         q = queries[start:start + rows]
-        a = logits(points, q, distinct)
-        S = np.abs(q) @ abs_points.T
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            a = logits(points, q, distinct)
+            S = np.abs(q) @ abs_points.T
+        bad = np.argwhere(~np.isfinite(S))  # |a| <= S: where a overflows, so does S
+        if bad.size:  # blocks go in order, so this is the first query (and its first target) that overflows
+            b, y = int(bad[0, 0]), int(bad[0, 1])
+            raise ValueError(f"points, queries: expected |q_b|.|z_y| within float64 range, got {S[b, y]} "
+                             f"(logit {a[b, y]}) at query {start + b}, target {y}")
         want = topk_ids(a, k)
         for r in range(q.shape[0]):
             def exact(ids: np.ndarray, query: np.ndarray = q[r]) -> np.ndarray:
