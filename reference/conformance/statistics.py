@@ -270,7 +270,9 @@ def sample_size_for_tv(
         worst = max(det)
         if worst <= tv:
             return n
-        why = f"row {int(rows[int(np.argmax(det))])} of probabilities detects only {worst:.3g} at n = {n}"
+        b = int(rows[int(np.argmax(det))])
+        why = (f"row {b} of probabilities detects only {worst:.3g} at n = {n}" if math.isfinite(worst) else
+               f"row {b} of probabilities leaves the G-test one merged group at n = {n}")
         ratio = 4.0 if not math.isfinite(worst) else max((worst / tv) ** 2, 1.05)
         n = int(math.ceil(n * ratio))
     raise ValueError(
