@@ -226,7 +226,8 @@ def _wrong_shape(points, queries, n, seed):
     return np.zeros((queries.shape[0], n + 1), dtype=np.int64)
 
 
-@pytest.mark.parametrize("sample, what", [(_raises, "raised RuntimeError: boom"), (_wrong_shape, "output: expected shape")])
+@pytest.mark.parametrize("sample, what", [(_raises, "raised RuntimeError: boom"),
+                                          (_wrong_shape, "output: expected shape")])
 def test_check_sampler_backend_error_case_fields(sample, what):
     """Every scenario case of check_sampler for a backend that raises or returns the wrong shape
     has every field documented: the scenario's name, its statistic string, NaN, the per-query

@@ -78,7 +78,11 @@ def fits(fn: Callable[..., Any], check: str) -> bool | None:
 
 
 def fitting_checks(fn: Callable[..., Any]) -> list[str]:
-    """The checks whose protocol ``fn``'s signature fits (all of them when it is unknown).
+    """The checks whose protocol ``fn``'s signature fits (all but ``dynamic`` when it is unknown).
+
+    A bare ``dynamic_build`` (one required parameter) is recognised only when its
+    first parameter is named ``points``, whatever follows it (defaulted,
+    keyword-only, ``*args``, ``**kwargs``).
 
     When several fit (``bracket`` and ``topk`` both take three arguments), the one
     whose parameter names ``fn`` uses, if exactly one, is the answer.
