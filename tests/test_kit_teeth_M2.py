@@ -156,16 +156,19 @@ def _main(capsys, *argv: str) -> tuple[int, str]:
     ("--power", "1e-06", "--power: expected a detection probability in (--alpha = 1e-06, 1), got 1e-06"),
     ("--power", "1", "--power: expected a detection probability in (--alpha = 1e-06, 1), got 1.0"),
     ("--power", "1.5", "--power: expected a detection probability in (--alpha = 1e-06, 1), got 1.5"),
+    ("--power", "0.5", "--power: expected a detection probability in (--alpha = 0.5, 1), got 0.5"),
 ])
 def test_invalid_option_values_are_refused_up_front_naming_the_option(capsys, option, value, message):
     """Pins each sampler option's refusal: exit 2 and ``error: --option: ...`` before the backend is
-    loaded (before: `seed:`/`tv:`/`power:` only once a sampler ran, or a PASS without one)."""
-    code, err = _main(capsys, NO_BACKEND, option, value)
+    loaded (before: `seed:`/`tv:`/`power:` only once a sampler ran, or a PASS without one). The
+    power's lower bound is the run's ``--alpha`` (0.5 in the last case)."""
+    code, err = _main(capsys, NO_BACKEND, "--alpha", "0.5" if value == "0.5" else "1e-6", option, value)
     assert (code, err) == (2, f"error: {message}\n")
 
 
 @pytest.mark.parametrize("argv", [
-    ["--seed", "0"], ["--tv", "0.999"], ["--power", "2e-06"], ["--power", "0.999"], ["--alpha", "0.5", "--power", "0.6"],
+    ["--seed", "0"], ["--tv", "0.999"], ["--power", "2e-06"], ["--power", "0.999"],
+    ["--alpha", "0.5", "--power", "0.6"],
 ])
 def test_valid_option_values_at_the_boundary_reach_the_backend(capsys, argv):
     """The other side: the smallest and largest valid values pass the option checks (the run then
@@ -179,7 +182,7 @@ def test_k_needs_the_users_data(capsys, tmp_path):
     value given explicitly included; with the data it is used (``--k 99`` > N is refused by it)."""
     for k in ("5", "10"):
         code, err = _main(capsys, NO_BACKEND, "--k", k)
-        assert code == 2 and err.startswith(f"error: --k: ") and f"got --k {k} alone" in err
+        assert code == 2 and err.startswith("error: --k: ") and f"got --k {k} alone" in err
         assert "--targets and --queries" in err
     code, err = _main(capsys, NO_BACKEND)  # no --k: nothing to refuse
     assert code == 1
@@ -206,5 +209,6 @@ def test_help_still_explains_the_options(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--targets Z.npy --queries Q.npy [--k K]" in text
     for opt, words in (("--k K", "k of the top-k check on your data"), ("--seed SEED", "base seed"),
-                       ("--tv TV", "TV error the sampler test must detect"), ("--power POWER", "detection probability")):
+                       ("--tv TV", "TV error the sampler test must detect"),
+                       ("--power POWER", "detection probability")):
         assert f"{opt} {words}" in text, opt

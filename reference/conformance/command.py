@@ -68,12 +68,12 @@ def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
     """
     from reference.data import load_dataset
 
-    # The number of queries, only to size the placeholder positives. A path is opened only when it is
-    # a regular file (np.load would block on a FIFO, which load_dataset refuses without reading it);
-    # whatever else comes, load_dataset says what is wrong with it.
-    # Anything but a path or an array is refused here, naming `queries`: load_dataset would name the
-    # test set it is passed as (None) or never see it (os.path.isfile raises TypeError on a list and
-    # takes an int for a file descriptor).
+    # The number of queries, only to size the placeholder positives. Anything but a path or an array
+    # is refused here, naming `queries` (load_dataset would blame the placeholder for a None, which it
+    # takes for "no test set"; os.path.isfile raises TypeError on a list and takes an int for a file
+    # descriptor). A path is opened only when it is a regular file (np.load would block on a FIFO,
+    # which load_dataset refuses without reading it); whatever else is wrong with it, load_dataset
+    # says, before it reads the placeholder: the default rows = 1 never reaches a message.
     rows = 1
     if isinstance(queries, np.ndarray):
         rows = queries.shape[0] if queries.ndim else 1
