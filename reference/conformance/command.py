@@ -50,6 +50,17 @@ def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
     queries are given as their own test set with placeholder positives
     (target 0), and only the arrays are kept.
 
+    Parameters
+    ----------
+    targets : path-like or ndarray, shape (N, d)
+    queries : path-like or ndarray, shape (B, d)
+        Anything else (a list, None, an int: not a file descriptor) is refused naming ``queries``.
+
+    Returns
+    -------
+    Z : ndarray (N, d) float64
+    Q : ndarray (B, d) float64
+
     Raises
     ------
     ValueError
@@ -57,13 +68,18 @@ def load_user_data(targets: Any, queries: Any) -> tuple[np.ndarray, np.ndarray]:
     """
     from reference.data import load_dataset
 
-    # The number of queries, only to size the placeholder positives. A path is opened only when it is
-    # a regular file (np.load would block on a FIFO, which load_dataset refuses without reading it);
-    # whatever else comes, load_dataset says what is wrong with it.
+    # The number of queries, only to size the placeholder positives. Anything but a path or an array
+    # is refused here, naming `queries` (load_dataset would blame the placeholder for a None, which it
+    # takes for "no test set"; os.path.isfile raises TypeError on a list and takes an int for a file
+    # descriptor). A path is opened only when it is a regular file (np.load would block on a FIFO,
+    # which load_dataset refuses without reading it); whatever else is wrong with it, load_dataset
+    # says, before it reads the placeholder: the default rows = 1 never reaches a message.
     rows = 1
     if isinstance(queries, np.ndarray):
         rows = queries.shape[0] if queries.ndim else 1
-    elif isinstance(queries, (str, os.PathLike)) and os.path.isfile(queries):
+    elif not isinstance(queries, (str, os.PathLike)):
+        raise ValueError(f"queries: expected a path to a .npy file or a numpy array, got {type(queries).__name__}")
+    elif os.path.isfile(queries):
         with contextlib.suppress(Exception):  # unreadable or not an array: rows stays 1
             rows = int(np.load(queries, mmap_mode="r", allow_pickle=False).shape[0])
     placeholder = np.zeros(max(rows, 1), dtype=np.int64)
@@ -83,6 +99,19 @@ def user_scenarios(Z: np.ndarray, Q: np.ndarray, k: int, about: str) -> dict[str
         "topk": [TopkScenario("your-data", Z, Q, k, f"{about}: {Z.shape[0]} targets, {Q.shape[0]} queries, k = {k}")],
         "sampler": [SamplerScenario("your-data", Z, Q[:S], f"{about}: {Z.shape[0]} targets, the first {S} queries")],
     }
+
+
+#: The attribute :class:`_StoreGiven` sets on the namespace when ``--k`` is given (its default 10 is not).
+_K_GIVEN = "k_given"
+
+
+class _StoreGiven(argparse.Action):
+    """Store the value, and note on the namespace that the option was given (``--k`` without data is refused)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, _K_GIVEN, True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=None, metavar="Z.npy",
                         help="run the top-k and sampler checks on your own targets (N, d) ... ")
     parser.add_argument("--queries", default=None, metavar="Q.npy", help="... and queries (B, d), .npy files")
-    parser.add_argument("--k", type=int, default=10, help="k of the top-k check on your data (default 10)")
+    parser.add_argument("--k", type=int, default=10, action=_StoreGiven,
+                        help="k of the top-k check on your data (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="base seed handed to the sampler (default 0)")
     parser.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help=f"false-alarm rate of the run (default {DEFAULT_ALPHA:g})"
@@ -175,11 +205,20 @@ def run(args: argparse.Namespace) -> int:
         return golden.cli(args.golden, args.golden_dir)
     if args.backend is None:
         raise ValueError("BACKEND: expected 'module:object' (or --golden check|regenerate)")
-    check_false_alarm_rate(args.alpha, "--alpha")
-    check_positive(args.tv, "--tv")
+    # Every option value is checked here, before any work, naming the option as typed: the checks
+    # would refuse the same values only once a sampler runs, naming their own arguments (`seed`).
+    alpha = check_false_alarm_rate(args.alpha, "--alpha")
+    if not check_positive(args.tv, "--tv") < 1:
+        raise ValueError(f"--tv: expected a TV distance in (0, 1), got {args.tv!r}")
+    if not alpha < check_positive(args.power, "--power") < 1:  # the sampler's rule, at its largest alpha
+        raise ValueError(f"--power: expected a detection probability in (--alpha = {alpha:g}, 1), got {args.power!r}")
+    check_int(args.seed, "--seed", low=0)
     time_limit = check_time_limit(args.time_limit, "--time-limit")
     if (args.targets is None) != (args.queries is None):
         raise ValueError("--targets, --queries: expected both or neither")
+    if args.targets is None and getattr(args, _K_GIVEN, False):
+        raise ValueError(f"--k: the k of the top-k check on your data: expected --targets and --queries with it, "
+                         f"got --k {args.k} alone (the kit's own top-k scenarios fix their k)")
     scenarios = None
     if args.targets is not None:
         Z, Q = load_user_data(args.targets, args.queries)
@@ -212,9 +251,15 @@ def run(args: argparse.Namespace) -> int:
         if other:
             raise ValueError(f"--checks: on --targets/--queries data only {' and '.join(scenarios)} run, got {other}")
         scenarios = {c: s for c, s in scenarios.items() if c in checks}
-    report = run_conformance(
-        backend, checks, alpha=args.alpha, tv=args.tv, power=args.power, seed=args.seed, name=args.backend,
-        dtype=dtype, time_limit=time_limit, scenarios=scenarios,
-    )
+    try:
+        report = run_conformance(
+            backend, checks, alpha=args.alpha, tv=args.tv, power=args.power, seed=args.seed, name=args.backend,
+            dtype=dtype, time_limit=time_limit, scenarios=scenarios,
+        )
+    except ValueError as exc:  # a --tv too small for the data: only the sampler's probabilities can tell
+        text = str(exc)
+        if text.startswith("tv: "):
+            raise ValueError("--tv: " + text[len("tv: "):]) from None
+        raise
     print(report.format())
     return 0 if report.passed else 1

@@ -36,7 +36,9 @@ The state provides (attributes or mapping keys):
     :mod:`~reference.conformance.bracket`, answered on the state's current
     live targets with the state's ids; a state provides at least one of them.
 
-Return values of ``move``, ``delete`` and ``rebuild`` are ignored. Arrays in
+P may be 0 (a user's script may move, insert or delete no rows): the state
+must take such a step as a no-op (``insert`` returning no ids). Return
+values of ``move``, ``delete`` and ``rebuild`` are ignored. Arrays in
 are C-contiguous NumPy float64 / int64 copies (a call that writes into them
 fails, as in every protocol); outputs may be anything ``numpy.asarray``
 accepts. The backend's ``dtype`` (or ``--dtype``) declares the precision of

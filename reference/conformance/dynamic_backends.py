@@ -24,6 +24,11 @@ import numpy as np
 __all__ = ["TreeState", "TreeBackend", "TREE_BACKEND", "StaticState", "from_static", "REBUILD_BACKEND"]
 
 
+def _no_rows(a: Any) -> bool:
+    """Whether ``a`` is an array of zero rows (shape (0,) or (0, d))."""
+    return np.ndim(a) >= 1 and np.shape(a)[0] == 0
+
+
 class TreeState:
     """A :class:`reference.tree.Tree` behind the dynamic protocol (the ten lines to copy for your own index)."""
 
@@ -32,13 +37,21 @@ class TreeState:
 
         self.tree = Tree.build(points, seed=0)
 
+    # An empty step (no rows) is a no-op: the dynamic protocol allows one, Tree.update, insert and
+    # delete refuse it. Anything else goes to the tree, which names what is wrong with it.
     def move(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if _no_rows(ids) and _no_rows(vectors):
+            return
         self.tree.update(ids, vectors)
 
     def insert(self, vectors: np.ndarray) -> np.ndarray:
+        if _no_rows(vectors):
+            return np.zeros(0, dtype=np.int64)
         return self.tree.insert(vectors)
 
     def delete(self, ids: np.ndarray) -> None:
+        if _no_rows(ids):
+            return
         self.tree.delete(ids)
 
     def rebuild(self, depth: int) -> None:
