@@ -104,3 +104,89 @@ def test_distinct_rows_inverse_is_one_dimensional_on_every_declared_numpy(monkey
     a = _data.logits(P, Q)
     assert a.shape == (2, 3)
     np.testing.assert_array_equal(a, Q @ P.T)
+
+
+# ------------------------------------------------------------- top-k: I3 of any size beyond the margin raises
+
+from reference import sampling  # noqa: E402
+from reference._fastpath import ROUNDING  # noqa: E402
+from reference.tree import Tree  # noqa: E402
+
+
+def _i3_tree() -> tuple[Tree, np.ndarray, int]:
+    """300 targets in 3-D (141 leaves); the query points along the longest target y, its top-1."""
+    P = np.random.default_rng(5).standard_normal((300, 3))
+    t = Tree.build(P, branching=3, leaf_size=4, seed=0)
+    y = int(np.argmax(np.linalg.norm(P, axis=1)))
+    return t, 5.0 * P[y] / np.linalg.norm(P[y]), y
+
+
+def _beam_leaves(monkeypatch, t: Tree, q: np.ndarray) -> set[int]:
+    """The leaves top-k's seeding beam scores for ``q`` (spied on ``_leaf_logits``, whether or not
+    top-k then raises)."""
+    seen = []
+    real = sampling._leaf_logits
+
+    def spy(tree, Q, qq, v, *args):
+        seen.append(v.copy())
+        return real(tree, Q, qq, v, *args)
+
+    monkeypatch.setattr(sampling, "_leaf_logits", spy)
+    try:
+        sampling.topk(t, q, 1)
+    except ValueError:
+        pass
+    monkeypatch.undo()
+    (v,) = seen
+    return {int(x) for x in v}
+
+
+def _lower(t: Tree, q: np.ndarray, leaf: int, over: float) -> tuple[int, float]:
+    """Move ``leaf``'s representative against ``q`` (cache ``rep_norm`` kept consistent) so that its
+    best target y has a_y - ub_leaf = ``over``, ub_leaf = <q, r_v> + ||q|| rho_v; returns y and the
+    leaf's rounding margin ROUNDING (1 + ||q|| (||r_v|| + rho_v)) after the move."""
+    pos = np.arange(t.start[leaf], t.stop[leaf])
+    a = t.points_dfs[pos] @ q
+    j = int(np.argmax(a))
+    qn = float(np.linalg.norm(q))
+    ub = float(t.rep[leaf] @ q) + qn * t.radius[leaf]
+    t.rep[leaf] -= (ub - a[j] + over) / qn * (q / qn)
+    t.rep_norm[leaf] = np.linalg.norm(t.rep[leaf])
+    got = a[j] - (float(t.rep[leaf] @ q) + qn * t.radius[leaf])
+    assert abs(got - over) <= 1e-12 * (1.0 + abs(over))
+    return int(t.order[pos[j]]), ROUNDING * (1.0 + qn * (t.rep_norm[leaf] + t.radius[leaf]))
+
+
+@pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
+@pytest.mark.parametrize("phase", ["beam", "sweep"])
+def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, phase: str, over: float) -> None:
+    """Pins top-k's I3 threshold, the rounding margin and nothing more, in both phases.
+
+    ``beam``: the leaf of the query's top-1 target, which the seeding beam scores (checked), gets a
+    representative that leaves that target ``over`` nats above the leaf's bound; with k = 1 its
+    logit seeds tau above the leaf's bound + margin, so the sweep prunes that leaf: only the beam can
+    see the violation, and a threshold looser than the margin (e.g. 1 nat) returns a wrong top-1
+    silently. ``sweep``: a leaf the beam does not score gets the same corruption, k = n_live (nothing
+    pruned): the sweep's own check must report it. Both name the target and its leaf."""
+    t, q, top = _i3_tree()
+    leaf, k = (int(t.leaf_of[top]), 1) if phase == "beam" else (int(t.leaf_of[0]), t.n_live)
+    y, margin = _lower(t, q, leaf, over)
+    assert over > 2.0 * margin
+    assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
+    with pytest.raises(ValueError, match=rf"^tree: invariant I3 violated \(topk\): target {y} has "
+                                         rf"a_y - <q, r_v> - eps_v = \S+ > 0 for node {leaf}, "):
+        sampling.topk(t, q, k)
+
+
+@pytest.mark.parametrize("phase", ["beam", "sweep"])
+def test_topk_accepts_an_i3_excess_inside_the_margin(monkeypatch, phase: str) -> None:
+    """The other side of the threshold: a target above its leaf's bound by half the rounding margin
+    is rounding, not a violation; top-k returns the brute-force result, in both phases."""
+    t, q, top = _i3_tree()
+    leaf, k = (int(t.leaf_of[top]), 1) if phase == "beam" else (int(t.leaf_of[0]), t.n_live)
+    _, margin = _lower(t, q, leaf, 0.0)
+    _lower(t, q, leaf, 0.5 * margin)
+    assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
+    ids, a = sampling.topk(t, q, k)
+    brute = t.points @ q
+    np.testing.assert_array_equal(ids, np.lexsort((np.arange(t.n_live), -brute))[:k])
