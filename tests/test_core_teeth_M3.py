@@ -190,3 +190,47 @@ def test_topk_accepts_an_i3_excess_inside_the_margin(monkeypatch, phase: str) ->
     ids, a = sampling.topk(t, q, k)
     brute = t.points @ q
     np.testing.assert_array_equal(ids, np.lexsort((np.arange(t.n_live), -brute))[:k])
+
+
+def _root_only(qnorm: float, over: float | None) -> tuple[Tree, np.ndarray, float, float]:
+    """The 300-target tree and a query of norm ``qnorm`` (0.01 or less), whose envelope is the root
+    alone (checked): every proposal of rejection_sample is a root proposal. The root's
+    representative is moved against q so that the target of least logit is above the root's bound
+    by ``over`` nats, or (``over=None``) by a quarter of the root's rounding margin: every target is
+    then above the bound. Returns the tree, the query, the least and the largest excess."""
+    t, _, _ = _i3_tree()
+    q = qnorm * np.array([0.6, -0.8, 0.0])
+    a = t.points_dfs @ q
+    ub = float(t.rep[0] @ q) + qnorm * t.radius[0]
+    if over is None:
+        over = 0.25 * ROUNDING * (1.0 + qnorm * (t.rep_norm[0] + t.radius[0]))
+    t.rep[0] -= (ub - a.min() + over) / qnorm * (q / qnorm)
+    t.rep_norm[0] = np.linalg.norm(t.rep[0])
+    cut = sampling.rejection_envelope(t, q, 20)
+    assert cut.node.tolist() == [0] and cut.target.tolist() == [-1]
+    ub = float(t.rep[0] @ q) + qnorm * t.radius[0]
+    return t, q, float(a.min() - ub), float(a.max() - ub)
+
+
+@pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
+def test_rejection_sample_raises_on_an_i3_excess_of_any_size_beyond_the_margin(over: float) -> None:
+    """Pins the sampler's I3 threshold, the rounding margin and nothing more: with a root-only
+    envelope and every target above the root's bound by ``over`` to ``over`` + 0.06 nats (below 1
+    nat for the two smaller ones), the first proposal has an acceptance probability above 1, and
+    rejection_sample must raise, naming the root."""
+    t, q, least, worst = _root_only(0.01, over)
+    assert least > 0.0 and worst <= over + 0.06
+    with pytest.raises(ValueError, match=r"^tree: invariant I3 violated \(rejection_sample\): target \d+ has "
+                                         r"a_y - <q, r_v> - eps_v = \S+ > 0 for node 0, "):
+        sampling.rejection_sample(t, q, 20, np.random.default_rng(0))
+
+
+def test_rejection_sample_accepts_an_i3_excess_inside_the_margin() -> None:
+    """The other side: with a query of norm 1e-11, every target is above the root's bound by a
+    quarter of its rounding margin (1e-9 (1 + ||q|| (||r|| + rho))) to less than the margin: that is
+    rounding, and rejection_sample returns 20 live ids (a threshold tighter than the margin raises
+    at the first proposal)."""
+    t, q, least, worst = _root_only(1e-11, None)
+    assert 0.0 < least <= worst < ROUNDING
+    ids, counters = sampling.rejection_sample(t, q, 20, np.random.default_rng(0))
+    assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < t.n_live and counters["proposals"] >= 20
