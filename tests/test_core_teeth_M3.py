@@ -157,19 +157,46 @@ def _lower(t: Tree, q: np.ndarray, leaf: int, over: float) -> tuple[int, float]:
     return int(t.order[pos[j]]), ROUNDING * (1.0 + qn * (t.rep_norm[leaf] + t.radius[leaf]))
 
 
+@pytest.fixture(scope="module")
+def dense_case() -> tuple[Tree, np.ndarray]:
+    """9000 targets in 4-D (at least 2^13: the dense fallback is on) and a query of norm ~0.02 that
+    prunes nothing, so top-k finishes it densely (checked by the test: N + a few target logits)."""
+    rng = np.random.default_rng(0)
+    t = Tree.build(rng.standard_normal((9000, 4)), seed=0, branching=2)
+    return t, rng.standard_normal(4) * 0.01
+
+
+def _case(monkeypatch, phase: str, dense_case) -> tuple[Tree, np.ndarray, int, int]:
+    """(tree, query, leaf to corrupt, k) for a phase of top-k: ``beam`` (the top-1's leaf, k = 1),
+    ``sweep`` (a leaf the beam does not score, k = n_live) and ``dense`` (a leaf the beam does not
+    score, on a query the dense fallback finishes, k = 1)."""
+    if phase == "dense":
+        t0, q = dense_case
+        t = Tree.build(t0.points, seed=0, branching=2)
+        _, _, c = sampling.topk(t, q, 1, return_counters=True)
+        assert t.n_live <= c["target_logits"] < t.n_live + 100   # the dense fallback scored every target
+        beam = _beam_leaves(monkeypatch, t, q)
+        leaf = int(next(v for v in np.flatnonzero(t.is_leaf & (t.count > 0)) if v not in beam))
+        return t, q, leaf, 1
+    t, q, top = _i3_tree()
+    return (t, q, int(t.leaf_of[top]), 1) if phase == "beam" else (t, q, int(t.leaf_of[0]), t.n_live)
+
+
 @pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
-@pytest.mark.parametrize("phase", ["beam", "sweep"])
-def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, phase: str, over: float) -> None:
-    """Pins top-k's I3 threshold, the rounding margin and nothing more, in both phases.
+@pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
+def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, dense_case, phase: str,
+                                                                   over: float) -> None:
+    """Pins top-k's I3 threshold, the rounding margin and nothing more, on its three paths.
 
     ``beam``: the leaf of the query's top-1 target, which the seeding beam scores (checked), gets a
     representative that leaves that target ``over`` nats above the leaf's bound; with k = 1 its
     logit seeds tau above the leaf's bound + margin, so the sweep prunes that leaf: only the beam can
     see the violation, and a threshold looser than the margin (e.g. 1 nat) returns a wrong top-1
     silently. ``sweep``: a leaf the beam does not score gets the same corruption, k = n_live (nothing
-    pruned): the sweep's own check must report it. Both name the target and its leaf."""
-    t, q, top = _i3_tree()
-    leaf, k = (int(t.leaf_of[top]), 1) if phase == "beam" else (int(t.leaf_of[0]), t.n_live)
+    pruned): the sweep's own check must report it. ``dense``: the same in a leaf the beam does not
+    score, on a query the dense fallback finishes: it scores every target and must check them too.
+    Each names the target and its leaf."""
+    t, q, leaf, k = _case(monkeypatch, phase, dense_case)
     y, margin = _lower(t, q, leaf, over)
     assert over > 2.0 * margin
     assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
@@ -178,12 +205,11 @@ def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, 
         sampling.topk(t, q, k)
 
 
-@pytest.mark.parametrize("phase", ["beam", "sweep"])
-def test_topk_accepts_an_i3_excess_inside_the_margin(monkeypatch, phase: str) -> None:
+@pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
+def test_topk_accepts_an_i3_excess_inside_the_margin(monkeypatch, dense_case, phase: str) -> None:
     """The other side of the threshold: a target above its leaf's bound by half the rounding margin
-    is rounding, not a violation; top-k returns the brute-force result, in both phases."""
-    t, q, top = _i3_tree()
-    leaf, k = (int(t.leaf_of[top]), 1) if phase == "beam" else (int(t.leaf_of[0]), t.n_live)
+    is rounding, not a violation; top-k returns the brute-force result, on each path."""
+    t, q, leaf, k = _case(monkeypatch, phase, dense_case)
     _, margin = _lower(t, q, leaf, 0.0)
     _lower(t, q, leaf, 0.5 * margin)
     assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
