@@ -4,8 +4,9 @@
   segment, whatever the rounding of the cumulative weights (``tree._kmeans_labels``);
 - ``conformance._data.distinct_rows`` gives a 1-D inverse on every NumPy the project declares,
   including NumPy 2.0.0, whose ``np.unique(axis=0, return_inverse=True)`` returns it as (n, 1);
-- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam and sweep)
-  and in the rejection sampler;
+- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam, sweep and
+  dense fallback: the fallback checked nothing before this file) and in the rejection sampler, and
+  one inside the margin does not;
 - refine's parking rule at its tolerance.
 
 Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no timing.
@@ -13,11 +14,17 @@ Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no
 
 from __future__ import annotations
 
+import linecache
+import sys
+
 import numpy as np
 import pytest
 
 import reference.tree as tree_module
+from reference import _fastpath, sampling
+from reference._fastpath import ROUNDING
 from reference.conformance import _data
+from reference.tree import Tree
 
 # ------------------------------------------------------------- k-means++: a center from its own segment
 
@@ -107,10 +114,6 @@ def test_distinct_rows_inverse_is_one_dimensional_on_every_declared_numpy(monkey
 
 
 # ------------------------------------------------------------- top-k: I3 of any size beyond the margin raises
-
-from reference import sampling  # noqa: E402
-from reference._fastpath import ROUNDING  # noqa: E402
-from reference.tree import Tree  # noqa: E402
 
 
 def _i3_tree() -> tuple[Tree, np.ndarray, int]:
@@ -263,11 +266,6 @@ def test_rejection_sample_accepts_an_i3_excess_inside_the_margin() -> None:
 
 
 # ------------------------------------------------------------- refine: the parking rule at its tolerance
-
-import linecache  # noqa: E402
-import sys  # noqa: E402
-
-from reference import _fastpath  # noqa: E402
 
 
 def _is_refine_body(code) -> bool:
