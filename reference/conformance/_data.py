@@ -56,7 +56,7 @@ def distinct_rows(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``np.unique(..., axis=0, return_inverse=True)`` returns it as (n, 1), others as (n,).
     """
     uniq, inv = np.unique(points, axis=0, return_inverse=True)
-    return uniq, inv.reshape(-1)  # (n, 1) on NumPy 2.0.0
+    return uniq, inv.reshape(-1)
 
 
 def logits(
