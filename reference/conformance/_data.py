@@ -50,7 +50,11 @@ def near_duplicates(rng: np.random.Generator, unique: np.ndarray, copies: int, r
 
 
 def distinct_rows(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct rows of ``points``, the index of each point's row among them)."""
+    """(distinct rows of ``points``, the index of each point's row among them).
+
+    The index is 1-D, shape (n,), on every NumPy the project declares: NumPy 2.0.0's
+    ``np.unique(..., axis=0, return_inverse=True)`` returns it as (n, 1), others as (n,).
+    """
     uniq, inv = np.unique(points, axis=0, return_inverse=True)
     return uniq, inv.reshape(-1)
 

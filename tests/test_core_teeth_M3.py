@@ -1,0 +1,355 @@
+"""Teeth for four gaps of tests/mutation/survivors.md (helper M3), each pinned by theme:
+
+- k-means++ seeding picks every center among its own segment's points, on both sides of the
+  segment, whatever the rounding of the cumulative weights (``tree._kmeans_labels``);
+- ``conformance._data.distinct_rows`` gives a 1-D inverse on every NumPy the project declares,
+  including NumPy 2.0.0, whose ``np.unique(axis=0, return_inverse=True)`` returns it as (n, 1);
+- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam, sweep and
+  dense fallback: the fallback checked nothing before this file) and in the rejection sampler, and
+  one inside the margin does not;
+- refine's parking rule at its tolerance.
+
+Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no timing.
+"""
+
+from __future__ import annotations
+
+import linecache
+import sys
+
+import numpy as np
+import pytest
+
+import reference.tree as tree_module
+from reference import _fastpath, sampling
+from reference._fastpath import ROUNDING
+from reference.conformance import _data
+from reference.tree import Tree
+
+# ------------------------------------------------------------- k-means++: a center from its own segment
+
+
+class _Draws:
+    """A ``Generator`` stand-in for ``_kmeans_labels``: its first ``random`` call (the shuffle keys)
+    gives zeros (identity order), its second (the first center) ``first``, every later one (the
+    k-means++ draws) ``draw``."""
+
+    def __init__(self, first: float, draw: float) -> None:
+        self.calls, self.first, self.draw = 0, first, draw
+
+    def random(self, size: int) -> np.ndarray:
+        self.calls += 1
+        return np.full(size, 0.0 if self.calls == 1 else self.first if self.calls == 2 else self.draw)
+
+
+@pytest.mark.parametrize("draw", [0.0, float(np.nextafter(1.0, 0.0))])
+def test_kmeans_seeding_picks_a_center_of_its_own_segment_at_both_rounding_edges(monkeypatch, draw) -> None:
+    """Pins the clip of the k-means++ pick to its segment, below and above.
+
+    Two segments of three points, b = 2, first center the last point of each segment. The draw u =
+    (cs[s] - w[s]) + r of segment g lands, in exact arithmetic, inside [cs[s] - w[s], cs[s_end]);
+    in float64 the base cs[s] - w[s] of segment 1 rounds below cs[s - 1] (checked here: with r = 0
+    the unclipped pick falls in segment 0), and with r = 1 - 2^-53 the pick of segment 0 rounds past
+    its end (also checked). Either way the second center must be a point of the segment's own node:
+    the clip to [s_start, s_start + s_len - 1] is the guard, and this test fails without either side.
+    """
+    points = np.random.default_rng(0).standard_normal((6, 2))
+    lens = np.array([3, 3], dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    work = np.arange(6, dtype=np.int64)
+    group = np.repeat(np.arange(2, dtype=np.int64), lens)
+    # The k-means++ weights of the one draw, as _kmeans_labels computes them, and where the
+    # unclipped search lands: outside its segment, else this test would have no teeth.
+    d2 = ((points - np.repeat(points[starts + lens - 1], lens, axis=0)) ** 2).sum(axis=1)
+    w = d2 / np.add.reduceat(d2, starts)[group]
+    cs = np.cumsum(w)
+    raw = np.searchsorted(cs, cs[starts] - w[starts] + draw, side="right")
+    assert np.any((raw < starts) | (raw > starts + lens - 1))
+    seen = []
+    real = tree_module._nearest_centers
+
+    def spy(p, rows, s, ln, centers):
+        seen.append(centers.copy())
+        return real(p, rows, s, ln, centers)
+
+    monkeypatch.setattr(tree_module, "_nearest_centers", spy)
+    labels = tree_module._kmeans_labels(points, work, group, starts, lens, 2, 0, _Draws(0.99, draw))
+    (centers,) = seen  # iters = 0: the seeding centers are the final ones
+    for g in range(2):
+        own = points[starts[g]:starts[g] + lens[g]]
+        for j in range(2):
+            assert (own == centers[g, j]).all(axis=1).any(), (g, j)
+    assert labels.shape == (6,) and labels.min() >= 0 and labels.max() <= 1
+
+
+# ------------------------------------------------------------- distinct_rows: a 1-D inverse on every NumPy
+
+
+@pytest.mark.parametrize("numpy_2_0_0_shape", [False, True])
+def test_distinct_rows_inverse_is_one_dimensional_on_every_declared_numpy(monkeypatch, numpy_2_0_0_shape) -> None:
+    """Pins distinct_rows' inverse as shape (n,) whatever shape ``np.unique`` gives it: NumPy 2.0.0
+    (inside the declared numpy>=1.25.2) returns ``return_inverse`` of ``axis=0`` as (n, 1), other
+    versions as (n,). Fed that shape through a stand-in ``np.unique``, the inverse must stay 1-D and
+    ``logits`` must stay (B, N), with exactly equal logits for the duplicate rows."""
+    real = np.unique
+
+    def unique_2_0_0(ar, *args, **kwargs):
+        out = real(ar, *args, **kwargs)
+        if kwargs.get("axis") == 0 and kwargs.get("return_inverse"):
+            out = (*out[:-1], out[-1].reshape(-1, 1))
+        return out
+
+    if numpy_2_0_0_shape:
+        monkeypatch.setattr(_data.np, "unique", unique_2_0_0)
+    P = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]])
+    uniq, inv = _data.distinct_rows(P)
+    if numpy_2_0_0_shape:
+        assert np.unique(P, axis=0, return_inverse=True)[1].shape == (3, 1)
+    assert inv.shape == (3,) and inv.tolist() == [1, 1, 0]
+    np.testing.assert_array_equal(uniq[inv], P)
+    Q = np.array([[1.0, -1.0], [0.5, 2.0]])
+    a = _data.logits(P, Q)
+    assert a.shape == (2, 3)
+    np.testing.assert_array_equal(a, Q @ P.T)
+
+
+# ------------------------------------------------------------- top-k: I3 of any size beyond the margin raises
+
+
+def _i3_tree() -> tuple[Tree, np.ndarray, int]:
+    """300 targets in 3-D (141 leaves); the query points along the longest target y, its top-1."""
+    P = np.random.default_rng(5).standard_normal((300, 3))
+    t = Tree.build(P, branching=3, leaf_size=4, seed=0)
+    y = int(np.argmax(np.linalg.norm(P, axis=1)))
+    return t, 5.0 * P[y] / np.linalg.norm(P[y]), y
+
+
+def _beam_leaves(monkeypatch, t: Tree, q: np.ndarray) -> set[int]:
+    """The leaves top-k's seeding beam scores for ``q`` (spied on ``_leaf_logits``, whether or not
+    top-k then raises)."""
+    seen = []
+    real = sampling._leaf_logits
+
+    def spy(tree, Q, qq, v, *args):
+        seen.append(v.copy())
+        return real(tree, Q, qq, v, *args)
+
+    monkeypatch.setattr(sampling, "_leaf_logits", spy)
+    try:
+        sampling.topk(t, q, 1)
+    except ValueError:
+        pass
+    monkeypatch.undo()
+    (v,) = seen
+    return {int(x) for x in v}
+
+
+def _lower(t: Tree, q: np.ndarray, leaf: int, over: float) -> tuple[int, float]:
+    """Move ``leaf``'s representative against ``q`` (cache ``rep_norm`` kept consistent) so that its
+    best target y has a_y - ub_leaf = ``over``, ub_leaf = <q, r_v> + ||q|| rho_v; returns y and the
+    leaf's rounding margin ROUNDING (1 + ||q|| (||r_v|| + rho_v)) after the move."""
+    pos = np.arange(t.start[leaf], t.stop[leaf])
+    a = t.points_dfs[pos] @ q
+    j = int(np.argmax(a))
+    qn = float(np.linalg.norm(q))
+    ub = float(t.rep[leaf] @ q) + qn * t.radius[leaf]
+    t.rep[leaf] -= (ub - a[j] + over) / qn * (q / qn)
+    t.rep_norm[leaf] = np.linalg.norm(t.rep[leaf])
+    got = a[j] - (float(t.rep[leaf] @ q) + qn * t.radius[leaf])
+    assert abs(got - over) <= 1e-12 * (1.0 + abs(over))
+    return int(t.order[pos[j]]), ROUNDING * (1.0 + qn * (t.rep_norm[leaf] + t.radius[leaf]))
+
+
+@pytest.fixture(scope="module")
+def dense_case() -> tuple[Tree, np.ndarray]:
+    """9000 targets in 4-D (at least 2^13: the dense fallback is on) and a query of norm ~0.02 that
+    prunes nothing, so top-k finishes it densely (checked by the test: N + a few target logits)."""
+    rng = np.random.default_rng(0)
+    t = Tree.build(rng.standard_normal((9000, 4)), seed=0, branching=2)
+    return t, rng.standard_normal(4) * 0.01
+
+
+def _case(monkeypatch, phase: str, dense_case) -> tuple[Tree, np.ndarray, int, int]:
+    """(tree, query, leaf to corrupt, k) for a phase of top-k: ``beam`` (the top-1's leaf, k = 1),
+    ``sweep`` (a leaf the beam does not score, k = n_live) and ``dense`` (a leaf the beam does not
+    score, on a query the dense fallback finishes, k = 1)."""
+    if phase == "dense":
+        t0, q = dense_case
+        t = Tree.build(t0.points, seed=0, branching=2)
+        _, _, c = sampling.topk(t, q, 1, return_counters=True)
+        assert t.n_live <= c["target_logits"] < t.n_live + 100   # the dense fallback scored every target
+        beam = _beam_leaves(monkeypatch, t, q)
+        leaf = int(next(v for v in np.flatnonzero(t.is_leaf & (t.count > 0)) if v not in beam))
+        return t, q, leaf, 1
+    t, q, top = _i3_tree()
+    return (t, q, int(t.leaf_of[top]), 1) if phase == "beam" else (t, q, int(t.leaf_of[0]), t.n_live)
+
+
+@pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
+@pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
+def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, dense_case, phase: str,
+                                                                   over: float) -> None:
+    """Pins top-k's I3 threshold, the rounding margin and nothing more, on its three paths.
+
+    ``beam``: the leaf of the query's top-1 target, which the seeding beam scores (checked), gets a
+    representative that leaves that target ``over`` nats above the leaf's bound; with k = 1 its
+    logit seeds tau above the leaf's bound + margin, so the sweep prunes that leaf: only the beam can
+    see the violation, and a threshold looser than the margin (e.g. 1 nat) returns a wrong top-1
+    silently. ``sweep``: a leaf the beam does not score gets the same corruption, k = n_live (nothing
+    pruned): the sweep's own check must report it. ``dense``: the same in a leaf the beam does not
+    score, on a query the dense fallback finishes: it scores every target and must check them too.
+    Each names the target and its leaf."""
+    t, q, leaf, k = _case(monkeypatch, phase, dense_case)
+    y, margin = _lower(t, q, leaf, over)
+    assert over > 2.0 * margin
+    assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
+    with pytest.raises(ValueError, match=rf"^tree: invariant I3 violated \(topk\): target {y} has "
+                                         rf"a_y - <q, r_v> - eps_v = \S+ > 0 for node {leaf}, "):
+        sampling.topk(t, q, k)
+
+
+@pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
+def test_topk_accepts_an_i3_excess_inside_the_margin(monkeypatch, dense_case, phase: str) -> None:
+    """The other side of the threshold: a target above its leaf's bound by half the rounding margin
+    is rounding, not a violation; top-k returns the brute-force result, on each path."""
+    t, q, leaf, k = _case(monkeypatch, phase, dense_case)
+    _, margin = _lower(t, q, leaf, 0.0)
+    _lower(t, q, leaf, 0.5 * margin)
+    assert (leaf in _beam_leaves(monkeypatch, t, q)) == (phase == "beam")
+    ids, a = sampling.topk(t, q, k)
+    brute = t.points @ q
+    np.testing.assert_array_equal(ids, np.lexsort((np.arange(t.n_live), -brute))[:k])
+
+
+def _root_only(qnorm: float, over: float | None) -> tuple[Tree, np.ndarray, float, float]:
+    """The 300-target tree and a query of norm ``qnorm`` (0.01 or less), whose envelope is the root
+    alone (checked): every proposal of rejection_sample is a root proposal. The root's
+    representative is moved against q so that the target of least logit is above the root's bound
+    by ``over`` nats, or (``over=None``) by a quarter of the root's rounding margin: every target is
+    then above the bound. Returns the tree, the query, the least and the largest excess."""
+    t, _, _ = _i3_tree()
+    q = qnorm * np.array([0.6, -0.8, 0.0])
+    a = t.points_dfs @ q
+    ub = float(t.rep[0] @ q) + qnorm * t.radius[0]
+    if over is None:
+        over = 0.25 * ROUNDING * (1.0 + qnorm * (t.rep_norm[0] + t.radius[0]))
+    t.rep[0] -= (ub - a.min() + over) / qnorm * (q / qnorm)
+    t.rep_norm[0] = np.linalg.norm(t.rep[0])
+    cut = sampling.rejection_envelope(t, q, 20)
+    assert cut.node.tolist() == [0] and cut.target.tolist() == [-1]
+    ub = float(t.rep[0] @ q) + qnorm * t.radius[0]
+    return t, q, float(a.min() - ub), float(a.max() - ub)
+
+
+@pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
+def test_rejection_sample_raises_on_an_i3_excess_of_any_size_beyond_the_margin(over: float) -> None:
+    """Pins the sampler's I3 threshold, the rounding margin and nothing more: with a root-only
+    envelope and every target above the root's bound by ``over`` to ``over`` + 0.06 nats (below 1
+    nat for the two smaller ones), the first proposal has an acceptance probability above 1, and
+    rejection_sample must raise, naming the root."""
+    t, q, least, worst = _root_only(0.01, over)
+    assert least > 0.0 and worst <= over + 0.06
+    with pytest.raises(ValueError, match=r"^tree: invariant I3 violated \(rejection_sample\): target \d+ has "
+                                         r"a_y - <q, r_v> - eps_v = \S+ > 0 for node 0, "):
+        sampling.rejection_sample(t, q, 20, np.random.default_rng(0))
+
+
+def test_rejection_sample_accepts_an_i3_excess_inside_the_margin() -> None:
+    """The other side: with a query of norm 1e-11, every target is above the root's bound by a
+    quarter of its rounding margin (1e-9 (1 + ||q|| (||r|| + rho))) to less than the margin: that is
+    rounding, and rejection_sample returns 20 live ids (a threshold tighter than the margin raises
+    at the first proposal)."""
+    t, q, least, worst = _root_only(1e-11, None)
+    assert 0.0 < least <= worst < ROUNDING
+    ids, counters = sampling.rejection_sample(t, q, 20, np.random.default_rng(0))
+    assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < t.n_live and counters["proposals"] >= 20
+
+
+# ------------------------------------------------------------- refine: the parking rule at its tolerance
+
+
+def _is_refine_body(code) -> bool:
+    """refine's body, whatever wraps it (the function of _fastpath with these locals)."""
+    names = set(code.co_varnames + code.co_cellvars)
+    return code.co_filename.endswith("_fastpath.py") and {"pool", "tot", "log_cost", "parked_key"} <= names
+
+
+def _refine_lines(code) -> tuple[int, int]:
+    """The line of refine's parking-return rule (``back = ...``) and of the cost rule's re-test."""
+    back, tests = None, []
+    for n in range(code.co_firstlineno, code.co_firstlineno + 2000):
+        s = linecache.getline(code.co_filename, n).strip()
+        if s.startswith("back = np.isfinite(parked_key)"):
+            back = n
+        elif s.startswith('marked = pool["gain"] - tot["hat"][query]'):
+            tests.append(n)
+    assert back is not None and len(tests) == 2, "refine's parking and cost-rule lines not found"
+    return back, tests[1]
+
+
+def _park_run(tree: Tree, q: np.ndarray, frac: float) -> tuple[tuple, list]:
+    """refine(tree, q, tol=0.3, n_draws=16, exact_leaves=True), traced. The first time refine reaches
+    its parking-return rule with a parked entry whose key (gain - log cost) lies more than 1e-6
+    below log Zhat and whose query the bracket rule leaves alone (not wide, or busy: only the key
+    can bring it back), the entry's log cost, in refine's own array, is set so that its key is
+    log Zhat + ``frac`` tol, tol = 1e-9 (1 + |log Zhat|), and the query's parked key to match (the
+    query's other parked entries get costs 10 above their gain over Zhat: far from the band).
+    Returns (query, node, round) of that entry, and the (round, pool nodes, cost-rule gaps) at
+    each re-test of the cost rule from then on."""
+    inj: list = []
+    seen: list = []
+
+    def local(frame, event, arg):
+        if event == "line":
+            back, retest = _refine_lines(frame.f_code)
+            f = frame.f_locals
+            if frame.f_lineno == back and not inj:
+                pk, hat, log_cost = f["parked_key"], f["hat"], f["log_cost"]
+                free = ~(f["wide"] & ~f["busy"])
+                cand = np.flatnonzero(np.isfinite(pk) & free & (pk < hat - 1e-6 * (1.0 + np.abs(hat))))
+                if cand.size:
+                    b = int(cand[0])
+                    ents = [(float(p["gain"][i]), int(p["node"][i])) for p in f["parked_parts"]
+                            for i in np.flatnonzero(p["query"] == b)]
+                    for g, v in ents[1:]:
+                        log_cost[v] = g - hat[b] + 10.0
+                    g, v = ents[0]
+                    log_cost[v] = g - (hat[b] + frac * 1e-9 * (1.0 + abs(hat[b])))
+                    pk[b] = g - log_cost[v]
+                    inj.append((b, v, f["rounds"]))
+            elif frame.f_lineno == retest and inj:
+                pool = f["pool"]
+                seen.append((f["rounds"], pool["node"].copy(),
+                             pool["gain"] - f["tot"]["hat"][f["query"]] - f["log_cost"][pool["node"]]))
+        return local
+
+    old = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local if _is_refine_body(frame.f_code) else None)
+    try:
+        _fastpath.refine(tree, q[None, :], tol=0.3, n_draws=16, exact_leaves=True)
+    finally:
+        sys.settrace(old)
+    assert inj, "no parked entry reached the parking rule"
+    return inj[0], seen
+
+
+@pytest.mark.parametrize("frac", [0.5, -0.5, -2.0])
+def test_refine_returns_a_parked_entry_whose_key_is_within_the_tolerance_of_zhat(frac: float) -> None:
+    """Pins refine's parking rule at its tolerance (a narrow test of refine's internals, traced): a
+    parked entry returns to the pool when its key gain - log cost exceeds log Zhat - 1e-9 (1 +
+    |log Zhat|), so that the pool's own cost rule (gain - log Zhat > log cost), never the parking
+    test, decides on it; the margin covers the last-bit differences between the parked and the
+    pooled sums of Zhat. Its key set (by its log cost) half a tolerance above log Zhat, the entry is
+    back in the pool at that round's re-test and marked there; half a tolerance below, back and not
+    marked; two tolerances below, still parked (its query's bracket rule does not act that round)."""
+    z = np.random.default_rng(0).standard_normal((400, 3))
+    tree = Tree.build(np.c_[z, np.ones(400)], branching=4, leaf_size=8, seed=0)
+    q = np.random.default_rng(7).standard_normal(4) * 2.0
+    (b, v, rnd), seen = _park_run(tree, q, frac)
+    at = [(nodes, gaps) for r, nodes, gaps in seen if r == rnd]
+    back = [gaps[np.flatnonzero(nodes == v)] for nodes, gaps in at if v in nodes]
+    if frac < -1.0:
+        assert not back
+    else:
+        assert len(back) == 1 and back[0].size == 1
+        assert (back[0][0] > 0.0) == (frac > 0.0)
