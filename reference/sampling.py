@@ -325,10 +325,12 @@ def topk(tree: Any, queries: Any, k: int, *, return_counters: bool = False, bloc
     Raises
     ------
     ValueError
-        On invalid input, or if a target it scores has a logit above its
-        leaf's bound beyond rounding (invariant I3 violated). Only the targets
-        it scores are checked: a target outside its node's radius under a
-        pruned node goes unseen (and may be missing from the result); run
+        On invalid input, or if a target of a leaf it opens has a logit above
+        that leaf's bound beyond rounding (invariant I3 violated). Only those
+        targets are checked: a target outside its node's radius under a
+        pruned node goes unseen (and may be missing from the result), and the
+        dense fallback (queries for which the tree prunes too little), which
+        scores every target and prunes with no bound, checks none; run
         ``tree.check_invariants()`` to check every target.
     """
     Q, single = as_queries(tree, queries, "queries")
@@ -704,28 +706,8 @@ def _topk_block(tree: Any, Q: np.ndarray, k: int, rep_norm: np.ndarray, counters
         d = np.flatnonzero(dense)
         best_a[d], best_y[d] = -np.inf, np.iinfo(np.int64).max   # every target is scored again below
         tq, ty, a = _dense_candidates(tree, Q, d, k, qnorm, counters)
-        counters["node_logits"] += d.size * int(np.unique(tree.leaf_of[tree.order]).size)   # its I3 check's bounds
         best_a, best_y = _merge_topk(best_a, best_y, tq, ty, a)
     return best_y, best_a
-
-
-def _dense_i3(tree: Any, Q: np.ndarray, qnorm: np.ndarray, rows: np.ndarray, leaves: np.ndarray,
-              col: np.ndarray, A: np.ndarray) -> None:
-    """The I3 check of the dense fallback: ``a_y <= ub_l + margin_l`` for every computed logit.
-
-    ``A[i, j]`` is the logit of query ``Q[rows[i]]`` and DFS row ``j``, whose
-    leaf is ``leaves[col[j]]``; ``ub_l`` and ``margin_l`` are
-    :func:`_node_bounds`' (the leaves' ``<q, r_l>``, counted in
-    ``node_logits`` by :func:`_topk_block`). Raises the top-k I3 error, as :func:`_leaf_logits`
-    does, naming the target with the largest excess ``a_y - ub_l - margin_l > 0``.
-    """
-    q, v = np.repeat(rows, leaves.size), np.tile(leaves, rows.size)
-    ub, margin = _node_bounds(tree, Q, qnorm, tree.rep_norm, q, v)
-    excess = (ub + margin).reshape(rows.size, leaves.size)[:, col]
-    np.subtract(A, excess, out=excess)                  # a_y - ub_l - margin_l, one (block, N) array
-    if np.any(excess > 0):
-        i, j = np.nonzero(excess > 0)
-        raise _i3_violation("topk", leaves[col[j]], tree.order[j], excess[i, j])
 
 
 def _dense_candidates(tree: Any, Q: np.ndarray, d: np.ndarray, k: int, qnorm: np.ndarray,
@@ -737,17 +719,13 @@ def _dense_candidates(tree: Any, Q: np.ndarray, d: np.ndarray, k: int, qnorm: np
     and ``m = ROUNDING (1 + ||q|| S)`` (``S`` bounds every ``||z_y||``, I3), a
     target of the exact top-k has a computed logit ``>= t - m``: those are
     kept and re-scored row by row (:func:`reference._fastpath.rowdot`, counted),
-    as the leaves' candidates are. Every computed logit is checked against
-    its leaf's bound, as the leaves' logits are (:func:`_dense_i3`).
+    as the leaves' candidates are.
     """
     N = int(tree.n_live)
     counters["target_logits"] += N * d.size
     m = ROUNDING * (1.0 + qnorm[d] * tree_scale(tree))
-    leaves, col = np.unique(tree.leaf_of[tree.order], return_inverse=True)   # the leaf of each DFS row
-    col = col.reshape(-1)
     cq, cp = [], []
     for b0, b1, A in dense_blocks(tree, Q[d]):
-        _dense_i3(tree, Q, qnorm, d[b0:b1], leaves, col, A)
         kth = np.partition(A, N - k, axis=1)[:, N - k]
         r, pos = np.nonzero(A + m[b0:b1, None] >= kth[:, None])
         cq.append(d[b0 + r])

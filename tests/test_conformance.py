@@ -188,8 +188,10 @@ def test_sample_size_for_tv_is_sufficient_and_not_wasteful():
 
 
 def test_sample_size_for_tv_refuses_degenerate_distributions():
+    # two live targets, one of mass 1e-20: no G-test separates them within max_n draws
+    # (a point mass, one live target, is checkable: test_kit_teeth_M1)
     with pytest.raises(ValueError, match="max_n"):
-        sample_size_for_tv(np.array([1.0, 0.0, 0.0]), 0.05, 1e-6, max_n=10_000)
+        sample_size_for_tv(np.array([1 - 1e-20, 1e-20, 0.0]), 0.05, 1e-6, max_n=10_000)
     with pytest.raises(ValueError, match="tv"):
         sample_size_for_tv(np.full(4, 0.25), 1.5, 1e-6)
 

@@ -4,9 +4,9 @@
   segment, whatever the rounding of the cumulative weights (``tree._kmeans_labels``);
 - ``conformance._data.distinct_rows`` gives a 1-D inverse on every NumPy the project declares,
   including NumPy 2.0.0, whose ``np.unique(axis=0, return_inverse=True)`` returns it as (n, 1);
-- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam, sweep and
-  dense fallback: the fallback checked nothing before this file) and in the rejection sampler, and
-  one inside the margin does not;
+- an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam and sweep)
+  and in the rejection sampler, and one inside the margin does not; top-k's dense fallback, which
+  uses no bound, checks none and returns the brute-force answer;
 - refine's parking rule at its tolerance.
 
 Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no timing.
@@ -186,19 +186,17 @@ def _case(monkeypatch, phase: str, dense_case) -> tuple[Tree, np.ndarray, int, i
 
 
 @pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
-@pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
+@pytest.mark.parametrize("phase", ["beam", "sweep"])
 def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, dense_case, phase: str,
                                                                    over: float) -> None:
-    """Pins top-k's I3 threshold, the rounding margin and nothing more, on its three paths.
+    """Pins top-k's I3 threshold, the rounding margin and nothing more, on its two bounded paths.
 
     ``beam``: the leaf of the query's top-1 target, which the seeding beam scores (checked), gets a
     representative that leaves that target ``over`` nats above the leaf's bound; with k = 1 its
     logit seeds tau above the leaf's bound + margin, so the sweep prunes that leaf: only the beam can
     see the violation, and a threshold looser than the margin (e.g. 1 nat) returns a wrong top-1
     silently. ``sweep``: a leaf the beam does not score gets the same corruption, k = n_live (nothing
-    pruned): the sweep's own check must report it. ``dense``: the same in a leaf the beam does not
-    score, on a query the dense fallback finishes: it scores every target and must check them too.
-    Each names the target and its leaf."""
+    pruned): the sweep's own check must report it. Each names the target and its leaf."""
     t, q, leaf, k = _case(monkeypatch, phase, dense_case)
     y, margin = _lower(t, q, leaf, over)
     assert over > 2.0 * margin
@@ -206,6 +204,21 @@ def test_topk_raises_on_an_i3_excess_of_any_size_beyond_the_margin(monkeypatch, 
     with pytest.raises(ValueError, match=rf"^tree: invariant I3 violated \(topk\): target {y} has "
                                          rf"a_y - <q, r_v> - eps_v = \S+ > 0 for node {leaf}, "):
         sampling.topk(t, q, k)
+
+
+@pytest.mark.parametrize("over", [1e-3, 0.5, 2.0])
+def test_topk_dense_fallback_uses_no_bound(monkeypatch, dense_case, over: float) -> None:
+    """The dense fallback scores every target and prunes with no bound, so it checks no I3 and its
+    answer does not rest on one (topk's Raises: only the targets of the leaves it scores are
+    checked): with a leaf the beam does not score corrupted by ``over`` nats, a query finished
+    densely returns the brute-force top-1, with no error. A fallback that pruned with the corrupted
+    bound, or raised, fails here."""
+    t, q, leaf, k = _case(monkeypatch, "dense", dense_case)
+    _lower(t, q, leaf, over)
+    assert leaf not in _beam_leaves(monkeypatch, t, q)
+    ids, a = sampling.topk(t, q, k)
+    brute = t.points @ q
+    np.testing.assert_array_equal(ids, np.lexsort((np.arange(t.n_live), -brute))[:k])
 
 
 @pytest.mark.parametrize("phase", ["beam", "sweep", "dense"])
