@@ -1,4 +1,4 @@
-"""Teeth for four gaps of tests/mutation/survivors.md (helper M3), each pinned by theme:
+"""Teeth for three gaps of tests/mutation/survivors.md (helper M3), each pinned by theme:
 
 - k-means++ seeding picks every center among its own segment's points, on both sides of the
   segment, whatever the rounding of the cumulative weights (``tree._kmeans_labels``);
@@ -6,22 +6,19 @@
   including NumPy 2.0.0, whose ``np.unique(axis=0, return_inverse=True)`` returns it as (n, 1);
 - an I3 violation of any size beyond the rounding margin raises in top-k (seeding beam and sweep)
   and in the rejection sampler, and one inside the margin does not; top-k's dense fallback, which
-  uses no bound, checks none and returns the brute-force answer;
-- refine's parking rule at its tolerance.
+  uses no bound, checks none and returns the brute-force answer.
 
 Deterministic (fixed seeds, stand-in generators), no probabilistic assertion, no timing.
 """
 
 from __future__ import annotations
 
-import linecache
-import sys
 
 import numpy as np
 import pytest
 
 import reference.tree as tree_module
-from reference import _fastpath, sampling
+from reference import sampling
 from reference._fastpath import ROUNDING
 from reference.conformance import _data
 from reference.tree import Tree
@@ -276,93 +273,3 @@ def test_rejection_sample_accepts_an_i3_excess_inside_the_margin() -> None:
     assert 0.0 < least <= worst < ROUNDING
     ids, counters = sampling.rejection_sample(t, q, 20, np.random.default_rng(0))
     assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < t.n_live and counters["proposals"] >= 20
-
-
-# ------------------------------------------------------------- refine: the parking rule at its tolerance
-
-
-def _is_refine_body(code) -> bool:
-    """refine's body, whatever wraps it (the function of _fastpath with these locals)."""
-    names = set(code.co_varnames + code.co_cellvars)
-    return code.co_filename.endswith("_fastpath.py") and {"pool", "tot", "log_cost", "parked_key"} <= names
-
-
-def _refine_lines(code) -> tuple[int, int]:
-    """The line of refine's parking-return rule (``back = ...``) and of the cost rule's re-test."""
-    back, tests = None, []
-    for n in range(code.co_firstlineno, code.co_firstlineno + 2000):
-        s = linecache.getline(code.co_filename, n).strip()
-        if s.startswith("back = np.isfinite(parked_key)"):
-            back = n
-        elif s.startswith('marked = pool["gain"] - tot["hat"][query]'):
-            tests.append(n)
-    assert back is not None and len(tests) == 2, "refine's parking and cost-rule lines not found"
-    return back, tests[1]
-
-
-def _park_run(tree: Tree, q: np.ndarray, frac: float) -> tuple[tuple, list]:
-    """refine(tree, q, tol=0.3, n_draws=16, exact_leaves=True), traced. The first time refine reaches
-    its parking-return rule with a parked entry whose key (gain - log cost) lies more than 1e-6
-    below log Zhat and whose query the bracket rule leaves alone (not wide, or busy: only the key
-    can bring it back), the entry's log cost, in refine's own array, is set so that its key is
-    log Zhat + ``frac`` tol, tol = 1e-9 (1 + |log Zhat|), and the query's parked key to match (the
-    query's other parked entries get costs 10 above their gain over Zhat: far from the band).
-    Returns (query, node, round) of that entry, and the (round, pool nodes, cost-rule gaps) at
-    each re-test of the cost rule from then on."""
-    inj: list = []
-    seen: list = []
-
-    def local(frame, event, arg):
-        if event == "line":
-            back, retest = _refine_lines(frame.f_code)
-            f = frame.f_locals
-            if frame.f_lineno == back and not inj:
-                pk, hat, log_cost = f["parked_key"], f["hat"], f["log_cost"]
-                free = ~(f["wide"] & ~f["busy"])
-                cand = np.flatnonzero(np.isfinite(pk) & free & (pk < hat - 1e-6 * (1.0 + np.abs(hat))))
-                if cand.size:
-                    b = int(cand[0])
-                    ents = [(float(p["gain"][i]), int(p["node"][i])) for p in f["parked_parts"]
-                            for i in np.flatnonzero(p["query"] == b)]
-                    for g, v in ents[1:]:
-                        log_cost[v] = g - hat[b] + 10.0
-                    g, v = ents[0]
-                    log_cost[v] = g - (hat[b] + frac * 1e-9 * (1.0 + abs(hat[b])))
-                    pk[b] = g - log_cost[v]
-                    inj.append((b, v, f["rounds"]))
-            elif frame.f_lineno == retest and inj:
-                pool = f["pool"]
-                seen.append((f["rounds"], pool["node"].copy(),
-                             pool["gain"] - f["tot"]["hat"][f["query"]] - f["log_cost"][pool["node"]]))
-        return local
-
-    old = sys.gettrace()
-    sys.settrace(lambda frame, event, arg: local if _is_refine_body(frame.f_code) else None)
-    try:
-        _fastpath.refine(tree, q[None, :], tol=0.3, n_draws=16, exact_leaves=True)
-    finally:
-        sys.settrace(old)
-    assert inj, "no parked entry reached the parking rule"
-    return inj[0], seen
-
-
-@pytest.mark.parametrize("frac", [0.5, -0.5, -2.0])
-def test_refine_returns_a_parked_entry_whose_key_is_within_the_tolerance_of_zhat(frac: float) -> None:
-    """Pins refine's parking rule at its tolerance (a narrow test of refine's internals, traced): a
-    parked entry returns to the pool when its key gain - log cost exceeds log Zhat - 1e-9 (1 +
-    |log Zhat|), so that the pool's own cost rule (gain - log Zhat > log cost), never the parking
-    test, decides on it; the margin covers the last-bit differences between the parked and the
-    pooled sums of Zhat. Its key set (by its log cost) half a tolerance above log Zhat, the entry is
-    back in the pool at that round's re-test and marked there; half a tolerance below, back and not
-    marked; two tolerances below, still parked (its query's bracket rule does not act that round)."""
-    z = np.random.default_rng(0).standard_normal((400, 3))
-    tree = Tree.build(np.c_[z, np.ones(400)], branching=4, leaf_size=8, seed=0)
-    q = np.random.default_rng(7).standard_normal(4) * 2.0
-    (b, v, rnd), seen = _park_run(tree, q, frac)
-    at = [(nodes, gaps) for r, nodes, gaps in seen if r == rnd]
-    back = [gaps[np.flatnonzero(nodes == v)] for nodes, gaps in at if v in nodes]
-    if frac < -1.0:
-        assert not back
-    else:
-        assert len(back) == 1 and back[0].size == 1
-        assert (back[0][0] > 0.0) == (frac > 0.0)
