@@ -13,7 +13,8 @@
 4. An encoder scenario whose oracle gradients are all exactly zero (a one-target full softmax)
    gets a report, passing for the exact backend, failing for a non-zero gradient.
 5. Every tolerance check of the encoder (loss and gradients, float64 and float32) and of the
-   Nystrom check passes exactly at its tolerance and fails one float above, with the exact message.
+   Nystrom check passes exactly at its tolerance and fails just above (the first float whose error
+   is above it), with the exact message.
 6. Every field of the encoder and Nystrom checks' error (and skipped) cases, and the whole label
    of the failing call, for every way the call can fail.
 
@@ -338,6 +339,14 @@ def _at_ratio(ref: float, denom: float, tol: float) -> float:
     return math.nan
 
 
+def _above(x: float, denom: float, tol: float) -> float:
+    """The first float after x (>= 0) whose error x / denom is above tol (the next one or the one after:
+    near the tolerance two floats can give the same quotient)."""
+    while x / denom <= tol:
+        x = float(np.nextafter(x, math.inf))
+    return x
+
+
 def test_encoder_loss_error_exactly_at_the_tolerance_passes_and_one_float_above_fails() -> None:
     """Pins theme 5 for the loss (float64 and float32 tolerances): oracle loss 0, so the error is the
     loss itself: at the tolerance the case passes and lists nothing as wrong; one float above it
@@ -356,11 +365,11 @@ def test_encoder_loss_error_exactly_at_the_tolerance_passes_and_one_float_above_
                                 worst, sc.about, headline=f"relative error {above:.3g} > {tol:g}: {worst}"))
 
 
-def test_encoder_gradient_error_exactly_at_the_tolerance_passes_and_one_float_above_fails() -> None:
+def test_encoder_gradient_error_exactly_at_the_tolerance_passes_and_just_above_fails() -> None:
     """Pins theme 5 for the gradients, on every full-softmax scenario (float64 and float32): one entry
     of one tensor off by exactly tol * its denominator (max(largest |oracle| in the tensor,
-    GRADIENT_FLOOR * largest of all)) passes with nothing wrong; one float further fails, "; wrong:"
-    naming that tensor; the message names the entry. Killed: _compare_encoder mutant 74 (>=)."""
+    GRADIENT_FLOOR * largest of all)) passes with nothing wrong; the next float with a larger error
+    fails, "; wrong:" naming that tensor; the message names the entry. Killed: _compare_encoder mutant 74 (>=)."""
     for sc in FULL:
         # Feature 0 of every query and target zeroed: the first weight row of each tower has an exactly
         # zero gradient, so the backend's entry there IS the error (fine float steps).
@@ -381,7 +390,7 @@ def test_encoder_gradient_error_exactly_at_the_tolerance_passes_and_one_float_ab
                 break
         assert not math.isnan(x), sc.name
         idx = (0, ref.shape[1] - 1)
-        for value, passed in ((x, True), (float(np.nextafter(x, math.inf)), False)):
+        for value, passed in ((x, True), (_above(x, denom, tol), False)):
             grads = dict(ref_grads, **{name: ref.copy()})
             grads[name][idx] = value
             case, = check_encoder(_returns(ref_loss, grads), scenarios=[sc]).cases
@@ -396,11 +405,12 @@ def test_encoder_gradient_error_exactly_at_the_tolerance_passes_and_one_float_ab
 
 # ------------------------------------------------------------ 5. Nystrom: the tolerance
 
-def test_nystrom_error_exactly_at_the_tolerance_passes_and_one_float_above_fails() -> None:
+def test_nystrom_error_exactly_at_the_tolerance_passes_and_just_above_fails() -> None:
     """Pins theme 5 for check_nystrom on every scenario: G_L's column 0 zeroed (the oracle's Ghat
     column 0 is then exactly 0); a backend returning the oracle with one entry of column 0 set to D,
-    D / max|Ghat| == NYSTROM_RTOL exactly, passes (at a landmark, the P10 note in the message); one
-    float above (at a non-landmark) fails with the exact headline. Killed: check_nystrom mutant 126 (<)."""
+    D / max|Ghat| == NYSTROM_RTOL exactly, passes (at a landmark, the P10 note in the message); the
+    next float with a larger error (at a non-landmark) fails with the exact headline. Killed:
+    check_nystrom mutant 126 (<)."""
     statistic = "max |Ghat - oracle| / max |oracle|"
     for sc in nystrom_scenarios():
         G_L = sc.G_L.copy()
@@ -413,7 +423,7 @@ def test_nystrom_error_exactly_at_the_tolerance_passes_and_one_float_above_fails
         assert not math.isnan(D), sc.name
         landmark = int(sc.landmarks[0])
         other = next(y for y in range(want.shape[0]) if y not in sc.landmarks)
-        for y, value, passed in ((landmark, D, True), (other, float(np.nextafter(D, math.inf)), False)):
+        for y, value, passed in ((landmark, D, True), (other, _above(D, top, NYSTROM_RTOL), False)):
             got = want.copy()
             got[y, 0] = value
             case, = check_nystrom(lambda *args: got, scenarios=[sc]).cases
