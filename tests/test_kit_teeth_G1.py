@@ -4,7 +4,8 @@
    it, never an exception out of ``check_dynamic``: an insert whose ids raise in ``__array__`` or
    are a ragged list fails that insert step (the message names the conversion); the same outputs
    from move, delete, rebuild (and a Nystrom update, a move of every row) are ignored, as the
-   protocol says; from topk, bracket or sample they fail that probe.
+   protocol says; from topk, bracket or sample they fail that probe. Looking a state's method up
+   is backend code too: a lookup that raises fails the build step.
 2. A caller's own script with several inserts, then moves and deletes of keys of each insert
    (keys count the rows in build/insert order), replays and passes on the reference's tree, the
    rebuilt baseline and a slot allocator that reuses freed ids first (so key != id).
