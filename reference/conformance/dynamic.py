@@ -38,11 +38,13 @@ The state provides (attributes or mapping keys):
 
 P may be 0 (a user's script may move, insert or delete no rows): the state
 must take such a step as a no-op (``insert`` returning no ids). Return
-values of ``move``, ``delete`` and ``rebuild`` are ignored. Arrays in
-are C-contiguous NumPy float64 / int64 copies (a call that writes into them
-fails, as in every protocol); outputs may be anything ``numpy.asarray``
-accepts. The backend's ``dtype`` (or ``--dtype``) declares the precision of
-its logits, as for the static checks.
+values of ``move``, ``delete`` and ``rebuild`` are ignored. The kit looks the
+state's methods up once, as soon as ``dynamic_build`` returns (a lookup that
+raises fails the build step). Arrays in are C-contiguous NumPy float64 /
+int64 copies (a call that writes into them fails, as in every protocol);
+outputs may be anything ``numpy.asarray`` accepts. The backend's ``dtype``
+(or ``--dtype``) declares the precision of its logits, as for the static
+checks.
 
 A PyTorch index maps onto this with a class whose ``move`` writes
 ``torch.from_numpy(vectors)`` into its embedding table at ``ids`` and
@@ -333,6 +335,16 @@ def _method(state: Any, name: str) -> Callable[..., Any] | None:
     return fn if callable(fn) else None
 
 
+def _methods(state: Any) -> tuple[Any, dict[str, Callable[..., Any] | None]]:
+    """The state and its protocol methods, looked up once.
+
+    Called inside the guarded build call: a lookup runs the backend's code (a
+    property, ``__getattr__``, a mapping's ``get``), so one that raises is the
+    build's failure, not an exception out of :func:`check_dynamic`.
+    """
+    return state, {name: _method(state, name) for name in (*UPDATES, "rebuild", *QUERIES)}
+
+
 def _dead_note(view: _Replay, case: Case) -> str:
     """Name the deleted ids that appear in a failure message (what the static check cannot know)."""
     text = f"{case.headline} {case.worst}"
@@ -398,7 +410,7 @@ def check_dynamic(
         f"false-alarm rate {alpha:g}",
     )
     view = _Replay(script[0].vectors.shape[1])
-    state: Any = None
+    methods: dict[str, Callable[..., Any] | None] = {}
 
     def guarded(fn: Callable[..., Any], name: str, args: list[tuple[str, Any]], convert: Any = None) -> Any:
         return call_backend(fn, name, args, convert=convert, time_limit=time_limit)
@@ -407,10 +419,11 @@ def check_dynamic(
         where = f"step {s} ({step.about})"
         err: str | None = None
         if step.op == "build":
-            state, err = guarded(dynamic_build, "dynamic_build", [("points", step.vectors)])
+            built, err = guarded(dynamic_build, "dynamic_build", [("points", step.vectors)], _methods)
             if err is None:
-                missing = [m for m in UPDATES if _method(state, m) is None]
-                if missing or all(_method(state, m) is None for m in QUERIES):
+                state, methods = built
+                missing = [m for m in UPDATES if methods[m] is None]
+                if missing or all(methods[m] is None for m in QUERIES):
                     err = (f"the state dynamic_build returned ({type(state).__name__}) lacks "
                            f"{', '.join(missing) or 'every one of ' + ', '.join(QUERIES)}")
             if err is None:
@@ -420,18 +433,18 @@ def check_dynamic(
         elif step.op in ("nystrom", "move", "delete"):
             ids = np.array([view.key_to_id[int(y)] for y in step.keys], dtype=np.int64)
             if step.op == "delete":
-                _, err = guarded(_method(state, "delete"), "delete", [("ids", ids)])
+                _, err = guarded(methods["delete"], "delete", [("ids", ids)])
                 if err is None:
                     for y in ids:
                         del view.vector[int(y)]
                         view.dead[int(y)] = s
             else:
-                _, err = guarded(_method(state, "move"), "move", [("ids", ids), ("vectors", step.vectors)])
+                _, err = guarded(methods["move"], "move", [("ids", ids), ("vectors", step.vectors)])
                 if err is None:
                     for y, v in zip(ids, step.vectors):
                         view.vector[int(y)] = v
         elif step.op == "insert":
-            got, err = guarded(_method(state, "insert"), "insert", [("vectors", step.vectors)], np.asarray)
+            got, err = guarded(methods["insert"], "insert", [("vectors", step.vectors)], np.asarray)
             if err is None:
                 ids, err = view.issue(got, step.vectors.shape[0])
             if err is None:
@@ -441,7 +454,7 @@ def check_dynamic(
                     view.dead.pop(int(y), None)
                 view.next_key += step.vectors.shape[0]
         elif step.op == "rebuild":
-            fn = _method(state, "rebuild")
+            fn = methods["rebuild"]
             if fn is not None:
                 _, err = guarded(fn, "rebuild", [("depth", step.depth)])
             else:
@@ -454,7 +467,7 @@ def check_dynamic(
             _not_replayed(report, script, s)
             return report
 
-        cases = _probe(state, dynamic_build, view, step, s, dtype=dtype, time_limit=time_limit,
+        cases = _probe(methods, dynamic_build, view, step, s, dtype=dtype, time_limit=time_limit,
                        alpha=alpha / max(n_sampler, 1), tv=tv, power=power, seed=seed + 1000 * s)
         failed = False
         for protocol, case in cases:
@@ -491,14 +504,14 @@ def _first_columns(queries: np.ndarray, d: int) -> tuple[np.ndarray, Callable[[]
     return q, back
 
 
-def _probe(state: Any, dynamic_build: Callable[..., Any], view: _Replay, step: DynamicStep, s: int, *,
-           dtype: str, time_limit: float | None, alpha: float, tv: float, power: float, seed: int
-           ) -> list[tuple[str, Case]]:
+def _probe(methods: Mapping[str, Callable[..., Any] | None], dynamic_build: Callable[..., Any], view: _Replay,
+           step: DynamicStep, s: int, *, dtype: str, time_limit: float | None, alpha: float, tv: float, power: float,
+           seed: int) -> list[tuple[str, Case]]:
     """The static checks on the current points, through views of the state as static backends."""
     live_Z, full, aug_q = view.arrays(step.queries)
     d = view.d
     out: list[tuple[str, Case]] = []
-    topk = _method(state, "topk")
+    topk = methods["topk"]
     if topk is not None:
         k = min(step.k, live_Z.shape[0])
         def static_topk(points: np.ndarray, queries: np.ndarray, k: int) -> Any:
@@ -511,13 +524,13 @@ def _probe(state: Any, dynamic_build: Callable[..., Any], view: _Replay, step: D
         rep = check_topk(static_topk, dtype=dtype, time_limit=time_limit,
                          scenarios=[TopkScenario("step", full, aug_q, k, f"{live_Z.shape[0]} live targets")])
         out += [("topk", c) for c in rep.cases]
-    bracket = _method(state, "bracket")
+    bracket = methods["bracket"]
     if bracket is not None:
         rep = check_bracket(lambda points, queries, tol: bracket(queries, tol), dtype=dtype, time_limit=time_limit,
                             scenarios=[BracketScenario("step", live_Z, step.queries, step.tol,
                                                        f"{live_Z.shape[0]} live targets")])
         out += [("bracket", c) for c in rep.cases]
-    sample = _method(state, "sample")
+    sample = methods["sample"]
     if sample is not None and step.sample:
         def static_sample(points: np.ndarray, queries: np.ndarray, n: int, seed: int) -> Any:
             if points.shape == full.shape and np.array_equal(points, full):
