@@ -11,7 +11,7 @@ rounding bound of the backend's declared precision
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,9 @@ import numpy as np
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
 from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
 from reference.conformance.precision import check_dtype, logit_error_bounds, normal_range_problem
+from reference._validation import check_positive
 from reference.conformance.report import Case, CheckReport, error_case
+from reference.conformance.topk import scenario_arrays
 
 __all__ = ["BRACKET_RTOL", "BracketScenario", "bracket_scenarios", "check_bracket"]
 
@@ -96,6 +98,16 @@ def bracket_scenarios() -> list[BracketScenario]:
     ]
 
 
+def _checked_bracket_scenarios(scenarios: Sequence[Any]) -> list[BracketScenario]:
+    """Caller-given bracket scenarios, validated (:func:`~reference.conformance.topk.scenario_arrays`, tol > 0)."""
+    out = []
+    for i, sc in enumerate(scenarios):
+        label, points, queries = scenario_arrays(sc, i, BracketScenario)
+        tol = check_positive(sc.tol, f"{label}.tol")
+        out.append(replace(sc, points=points, queries=queries, tol=tol))
+    return out
+
+
 def _pair(result: Any) -> Any:
     """The bracket's output as two float64 arrays (inside the guarded call), or an error string."""
     if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -137,13 +149,21 @@ def check_bracket(
     Returns
     -------
     CheckReport
+
+    Raises
+    ------
+    ValueError
+        For a malformed caller-given scenario, before the backend is called
+        (naming ``scenarios[i]``, its name and the field: points or queries
+        not finite non-empty 2-D arrays of one d, tol not a finite number > 0),
+        or one outside the declared precision's normal range.
     """
     from reference.softmax import log_partition
 
     check_callable(bracket, "bracket")
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
-    scenarios = bracket_scenarios() if scenarios is None else list(scenarios)
+    scenarios = bracket_scenarios() if scenarios is None else _checked_bracket_scenarios(scenarios)
     report = CheckReport(
         "bracket",
         f"lo <= log Z <= hi and hi - lo <= tol for every query (P2, P7), to {BRACKET_RTOL:g} relative; "

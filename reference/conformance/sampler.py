@@ -22,7 +22,7 @@ the chi-square approximation of the G statistic's tail (see
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from reference.conformance._calls import (
 )
 from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
 from reference.conformance.report import Case, CheckReport, error_case
+from reference.conformance.topk import scenario_arrays
 from reference.conformance.statistics import (
     DEFAULT_ALPHA,
     DEFAULT_POWER,
@@ -88,6 +89,15 @@ def sampler_scenarios() -> list[SamplerScenario]:
     pts = np.hstack([np.full((50, 1), 100.0), rng.standard_normal((50, 3))])
     qs = np.hstack([np.array([[100.0], [99.5], [-100.0], [-99.5]]), 0.8 * rng.standard_normal((4, 3))])
     out.append(SamplerScenario("huge-logits", pts, qs, "50 targets, logits near +1e4 and -1e4 (log space needed)"))
+    return out
+
+
+def _checked_sampler_scenarios(scenarios: Sequence[Any]) -> list[SamplerScenario]:
+    """Caller-given sampler scenarios, validated (:func:`~reference.conformance.topk.scenario_arrays`)."""
+    out = []
+    for i, sc in enumerate(scenarios):
+        _, points, queries = scenario_arrays(sc, i, SamplerScenario)
+        out.append(replace(sc, points=points, queries=queries))
     return out
 
 
@@ -207,6 +217,13 @@ def check_sampler(
     CheckReport
         One "format" case, then one case per scenario whose statistic is the
         smallest p-value over its queries.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument; for a malformed caller-given scenario, before the
+        backend is called, naming ``scenarios[i]``, its name and the field
+        (points or queries not finite non-empty 2-D arrays of one d).
     """
     from reference.softmax import log_partition, softmax
 
@@ -214,7 +231,7 @@ def check_sampler(
     alpha = check_false_alarm_rate(alpha)
     seed = check_int(seed, "seed", low=0)
     time_limit = check_time_limit(time_limit)
-    scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
+    scenarios = sampler_scenarios() if scenarios is None else _checked_sampler_scenarios(scenarios)
     alpha_q, n_queries = _per_query_level(alpha, scenarios)
     report = CheckReport(
         "sampler",
@@ -305,12 +322,19 @@ def sampler_failure_probabilities(
     -------
     dict
         Scenario name -> probability that it fails.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: a malformed scenario (as in :func:`check_sampler`,
+        before ``distribution`` is called), or ``distribution``'s output not of
+        shape (B, N).
     """
     from reference.softmax import softmax
 
     check_callable(distribution, "distribution")
     alpha = check_false_alarm_rate(alpha)
-    scenarios = sampler_scenarios() if scenarios is None else list(scenarios)
+    scenarios = sampler_scenarios() if scenarios is None else _checked_sampler_scenarios(scenarios)
     alpha_q, _ = _per_query_level(alpha, scenarios)
     out = {}
     for sc in scenarios:

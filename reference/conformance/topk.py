@@ -48,7 +48,7 @@ and its first line names the most serious class found
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ from reference.conformance.precision import check_dtype, exact_logits, logit_err
 from reference.conformance.report import SEVERITY, Case, CheckReport, error_case
 from reference.softmax import topk_ids
 
-__all__ = ["NEAR_TIE", "TopkScenario", "topk_scenarios", "check_topk", "classify_topk"]
+__all__ = ["NEAR_TIE", "TopkScenario", "topk_scenarios", "check_topk", "classify_topk", "scenario_arrays"]
 
 #: A swap of two returned ids whose logits differ by at most NEAR_TIE |q|.|z| is
 #: reported as a near-tie swap (a precision problem), a wider one as unsorted
@@ -125,6 +125,42 @@ def topk_scenarios() -> list[TopkScenario]:
         TopkScenario("near-duplicates", near, directions(rng, 5, 8, 2.0), 30,
                      "40 clustered rows, each 3 times with copies 1e-9 |z| apart (ties in float32, not in float64)"),
     ]
+
+
+def scenario_arrays(sc: Any, i: int, kind: type) -> tuple[str, np.ndarray, np.ndarray]:
+    """Validate the common fields of a caller-given scenario: (its label, points, queries as float64).
+
+    ``sc`` must be a ``kind`` instance with a non-empty str ``name``, a str
+    ``about``, ``points`` a finite non-empty (N, d) array and ``queries`` a
+    finite non-empty (B, d) array of the same d. Shared by the checks that
+    accept caller-given scenarios (top-k, sampler, bracket), so that a
+    malformed one is refused before the backend is called.
+
+    Raises
+    ------
+    ValueError
+        Naming the scenario (``scenarios[i]`` and its name) and the field.
+    """
+    if not isinstance(sc, kind):
+        raise ValueError(f"scenarios[{i}]: expected a {kind.__name__}, got {type(sc).__name__}")
+    label = f"scenarios[{i}] ({sc.name!r})"
+    if not isinstance(sc.name, str) or not sc.name:
+        raise ValueError(f"{label}.name: expected a non-empty str, got {sc.name!r}")
+    if not isinstance(sc.about, str):
+        raise ValueError(f"{label}.about: expected a str, got {type(sc.about).__name__}")
+    points = as_float_array(sc.points, f"{label}.points", ndim=2, dtype=np.float64)
+    queries = as_float_array(sc.queries, f"{label}.queries", shape=(None, points.shape[1]), dtype=np.float64)
+    return label, points, queries
+
+
+def _checked_topk_scenarios(scenarios: Sequence[Any]) -> list[TopkScenario]:
+    """Caller-given top-k scenarios, validated (:func:`scenario_arrays`, and k in [1, N])."""
+    out = []
+    for i, sc in enumerate(scenarios):
+        label, points, queries = scenario_arrays(sc, i, TopkScenario)
+        k = check_int(sc.k, f"{label}.k", low=1, high=points.shape[0])
+        out.append(replace(sc, points=points, queries=queries, k=k))
+    return out
 
 
 @dataclass(frozen=True)
@@ -355,11 +391,19 @@ def check_topk(
     Returns
     -------
     CheckReport
+
+    Raises
+    ------
+    ValueError
+        For a malformed caller-given scenario, before the backend is called
+        (naming ``scenarios[i]``, its name and the field: points or queries
+        not finite non-empty 2-D arrays of one d, k outside [1, N]), or one
+        outside the declared precision's normal range.
     """
     check_callable(topk, "topk")
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
-    scenarios = topk_scenarios() if scenarios is None else list(scenarios)
+    scenarios = topk_scenarios() if scenarios is None else _checked_topk_scenarios(scenarios)
     report = CheckReport(
         "topk",
         "exact top-k in decreasing logit, exact ties by smaller id (P8); logits within the declared "
@@ -367,7 +411,7 @@ def check_topk(
     )
     statistic = "number of queries with a wrong answer"
     for sc in scenarios:
-        B, N = sc.queries.shape[0], sc.points.shape[0]
+        B = sc.queries.shape[0]
         problem = normal_range_problem(sc.points, sc.queries, dtype)
         if problem is not None:
             raise ValueError(f"scenario {sc.name}: the {dtype} rounding bound does not apply: {problem}")
