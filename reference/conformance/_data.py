@@ -2,7 +2,10 @@
 
 Not public API: each protocol module of :mod:`reference.conformance` builds
 its fixed scenarios from these helpers, so every scenario is reproducible
-from :data:`SCENARIO_SEED` alone.
+from :data:`SCENARIO_SEED` alone. The checks that accept caller-given
+scenarios validate them here too (:func:`scenario_label`,
+:func:`scenario_arrays`), before the backend is called, with messages naming
+the scenario (``scenarios[i] ('name')``) and the field.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from reference._validation import as_float_array
 
 #: Seed of the scenario data (fixed, so reports are reproducible; --seed only
 #: changes the seeds handed to the backend).
@@ -71,3 +76,48 @@ def logits(
     """
     uniq, inv = distinct_rows(points) if distinct is None else distinct
     return (queries @ uniq.T)[:, inv]
+
+
+def scenario_label(sc: Any, i: int, kind: type, *, seq: str = "scenarios", name: str = "name") -> str:
+    """Validate a caller-given scenario's class, name and ``about``; return its label for messages.
+
+    ``sc`` must be a ``kind`` instance whose field ``name`` is a non-empty str
+    and whose ``about`` is a str. The label is ``seq[i] ('its name')``, e.g.
+    ``scenarios[1] ('bad')`` (or ``script[2] ('move')`` for a dynamic step,
+    named by its op); every message about the scenario's fields starts with it.
+
+    Raises
+    ------
+    ValueError
+        Naming ``seq[i]`` and the expected class, or the label and the field.
+    """
+    if not isinstance(sc, kind):
+        raise ValueError(f"{seq}[{i}]: expected a {kind.__name__}, got {type(sc).__name__}")
+    value = getattr(sc, name)
+    label = f"{seq}[{i}] ({value!r})"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{label}.{name}: expected a non-empty str, got {value!r}")
+    if not isinstance(sc.about, str):
+        raise ValueError(f"{label}.about: expected a str, got {type(sc.about).__name__}")
+    return label
+
+
+def scenario_arrays(sc: Any, i: int, kind: type) -> tuple[str, np.ndarray, np.ndarray]:
+    """Validate the common fields of a caller-given scenario: (its label, points, queries as float64).
+
+    ``sc`` must be a ``kind`` instance with a non-empty str ``name``, a str
+    ``about`` (:func:`scenario_label`), ``points`` a finite non-empty (N, d)
+    array and ``queries`` a finite non-empty (B, d) array of the same d. Shared
+    by the checks that accept caller-given scenarios of points and queries
+    (top-k, sampler, bracket), so that a malformed one is refused before the
+    backend is called.
+
+    Raises
+    ------
+    ValueError
+        Naming the scenario (``scenarios[i]`` and its name) and the field.
+    """
+    label = scenario_label(sc, i, kind)
+    points = as_float_array(sc.points, f"{label}.points", ndim=2, dtype=np.float64)
+    queries = as_float_array(sc.queries, f"{label}.queries", shape=(None, points.shape[1]), dtype=np.float64)
+    return label, points, queries

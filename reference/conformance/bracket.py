@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
-from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
+from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, scenario_arrays, with_duplicates
 from reference.conformance.precision import check_dtype, logit_error_bounds, normal_range_problem
 from reference._validation import check_positive
 from reference.conformance.report import Case, CheckReport, error_case
-from reference.conformance.topk import scenario_arrays
 
 __all__ = ["BRACKET_RTOL", "BracketScenario", "bracket_scenarios", "check_bracket"]
 
@@ -99,7 +98,7 @@ def bracket_scenarios() -> list[BracketScenario]:
 
 
 def _checked_bracket_scenarios(scenarios: Sequence[Any]) -> list[BracketScenario]:
-    """Caller-given bracket scenarios, validated (:func:`~reference.conformance.topk.scenario_arrays`, tol > 0)."""
+    """Caller-given bracket scenarios, validated (:func:`~reference.conformance._data.scenario_arrays`, tol > 0)."""
     out = []
     for i, sc in enumerate(scenarios):
         label, points, queries = scenario_arrays(sc, i, BracketScenario)

@@ -103,11 +103,11 @@ from typing import Any
 
 import numpy as np
 
-from reference._validation import check_int
+from reference._validation import as_float_array, as_index_array, check_choice, check_int, check_positive
 from reference.conformance._calls import (
     DEFAULT_TIME_LIMIT, call_backend, check_callable, check_false_alarm_rate, check_time_limit,
 )
-from reference.conformance._data import clustered, directions
+from reference.conformance._data import clustered, directions, scenario_label
 from reference.conformance.bracket import BracketScenario, check_bracket
 from reference.conformance.precision import check_dtype
 from reference.conformance.report import Case, CheckReport, error_case
@@ -123,6 +123,8 @@ SCRIPT_SEED = 20230426
 UPDATES = ("move", "insert", "delete")
 #: The state's query methods (at least one is required).
 QUERIES = ("topk", "bracket", "sample")
+#: The ops of a script step.
+OPS = ("build", "nystrom", "move", "insert", "delete", "rebuild")
 #: Largest id the kit accepts, relative to the rows ever built or inserted (ids must be dense).
 _ID_SPARSITY, _ID_SLACK = 16, 1024
 
@@ -166,6 +168,65 @@ class DynamicStep:
     k: int
     tol: float
     sample: bool
+
+
+def _checked_script(script: Sequence[Any]) -> list[DynamicStep]:
+    """A caller-given script, validated before the backend is called (replaying the kit's keys).
+
+    Every step: a :class:`DynamicStep` with ``op`` one of :data:`OPS` ("build" at step 0
+    and only there), ``about`` a str, ``keys`` a 1-D array of distinct integer keys that
+    are live at that step (nystrom, move, delete; empty for the others), ``vectors`` a
+    finite 2-D array with the build's d columns (build: N >= 1 rows; nystrom and move: one
+    per key; insert: any number; delete: its rows are not used; rebuild: none), ``depth`` an
+    integer >= 0, ``queries`` a finite non-empty (B, d) array, ``k`` an integer >= 1, ``tol``
+    a finite number > 0, ``sample`` a bool; at least one target is live after every step.
+    Messages name ``script[s] ('op')`` and the field.
+    """
+    script = list(script)
+    if not script:
+        raise ValueError("script: expected a list of DynamicStep starting with a build step, got an empty one")
+    out: list[DynamicStep] = []
+    live: set[int] = set()
+    next_key = d = 0
+    for s, step in enumerate(script):
+        label = scenario_label(step, s, DynamicStep, seq="script", name="op")
+        op = check_choice(step.op, f"{label}.op", OPS)
+        if s == 0 and op != "build":
+            raise ValueError(f"script: expected a list of DynamicStep starting with a build step, got {label} first")
+        if s > 0 and op == "build":
+            raise ValueError(f"{label}.op: expected 'build' at step 0 only (the index is built once), got it at "
+                             f"step {s}")
+        keys = as_index_array(step.keys, f"{label}.keys", allow_empty=True, unique=True)
+        if op in ("build", "insert", "rebuild") and keys.size:
+            raise ValueError(f"{label}.keys: expected no keys for a {op} step, got {keys.size}")
+        dead = [int(y) for y in keys if int(y) not in live]
+        if dead:
+            raise ValueError(f"{label}.keys: expected keys of live rows (rows count from 0 in the order they were "
+                             f"built or inserted), got {dead[0]}, which is not live at step {s}")
+        if op == "build":
+            vectors = as_float_array(step.vectors, f"{label}.vectors", ndim=2, dtype=np.float64)
+            d = vectors.shape[1]
+        else:
+            rows = {"nystrom": keys.size, "move": keys.size, "rebuild": 0}.get(op)
+            vectors = as_float_array(step.vectors, f"{label}.vectors", shape=(rows, d), dtype=np.float64,
+                                     allow_empty=True)
+        depth = check_int(step.depth, f"{label}.depth", low=0)
+        queries = as_float_array(step.queries, f"{label}.queries", shape=(None, d), dtype=np.float64)
+        k = check_int(step.k, f"{label}.k", low=1)
+        tol = check_positive(step.tol, f"{label}.tol")
+        if not isinstance(step.sample, (bool, np.bool_)):
+            raise ValueError(f"{label}.sample: expected a bool, got {step.sample!r}")
+        if op in ("build", "insert"):
+            live |= set(range(next_key, next_key + vectors.shape[0]))
+            next_key += vectors.shape[0]
+        elif op == "delete":
+            live -= set(keys.tolist())
+            if not live:
+                raise ValueError(f"{label}.keys: expected at least one live row after the step, got every live "
+                                 f"row deleted")
+        out.append(dataclasses.replace(step, op=op, keys=keys, vectors=vectors, depth=depth, queries=queries, k=k,
+                                       tol=tol, sample=bool(step.sample)))
+    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -375,7 +436,10 @@ def check_dynamic(
     dynamic_build : callable
         ``dynamic_build(points) -> state``.
     script : sequence of DynamicStep, optional
-        Default :func:`dynamic_script`.
+        Default :func:`dynamic_script`. A caller-given one is validated first
+        (every field of every step, replaying its keys): a malformed step raises
+        ``ValueError`` naming ``script[s]``, its op and the field, before the
+        backend is called.
     alpha : float, default 1e-6
         False-alarm rate of the check, in (0, 1) (shared by its sampler steps).
     tv, power, seed
@@ -397,9 +461,7 @@ def check_dynamic(
     seed = check_int(seed, "seed", low=0)
     dtype = check_dtype(dtype)
     time_limit = check_time_limit(time_limit)
-    script = dynamic_script() if script is None else list(script)
-    if not script or script[0].op != "build":
-        raise ValueError("script: expected a list of DynamicStep starting with a build step")
+    script = dynamic_script() if script is None else _checked_script(script)
     n_sampler = sum(bool(st.sample) for st in script)  # the run's alpha is shared among these steps
     steps = f"{len(script)} step{'' if len(script) == 1 else 's'}"
     at = f"{n_sampler} step{'' if n_sampler == 1 else 's'}"
@@ -453,14 +515,12 @@ def check_dynamic(
                     view.vector[int(y)] = v
                     view.dead.pop(int(y), None)
                 view.next_key += step.vectors.shape[0]
-        elif step.op == "rebuild":
+        else:  # rebuild: _checked_script admits only OPS, and the default script is ours
             fn = methods["rebuild"]
             if fn is not None:
                 _, err = guarded(fn, "rebuild", [("depth", step.depth)])
             else:
                 where = f"step {s} ({step.about}; the state has no rebuild: nothing done)"
-        else:
-            raise ValueError(f"script: step {s} has an unknown op {step.op!r}")
         if err is not None:
             message = f"first wrong at {where}: {err}"
             report.cases.append(error_case(f"step {s} {step.op}", "the update", 0.0, "<=", message))

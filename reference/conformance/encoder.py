@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, Declined, call_backend, check_callable, check_time_limit
-from reference.conformance._data import SCENARIO_SEED
+from reference._validation import as_float_array, as_index_array
+from reference.conformance._data import SCENARIO_SEED, scenario_label
 from reference.conformance.report import Case, CheckReport, error_case
 
 __all__ = ["ENCODER_RTOL", "GRADIENT_FLOOR", "EncoderScenario", "encoder_scenarios", "check_encoder"]
@@ -126,6 +127,58 @@ def encoder_scenarios() -> list[EncoderScenario]:
     ]
 
 
+def _checked_encoder_scenarios(scenarios: Sequence[Any]) -> list[EncoderScenario]:
+    """Caller-given encoder scenarios, validated before the backend is called.
+
+    Per scenario: class, name, about (:func:`~reference.conformance._data.scenario_label`);
+    config a :class:`reference.encoder.EncoderConfig`; params a dict with exactly the
+    names of :func:`reference.encoder.param_shapes`, each a finite array of its shape
+    (cast to the config's dtype, as the protocol hands them over); X a finite non-empty
+    (B, query_dim) array, Y a finite non-empty (N, target_dim) array, both in the config's
+    dtype; pos B integer ids in [0, N); neg None or (B, n) integer ids in [0, N), n >= 1;
+    log_q None, or (with neg) a finite (B, n) array of log-probabilities <= 0.
+    """
+    from reference.encoder import EncoderConfig, param_shapes
+
+    out = []
+    for i, sc in enumerate(scenarios):
+        label = scenario_label(sc, i, EncoderScenario)
+        if not isinstance(sc.config, EncoderConfig):
+            raise ValueError(f"{label}.config: expected a reference.encoder.EncoderConfig, "
+                             f"got {type(sc.config).__name__}")
+        dt = np.dtype(sc.config.dtype)
+        shapes = param_shapes(sc.config)
+        if not isinstance(sc.params, Mapping):
+            raise ValueError(f"{label}.params: expected a dict name -> array, got {type(sc.params).__name__}")
+        missing, extra = sorted(set(shapes) - set(sc.params)), sorted(map(str, set(sc.params) - set(shapes)))
+        if missing or extra:
+            raise ValueError(f"{label}.params: expected exactly the names of param_shapes(config); "
+                             f"missing {missing}, unexpected {extra}")
+        params = {name: as_float_array(sc.params[name], f"{label}.params[{name!r}]", shape=shape, dtype=dt)
+                  for name, shape in shapes.items()}
+        X = as_float_array(sc.X, f"{label}.X", shape=(None, sc.config.query_dim), dtype=dt)
+        Y = as_float_array(sc.Y, f"{label}.Y", shape=(None, sc.config.target_dim), dtype=dt)
+        B, N = X.shape[0], Y.shape[0]
+        pos = as_index_array(sc.pos, f"{label}.pos", upper=N)
+        if pos.shape != (B,):
+            raise ValueError(f"{label}.pos: expected one id per query, shape ({B},), got {pos.shape}")
+        neg = log_q = None
+        if sc.neg is not None:
+            neg = as_index_array(sc.neg, f"{label}.neg", upper=N, ndim=2)
+            if neg.shape[0] != B:
+                raise ValueError(f"{label}.neg: expected one row per query, shape ({B}, n), got {neg.shape}")
+        if sc.log_q is not None:
+            if neg is None:
+                raise ValueError(f"{label}.log_q: expected None when neg is None (the full softmax), "
+                                 f"got {type(sc.log_q).__name__}")
+            log_q = as_float_array(sc.log_q, f"{label}.log_q", shape=neg.shape, dtype=dt)
+            top = float(log_q.max())
+            if top > 0:
+                raise ValueError(f"{label}.log_q: expected log-probabilities <= 0, got a maximum of {top!r}")
+        out.append(dataclasses.replace(sc, params=params, X=X, pos=pos, Y=Y, neg=neg, log_q=log_q))
+    return out
+
+
 def _encoder_oracle(sc: EncoderScenario) -> tuple[float, dict[str, np.ndarray]]:
     """The NumPy oracle in float64 on the scenario's (possibly float32) parameters."""
     from reference.encoder import DualEncoder
@@ -214,7 +267,9 @@ def check_encoder(
     encoder : callable
         The backend's encoder (see the module docstring).
     scenarios : sequence of EncoderScenario, optional
-        Default :func:`encoder_scenarios`.
+        Default :func:`encoder_scenarios`. Caller-given ones are validated first
+        (every field, in the config's dtype): a malformed one raises ``ValueError``
+        naming ``scenarios[i]``, its name and the field, before the backend is called.
     time_limit : float or None, default 600
         Seconds each call of the backend may take (None: no limit).
 
@@ -224,7 +279,7 @@ def check_encoder(
     """
     check_callable(encoder, "encoder")
     time_limit = check_time_limit(time_limit)
-    scenarios = encoder_scenarios() if scenarios is None else list(scenarios)
+    scenarios = encoder_scenarios() if scenarios is None else _checked_encoder_scenarios(scenarios)
     report = CheckReport(
         "encoder",
         "loss and gradients of every parameter against the NumPy oracle (float64); "

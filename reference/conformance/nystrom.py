@@ -14,22 +14,39 @@ well-conditioned K_LL to 1e-8 relative.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from reference._validation import check_choice
+from reference._validation import (
+    MAX_ABS_COORD,
+    as_float_array,
+    as_index_array,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from reference.conformance._calls import DEFAULT_TIME_LIMIT, call_backend, check_callable, check_time_limit
-from reference.conformance._data import SCENARIO_SEED, clustered
+from reference.conformance._data import SCENARIO_SEED, clustered, scenario_label
 from reference.conformance.report import Case, CheckReport, error_case
 
-__all__ = ["NYSTROM_RTOL", "NystromScenario", "nystrom_scenarios", "check_nystrom", "kernel_object"]
+__all__ = ["NYSTROM_RTOL", "NYSTROM_MAX_COND", "NystromScenario", "nystrom_scenarios", "check_nystrom", "kernel_object"]
 
 #: Nystrom agreement, relative to max |Ghat|: the scenarios keep cond(K_LL) <= 1e6,
 #: so float64 solves agree to ~1e-10.
 NYSTROM_RTOL = 1e-8
-
+#: Largest condition number of K_LL a caller-given scenario may have: beyond it the
+#: solve K_LL^{-1} k(y) loses more than ~1e-10 and :data:`NYSTROM_RTOL` means nothing.
+NYSTROM_MAX_COND = 1e6
+#: The kernel dicts of the protocol: name -> (parameter -> its validator), every parameter required.
+_KERNEL_PARAMS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
+    "linear": {"const": check_nonnegative},
+    "rbf": {"gamma": check_positive},
+    "polynomial": {"degree": lambda v, name: check_int(v, name, low=1), "c": check_nonnegative},
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,45 @@ def nystrom_scenarios() -> list[NystromScenario]:
     return out
 
 
+def _checked_kernel(kernel: Any, name: str) -> dict[str, Any]:
+    """A protocol kernel dict, validated: a mapping with a known ``name`` and exactly its parameters, in range."""
+    if not isinstance(kernel, Mapping):
+        raise ValueError(f"{name}: expected a dict with a 'name' and its parameters, got {type(kernel).__name__}")
+    kind = check_choice(kernel.get("name"), f"{name}['name']", tuple(_KERNEL_PARAMS))
+    params = _KERNEL_PARAMS[kind]
+    keys = set(kernel) - {"name"}
+    if keys != set(params):
+        raise ValueError(f"{name}: expected the parameters {sorted(params)} of a {kind} kernel, "
+                         f"got {sorted(map(str, keys))}")
+    return {"name": kind, **{key: check(kernel[key], f"{name}[{key!r}]") for key, check in params.items()}}
+
+
+def _checked_nystrom_scenarios(scenarios: Sequence[Any]) -> list[NystromScenario]:
+    """Caller-given Nystrom scenarios, validated before the backend is called.
+
+    Per scenario: class, name, about (:func:`~reference.conformance._data.scenario_label`);
+    G0 a finite non-empty (N, d) array with |entries| <= MAX_ABS_COORD; landmarks m >= 1
+    distinct integer ids in [0, N); G_L a finite (m, d_out) array, d_out >= 1, within
+    MAX_ABS_COORD; kernel a protocol kernel dict; cond(K_LL) <= :data:`NYSTROM_MAX_COND`.
+    """
+    out = []
+    for i, sc in enumerate(scenarios):
+        label = scenario_label(sc, i, NystromScenario)
+        G0 = as_float_array(sc.G0, f"{label}.G0", ndim=2, dtype=np.float64, max_abs=MAX_ABS_COORD)
+        L = as_index_array(sc.landmarks, f"{label}.landmarks", upper=G0.shape[0], unique=True)
+        G_L = as_float_array(sc.G_L, f"{label}.G_L", shape=(L.size, None), dtype=np.float64, max_abs=MAX_ABS_COORD)
+        kernel = _checked_kernel(sc.kernel, f"{label}.kernel")
+        K = kernel_object(kernel)(G0[L], G0[L])
+        eig = np.linalg.eigvalsh(K)
+        cond = float(eig[-1] / eig[0]) if eig[0] > 0 else np.inf
+        if not cond <= NYSTROM_MAX_COND:
+            raise ValueError(f"{label}.landmarks: expected landmarks whose kernel matrix K_LL has condition number "
+                             f"<= {NYSTROM_MAX_COND:g} (the check's {NYSTROM_RTOL:g} needs an accurate solve), "
+                             f"got {cond:.3g}")
+        out.append(dataclasses.replace(sc, G0=G0, landmarks=L, G_L=G_L, kernel=kernel))
+    return out
+
+
 def _nystrom_oracle(sc: NystromScenario) -> np.ndarray:
     """Ghat from :class:`reference.nystrom.NystromMap` (no ridge, default cutoff)."""
     from reference.nystrom import NystromMap
@@ -103,7 +159,10 @@ def check_nystrom(
     nystrom : callable
         The backend's Nystrom map (see the module docstring).
     scenarios : sequence of NystromScenario, optional
-        Default :func:`nystrom_scenarios`.
+        Default :func:`nystrom_scenarios`. Caller-given ones are validated first
+        (every field; cond(K_LL) <= :data:`NYSTROM_MAX_COND`): a malformed one
+        raises ``ValueError`` naming ``scenarios[i]``, its name and the field,
+        before the backend is called.
     time_limit : float or None, default 600
         Seconds each call of the backend may take (None: no limit).
 
@@ -113,7 +172,7 @@ def check_nystrom(
     """
     check_callable(nystrom, "nystrom")
     time_limit = check_time_limit(time_limit)
-    scenarios = nystrom_scenarios() if scenarios is None else list(scenarios)
+    scenarios = nystrom_scenarios() if scenarios is None else _checked_nystrom_scenarios(scenarios)
     report = CheckReport(
         "nystrom", f"Ghat = G_L^T K_LL^-1 k(y) for every target (proofs/README.md section 5), to {NYSTROM_RTOL:g} relative"
     )

@@ -31,9 +31,8 @@ from reference._validation import check_int
 from reference.conformance._calls import (
     DEFAULT_TIME_LIMIT, call_backend, check_callable, check_false_alarm_rate, check_time_limit,
 )
-from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, with_duplicates
+from reference.conformance._data import SCENARIO_SEED, clustered, directions, logits, scenario_arrays, with_duplicates
 from reference.conformance.report import Case, CheckReport, error_case
-from reference.conformance.topk import scenario_arrays
 from reference.conformance.statistics import (
     DEFAULT_ALPHA,
     DEFAULT_POWER,
@@ -93,7 +92,7 @@ def sampler_scenarios() -> list[SamplerScenario]:
 
 
 def _checked_sampler_scenarios(scenarios: Sequence[Any]) -> list[SamplerScenario]:
-    """Caller-given sampler scenarios, validated (:func:`~reference.conformance.topk.scenario_arrays`)."""
+    """Caller-given sampler scenarios, validated (:func:`~reference.conformance._data.scenario_arrays`)."""
     out = []
     for i, sc in enumerate(scenarios):
         _, points, queries = scenario_arrays(sc, i, SamplerScenario)

@@ -62,13 +62,14 @@ from reference.conformance._data import (
     distinct_rows,
     logits,
     near_duplicates,
+    scenario_arrays,
     with_duplicates,
 )
 from reference.conformance.precision import check_dtype, exact_logits, logit_error_factor, normal_range_problem
 from reference.conformance.report import SEVERITY, Case, CheckReport, error_case
 from reference.softmax import topk_ids
 
-__all__ = ["NEAR_TIE", "TopkScenario", "topk_scenarios", "check_topk", "classify_topk", "scenario_arrays"]
+__all__ = ["NEAR_TIE", "TopkScenario", "topk_scenarios", "check_topk", "classify_topk"]
 
 #: A swap of two returned ids whose logits differ by at most NEAR_TIE |q|.|z| is
 #: reported as a near-tie swap (a precision problem), a wider one as unsorted
@@ -127,34 +128,8 @@ def topk_scenarios() -> list[TopkScenario]:
     ]
 
 
-def scenario_arrays(sc: Any, i: int, kind: type) -> tuple[str, np.ndarray, np.ndarray]:
-    """Validate the common fields of a caller-given scenario: (its label, points, queries as float64).
-
-    ``sc`` must be a ``kind`` instance with a non-empty str ``name``, a str
-    ``about``, ``points`` a finite non-empty (N, d) array and ``queries`` a
-    finite non-empty (B, d) array of the same d. Shared by the checks that
-    accept caller-given scenarios (top-k, sampler, bracket), so that a
-    malformed one is refused before the backend is called.
-
-    Raises
-    ------
-    ValueError
-        Naming the scenario (``scenarios[i]`` and its name) and the field.
-    """
-    if not isinstance(sc, kind):
-        raise ValueError(f"scenarios[{i}]: expected a {kind.__name__}, got {type(sc).__name__}")
-    label = f"scenarios[{i}] ({sc.name!r})"
-    if not isinstance(sc.name, str) or not sc.name:
-        raise ValueError(f"{label}.name: expected a non-empty str, got {sc.name!r}")
-    if not isinstance(sc.about, str):
-        raise ValueError(f"{label}.about: expected a str, got {type(sc.about).__name__}")
-    points = as_float_array(sc.points, f"{label}.points", ndim=2, dtype=np.float64)
-    queries = as_float_array(sc.queries, f"{label}.queries", shape=(None, points.shape[1]), dtype=np.float64)
-    return label, points, queries
-
-
 def _checked_topk_scenarios(scenarios: Sequence[Any]) -> list[TopkScenario]:
-    """Caller-given top-k scenarios, validated (:func:`scenario_arrays`, and k in [1, N])."""
+    """Caller-given top-k scenarios, validated (:func:`~reference.conformance._data.scenario_arrays`, k in [1, N])."""
     out = []
     for i, sc in enumerate(scenarios):
         label, points, queries = scenario_arrays(sc, i, TopkScenario)
