@@ -322,8 +322,10 @@ def select_landmarks(
         ``uniform``: m ids uniformly without replacement.
         ``kmeans++``: D^2 seeding in the kernel's feature space
         (squared distance kappa(a,a) + kappa(b,b) - 2 kappa(a,b)); the first
-        landmark is uniform; if every remaining target coincides with a chosen
-        one, the rest are uniform among the unchosen.
+        landmark is uniform; a row equal to a chosen one is at distance 0
+        exactly (not the rounding residue of the formula), and once every
+        remaining target equals a chosen one, the rest are uniform among the
+        unchosen.
         ``rls``: m ids without replacement with probability proportional to
         ridge leverage scores (:func:`ridge_leverage_scores`), successively
         renormalised (``Generator.choice(replace=False, p=...)``).
@@ -367,6 +369,7 @@ def select_landmarks(
     for j in range(1, m):
         last = ids[j - 1]
         new = diag + diag[last] - 2.0 * kern(G0, G0[last : last + 1])[:, 0]
+        new[(G0 == G0[last]).all(axis=1)] = 0.0   # a copy of the landmark: 0 exactly, not a rounding residue
         d2 = np.minimum(d2, np.maximum(new, 0.0))
         w = np.where(chosen, 0.0, d2)
         total = w.sum()
